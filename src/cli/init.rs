@@ -1,0 +1,53 @@
+//! `tokenvault init`
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+
+use super::CliError;
+use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::store::Store;
+
+/// Creates the data directory (0700), the keyring with a fresh wrapped master
+/// key, and `vault.db` with its schema. Refuses to overwrite a keyring.
+pub fn run(config_path: &Path) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    crate::harden::harden_process();
+    let source = config.keys.kek_source().map_err(|problem| CliError::Config(crate::config::ConfigErrors(vec![problem])))?;
+    let data_dir = &config.storage.data_dir;
+    if data_dir.exists() {
+        let mode = fs::metadata(data_dir).context("cannot read the data directory")?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(anyhow!(
+                "data directory {} is accessible by group or others (mode {mode:o})\nhint: chmod 700 {}",
+                data_dir.display(),
+                data_dir.display()
+            )
+            .into());
+        }
+    } else {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    }
+    let keyring_path = config.storage.keyring_path();
+    Keyring::create(&keyring_path, &source).map_err(|error| match error {
+        KeyringError::Exists(_) => anyhow!(
+            "{error}; refusing to overwrite it\nhint: a vault is already initialised there; to start over, move the whole data directory away first"
+        ),
+        KeyringError::WeakPassphrase => anyhow!("{error}\nhint: use a passphrase of at least 12 characters, ideally a generated one"),
+        other => anyhow!(other),
+    })?;
+    let store = Store::open(&config.storage.database_path()).context("cannot create vault.db")?;
+    store.shutdown();
+    tracing::info!(data_dir = %data_dir.display(), "vault initialised");
+    println!("initialised {}:", data_dir.display());
+    println!("  keyring   {} (master key v1, wrapped)", keyring_path.display());
+    println!("  database  {}", config.storage.database_path().display());
+    println!("next: tokenvault serve --config {}", config_path.display());
+    Ok(())
+}

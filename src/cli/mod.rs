@@ -1,0 +1,111 @@
+//! Command-line interface: one file per command group.
+
+mod client;
+mod config_check;
+mod init;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigErrors, EXIT_CONFIG};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/tokenvault/vault.toml";
+
+#[derive(Parser)]
+#[command(name = "tokenvault", version, about = "On-premises tokenization vault: PII stays in-country, tokens travel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory, the wrapped master key and the database.
+    Init {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Run the vault.
+    Serve(serve::ServeArgs),
+    /// Manage API clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Check configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Mint an API key and print the `[clients.NAME]` snippet with its hash.
+    New {
+        /// Client name (lower-case letters, digits, `_`, `-`).
+        name: String,
+        /// Role the client holds (a `[roles.NAME]` section).
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem in a configuration; exit 78 if there is one.
+    Check {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// A command's failure, with the exit status it maps to.
+pub enum CliError {
+    /// Bad configuration: exit 78.
+    Config(ConfigErrors),
+    /// Anything else: exit 1. The chain is printed, with a `hint:` line when
+    /// the error carries one.
+    Failure(anyhow::Error),
+}
+
+impl From<ConfigErrors> for CliError {
+    fn from(errors: ConfigErrors) -> Self {
+        Self::Config(errors)
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Failure(error)
+    }
+}
+
+/// Runs the command line; the process exit status comes back.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let result = match cli.command {
+        Command::Init { config } => init::run(&config),
+        Command::Serve(args) => serve::run(args),
+        Command::Client { command: ClientCommand::New { name, role } } => client::new(&name, &role),
+        Command::Config { command: ConfigCommand::Check { config } } => config_check::run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Config(errors)) => {
+            eprint!("error: {errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(CliError::Failure(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

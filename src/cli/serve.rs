@@ -1,0 +1,133 @@
+//! `tokenvault serve` and `tokenvault serve --dev`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+
+use super::CliError;
+use crate::config::{Config, ConfigErrors, KeySettings};
+use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::crypto::password::{hash_api_key, new_api_key};
+use crate::http::{self, AppState, Limits};
+use crate::policy::Authenticator;
+use crate::store::Store;
+use crate::vault::Vault;
+
+/// Address of `serve --dev`.
+pub const DEV_LISTEN: &str = "127.0.0.1:8200";
+/// Environment variable that fixes the dev root API key.
+pub const DEV_API_KEY_ENV: &str = "TOKENVAULT_DEV_API_KEY";
+
+/// Arguments of `serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Configuration file.
+    #[arg(long, env = "TOKENVAULT_CONFIG", default_value = super::DEFAULT_CONFIG, conflicts_with = "dev")]
+    config: PathBuf,
+    /// Try tokenvault out: no config, temporary data, in-memory key, plain
+    /// HTTP on 127.0.0.1:8200. Never for real data.
+    #[arg(long)]
+    dev: bool,
+    /// Listen on this address instead of the configured one.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    crate::harden::harden_process();
+    if args.dev {
+        return run_dev(args.listen);
+    }
+    let mut config = crate::config::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        if !listen.ip().is_loopback() && config.server.tls.is_none() && !config.server.insecure_allow_plaintext {
+            return Err(CliError::Config(ConfigErrors(vec![crate::config::Problem {
+                key: "--listen".to_owned(),
+                message: format!("plain HTTP on non-loopback address {listen} is refused"),
+                hint: Some("configure tls_cert and tls_key".to_owned()),
+            }])));
+        }
+        config.server.listen = listen;
+    }
+    let keyring_path = config.storage.keyring_path();
+    if !keyring_path.exists() {
+        return Err(anyhow!(
+            "no keyring at {}\nhint: run `tokenvault init --config {}` first",
+            keyring_path.display(),
+            args.config.display()
+        )
+        .into());
+    }
+    let source = config.keys.kek_source().map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let keyring = Keyring::open(&keyring_path, &source).map_err(|error| match error {
+        KeyringError::Unwrap => anyhow!("{error}\nhint: check the passphrase or key file named in [keys]"),
+        other => anyhow!(other),
+    })?;
+    drop(source);
+    start(config, keyring)
+}
+
+fn start(config: Config, keyring: Keyring) -> Result<(), CliError> {
+    let store = Arc::new(
+        Store::open(&config.storage.database_path())
+            .with_context(|| format!("cannot open {}", config.storage.database_path().display()))?,
+    );
+    let vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    drop(keyring);
+    let state = AppState {
+        vault,
+        auth: Authenticator::new(&config.clients, &config.roles),
+        limits: Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            max_batch_items: config.server.max_batch_items,
+        },
+    };
+    tracing::info!(
+        namespaces = config.namespaces.len(),
+        clients = config.clients.len(),
+        core_dumps_disabled = crate::harden::core_dumps_disabled(),
+        "vault ready"
+    );
+    let served = actix_web::rt::System::new().block_on(http::serve(state, &config.server));
+    store.shutdown();
+    served.map_err(|error| anyhow!(error).into())
+}
+
+fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
+    let listen = listen.unwrap_or_else(|| DEV_LISTEN.parse().expect("constant address"));
+    if !listen.ip().is_loopback() {
+        return Err(anyhow!("--dev listens on loopback only\nhint: use a configuration file to listen elsewhere").into());
+    }
+    let data_dir = tempfile::Builder::new()
+        .prefix("tokenvault-dev-")
+        .tempdir()
+        .context("cannot create a temporary data directory")?;
+    let api_key = std::env::var(DEV_API_KEY_ENV).ok().filter(|key| !key.is_empty()).unwrap_or_else(|| new_api_key("root"));
+    let config = Config::dev(listen, data_dir.path().to_owned(), hash_api_key(&api_key));
+    debug_assert!(matches!(config.keys, KeySettings::Ephemeral));
+    let banner = "=".repeat(76);
+    println!("{banner}");
+    println!("  DEVELOPMENT MODE: for trying tokenvault out, never for real data.");
+    println!("  Plain HTTP, a master key that exists only in memory, and a temporary");
+    println!("  data directory ({}) deleted on exit.", data_dir.path().display());
+    println!("{banner}");
+    println!("root API key: {api_key}");
+    println!("namespace `default`, classes: email, phone, name, account, card (deterministic), note (random)");
+    println!();
+    println!("try it:");
+    println!(
+        "  curl -s http://{listen}/v1/tokenize -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n    -d '{{\"namespace\":\"default\",\"items\":[{{\"class\":\"email\",\"value\":\"alice@example.com\"}}]}}'"
+    );
+    println!(
+        "  curl -s http://{listen}/v1/detokenize -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n    -d '{{\"namespace\":\"default\",\"purpose\":\"support\",\"tokens\":[\"<token from above>\"]}}'"
+    );
+    println!("{banner}");
+    tracing::warn!("development mode: temporary data, in-memory key, plain HTTP");
+    let result = start(config, Keyring::ephemeral());
+    drop(data_dir);
+    result
+}

@@ -1,0 +1,761 @@
+//! Typed configuration: loading (figment: `vault.toml`, then `TOKENVAULT_`
+//! environment variables split on `__`) and validation.
+//!
+//! Parse, don't validate: serde reads loose "raw" structs, then one step turns
+//! them into typed values and collects every problem, so an operator fixes
+//! the file in one pass. Unknown keys are caught by a flattened catch-all in
+//! each raw struct rather than `deny_unknown_fields`, because the latter stops
+//! at the first one and hides every later problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::keyring::KekSource;
+use crate::crypto::tokens::TokenFormat;
+use crate::policy::{ClientSpec, Operation, Reveal, Role, Scope};
+use crate::vault::normalize::Normalization;
+
+/// Exit status for a configuration error (EX_CONFIG from sysexits.h), so that
+/// systemd does not restart-loop on a broken file.
+pub const EXIT_CONFIG: u8 = 78;
+/// Prefix of environment variables that override `vault.toml`.
+pub const ENV_PREFIX: &str = "TOKENVAULT_";
+/// Default token domain of email-shaped tokens: `.invalid` never resolves.
+pub const DEFAULT_TOKEN_DOMAIN: &str = "tokens.invalid";
+
+/// The validated configuration of a vault.
+#[derive(Debug)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[storage]`
+    pub storage: StorageSettings,
+    /// `[keys]`
+    pub keys: KeySettings,
+    /// `[namespaces.NAME]`
+    pub namespaces: BTreeMap<String, NamespaceSpec>,
+    /// `[roles.NAME]`
+    pub roles: BTreeMap<String, Role>,
+    /// `[clients.NAME]`
+    pub clients: BTreeMap<String, ClientSpec>,
+}
+
+/// `[server]`: where and how the vault listens.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address and port to bind.
+    pub listen: SocketAddr,
+    /// Certificate chain and key for HTTPS; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Allows plain HTTP on a non-loopback address.
+    pub insecure_allow_plaintext: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most items in one tokenize or detokenize request.
+    pub max_batch_items: usize,
+}
+
+/// PEM files of the server certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Directory holding `vault.db` and the keyring.
+    pub data_dir: PathBuf,
+}
+
+impl StorageSettings {
+    /// The keyring file inside the data directory.
+    pub fn keyring_path(&self) -> PathBuf {
+        self.data_dir.join("keyring.json")
+    }
+
+    /// The token database inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("vault.db")
+    }
+}
+
+/// `[keys]`: where the key-encryption key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySettings {
+    /// An argon2id-stretched passphrase, read from a file or a variable.
+    Passphrase(SecretRef),
+    /// A 32-byte key file supplied by the customer.
+    KeyFile(PathBuf),
+    /// A key that lives only in memory (`serve --dev`); never from a file.
+    Ephemeral,
+}
+
+/// A secret given by reference, never inline.
+#[derive(Debug, Clone)]
+pub enum SecretRef {
+    /// Read from this file (mode 0600 or stricter).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+}
+
+/// `[namespaces.NAME]`
+#[derive(Debug, Clone)]
+pub struct NamespaceSpec {
+    /// Domain of email-shaped tokens.
+    pub token_domain: String,
+    /// `[namespaces.NAME.classes.CLASS]`
+    pub classes: BTreeMap<String, ClassSpec>,
+}
+
+/// `[namespaces.NAME.classes.CLASS]`
+#[derive(Debug, Clone, Copy)]
+pub struct ClassSpec {
+    /// Normalization applied before indexing and sealing.
+    pub normalize: Normalization,
+    /// Shape of the tokens.
+    pub format: TokenFormat,
+    /// Same value, same token (through the blind index).
+    pub deterministic: bool,
+}
+
+/// One configuration problem: the key it is about, what is wrong, what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `server.listen`.
+    pub key: String,
+    /// What is wrong, without secret values.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into(), hint: None }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        writeln!(f, "configuration has {count} problem{}:", if count == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            writeln!(f, "- {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+/// Loads `path`, applies `TOKENVAULT_…__…` overrides and validates the lot.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    if !path.is_file() {
+        return Err(ConfigErrors(vec![Problem::new("config", format!("{} does not exist", path.display()))
+            .hint("copy vault.toml.example there and edit it, or pass --config PATH")]));
+    }
+    // Only variables with `__` are config keys: every key lives in a section,
+    // and this keeps TOKENVAULT_PASSPHRASE, TOKENVAULT_CONFIG and friends from
+    // being read as unknown keys.
+    let env = Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__");
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+    let raw: RawConfig = figment.extract().map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|error| {
+                    let key = if error.path.is_empty() { "config".to_owned() } else { error.path.join(".") };
+                    Problem::new(key, error.kind.to_string())
+                })
+                .collect(),
+        )
+    })?;
+    raw.validate()
+}
+
+impl Config {
+    /// The built-in configuration of `serve --dev`: namespace `default` with
+    /// one class of each kind, a root role, data under `data_dir`.
+    pub fn dev(listen: SocketAddr, data_dir: PathBuf, root_key_hash: String) -> Self {
+        let class = |normalize, format, deterministic| ClassSpec { normalize, format, deterministic };
+        let classes = BTreeMap::from([
+            ("email".to_owned(), class(Normalization::Email, TokenFormat::Email, true)),
+            ("phone".to_owned(), class(Normalization::E164, TokenFormat::Phone, true)),
+            ("name".to_owned(), class(Normalization::Trim, TokenFormat::Opaque, true)),
+            ("account".to_owned(), class(Normalization::Trim, TokenFormat::Alnum, true)),
+            ("card".to_owned(), class(Normalization::Trim, TokenFormat::KeepLast4, true)),
+            ("note".to_owned(), class(Normalization::None, TokenFormat::Opaque, false)),
+        ]);
+        let root = Role {
+            operations: [Operation::Tokenize, Operation::Detokenize, Operation::Forget, Operation::AuditRead].into(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+        };
+        Self {
+            server: ServerSettings {
+                listen,
+                tls: None,
+                insecure_allow_plaintext: false,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
+            },
+            storage: StorageSettings { data_dir },
+            keys: KeySettings::Ephemeral,
+            namespaces: BTreeMap::from([(
+                "default".to_owned(),
+                NamespaceSpec { token_domain: DEFAULT_TOKEN_DOMAIN.to_owned(), classes },
+            )]),
+            roles: BTreeMap::from([("root".to_owned(), root)]),
+            clients: BTreeMap::from([(
+                "root".to_owned(),
+                ClientSpec { role: "root".to_owned(), api_key_hash: root_key_hash, allow_from: Vec::new() },
+            )]),
+        }
+    }
+}
+
+impl KeySettings {
+    /// Reads the key-encryption material this setting points at.
+    pub fn kek_source(&self) -> Result<KekSource, Problem> {
+        match self {
+            Self::Passphrase(SecretRef::File(path)) => {
+                check_secret_file("keys.passphrase_file", path)?;
+                let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|error| {
+                    Problem::new("keys.passphrase_file", format!("cannot read {}: {error}", path.display()))
+                })?);
+                // A trailing newline is an editor's, not the operator's.
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                Ok(KekSource::Passphrase(bytes))
+            }
+            Self::Passphrase(SecretRef::Env(name)) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(KekSource::Passphrase(Zeroizing::new(value.into_bytes()))),
+                _ => Err(Problem::new("keys.passphrase_env", format!("environment variable {name} is not set"))
+                    .hint(format!("export {name} before starting tokenvault, or use passphrase_file"))),
+            },
+            Self::KeyFile(path) => {
+                check_secret_file("keys.key_file", path)?;
+                let bytes = Zeroizing::new(std::fs::read(path).map_err(|error| {
+                    Problem::new("keys.key_file", format!("cannot read {}: {error}", path.display()))
+                })?);
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    Problem::new("keys.key_file", format!("{} must hold exactly 32 raw bytes", path.display()))
+                        .hint(format!("create one with: head -c 32 /dev/urandom > {}", path.display()))
+                })?;
+                Ok(KekSource::KeyFile(Zeroizing::new(key)))
+            }
+            Self::Ephemeral => Err(Problem::new("keys", "the in-memory key of --dev has no source to read")),
+        }
+    }
+}
+
+/// Refuses a secret file that is missing or readable by group or others.
+fn check_secret_file(key: &str, path: &Path) -> Result<(), Problem> {
+    let metadata = std::fs::metadata(path).map_err(|error| {
+        Problem::new(key, format!("cannot read {}: {error}", path.display()))
+            .hint("create the file, owned by the tokenvault user, with mode 600")
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Problem::new(key, format!("{} is readable by group or others (mode {mode:o})", path.display()))
+            .hint(format!("chmod 600 {}", path.display())));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Raw structures, as serde reads them
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_DATA_DIR: &str = "/var/lib/tokenvault";
+const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+const DEFAULT_MAX_BATCH_ITEMS: usize = 10_000;
+
+type Unknown = BTreeMap<String, IgnoredAny>;
+
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    keys: Option<RawKeys>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, RawNamespace>,
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawClient>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct RawServer {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    insecure_allow_plaintext: bool,
+    max_body_bytes: Option<u64>,
+    max_batch_items: Option<u64>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct RawStorage {
+    data_dir: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawKeys {
+    source: Option<String>,
+    passphrase_file: Option<PathBuf>,
+    passphrase_env: Option<String>,
+    key_file: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawNamespace {
+    token_domain: Option<String>,
+    #[serde(default)]
+    classes: BTreeMap<String, RawClass>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawClass {
+    normalize: Option<String>,
+    format: Option<String>,
+    deterministic: Option<bool>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawRole {
+    #[serde(default)]
+    operations: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    classes: Option<Vec<String>>,
+    #[serde(default)]
+    purposes: Vec<String>,
+    reveal: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawClient {
+    role: Option<String>,
+    api_key_hash: Option<String>,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+
+/// True for names usable as namespace, class, role and client names: they
+/// appear in URLs, API keys and environment variable names.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+fn valid_domain(domain: &str) -> bool {
+    domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn unknown_keys(problems: &mut Vec<Problem>, section: &str, unknown: &Unknown) {
+    for key in unknown.keys() {
+        let full = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+        problems.push(
+            Problem::new(full, "unknown key").hint("check the spelling against vault.toml.example"),
+        );
+    }
+}
+
+fn parse_enum<T: for<'de> Deserialize<'de>>(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    value: &str,
+    expected: &str,
+) -> Option<T> {
+    let parsed = T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value)).ok();
+    if parsed.is_none() {
+        problems.push(Problem::new(key, format!("`{value}` is not one of: {expected}")));
+    }
+    parsed
+}
+
+fn scope(values: &[String]) -> Scope {
+    if values.iter().any(|v| v == "*") {
+        Scope::Any
+    } else {
+        Scope::Only(values.iter().cloned().collect())
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        unknown_keys(&mut problems, "", &self.unknown);
+        let server = self.server.validate(&mut problems);
+        unknown_keys(&mut problems, "storage", &self.storage.unknown);
+        let storage = StorageSettings {
+            data_dir: self.storage.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        };
+        let keys = match self.keys {
+            Some(keys) => keys.validate(&mut problems),
+            None => {
+                problems.push(Problem::new("keys", "section is missing").hint(
+                    "add [keys] with source = \"passphrase\" and passphrase_file, or source = \"keyfile\" and key_file",
+                ));
+                None
+            }
+        };
+        let mut namespaces = BTreeMap::new();
+        for (name, raw) in self.namespaces {
+            if let Some(spec) = raw.validate(&name, &mut problems) {
+                namespaces.insert(name, spec);
+            }
+        }
+        let mut roles = BTreeMap::new();
+        for (name, raw) in self.roles {
+            if let Some(role) = raw.validate(&name, &namespaces, &mut problems) {
+                roles.insert(name, role);
+            }
+        }
+        let mut clients = BTreeMap::new();
+        for (name, raw) in self.clients {
+            if let Some(client) = raw.validate(&name, &roles, &mut problems) {
+                clients.insert(name, client);
+            }
+        }
+        match (server, keys) {
+            (Some(server), Some(keys)) if problems.is_empty() => {
+                Ok(Config { server, storage, keys, namespaces, roles, clients })
+            }
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+}
+
+impl RawServer {
+    fn validate(self, problems: &mut Vec<Problem>) -> Option<ServerSettings> {
+        unknown_keys(problems, "server", &self.unknown);
+        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            problems.push(
+                Problem::new("server.listen", format!("`{listen_text}` is not an IP address and port"))
+                    .hint("write it as 0.0.0.0:8443 or [::1]:8443"),
+            )
+        });
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                if !cert.is_file() {
+                    problems.push(Problem::new("server.tls_cert", format!("{} does not exist", cert.display())));
+                }
+                if let Err(problem) = check_secret_file("server.tls_key", &key) {
+                    problems.push(problem);
+                }
+                Some(TlsFiles { cert, key })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push(Problem::new("server.tls_key", "tls_cert is set but tls_key is not"));
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(Problem::new("server.tls_cert", "tls_key is set but tls_cert is not"));
+                None
+            }
+        };
+        if let Ok(listen) = listen {
+            if tls.is_none() && !listen.ip().is_loopback() && !self.insecure_allow_plaintext {
+                problems.push(
+                    Problem::new("server.listen", format!("plain HTTP on non-loopback address {listen} is refused"))
+                        .hint("set tls_cert and tls_key, or insecure_allow_plaintext = true behind a TLS proxy"),
+                );
+            }
+        }
+        let positive = |problems: &mut Vec<Problem>, key: &str, value: Option<u64>, default: usize| match value {
+            None => default,
+            Some(0) => {
+                problems.push(Problem::new(key, "must be greater than 0"));
+                default
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let max_body_bytes = positive(problems, "server.max_body_bytes", self.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let max_batch_items =
+            positive(problems, "server.max_batch_items", self.max_batch_items, DEFAULT_MAX_BATCH_ITEMS);
+        Some(ServerSettings {
+            listen: listen.ok()?,
+            tls,
+            insecure_allow_plaintext: self.insecure_allow_plaintext,
+            max_body_bytes,
+            max_batch_items,
+        })
+    }
+}
+
+impl RawKeys {
+    fn validate(self, problems: &mut Vec<Problem>) -> Option<KeySettings> {
+        unknown_keys(problems, "keys", &self.unknown);
+        let settings = match self.source.as_deref() {
+            Some("passphrase") => match (self.passphrase_file, self.passphrase_env) {
+                (Some(file), None) => Some(KeySettings::Passphrase(SecretRef::File(file))),
+                (None, Some(env)) => Some(KeySettings::Passphrase(SecretRef::Env(env))),
+                _ => {
+                    problems.push(Problem::new(
+                        "keys.passphrase_file",
+                        "source = \"passphrase\" needs exactly one of passphrase_file and passphrase_env",
+                    ));
+                    None
+                }
+            },
+            Some("keyfile") => match self.key_file {
+                Some(path) => Some(KeySettings::KeyFile(path)),
+                None => {
+                    problems.push(Problem::new("keys.key_file", "source = \"keyfile\" needs key_file"));
+                    None
+                }
+            },
+            Some(other) => {
+                problems.push(Problem::new("keys.source", format!("`{other}` is not one of: passphrase, keyfile")));
+                None
+            }
+            None => {
+                problems.push(Problem::new("keys.source", "missing").hint("set source = \"passphrase\" or \"keyfile\""));
+                None
+            }
+        }?;
+        // Read (and permission-check) the secret now, so that `config check`
+        // reports a bad secret file together with everything else.
+        if let Err(problem) = settings.kek_source() {
+            problems.push(problem);
+        }
+        Some(settings)
+    }
+}
+
+impl RawNamespace {
+    fn validate(self, name: &str, problems: &mut Vec<Problem>) -> Option<NamespaceSpec> {
+        let section = format!("namespaces.{name}");
+        unknown_keys(problems, &section, &self.unknown);
+        if !valid_name(name) {
+            problems.push(Problem::new(&section, "name must be lower-case letters, digits, `_` or `-`"));
+        }
+        let token_domain = self.token_domain.unwrap_or_else(|| DEFAULT_TOKEN_DOMAIN.to_owned());
+        if !valid_domain(&token_domain) {
+            problems.push(Problem::new(format!("{section}.token_domain"), format!("`{token_domain}` is not a domain name")));
+        }
+        if self.classes.is_empty() {
+            problems.push(Problem::new(format!("{section}.classes"), "a namespace needs at least one class"));
+        }
+        let mut classes = BTreeMap::new();
+        for (class_name, raw) in self.classes {
+            let key = format!("{section}.classes.{class_name}");
+            unknown_keys(problems, &key, &raw.unknown);
+            if !valid_name(&class_name) {
+                problems.push(Problem::new(&key, "name must be lower-case letters, digits, `_` or `-`"));
+            }
+            let normalize = parse_enum::<Normalization>(
+                problems,
+                &format!("{key}.normalize"),
+                raw.normalize.as_deref().unwrap_or("none"),
+                "email, e164, trim, none",
+            );
+            let format = parse_enum::<TokenFormat>(
+                problems,
+                &format!("{key}.format"),
+                raw.format.as_deref().unwrap_or("opaque"),
+                "opaque, email, phone, keep_last4, alnum",
+            );
+            if let (Some(normalize), Some(format)) = (normalize, format) {
+                if format == TokenFormat::Phone && normalize != Normalization::E164 {
+                    problems.push(Problem::new(
+                        format!("{key}.normalize"),
+                        "format = \"phone\" needs normalize = \"e164\" to find the country code",
+                    ));
+                }
+                classes.insert(
+                    class_name,
+                    ClassSpec { normalize, format, deterministic: raw.deterministic.unwrap_or(true) },
+                );
+            }
+        }
+        Some(NamespaceSpec { token_domain, classes })
+    }
+}
+
+impl RawRole {
+    fn validate(
+        self,
+        name: &str,
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Role> {
+        let section = format!("roles.{name}");
+        unknown_keys(problems, &section, &self.unknown);
+        let mut operations = BTreeSet::new();
+        for operation in &self.operations {
+            let parsed = parse_enum::<Operation>(
+                problems,
+                &format!("{section}.operations"),
+                operation,
+                "tokenize, detokenize, forget, audit_read",
+            );
+            operations.extend(parsed);
+        }
+        for namespace in &self.namespaces {
+            if namespace != "*" && !namespaces.contains_key(namespace) {
+                problems.push(Problem::new(format!("{section}.namespaces"), format!("namespace `{namespace}` is not defined")));
+            }
+        }
+        if let Some(classes) = &self.classes {
+            for class in classes {
+                let known = class == "*" || namespaces.values().any(|ns| ns.classes.contains_key(class));
+                if !known {
+                    problems.push(Problem::new(format!("{section}.classes"), format!("class `{class}` is not defined in any namespace")));
+                }
+            }
+        }
+        let data_operations = operations.iter().any(|op| *op != Operation::AuditRead);
+        if data_operations && self.namespaces.is_empty() {
+            problems.push(
+                Problem::new(format!("{section}.namespaces"), "a role with data operations needs at least one namespace")
+                    .hint("list them, or use [\"*\"] for every namespace"),
+            );
+        }
+        if operations.contains(&Operation::Detokenize) && self.purposes.is_empty() {
+            problems.push(Problem::new(
+                format!("{section}.purposes"),
+                "a role with detokenize needs at least one allowed purpose",
+            ));
+        }
+        let reveal = parse_enum::<Reveal>(
+            problems,
+            &format!("{section}.reveal"),
+            self.reveal.as_deref().unwrap_or("masked"),
+            "plain, masked",
+        )?;
+        Some(Role {
+            operations,
+            namespaces: scope(&self.namespaces),
+            classes: self.classes.as_deref().map_or(Scope::Any, scope),
+            purposes: scope(&self.purposes),
+            reveal,
+        })
+    }
+}
+
+impl RawClient {
+    fn validate(self, name: &str, roles: &BTreeMap<String, Role>, problems: &mut Vec<Problem>) -> Option<ClientSpec> {
+        let section = format!("clients.{name}");
+        unknown_keys(problems, &section, &self.unknown);
+        if !valid_name(name) {
+            problems.push(Problem::new(&section, "name must be lower-case letters, digits, `_` or `-`"));
+        }
+        let role = match self.role {
+            Some(role) if roles.contains_key(&role) => Some(role),
+            Some(role) => {
+                problems.push(Problem::new(format!("{section}.role"), format!("role `{role}` is not defined")));
+                None
+            }
+            None => {
+                problems.push(Problem::new(format!("{section}.role"), "missing"));
+                None
+            }
+        };
+        let hash = match self.api_key_hash {
+            Some(hash) if crate::policy::is_argon2id_hash(&hash) => Some(hash),
+            Some(_) => {
+                problems.push(
+                    Problem::new(format!("{section}.api_key_hash"), "not an argon2id hash")
+                        .hint(format!("generate one with: tokenvault client new {name} --role ROLE")),
+                );
+                None
+            }
+            None => {
+                problems.push(Problem::new(format!("{section}.api_key_hash"), "missing")
+                    .hint(format!("generate one with: tokenvault client new {name} --role ROLE")));
+                None
+            }
+        };
+        let mut allow_from = Vec::new();
+        for cidr in &self.allow_from {
+            let parsed = cidr.parse::<IpNet>().or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => allow_from.push(net),
+                Err(_) => problems.push(Problem::new(
+                    format!("{section}.allow_from"),
+                    format!("`{cidr}` is not an IP address or CIDR block"),
+                )),
+            }
+        }
+        Some(ClientSpec { role: role?, api_key_hash: hash?, allow_from })
+    }
+}

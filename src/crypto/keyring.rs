@@ -1,0 +1,365 @@
+//! The keyring file: the master key, stored only wrapped.
+//!
+//! The key-encryption key (KEK) comes from an operator passphrase stretched
+//! with argon2id (parameters stored beside the wrapped key, so they can be
+//! raised later without orphaning old keyrings) or from a 32-byte key file the
+//! customer supplies (bring your own key). Wrapping is AES-256-GCM-SIV with
+//! the key version in the associated data.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::keys::{MasterKey, KEY_LEN};
+
+const FORMAT: u32 = 1;
+const WRAP_AD_LABEL: &[u8] = b"tokenvault/v1/keyring-wrap";
+const KEYFILE_KEK_LABEL: &[u8] = b"tokenvault/v1/keyfile-kek";
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 12;
+
+/// argon2id cost used for new keyrings: 64 MiB, 3 passes, 1 lane.
+pub const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+/// argon2id passes for new keyrings.
+pub const ARGON2_PASSES: u32 = 3;
+/// argon2id lanes for new keyrings.
+pub const ARGON2_LANES: u32 = 1;
+/// Shortest passphrase accepted when a keyring is created.
+pub const MIN_PASSPHRASE_LEN: usize = 12;
+
+/// Material the KEK comes from. Zeroized on drop, never printed.
+pub enum KekSource {
+    /// An operator passphrase, stretched with argon2id.
+    Passphrase(Zeroizing<Vec<u8>>),
+    /// The 32 bytes of a customer-supplied key file.
+    KeyFile(Zeroizing<[u8; KEY_LEN]>),
+}
+
+impl std::fmt::Debug for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Passphrase(_) => f.write_str("KekSource::Passphrase([redacted])"),
+            Self::KeyFile(_) => f.write_str("KekSource::KeyFile([redacted])"),
+        }
+    }
+}
+
+/// What can go wrong with a keyring. No variant carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// `init` found a keyring already there.
+    #[error("a keyring already exists at {0}")]
+    Exists(String),
+    /// The keyring file could not be read or written.
+    #[error("cannot access the keyring at {path}: {source}")]
+    Io {
+        /// The keyring path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a keyring this version understands.
+    #[error("the keyring at {0} is damaged or not a tokenvault keyring")]
+    Malformed(String),
+    /// The keyring was made with a passphrase and a key file was given, or
+    /// the other way round.
+    #[error("the keyring was created with a {expected}, but the configuration gives a {given}")]
+    WrongSource {
+        /// What the keyring needs.
+        expected: &'static str,
+        /// What the configuration supplied.
+        given: &'static str,
+    },
+    /// Unwrapping failed: wrong passphrase, wrong key file or edited keyring.
+    #[error("cannot unwrap the master key: wrong passphrase or key file, or the keyring was altered")]
+    Unwrap,
+    /// The passphrase is too short to create a keyring with.
+    #[error("the passphrase is shorter than {MIN_PASSPHRASE_LEN} characters")]
+    WeakPassphrase,
+    /// argon2 refused its parameters.
+    #[error("key stretching failed")]
+    Kdf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    format: u32,
+    kek: KekParams,
+    keys: Vec<WrappedKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+enum KekParams {
+    Passphrase {
+        kdf: String,
+        memory_kib: u32,
+        passes: u32,
+        lanes: u32,
+        salt: String,
+    },
+    Keyfile,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrappedKey {
+    version: u32,
+    created_at: u64,
+    nonce: String,
+    wrapped: String,
+}
+
+/// The unwrapped master keys. The newest version is the current one.
+#[derive(Debug)]
+pub struct Keyring {
+    keys: Vec<MasterKey>,
+}
+
+impl Keyring {
+    /// A keyring holding one key that exists only in memory (`serve --dev`).
+    pub fn ephemeral() -> Self {
+        Self { keys: vec![MasterKey::generate(1)] }
+    }
+
+    /// The key that new writes use.
+    pub fn current(&self) -> &MasterKey {
+        // Invariant: every constructor puts at least one key in.
+        self.keys.last().expect("keyring holds at least one key")
+    }
+
+    /// The key of `version`, if this keyring has it.
+    pub fn version(&self, version: u32) -> Option<&MasterKey> {
+        self.keys.iter().find(|key| key.version() == version)
+    }
+
+    /// Creates a new keyring at `path` with a fresh master key. Refuses to
+    /// overwrite anything; the file is created with mode 0600.
+    pub fn create(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
+        let shown = path.display().to_string();
+        if path.exists() {
+            return Err(KeyringError::Exists(shown));
+        }
+        let (params, kek) = match source {
+            KekSource::Passphrase(passphrase) => {
+                if passphrase.len() < MIN_PASSPHRASE_LEN {
+                    return Err(KeyringError::WeakPassphrase);
+                }
+                let salt: [u8; SALT_LEN] = super::random_bytes();
+                let kek = stretch(passphrase, &salt, ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES)?;
+                let params = KekParams::Passphrase {
+                    kdf: "argon2id".to_owned(),
+                    memory_kib: ARGON2_MEMORY_KIB,
+                    passes: ARGON2_PASSES,
+                    lanes: ARGON2_LANES,
+                    salt: BASE64.encode(salt),
+                };
+                (params, kek)
+            }
+            KekSource::KeyFile(bytes) => (KekParams::Keyfile, keyfile_kek(bytes)),
+        };
+        let master = MasterKey::generate(1);
+        let file = KeyringFile { format: FORMAT, kek: params, keys: vec![wrap(&kek, &master)] };
+        // Invariant: the structure holds only strings and integers.
+        let mut text = serde_json::to_vec_pretty(&file).expect("keyring serializes");
+        text.push(b'\n');
+        let io = |source| KeyringError::Io { path: shown.clone(), source };
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => KeyringError::Exists(shown.clone()),
+                _ => io(source),
+            })?;
+        out.write_all(&text).map_err(io)?;
+        out.sync_all().map_err(io)?;
+        Ok(Self { keys: vec![master] })
+    }
+
+    /// Opens the keyring at `path` and unwraps every key in it.
+    pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
+        let shown = path.display().to_string();
+        let text = fs::read(path).map_err(|source| KeyringError::Io { path: shown.clone(), source })?;
+        let file: KeyringFile =
+            serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown.clone()))?;
+        if file.format != FORMAT || file.keys.is_empty() {
+            return Err(KeyringError::Malformed(shown));
+        }
+        let kek = match (&file.kek, source) {
+            (KekParams::Passphrase { kdf, memory_kib, passes, lanes, salt }, KekSource::Passphrase(passphrase)) => {
+                if kdf != "argon2id" {
+                    return Err(KeyringError::Malformed(shown));
+                }
+                let salt = BASE64.decode(salt).map_err(|_| KeyringError::Malformed(shown.clone()))?;
+                stretch(passphrase, &salt, *memory_kib, *passes, *lanes)?
+            }
+            (KekParams::Keyfile, KekSource::KeyFile(bytes)) => keyfile_kek(bytes),
+            (KekParams::Passphrase { .. }, KekSource::KeyFile(_)) => {
+                return Err(KeyringError::WrongSource { expected: "passphrase", given: "key file" })
+            }
+            (KekParams::Keyfile, KekSource::Passphrase(_)) => {
+                return Err(KeyringError::WrongSource { expected: "key file", given: "passphrase" })
+            }
+        };
+        let mut keys = Vec::with_capacity(file.keys.len());
+        for wrapped in &file.keys {
+            keys.push(unwrap(&kek, wrapped).ok_or(KeyringError::Unwrap)?);
+        }
+        keys.sort_by_key(MasterKey::version);
+        Ok(Self { keys })
+    }
+}
+
+fn stretch(
+    passphrase: &[u8],
+    salt: &[u8],
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyringError> {
+    let params = argon2::Params::new(memory_kib, passes, lanes, Some(KEY_LEN)).map_err(|_| KeyringError::Kdf)?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut kek = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(passphrase, salt, kek.as_mut_slice())
+        .map_err(|_| KeyringError::Kdf)?;
+    Ok(kek)
+}
+
+fn keyfile_kek(bytes: &[u8; KEY_LEN]) -> Zeroizing<[u8; KEY_LEN]> {
+    let hkdf = Hkdf::<Sha256>::new(None, bytes);
+    let mut kek = Zeroizing::new([0u8; KEY_LEN]);
+    // Invariant: 32 bytes is within HKDF-SHA256's output limit.
+    hkdf.expand(KEYFILE_KEK_LABEL, kek.as_mut_slice()).expect("32-byte HKDF output");
+    kek
+}
+
+fn wrap_ad(version: u32) -> Vec<u8> {
+    let mut ad = WRAP_AD_LABEL.to_vec();
+    ad.extend_from_slice(&version.to_be_bytes());
+    ad
+}
+
+fn wrap(kek: &[u8; KEY_LEN], key: &MasterKey) -> WrappedKey {
+    // Invariant: the KEK is 32 bytes.
+    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte KEK");
+    let nonce: [u8; NONCE_LEN] = super::random_bytes();
+    let ad = wrap_ad(key.version());
+    // Invariant: a 32-byte message is within AES-GCM-SIV limits.
+    let wrapped = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.expose(), aad: &ad })
+        .expect("wrapping 32 bytes");
+    let created_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    WrappedKey {
+        version: key.version(),
+        created_at,
+        nonce: BASE64.encode(nonce),
+        wrapped: BASE64.encode(wrapped),
+    }
+}
+
+fn unwrap(kek: &[u8; KEY_LEN], wrapped: &WrappedKey) -> Option<MasterKey> {
+    let cipher = Aes256GcmSiv::new_from_slice(kek).ok()?;
+    let nonce = BASE64.decode(&wrapped.nonce).ok()?;
+    let ciphertext = BASE64.decode(&wrapped.wrapped).ok()?;
+    if nonce.len() != NONCE_LEN {
+        return None;
+    }
+    let ad = wrap_ad(wrapped.version);
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &ad })
+            .ok()?,
+    );
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    if plain.len() != KEY_LEN {
+        return None;
+    }
+    bytes.copy_from_slice(&plain);
+    Some(MasterKey::from_bytes(wrapped.version, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passphrase(text: &str) -> KekSource {
+        KekSource::Passphrase(Zeroizing::new(text.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn passphrase_round_trip_and_wrong_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = Keyring::create(&path, &passphrase("correct horse battery")).unwrap();
+        let opened = Keyring::open(&path, &passphrase("correct horse battery")).unwrap();
+        assert_eq!(created.current().expose(), opened.current().expose());
+        assert!(matches!(
+            Keyring::open(&path, &passphrase("wrong horse battery")),
+            Err(KeyringError::Unwrap)
+        ));
+        assert!(matches!(
+            Keyring::create(&path, &passphrase("correct horse battery")),
+            Err(KeyringError::Exists(_))
+        ));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"memory_kib\": 65536"), "argon2 parameters stored beside the key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn keyfile_round_trip_and_wrong_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = Keyring::create(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
+        let opened = Keyring::open(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
+        assert_eq!(created.current().expose(), opened.current().expose());
+        assert!(matches!(
+            Keyring::open(&path, &KekSource::KeyFile(Zeroizing::new([2u8; 32]))),
+            Err(KeyringError::Unwrap)
+        ));
+        assert!(matches!(
+            Keyring::open(&path, &passphrase("a long enough passphrase")),
+            Err(KeyringError::WrongSource { .. })
+        ));
+    }
+
+    #[test]
+    fn short_passphrase_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        assert!(matches!(Keyring::create(&path, &passphrase("short")), Err(KeyringError::WeakPassphrase)));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn edited_keyring_does_not_unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        Keyring::create(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        // Claim the wrapped key is version 2: the version is authenticated.
+        fs::write(&path, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        assert!(matches!(
+            Keyring::open(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))),
+            Err(KeyringError::Unwrap)
+        ));
+    }
+}

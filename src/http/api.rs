@@ -1,0 +1,234 @@
+//! `/v1` token API handlers and the health endpoints.
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::auth::Authenticated;
+use super::context::{LoggedNamespace, RequestId};
+use super::error::{ApiError, ErrorCode};
+use super::AppState;
+use crate::pii::Pii;
+use crate::vault::{Detokenized, TokenizeItem};
+
+/// Registers every route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/tokenize", web::post().to(tokenize))
+        .route("/v1/detokenize", web::post().to(detokenize))
+        .route("/v1/namespaces/{namespace}/tokens/{token}", web::delete().to(forget));
+}
+
+/// Answer for any route that does not exist.
+pub async fn not_found(id: RequestId) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store_ready = state.vault.is_ready();
+    let body = json!({
+        "status": if store_ready { "ready" } else { "not_ready" },
+        "checks": { "store": if store_ready { "ok" } else { "unavailable" }, "keys": "loaded" },
+    });
+    if store_ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeRequest {
+    namespace: String,
+    items: Vec<TokenizeItemBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeItemBody {
+    class: String,
+    value: Pii,
+    #[serde(default)]
+    subject: Option<Pii>,
+}
+
+#[derive(Serialize)]
+struct TokenOut {
+    token: String,
+    created: bool,
+}
+
+async fn tokenize(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: TokenizeRequest = read_json(&state, &req, payload, &id).await?;
+    req.extensions_mut().insert(LoggedNamespace(request.namespace.clone()));
+    check_batch(&state, request.items.len(), "items", &id)?;
+    let items = request
+        .items
+        .into_iter()
+        .map(|item| TokenizeItem { class: item.class, value: item.value, subject: item.subject })
+        .collect();
+    let tokens = state
+        .vault
+        .tokenize(&caller, &request.namespace, items)
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    let tokens: Vec<TokenOut> =
+        tokens.into_iter().map(|t| TokenOut { token: t.token, created: t.created }).collect();
+    Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeRequest {
+    namespace: String,
+    purpose: String,
+    tokens: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ValueOut<'a> {
+    Found { token: &'a str, value: &'a str, class: &'a str },
+    Missing { token: &'a str, error: ItemError },
+}
+
+#[derive(Serialize)]
+struct ItemError {
+    code: &'static str,
+}
+
+async fn detokenize(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: DetokenizeRequest = read_json(&state, &req, payload, &id).await?;
+    req.extensions_mut().insert(LoggedNamespace(request.namespace.clone()));
+    check_batch(&state, request.tokens.len(), "tokens", &id)?;
+    if request.purpose.trim().is_empty() {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "purpose must not be empty", &id));
+    }
+    let tokens = request.tokens;
+    let answers = state
+        .vault
+        .detokenize(&caller, &request.namespace, &request.purpose, tokens.clone())
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    let values: Vec<ValueOut<'_>> = tokens
+        .iter()
+        .zip(&answers)
+        .map(|(token, answer)| match answer {
+            // The one place revealed values leave the engine's types.
+            Detokenized::Value { class, value } => ValueOut::Found { token, value: value.expose(), class },
+            Detokenized::NotFound => ValueOut::Missing { token, error: ItemError { code: "not_found" } },
+            Detokenized::Integrity => ValueOut::Missing { token, error: ItemError { code: "integrity_error" } },
+        })
+        .collect();
+    let body = Zeroizing::new(serde_json::to_vec(&json!({ "values": values })).map_err(|_| {
+        ApiError::new(ErrorCode::Internal, "internal error", &id)
+    })?);
+    Ok(HttpResponse::Ok().content_type("application/json").body(body.to_vec()))
+}
+
+async fn forget(
+    state: web::Data<AppState>,
+    Authenticated(caller): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (namespace, token) = path.into_inner();
+    req.extensions_mut().insert(LoggedNamespace(namespace.clone()));
+    let existed = state
+        .vault
+        .forget(&caller, &namespace, &token)
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    if existed {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(ErrorCode::NotFound, "no such token", &id))
+    }
+}
+
+fn check_batch(state: &AppState, count: usize, field: &str, id: &RequestId) -> Result<(), ApiError> {
+    if count == 0 {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("{field} must not be empty"), id));
+    }
+    let limit = state.limits.max_batch_items;
+    if count > limit {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{field} holds {count} entries; the limit is {limit}"),
+            id,
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a JSON body of at most `max_body_bytes` into a zeroizing buffer and
+/// parses it. Parse errors name the line and column, never the content.
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    id: &RequestId,
+) -> Result<T, ApiError> {
+    if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
+        let json = content_type
+            .to_str()
+            .ok()
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/json", id));
+        }
+    }
+    let limit = state.limits.max_body_bytes;
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("body is larger than {limit} bytes"), id);
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0)));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "could not read the body", id))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "body is not a valid request for this endpoint (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+            id,
+        )
+    })
+}

@@ -1,0 +1,128 @@
+//! The one mapping from failures to HTTP answers:
+//! `{"error": {"code", "message", "request_id"}}` with a stable code and a
+//! fixed message. Causes go to the log, never to the client.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use super::context::RequestId;
+use crate::policy::Denied;
+use crate::vault::VaultError;
+
+/// Stable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: the request is malformed or an item is invalid.
+    InvalidRequest,
+    /// 401: no API key, or one that is not accepted.
+    Unauthorized,
+    /// 403: the client's role does not allow this.
+    Forbidden,
+    /// 404: no such namespace, token or route.
+    NotFound,
+    /// 413: body, batch or value over its limit.
+    PayloadTooLarge,
+    /// 415: the body is not JSON.
+    UnsupportedMediaType,
+    /// 500: a bug or an impossible state.
+    Internal,
+    /// 503: the store is not available.
+    Unavailable,
+}
+
+impl ErrorCode {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Internal => "internal_error",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// An error answer. `message` is built only from fixed text, indexes and
+/// names from the configuration, never from request values.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    request_id: RequestId,
+}
+
+impl ApiError {
+    /// An error with a message safe to show the caller.
+    pub fn new(code: ErrorCode, message: impl Into<String>, request_id: &RequestId) -> Self {
+        Self { code, message: message.into(), request_id: request_id.clone() }
+    }
+
+    /// The answer for a failed authentication; the reason is logged by the caller.
+    pub fn unauthorized(request_id: &RequestId) -> Self {
+        Self::new(ErrorCode::Unauthorized, "missing or invalid api key", request_id)
+    }
+
+    /// Maps an engine error, logging what the caller does not see.
+    pub fn from_vault(error: VaultError, request_id: &RequestId) -> Self {
+        let code = match &error {
+            VaultError::Denied(_) => ErrorCode::Forbidden,
+            VaultError::UnknownNamespace => ErrorCode::NotFound,
+            VaultError::Item { .. } => ErrorCode::InvalidRequest,
+            VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            VaultError::Store(_) => ErrorCode::Unavailable,
+            VaultError::Exhausted => ErrorCode::Internal,
+        };
+        let message = match &error {
+            VaultError::Denied(Denied::Class(index)) => format!("item {index}: class not granted to this client"),
+            VaultError::Denied(denied) => denied.to_string(),
+            VaultError::Store(_) => "the token store is unavailable".to_owned(),
+            VaultError::Exhausted => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        if matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) {
+            tracing::error!(request_id = %request_id, error = %error, "request failed");
+        }
+        Self::new(code, message, request_id)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "request_id": self.request_id.as_str(),
+            }
+        }))
+    }
+}

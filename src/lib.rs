@@ -1,0 +1,16 @@
+//! tokenvault: an on-premises tokenization vault. It keeps personal data
+//! in-country in an encrypted SQLite store and hands out tokens in its place.
+//!
+//! Dependencies point one way: `cli` and `http` call the engine in [`vault`],
+//! which joins [`store`], [`crypto`] and [`policy`].
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod harden;
+pub mod http;
+pub mod pii;
+pub mod policy;
+pub mod store;
+pub mod telemetry;
+pub mod vault;

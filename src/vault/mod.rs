@@ -1,0 +1,349 @@
+//! The engine: tokenize, detokenize, forget. The one place that joins
+//! crypto, store and policy; `http` and `cli` call only this.
+
+pub mod normalize;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{ClassSpec, NamespaceSpec};
+use crate::crypto::keyring::Keyring;
+use crate::crypto::keys::NamespaceKeys;
+use crate::crypto::seal::Binding;
+use crate::crypto::tokens::{self, FormatError};
+use crate::pii::Pii;
+use crate::policy::{mask, Caller, Denied, Operation, Reveal};
+use crate::store::{InsertOutcome, NewRow, Store, StoreError};
+use normalize::NormalizeError;
+
+/// Largest value accepted for tokenization, in bytes.
+pub const MAX_VALUE_BYTES: usize = 4096;
+/// Times a taken token is re-minted before the request fails.
+const MINT_ATTEMPTS: usize = 8;
+
+/// One value to tokenize.
+#[derive(Debug)]
+pub struct TokenizeItem {
+    /// Data class name within the namespace.
+    pub class: String,
+    /// The plaintext.
+    pub value: Pii,
+    /// The customer this value belongs to; stored only as a keyed hash.
+    pub subject: Option<Pii>,
+}
+
+/// The token of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// The token.
+    pub token: String,
+    /// True when this call created it.
+    pub created: bool,
+}
+
+/// The answer for one token of a detokenize call.
+#[derive(Debug)]
+pub enum Detokenized {
+    /// The value (plain or masked, as the caller's role says).
+    Value {
+        /// Data class name.
+        class: String,
+        /// The revealed value.
+        value: Pii,
+    },
+    /// No such token, or one the caller may not see: indistinguishable.
+    NotFound,
+    /// The stored row failed authentication: edited, moved or its key is
+    /// missing. Nothing is revealed.
+    Integrity,
+}
+
+/// Why an item was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ItemProblem {
+    /// The namespace has no such class.
+    #[error("unknown class")]
+    UnknownClass,
+    /// The value failed normalization.
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+    /// No token of the class's format fits the value.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// An engine failure. Messages never contain a value.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Policy refused the request.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The namespace is not configured.
+    #[error("unknown namespace")]
+    UnknownNamespace,
+    /// One item is invalid.
+    #[error("item {index}: {problem}")]
+    Item {
+        /// Position of the item in the request.
+        index: usize,
+        /// What is wrong with it.
+        problem: ItemProblem,
+    },
+    /// One value is over [`MAX_VALUE_BYTES`].
+    #[error("item {index}: value is larger than {MAX_VALUE_BYTES} bytes")]
+    ValueTooLarge {
+        /// Position of the item in the request.
+        index: usize,
+    },
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every minted token was already taken.
+    #[error("could not mint an unused token")]
+    Exhausted,
+}
+
+struct Namespace {
+    spec: NamespaceSpec,
+    // Working keys per master key version; the current version seals.
+    keys: BTreeMap<u32, NamespaceKeys>,
+    current: u32,
+}
+
+impl Namespace {
+    fn current_keys(&self) -> &NamespaceKeys {
+        // Invariant: built from the keyring, which holds the current version.
+        &self.keys[&self.current]
+    }
+}
+
+/// The tokenization engine.
+pub struct Vault {
+    store: Arc<Store>,
+    namespaces: BTreeMap<String, Namespace>,
+}
+
+struct Pending<'a> {
+    class_name: &'a str,
+    class: ClassSpec,
+    normalized: Pii,
+    blind_index: Option<[u8; 32]>,
+    subject_hash: Option<[u8; 32]>,
+    candidate: String,
+}
+
+impl Vault {
+    /// Builds the engine over an open store, with the keyring's keys.
+    pub fn new(store: Arc<Store>, keyring: &Keyring, namespaces: &BTreeMap<String, NamespaceSpec>) -> Self {
+        let current = keyring.current().version();
+        let namespaces = namespaces
+            .iter()
+            .map(|(name, spec)| {
+                let keys = (1..=current)
+                    .filter_map(|version| keyring.version(version).map(|key| (version, key.namespace_keys(name))))
+                    .collect();
+                (name.clone(), Namespace { spec: spec.clone(), keys, current })
+            })
+            .collect();
+        Self { store, namespaces }
+    }
+
+    /// True when the store answers and the writer runs.
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ready()
+    }
+
+    /// The configured namespaces and their classes.
+    pub fn namespace_spec(&self, namespace: &str) -> Option<&NamespaceSpec> {
+        self.namespaces.get(namespace).map(|ns| &ns.spec)
+    }
+
+    fn namespace(&self, namespace: &str) -> Result<&Namespace, VaultError> {
+        self.namespaces.get(namespace).ok_or(VaultError::UnknownNamespace)
+    }
+
+    /// Tokenizes `items`, in order. Tokens are returned only after the rows
+    /// mapping them are durably committed.
+    pub async fn tokenize(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        items: Vec<TokenizeItem>,
+    ) -> Result<Vec<Tokenized>, VaultError> {
+        caller.role.check(Operation::Tokenize, namespace)?;
+        let ns = self.namespace(namespace)?;
+        let keys = ns.current_keys();
+        let mut pending = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let item_error = |problem: ItemProblem| VaultError::Item { index, problem };
+            let (class_name, class) =
+                ns.spec.classes.get_key_value(&item.class).ok_or(item_error(ItemProblem::UnknownClass))?;
+            if !caller.role.classes.allows(class_name) {
+                return Err(Denied::Class(index).into());
+            }
+            if item.value.expose().len() > MAX_VALUE_BYTES {
+                return Err(VaultError::ValueTooLarge { index });
+            }
+            let normalized = normalize::normalize(class.normalize, item.value.expose())
+                .map_err(|e| item_error(e.into()))?;
+            let candidate = mint(class, &normalized, &ns.spec.token_domain).map_err(|e| item_error(e.into()))?;
+            pending.push(Pending {
+                class_name,
+                class: *class,
+                blind_index: class.deterministic.then(|| keys.blind_index(class_name, normalized.expose())),
+                subject_hash: item.subject.as_ref().map(|subject| keys.subject_hash(subject.expose())),
+                normalized,
+                candidate,
+            });
+        }
+        drop(items);
+
+        let mut results: Vec<Option<Tokenized>> = vec![None; pending.len()];
+        // Known values are answered from a read connection, without the writer.
+        let lookups: Vec<(usize, String, [u8; 32])> = pending
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.blind_index.map(|index| (i, p.class_name.to_owned(), index)))
+            .collect();
+        if !lookups.is_empty() {
+            let store = self.store.clone();
+            let owned_namespace = namespace.to_owned();
+            let found = tokio::task::spawn_blocking(move || {
+                let keys: Vec<(&str, [u8; 32])> = lookups.iter().map(|(_, class, index)| (class.as_str(), *index)).collect();
+                store.find_by_blind_index(&owned_namespace, &keys).map(|found| (lookups, found))
+            })
+            .await
+            .map_err(|_| StoreError::ReadTask)??;
+            for ((i, _, _), token) in found.0.iter().zip(found.1) {
+                results[*i] = token.map(|token| Tokenized { token, created: false });
+            }
+        }
+
+        let mut open: Vec<usize> = (0..pending.len()).filter(|i| results[*i].is_none()).collect();
+        for attempt in 0..MINT_ATTEMPTS {
+            if open.is_empty() {
+                break;
+            }
+            let rows = open
+                .iter()
+                .map(|&i| {
+                    let p = &mut pending[i];
+                    if attempt > 0 {
+                        p.candidate = mint(&p.class, &p.normalized, &ns.spec.token_domain)
+                            .map_err(|e| VaultError::Item { index: i, problem: e.into() })?;
+                    }
+                    let binding = Binding { namespace, class: p.class_name, token: &p.candidate };
+                    Ok(NewRow {
+                        token: p.candidate.clone(),
+                        class: p.class_name.to_owned(),
+                        key_version: keys.sealer().version(),
+                        sealed: keys.sealer().seal(binding, p.normalized.expose().as_bytes()),
+                        blind_index: p.blind_index,
+                        subject_hash: p.subject_hash,
+                    })
+                })
+                .collect::<Result<Vec<_>, VaultError>>()?;
+            let outcomes = self.store.insert(namespace, rows).await?;
+            let mut taken = Vec::new();
+            for (&i, outcome) in open.iter().zip(outcomes) {
+                match outcome {
+                    InsertOutcome::Inserted => {
+                        results[i] = Some(Tokenized { token: pending[i].candidate.clone(), created: true });
+                    }
+                    InsertOutcome::Existing(token) => results[i] = Some(Tokenized { token, created: false }),
+                    InsertOutcome::TokenTaken => taken.push(i),
+                }
+            }
+            open = taken;
+        }
+        if !open.is_empty() {
+            return Err(VaultError::Exhausted);
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Reveals the values of `tokens` for `purpose`, in order, as the caller's
+    /// role allows (plain or masked). Tokens of classes the role may not see
+    /// answer exactly like tokens that do not exist.
+    pub async fn detokenize(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        purpose: &str,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Detokenized>, VaultError> {
+        caller.role.check(Operation::Detokenize, namespace)?;
+        if !caller.role.purposes.allows(purpose) {
+            return Err(Denied::Purpose.into());
+        }
+        let ns = self.namespace(namespace)?;
+        let store = self.store.clone();
+        let owned_namespace = namespace.to_owned();
+        let (tokens, stored) = tokio::task::spawn_blocking(move || {
+            store.fetch(&owned_namespace, &tokens).map(|stored| (tokens, stored))
+        })
+        .await
+        .map_err(|_| StoreError::ReadTask)??;
+        let answers = tokens
+            .iter()
+            .zip(stored)
+            .map(|(token, stored)| {
+                let Some(stored) = stored else { return Detokenized::NotFound };
+                let Some(class) = ns.spec.classes.get(&stored.class) else { return Detokenized::NotFound };
+                if !caller.role.classes.allows(&stored.class) {
+                    return Detokenized::NotFound;
+                }
+                let opened = ns.keys.get(&stored.key_version).and_then(|keys| {
+                    let binding = Binding { namespace, class: &stored.class, token };
+                    keys.sealer().open(binding, stored.key_version, &stored.sealed).ok()
+                });
+                let Some(plain) = opened.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok()) else {
+                    tracing::error!(namespace, token, "stored value failed authentication; nothing revealed");
+                    return Detokenized::Integrity;
+                };
+                let value = match caller.role.reveal {
+                    Reveal::Plain => Pii::new(plain),
+                    Reveal::Masked => {
+                        let plain = Pii::new(plain);
+                        Pii::new(mask(plain.expose(), class.normalize))
+                    }
+                };
+                Detokenized::Value { class: stored.class, value }
+            })
+            .collect();
+        Ok(answers)
+    }
+
+    /// Forgets one token: its row and sealed value are deleted. Answers
+    /// whether it existed (false also for a class the caller may not see).
+    pub async fn forget(&self, caller: &Caller, namespace: &str, token: &str) -> Result<bool, VaultError> {
+        caller.role.check(Operation::Forget, namespace)?;
+        let ns = self.namespace(namespace)?;
+        if let crate::policy::Scope::Only(_) = caller.role.classes {
+            let store = self.store.clone();
+            let (owned_namespace, owned_token) = (namespace.to_owned(), vec![token.to_owned()]);
+            let stored = tokio::task::spawn_blocking(move || store.fetch(&owned_namespace, &owned_token))
+                .await
+                .map_err(|_| StoreError::ReadTask)??;
+            let visible = stored
+                .first()
+                .and_then(Option::as_ref)
+                .is_some_and(|s| caller.role.classes.allows(&s.class) && ns.spec.classes.contains_key(&s.class));
+            if !visible {
+                return Ok(false);
+            }
+        }
+        Ok(self.store.delete(namespace, token).await?)
+    }
+}
+
+/// A fresh token that differs from the value (a length-preserving format can,
+/// by chance, reproduce its input).
+fn mint(class: &ClassSpec, normalized: &Pii, token_domain: &str) -> Result<String, FormatError> {
+    loop {
+        let token = tokens::mint(class.format, normalized.expose(), token_domain)?;
+        if token != normalized.expose() {
+            return Ok(token);
+        }
+    }
+}
