@@ -1,0 +1,135 @@
+//! Configuration loading, `config check`, `init` and start-up refusals.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn config_check_reports_every_problem_and_exits_78() {
+    let setup = Setup::configure("lisen = \"oops\"", STANDARD);
+    let text = fs::read_to_string(&setup.config).unwrap().replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
+    fs::write(&setup.config, text).unwrap();
+    let passphrase = setup.dir.path().join("passphrase");
+    fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o640)).unwrap();
+    let out = setup.run(&["config", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("server.lisen: unknown key"), "{stderr}");
+    assert!(stderr.contains("server.listen: `not-an-address` is not an IP address and port"), "{stderr}");
+    assert!(stderr.contains("keys.passphrase_file"), "{stderr}");
+    assert!(stderr.contains(&format!("hint: chmod 600 {}", passphrase.display())), "{stderr}");
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    // serve refuses the same file with the same status, before binding.
+    let out = setup.run(&["serve", "--config"]);
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_env_overrides_apply() {
+    let setup = Setup::configure("", STANDARD);
+    let out = setup.run(&["config", "check", "--config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK: 3 namespace(s)"));
+    // TOKENVAULT_SERVER__LISTEN overrides [server] listen.
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&setup.config)
+        .env("TOKENVAULT_SERVER__LISTEN", "bad-from-env")
+        .env("TOKENVAULT_PASSPHRASE", "not a config key, ignored")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`bad-from-env`"));
+    // Plain HTTP on a public address is refused unless explicitly allowed.
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&setup.config)
+        .env("TOKENVAULT_SERVER__LISTEN", "0.0.0.0:8443")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plain HTTP on non-loopback address"));
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&setup.config)
+        .env("TOKENVAULT_SERVER__LISTEN", "0.0.0.0:8443")
+        .env("TOKENVAULT_SERVER__INSECURE_ALLOW_PLAINTEXT", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn semantic_problems_are_reported_with_their_keys() {
+    let body = r#"
+[namespaces.retail.classes.phone]
+normalize = "trim"
+format = "phone"
+[namespaces.retail.classes.email]
+format = "emale"
+[roles.worker]
+operations = ["detokenize", "fly"]
+namespaces = ["nowhere"]
+reveal = "sometimes"
+"#;
+    let setup = Setup::configure("", body);
+    let text = fs::read_to_string(&setup.config).unwrap().replace("role = \"backend\"", "role = \"ghost\"");
+    fs::write(&setup.config, text + "\n[clients.broken]\nrole = \"worker\"\napi_key_hash = \"plaintext-key\"\nallow_from = [\"10.0.0.300/8\"]\n").unwrap();
+    let out = setup.run(&["config", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    for expected in [
+        "namespaces.retail.classes.phone.normalize: format = \"phone\" needs normalize = \"e164\"",
+        "namespaces.retail.classes.email.format: `emale` is not one of",
+        "roles.worker.operations: `fly` is not one of",
+        "roles.worker.namespaces: namespace `nowhere` is not defined",
+        "roles.worker.purposes: a role with detokenize needs at least one allowed purpose",
+        "roles.worker.reveal: `sometimes` is not one of: plain, masked",
+        "clients.crm.role: role `backend` is not defined",
+        "clients.broken.api_key_hash: not an argon2id hash",
+        "clients.broken.allow_from: `10.0.0.300/8` is not an IP address or CIDR block",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
+    let setup = Setup::new("");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&setup.data_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let keyring = setup.data_dir.join("keyring.json");
+    let before = fs::read(&keyring).unwrap();
+    let out = setup.run(&["init", "--config"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(fs::read(&keyring).unwrap(), before);
+    // Wrong passphrase: clear error with a hint, exit 1, nothing served.
+    fs::write(setup.dir.path().join("passphrase"), "a different passphrase!").unwrap();
+    let out = setup.run(&["serve", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot unwrap the master key") && stderr.contains("hint:"), "{stderr}");
+    assert!(!stderr.contains("a different passphrase"));
+}
+
+#[test]
+fn keyfile_source_works_end_to_end() {
+    let setup = Setup::configure("", STANDARD);
+    let key_file = setup.dir.path().join("master.kek");
+    fs::write(&key_file, [42u8; 32]).unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+    let text = fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("source = \"passphrase\"\npassphrase_file = \"{}\"", setup.dir.path().join("passphrase").display()),
+        &format!("source = \"keyfile\"\nkey_file = \"{}\"", key_file.display()),
+    );
+    fs::write(&setup.config, text).unwrap();
+    assert!(setup.run(&["init", "--config"]).status.success());
+    let server = setup.serve();
+    let tokens = tokenize(&server, "admin", "retail", &[("email", "byok@example.com")]);
+    let values = detokenize(&server, "admin", "retail", "support", &tokens);
+    assert_eq!(values[0]["value"], "byok@example.com");
+}

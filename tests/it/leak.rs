@@ -1,0 +1,82 @@
+//! No canary value reaches any file the vault wrote, or its logs.
+
+use std::fs;
+use std::path::Path;
+
+use base64::Engine;
+
+use crate::support::*;
+
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn forms(value: &str) -> Vec<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    vec![
+        value.as_bytes().to_vec(),
+        value.to_lowercase().into_bytes(),
+        b64.encode(value).into_bytes(),
+        hex::encode(value).into_bytes(),
+        hex::encode_upper(value).into_bytes(),
+    ]
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+#[test]
+fn canaries_never_reach_disk_or_logs() {
+    let canaries: Vec<String> =
+        fs::read_to_string(fixture("canaries.txt")).unwrap().lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    assert_eq!(canaries.len(), 1000);
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let items: Vec<(&str, &str)> = canaries
+        .iter()
+        .map(|value| {
+            let class = if value.contains('@') { "email" } else if value.starts_with('+') { "phone" } else { "name" };
+            (class, value.as_str())
+        })
+        .collect();
+    let tokens = tokenize(&server, "crm", "retail", &items);
+    // Again, through the known-value path, and into a random class.
+    assert_eq!(tokenize(&server, "crm", "retail", &items), tokens);
+    let notes: Vec<(&str, &str)> = canaries.iter().take(100).map(|v| ("note", v.as_str())).collect();
+    tokenize(&server, "crm", "retail", &notes);
+    let values = detokenize(&server, "admin", "retail", "support", &tokens);
+    for (value, answer) in canaries.iter().zip(&values) {
+        let expected = if value.contains('@') { value.to_lowercase() } else { value.clone() };
+        assert_eq!(answer["value"].as_str(), Some(expected.as_str()));
+    }
+    detokenize(&server, "helpdesk", "retail", "support", &tokens);
+    // Refused and malformed requests that carry canaries are logged too.
+    let (status, _) = post(&server, "/v1/tokenize", &key("sms"), &serde_json::json!({"namespace": "retail", "items": [{"class": "email", "value": canaries[0]}]}));
+    assert_eq!(status, 403);
+    let (status, _) = post(&server, "/v1/tokenize", &key("crm"), &serde_json::json!({"namespace": "retail", "items": [{"class": "phone", "value": canaries[0]}]}));
+    assert_eq!(status, 400);
+    assert!(server.stop().success());
+
+    let mut files = Vec::new();
+    files_under(&setup.data_dir, &mut files);
+    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"vault.db".to_owned()) && names.contains(&"keyring.json".to_owned()), "{names:?}");
+    let mut contents: Vec<(String, Vec<u8>)> = files.iter().map(|f| (f.display().to_string(), fs::read(f).unwrap())).collect();
+    contents.push(("server log".to_owned(), server.logs().into_bytes()));
+    assert!(contents.last().unwrap().1.len() > 1000, "the log should have said something");
+    for canary in &canaries {
+        for form in forms(canary) {
+            for (name, bytes) in &contents {
+                assert!(!contains(bytes, &form), "a form of a canary was found in {name}");
+            }
+        }
+    }
+}

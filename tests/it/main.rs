@@ -1,0 +1,11 @@
+//! Integration tests: the real `tokenvault` binary on 127.0.0.1, real files,
+//! real SQLite, real TLS.
+
+mod api;
+mod config;
+mod dev;
+mod durability;
+mod leak;
+mod support;
+mod tamper;
+mod tls;

@@ -1,0 +1,307 @@
+//! Test support: a real `tokenvault` process on 127.0.0.1:0 with a temporary
+//! data directory, configured through real files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenvault");
+/// Passphrase of every test vault.
+pub const PASSPHRASE: &str = "test passphrase, long enough";
+
+/// The clients of the standard test configuration and their roles.
+pub const CLIENTS: &[(&str, &str, &str)] = &[
+    ("crm", "backend", ""),
+    ("intake", "names_only", ""),
+    ("sms", "sms_worker", ""),
+    ("helpdesk", "support", ""),
+    ("admin", "admin", ""),
+    ("office", "admin", "allow_from = [\"10.20.0.0/16\"]"),
+    ("auditor", "auditor", ""),
+];
+
+/// Roles and namespaces of the standard test configuration.
+pub const STANDARD: &str = r#"
+[namespaces.retail]
+token_domain = "tok.retail.invalid"
+[namespaces.retail.classes.email]
+normalize = "email"
+format = "email"
+[namespaces.retail.classes.phone]
+normalize = "e164"
+format = "phone"
+[namespaces.retail.classes.name]
+normalize = "trim"
+format = "opaque"
+[namespaces.retail.classes.account]
+normalize = "trim"
+format = "alnum"
+[namespaces.retail.classes.card]
+normalize = "trim"
+format = "keep_last4"
+[namespaces.retail.classes.note]
+format = "opaque"
+deterministic = false
+
+[namespaces.health.classes.email]
+normalize = "email"
+format = "email"
+[namespaces.health.classes.name]
+normalize = "trim"
+
+[namespaces.vip.classes.name]
+normalize = "trim"
+
+[roles.backend]
+operations = ["tokenize"]
+namespaces = ["retail", "health"]
+
+[roles.names_only]
+operations = ["tokenize"]
+namespaces = ["retail"]
+classes = ["name"]
+
+[roles.sms_worker]
+operations = ["detokenize"]
+namespaces = ["retail"]
+classes = ["phone", "name"]
+purposes = ["sms_delivery"]
+reveal = "plain"
+
+[roles.support]
+operations = ["detokenize"]
+namespaces = ["retail"]
+purposes = ["support"]
+reveal = "masked"
+
+[roles.admin]
+operations = ["tokenize", "detokenize", "forget"]
+namespaces = ["*"]
+purposes = ["*"]
+reveal = "plain"
+
+[roles.auditor]
+operations = ["audit_read"]
+"#;
+
+/// API keys and hashes for the standard clients, minted once per test run
+/// with the real `client new` command.
+pub fn client_keys() -> &'static BTreeMap<String, (String, String)> {
+    static KEYS: OnceLock<BTreeMap<String, (String, String)>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        CLIENTS
+            .iter()
+            .map(|(name, role, _)| {
+                let out = Command::new(BIN).args(["client", "new", name, "--role", role]).output().unwrap();
+                assert!(out.status.success(), "client new failed");
+                let text = String::from_utf8(out.stdout).unwrap();
+                let key = text.lines().find_map(|l| l.trim().strip_prefix("tv.").map(|k| format!("tv.{k}"))).unwrap();
+                let hash = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("api_key_hash = \"").map(|h| h.trim_end_matches('"').to_owned()))
+                    .unwrap();
+                (name.to_string(), (key, hash))
+            })
+            .collect()
+    })
+}
+
+/// The API key of a standard client.
+pub fn key(client: &str) -> String {
+    client_keys()[client].0.clone()
+}
+
+/// A configured, initialised vault in a temporary directory.
+pub struct Setup {
+    /// Holds every file; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Setup {
+    /// Writes the standard configuration plus `server_extra` in `[server]`,
+    /// and runs `tokenvault init`.
+    pub fn new(server_extra: &str) -> Self {
+        let setup = Self::configure(server_extra, STANDARD);
+        let out = setup.run(&["init", "--config"]);
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        setup
+    }
+
+    /// Writes a configuration without running init.
+    pub fn configure(server_extra: &str, body: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let passphrase = dir.path().join("passphrase");
+        fs::write(&passphrase, PASSPHRASE).unwrap();
+        fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[storage]\ndata_dir = \"{}\"\n\n[keys]\nsource = \"passphrase\"\npassphrase_file = \"{}\"\n{body}\n",
+            data_dir.display(),
+            passphrase.display()
+        );
+        for (name, role, extra) in CLIENTS {
+            let hash = &client_keys()[*name].1;
+            text.push_str(&format!("\n[clients.{name}]\nrole = \"{role}\"\napi_key_hash = \"{hash}\"\n{extra}\n"));
+        }
+        let config = dir.path().join("vault.toml");
+        fs::write(&config, text).unwrap();
+        Self { dir, config, data_dir }
+    }
+
+    /// Runs `tokenvault ARGS… <config>` to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).arg(&self.config).output().unwrap()
+    }
+
+    /// Starts `tokenvault serve` on this configuration.
+    pub fn serve(&self) -> Server {
+        Server::spawn(&["serve", "--config", self.config.to_str().unwrap()], &[], self.dir.path())
+    }
+}
+
+/// A running vault process. Killed on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT` or `https://…`.
+    pub base: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// Spawns the binary with `args`, logs going to files in `log_dir`, and
+    /// waits until it prints its listening address.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stdout = log_dir.join(format!("server-{}-{n}.stdout", std::process::id()));
+        let stderr = log_dir.join(format!("server-{}-{n}.stderr", std::process::id()));
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().unwrap();
+        let mut server = Self { child, base: String::new(), stdout, stderr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = fs::read_to_string(&server.stdout).unwrap_or_default();
+            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("tokenvault listening on ")) {
+                server.base = url.trim().to_owned();
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("server exited with {status}: {}", server.logs());
+            }
+            assert!(Instant::now() < deadline, "server did not start: {}", server.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default() + &fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.wait(Duration::from_secs(40))
+    }
+
+    /// Sends SIGKILL and waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends a signal with kill(1); false when the process is already gone.
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// POSTs JSON with a bearer key; returns status and body.
+pub fn post(server: &Server, path: &str, api_key: &str, body: &Value) -> (u16, Value) {
+    let response = http().post(server.url(path)).bearer_auth(api_key).json(body).send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+/// Tokenizes `(class, value)` pairs; asserts 200; returns the tokens.
+pub fn tokenize(server: &Server, client: &str, namespace: &str, items: &[(&str, &str)]) -> Vec<String> {
+    let items: Vec<Value> = items.iter().map(|(class, value)| json!({"class": class, "value": value})).collect();
+    let (status, body) = post(server, "/v1/tokenize", &key(client), &json!({"namespace": namespace, "items": items}));
+    assert_eq!(status, 200, "{body}");
+    body["tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Detokenizes; asserts 200; returns the `values` array.
+pub fn detokenize(server: &Server, client: &str, namespace: &str, purpose: &str, tokens: &[String]) -> Vec<Value> {
+    let (status, body) = post(
+        server,
+        "/v1/detokenize",
+        &key(client),
+        &json!({"namespace": namespace, "purpose": purpose, "tokens": tokens}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["values"].as_array().unwrap().clone()
+}
+
+/// Path of a shared fixture.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name)
+}
