@@ -1,1 +1,2 @@
-fn main(){}
+//! Throughput benchmark (placeholder until written).
+fn main() {}

@@ -146,7 +146,11 @@ pub struct Problem {
 
 impl Problem {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into(), hint: None }
+        Self {
+            key: key.into(),
+            message: message.into(),
+            hint: None,
+        }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -172,7 +176,11 @@ pub struct ConfigErrors(pub Vec<Problem>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.0.len();
-        writeln!(f, "configuration has {count} problem{}:", if count == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "configuration has {count} problem{}:",
+            if count == 1 { "" } else { "s" }
+        )?;
         for problem in &self.0 {
             writeln!(f, "- {problem}")?;
         }
@@ -188,20 +196,31 @@ impl std::error::Error for ConfigErrors {}
 /// Loads `path`, applies `TOKENVAULT_…__…` overrides and validates the lot.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     if !path.is_file() {
-        return Err(ConfigErrors(vec![Problem::new("config", format!("{} does not exist", path.display()))
-            .hint("copy vault.toml.example there and edit it, or pass --config PATH")]));
+        return Err(ConfigErrors(vec![Problem::new(
+            "config",
+            format!("{} does not exist", path.display()),
+        )
+        .hint(
+            "copy vault.toml.example there and edit it, or pass --config PATH",
+        )]));
     }
     // Only variables with `__` are config keys: every key lives in a section,
     // and this keeps TOKENVAULT_PASSPHRASE, TOKENVAULT_CONFIG and friends from
     // being read as unknown keys.
-    let env = Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__");
+    let env = Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__");
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
     let raw: RawConfig = figment.extract().map_err(|errors| {
         ConfigErrors(
             errors
                 .into_iter()
                 .map(|error| {
-                    let key = if error.path.is_empty() { "config".to_owned() } else { error.path.join(".") };
+                    let key = if error.path.is_empty() {
+                        "config".to_owned()
+                    } else {
+                        error.path.join(".")
+                    };
                     Problem::new(key, error.kind.to_string())
                 })
                 .collect(),
@@ -214,17 +233,45 @@ impl Config {
     /// The built-in configuration of `serve --dev`: namespace `default` with
     /// one class of each kind, a root role, data under `data_dir`.
     pub fn dev(listen: SocketAddr, data_dir: PathBuf, root_key_hash: String) -> Self {
-        let class = |normalize, format, deterministic| ClassSpec { normalize, format, deterministic };
+        let class = |normalize, format, deterministic| ClassSpec {
+            normalize,
+            format,
+            deterministic,
+        };
         let classes = BTreeMap::from([
-            ("email".to_owned(), class(Normalization::Email, TokenFormat::Email, true)),
-            ("phone".to_owned(), class(Normalization::E164, TokenFormat::Phone, true)),
-            ("name".to_owned(), class(Normalization::Trim, TokenFormat::Opaque, true)),
-            ("account".to_owned(), class(Normalization::Trim, TokenFormat::Alnum, true)),
-            ("card".to_owned(), class(Normalization::Trim, TokenFormat::KeepLast4, true)),
-            ("note".to_owned(), class(Normalization::None, TokenFormat::Opaque, false)),
+            (
+                "email".to_owned(),
+                class(Normalization::Email, TokenFormat::Email, true),
+            ),
+            (
+                "phone".to_owned(),
+                class(Normalization::E164, TokenFormat::Phone, true),
+            ),
+            (
+                "name".to_owned(),
+                class(Normalization::Trim, TokenFormat::Opaque, true),
+            ),
+            (
+                "account".to_owned(),
+                class(Normalization::Trim, TokenFormat::Alnum, true),
+            ),
+            (
+                "card".to_owned(),
+                class(Normalization::Trim, TokenFormat::KeepLast4, true),
+            ),
+            (
+                "note".to_owned(),
+                class(Normalization::None, TokenFormat::Opaque, false),
+            ),
         ]);
         let root = Role {
-            operations: [Operation::Tokenize, Operation::Detokenize, Operation::Forget, Operation::AuditRead].into(),
+            operations: [
+                Operation::Tokenize,
+                Operation::Detokenize,
+                Operation::Forget,
+                Operation::AuditRead,
+            ]
+            .into(),
             namespaces: Scope::Any,
             classes: Scope::Any,
             purposes: Scope::Any,
@@ -242,12 +289,19 @@ impl Config {
             keys: KeySettings::Ephemeral,
             namespaces: BTreeMap::from([(
                 "default".to_owned(),
-                NamespaceSpec { token_domain: DEFAULT_TOKEN_DOMAIN.to_owned(), classes },
+                NamespaceSpec {
+                    token_domain: DEFAULT_TOKEN_DOMAIN.to_owned(),
+                    classes,
+                },
             )]),
             roles: BTreeMap::from([("root".to_owned(), root)]),
             clients: BTreeMap::from([(
                 "root".to_owned(),
-                ClientSpec { role: "root".to_owned(), api_key_hash: root_key_hash, allow_from: Vec::new() },
+                ClientSpec {
+                    role: "root".to_owned(),
+                    api_key_hash: root_key_hash,
+                    allow_from: Vec::new(),
+                },
             )]),
         }
     }
@@ -260,7 +314,10 @@ impl KeySettings {
             Self::Passphrase(SecretRef::File(path)) => {
                 check_secret_file("keys.passphrase_file", path)?;
                 let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|error| {
-                    Problem::new("keys.passphrase_file", format!("cannot read {}: {error}", path.display()))
+                    Problem::new(
+                        "keys.passphrase_file",
+                        format!("cannot read {}: {error}", path.display()),
+                    )
                 })?);
                 // A trailing newline is an editor's, not the operator's.
                 while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -269,22 +326,41 @@ impl KeySettings {
                 Ok(KekSource::Passphrase(bytes))
             }
             Self::Passphrase(SecretRef::Env(name)) => match std::env::var(name) {
-                Ok(value) if !value.is_empty() => Ok(KekSource::Passphrase(Zeroizing::new(value.into_bytes()))),
-                _ => Err(Problem::new("keys.passphrase_env", format!("environment variable {name} is not set"))
-                    .hint(format!("export {name} before starting tokenvault, or use passphrase_file"))),
+                Ok(value) if !value.is_empty() => {
+                    Ok(KekSource::Passphrase(Zeroizing::new(value.into_bytes())))
+                }
+                _ => Err(Problem::new(
+                    "keys.passphrase_env",
+                    format!("environment variable {name} is not set"),
+                )
+                .hint(format!(
+                    "export {name} before starting tokenvault, or use passphrase_file"
+                ))),
             },
             Self::KeyFile(path) => {
                 check_secret_file("keys.key_file", path)?;
                 let bytes = Zeroizing::new(std::fs::read(path).map_err(|error| {
-                    Problem::new("keys.key_file", format!("cannot read {}: {error}", path.display()))
+                    Problem::new(
+                        "keys.key_file",
+                        format!("cannot read {}: {error}", path.display()),
+                    )
                 })?);
                 let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    Problem::new("keys.key_file", format!("{} must hold exactly 32 raw bytes", path.display()))
-                        .hint(format!("create one with: head -c 32 /dev/urandom > {}", path.display()))
+                    Problem::new(
+                        "keys.key_file",
+                        format!("{} must hold exactly 32 raw bytes", path.display()),
+                    )
+                    .hint(format!(
+                        "create one with: head -c 32 /dev/urandom > {}",
+                        path.display()
+                    ))
                 })?;
                 Ok(KekSource::KeyFile(Zeroizing::new(key)))
             }
-            Self::Ephemeral => Err(Problem::new("keys", "the in-memory key of --dev has no source to read")),
+            Self::Ephemeral => Err(Problem::new(
+                "keys",
+                "the in-memory key of --dev has no source to read",
+            )),
         }
     }
 }
@@ -297,8 +373,14 @@ fn check_secret_file(key: &str, path: &Path) -> Result<(), Problem> {
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Problem::new(key, format!("{} is readable by group or others (mode {mode:o})", path.display()))
-            .hint(format!("chmod 600 {}", path.display())));
+        return Err(Problem::new(
+            key,
+            format!(
+                "{} is readable by group or others (mode {mode:o})",
+                path.display()
+            ),
+        )
+        .hint(format!("chmod 600 {}", path.display())));
     }
     Ok(())
 }
@@ -412,7 +494,9 @@ pub fn valid_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 64
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -423,13 +507,19 @@ fn valid_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
 fn unknown_keys(problems: &mut Vec<Problem>, section: &str, unknown: &Unknown) {
     for key in unknown.keys() {
-        let full = if section.is_empty() { key.clone() } else { format!("{section}.{key}") };
+        let full = if section.is_empty() {
+            key.clone()
+        } else {
+            format!("{section}.{key}")
+        };
         problems.push(
             Problem::new(full, "unknown key").hint("check the spelling against vault.toml.example"),
         );
@@ -442,9 +532,14 @@ fn parse_enum<T: for<'de> Deserialize<'de>>(
     value: &str,
     expected: &str,
 ) -> Option<T> {
-    let parsed = T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value)).ok();
+    let parsed =
+        T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value))
+            .ok();
     if parsed.is_none() {
-        problems.push(Problem::new(key, format!("`{value}` is not one of: {expected}")));
+        problems.push(Problem::new(
+            key,
+            format!("`{value}` is not one of: {expected}"),
+        ));
     }
     parsed
 }
@@ -464,7 +559,10 @@ impl RawConfig {
         let server = self.server.validate(&mut problems);
         unknown_keys(&mut problems, "storage", &self.storage.unknown);
         let storage = StorageSettings {
-            data_dir: self.storage.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: self
+                .storage
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         };
         let keys = match self.keys {
             Some(keys) => keys.validate(&mut problems),
@@ -494,9 +592,14 @@ impl RawConfig {
             }
         }
         match (server, keys) {
-            (Some(server), Some(keys)) if problems.is_empty() => {
-                Ok(Config { server, storage, keys, namespaces, roles, clients })
-            }
+            (Some(server), Some(keys)) if problems.is_empty() => Ok(Config {
+                server,
+                storage,
+                keys,
+                namespaces,
+                roles,
+                clients,
+            }),
             _ => Err(ConfigErrors(problems)),
         }
     }
@@ -508,14 +611,20 @@ impl RawServer {
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
             problems.push(
-                Problem::new("server.listen", format!("`{listen_text}` is not an IP address and port"))
-                    .hint("write it as 0.0.0.0:8443 or [::1]:8443"),
+                Problem::new(
+                    "server.listen",
+                    format!("`{listen_text}` is not an IP address and port"),
+                )
+                .hint("write it as 0.0.0.0:8443 or [::1]:8443"),
             )
         });
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
                 if !cert.is_file() {
-                    problems.push(Problem::new("server.tls_cert", format!("{} does not exist", cert.display())));
+                    problems.push(Problem::new(
+                        "server.tls_cert",
+                        format!("{} does not exist", cert.display()),
+                    ));
                 }
                 if let Err(problem) = check_secret_file("server.tls_key", &key) {
                     problems.push(problem);
@@ -524,11 +633,17 @@ impl RawServer {
             }
             (None, None) => None,
             (Some(_), None) => {
-                problems.push(Problem::new("server.tls_key", "tls_cert is set but tls_key is not"));
+                problems.push(Problem::new(
+                    "server.tls_key",
+                    "tls_cert is set but tls_key is not",
+                ));
                 None
             }
             (None, Some(_)) => {
-                problems.push(Problem::new("server.tls_cert", "tls_key is set but tls_cert is not"));
+                problems.push(Problem::new(
+                    "server.tls_cert",
+                    "tls_key is set but tls_cert is not",
+                ));
                 None
             }
         };
@@ -540,7 +655,10 @@ impl RawServer {
                 );
             }
         }
-        let positive = |problems: &mut Vec<Problem>, key: &str, value: Option<u64>, default: usize| match value {
+        let positive = |problems: &mut Vec<Problem>,
+                        key: &str,
+                        value: Option<u64>,
+                        default: usize| match value {
             None => default,
             Some(0) => {
                 problems.push(Problem::new(key, "must be greater than 0"));
@@ -548,9 +666,18 @@ impl RawServer {
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
-        let max_body_bytes = positive(problems, "server.max_body_bytes", self.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        let max_batch_items =
-            positive(problems, "server.max_batch_items", self.max_batch_items, DEFAULT_MAX_BATCH_ITEMS);
+        let max_body_bytes = positive(
+            problems,
+            "server.max_body_bytes",
+            self.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+        );
+        let max_batch_items = positive(
+            problems,
+            "server.max_batch_items",
+            self.max_batch_items,
+            DEFAULT_MAX_BATCH_ITEMS,
+        );
         Some(ServerSettings {
             listen: listen.ok()?,
             tls,
@@ -579,16 +706,25 @@ impl RawKeys {
             Some("keyfile") => match self.key_file {
                 Some(path) => Some(KeySettings::KeyFile(path)),
                 None => {
-                    problems.push(Problem::new("keys.key_file", "source = \"keyfile\" needs key_file"));
+                    problems.push(Problem::new(
+                        "keys.key_file",
+                        "source = \"keyfile\" needs key_file",
+                    ));
                     None
                 }
             },
             Some(other) => {
-                problems.push(Problem::new("keys.source", format!("`{other}` is not one of: passphrase, keyfile")));
+                problems.push(Problem::new(
+                    "keys.source",
+                    format!("`{other}` is not one of: passphrase, keyfile"),
+                ));
                 None
             }
             None => {
-                problems.push(Problem::new("keys.source", "missing").hint("set source = \"passphrase\" or \"keyfile\""));
+                problems.push(
+                    Problem::new("keys.source", "missing")
+                        .hint("set source = \"passphrase\" or \"keyfile\""),
+                );
                 None
             }
         }?;
@@ -606,21 +742,35 @@ impl RawNamespace {
         let section = format!("namespaces.{name}");
         unknown_keys(problems, &section, &self.unknown);
         if !valid_name(name) {
-            problems.push(Problem::new(&section, "name must be lower-case letters, digits, `_` or `-`"));
+            problems.push(Problem::new(
+                &section,
+                "name must be lower-case letters, digits, `_` or `-`",
+            ));
         }
-        let token_domain = self.token_domain.unwrap_or_else(|| DEFAULT_TOKEN_DOMAIN.to_owned());
+        let token_domain = self
+            .token_domain
+            .unwrap_or_else(|| DEFAULT_TOKEN_DOMAIN.to_owned());
         if !valid_domain(&token_domain) {
-            problems.push(Problem::new(format!("{section}.token_domain"), format!("`{token_domain}` is not a domain name")));
+            problems.push(Problem::new(
+                format!("{section}.token_domain"),
+                format!("`{token_domain}` is not a domain name"),
+            ));
         }
         if self.classes.is_empty() {
-            problems.push(Problem::new(format!("{section}.classes"), "a namespace needs at least one class"));
+            problems.push(Problem::new(
+                format!("{section}.classes"),
+                "a namespace needs at least one class",
+            ));
         }
         let mut classes = BTreeMap::new();
         for (class_name, raw) in self.classes {
             let key = format!("{section}.classes.{class_name}");
             unknown_keys(problems, &key, &raw.unknown);
             if !valid_name(&class_name) {
-                problems.push(Problem::new(&key, "name must be lower-case letters, digits, `_` or `-`"));
+                problems.push(Problem::new(
+                    &key,
+                    "name must be lower-case letters, digits, `_` or `-`",
+                ));
             }
             let normalize = parse_enum::<Normalization>(
                 problems,
@@ -643,11 +793,18 @@ impl RawNamespace {
                 }
                 classes.insert(
                     class_name,
-                    ClassSpec { normalize, format, deterministic: raw.deterministic.unwrap_or(true) },
+                    ClassSpec {
+                        normalize,
+                        format,
+                        deterministic: raw.deterministic.unwrap_or(true),
+                    },
                 );
             }
         }
-        Some(NamespaceSpec { token_domain, classes })
+        Some(NamespaceSpec {
+            token_domain,
+            classes,
+        })
     }
 }
 
@@ -672,22 +829,32 @@ impl RawRole {
         }
         for namespace in &self.namespaces {
             if namespace != "*" && !namespaces.contains_key(namespace) {
-                problems.push(Problem::new(format!("{section}.namespaces"), format!("namespace `{namespace}` is not defined")));
+                problems.push(Problem::new(
+                    format!("{section}.namespaces"),
+                    format!("namespace `{namespace}` is not defined"),
+                ));
             }
         }
         if let Some(classes) = &self.classes {
             for class in classes {
-                let known = class == "*" || namespaces.values().any(|ns| ns.classes.contains_key(class));
+                let known =
+                    class == "*" || namespaces.values().any(|ns| ns.classes.contains_key(class));
                 if !known {
-                    problems.push(Problem::new(format!("{section}.classes"), format!("class `{class}` is not defined in any namespace")));
+                    problems.push(Problem::new(
+                        format!("{section}.classes"),
+                        format!("class `{class}` is not defined in any namespace"),
+                    ));
                 }
             }
         }
         let data_operations = operations.iter().any(|op| *op != Operation::AuditRead);
         if data_operations && self.namespaces.is_empty() {
             problems.push(
-                Problem::new(format!("{section}.namespaces"), "a role with data operations needs at least one namespace")
-                    .hint("list them, or use [\"*\"] for every namespace"),
+                Problem::new(
+                    format!("{section}.namespaces"),
+                    "a role with data operations needs at least one namespace",
+                )
+                .hint("list them, or use [\"*\"] for every namespace"),
             );
         }
         if operations.contains(&Operation::Detokenize) && self.purposes.is_empty() {
@@ -713,16 +880,27 @@ impl RawRole {
 }
 
 impl RawClient {
-    fn validate(self, name: &str, roles: &BTreeMap<String, Role>, problems: &mut Vec<Problem>) -> Option<ClientSpec> {
+    fn validate(
+        self,
+        name: &str,
+        roles: &BTreeMap<String, Role>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<ClientSpec> {
         let section = format!("clients.{name}");
         unknown_keys(problems, &section, &self.unknown);
         if !valid_name(name) {
-            problems.push(Problem::new(&section, "name must be lower-case letters, digits, `_` or `-`"));
+            problems.push(Problem::new(
+                &section,
+                "name must be lower-case letters, digits, `_` or `-`",
+            ));
         }
         let role = match self.role {
             Some(role) if roles.contains_key(&role) => Some(role),
             Some(role) => {
-                problems.push(Problem::new(format!("{section}.role"), format!("role `{role}` is not defined")));
+                problems.push(Problem::new(
+                    format!("{section}.role"),
+                    format!("role `{role}` is not defined"),
+                ));
                 None
             }
             None => {
@@ -734,20 +912,26 @@ impl RawClient {
             Some(hash) if crate::policy::is_argon2id_hash(&hash) => Some(hash),
             Some(_) => {
                 problems.push(
-                    Problem::new(format!("{section}.api_key_hash"), "not an argon2id hash")
-                        .hint(format!("generate one with: tokenvault client new {name} --role ROLE")),
+                    Problem::new(format!("{section}.api_key_hash"), "not an argon2id hash").hint(
+                        format!("generate one with: tokenvault client new {name} --role ROLE"),
+                    ),
                 );
                 None
             }
             None => {
-                problems.push(Problem::new(format!("{section}.api_key_hash"), "missing")
-                    .hint(format!("generate one with: tokenvault client new {name} --role ROLE")));
+                problems.push(
+                    Problem::new(format!("{section}.api_key_hash"), "missing").hint(format!(
+                        "generate one with: tokenvault client new {name} --role ROLE"
+                    )),
+                );
                 None
             }
         };
         let mut allow_from = Vec::new();
         for cidr in &self.allow_from {
-            let parsed = cidr.parse::<IpNet>().or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+            let parsed = cidr
+                .parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
             match parsed {
                 Ok(net) => allow_from.push(net),
                 Err(_) => problems.push(Problem::new(
@@ -756,6 +940,10 @@ impl RawClient {
                 )),
             }
         }
-        Some(ClientSpec { role: role?, api_key_hash: hash?, allow_from })
+        Some(ClientSpec {
+            role: role?,
+            api_key_hash: hash?,
+            allow_from,
+        })
     }
 }

@@ -8,7 +8,10 @@ pub fn harden_process() {
     // SAFETY: plain system calls with valid arguments; they touch no memory
     // of ours beyond the rlimit struct passed by reference.
     unsafe {
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
             tracing::warn!("could not disable core dumps");
         }
@@ -22,7 +25,10 @@ pub fn harden_process() {
 /// True when core dumps are disabled for this process.
 #[allow(unsafe_code)]
 pub fn core_dumps_disabled() -> bool {
-    let mut limit = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: 1,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) } == 0;
     ok && limit.rlim_cur == 0

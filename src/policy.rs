@@ -161,36 +161,61 @@ const CONCURRENT_VERIFICATIONS: usize = 2;
 impl Authenticator {
     /// Builds the authenticator from validated clients and roles.
     pub fn new(clients: &BTreeMap<String, ClientSpec>, roles: &BTreeMap<String, Role>) -> Self {
-        let roles: BTreeMap<&String, Arc<Role>> = roles.iter().map(|(name, role)| (name, Arc::new(role.clone()))).collect();
+        let roles: BTreeMap<&String, Arc<Role>> = roles
+            .iter()
+            .map(|(name, role)| (name, Arc::new(role.clone())))
+            .collect();
         let clients = clients
             .iter()
             .filter_map(|(name, spec)| {
                 let role = roles.get(&spec.role)?.clone();
-                Some((name.clone(), Client { spec: spec.clone(), role }))
+                Some((
+                    name.clone(),
+                    Client {
+                        spec: spec.clone(),
+                        role,
+                    },
+                ))
             })
             .collect();
         Self {
             clients,
-            cache: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(AUTH_CACHE_TTL).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(AUTH_CACHE_TTL)
+                .build(),
             cache_key: CacheKey::random(),
             verifications: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
         }
     }
 
     /// Authenticates a presented API key from `peer`.
-    pub async fn authenticate(&self, api_key: &str, peer: Option<IpAddr>) -> Result<Caller, AuthError> {
+    pub async fn authenticate(
+        &self,
+        api_key: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
         // A key of the vault's shape names its client. Any other string can
         // only belong to the single client of a one-client vault (the dev
         // root key from TOKENVAULT_DEV_API_KEY); never try every hash.
         let name = match password::claimed_client(api_key) {
             Some(name) => name.to_owned(),
-            None if self.clients.len() == 1 => self.clients.keys().next().cloned().ok_or(AuthError::Invalid)?,
+            None if self.clients.len() == 1 => self
+                .clients
+                .keys()
+                .next()
+                .cloned()
+                .ok_or(AuthError::Invalid)?,
             None => return Err(AuthError::Invalid),
         };
         let client = self.clients.get(&name).ok_or(AuthError::Invalid)?;
         let cache_key = self.cache_key.hash(api_key);
         if self.cache.get(&cache_key).as_deref() != Some(name.as_str()) {
-            let _permit = self.verifications.acquire().await.map_err(|_| AuthError::Invalid)?;
+            let _permit = self
+                .verifications
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Invalid)?;
             let key = zeroize::Zeroizing::new(api_key.to_owned());
             let hash = client.spec.api_key_hash.clone();
             let valid = tokio::task::spawn_blocking(move || password::verify_api_key(&key, &hash))
@@ -202,12 +227,16 @@ impl Authenticator {
             self.cache.insert(cache_key, name.clone());
         }
         if !client.spec.allow_from.is_empty() {
-            let allowed = peer.is_some_and(|ip| client.spec.allow_from.iter().any(|net| net.contains(&ip)));
+            let allowed =
+                peer.is_some_and(|ip| client.spec.allow_from.iter().any(|net| net.contains(&ip)));
             if !allowed {
                 return Err(AuthError::SourceNotAllowed);
             }
         }
-        Ok(Caller { client: name, role: client.role.clone() })
+        Ok(Caller {
+            client: name,
+            role: client.role.clone(),
+        })
     }
 }
 
@@ -238,7 +267,10 @@ mod tests {
 
     #[test]
     fn masks() {
-        assert_eq!(mask("john@example.com", Normalization::Email), "j***@example.com");
+        assert_eq!(
+            mask("john@example.com", Normalization::Email),
+            "j***@example.com"
+        );
         assert_eq!(mask("+919876543210", Normalization::E164), "*********3210");
         assert_eq!(mask("abc", Normalization::Trim), "***");
         assert_eq!(mask("abcd", Normalization::Trim), "****");
@@ -254,7 +286,13 @@ mod tests {
             reveal: Reveal::Masked,
         };
         assert_eq!(role.check(Operation::Tokenize, "retail"), Ok(()));
-        assert_eq!(role.check(Operation::Detokenize, "retail"), Err(Denied::Operation));
-        assert_eq!(role.check(Operation::Tokenize, "health"), Err(Denied::Namespace));
+        assert_eq!(
+            role.check(Operation::Detokenize, "retail"),
+            Err(Denied::Operation)
+        );
+        assert_eq!(
+            role.check(Operation::Tokenize, "health"),
+            Err(Denied::Namespace)
+        );
     }
 }

@@ -16,11 +16,16 @@ pub fn new(name: &str, role: &str) -> Result<(), CliError> {
         .into());
     }
     if !valid_name(role) {
-        return Err(anyhow!("role name `{role}` is not allowed\nhint: use the name of a [roles.NAME] section").into());
+        return Err(anyhow!(
+            "role name `{role}` is not allowed\nhint: use the name of a [roles.NAME] section"
+        )
+        .into());
     }
     let key = new_api_key(name);
     let hash = hash_api_key(&key);
-    println!("API key for client `{name}` (shown once; give it to the client and keep no other copy):");
+    println!(
+        "API key for client `{name}` (shown once; give it to the client and keep no other copy):"
+    );
     println!();
     println!("    {key}");
     println!();

@@ -13,7 +13,11 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         config.roles.len(),
         config.clients.len(),
         config.server.listen,
-        if config.server.tls.is_some() { " (TLS)" } else { " (plain HTTP)" },
+        if config.server.tls.is_some() {
+            " (TLS)"
+        } else {
+            " (plain HTTP)"
+        },
     );
     Ok(())
 }

@@ -15,10 +15,17 @@ use crate::store::Store;
 pub fn run(config_path: &Path) -> Result<(), CliError> {
     let config = crate::config::load(config_path)?;
     crate::harden::harden_process();
-    let source = config.keys.kek_source().map_err(|problem| CliError::Config(crate::config::ConfigErrors(vec![problem])))?;
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(crate::config::ConfigErrors(vec![problem])))?;
     let data_dir = &config.storage.data_dir;
     if data_dir.exists() {
-        let mode = fs::metadata(data_dir).context("cannot read the data directory")?.permissions().mode() & 0o777;
+        let mode = fs::metadata(data_dir)
+            .context("cannot read the data directory")?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
             return Err(anyhow!(
                 "data directory {} is accessible by group or others (mode {mode:o})\nhint: chmod 700 {}",
@@ -46,7 +53,10 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
     store.shutdown();
     tracing::info!(data_dir = %data_dir.display(), "vault initialised");
     println!("initialised {}:", data_dir.display());
-    println!("  keyring   {} (master key v1, wrapped)", keyring_path.display());
+    println!(
+        "  keyring   {} (master key v1, wrapped)",
+        keyring_path.display()
+    );
     println!("  database  {}", config.storage.database_path().display());
     println!("next: tokenvault serve --config {}", config_path.display());
     Ok(())

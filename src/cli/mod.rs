@@ -16,7 +16,11 @@ use crate::config::{ConfigErrors, EXIT_CONFIG};
 pub const DEFAULT_CONFIG: &str = "/etc/tokenvault/vault.toml";
 
 #[derive(Parser)]
-#[command(name = "tokenvault", version, about = "On-premises tokenization vault: PII stays in-country, tokens travel")]
+#[command(
+    name = "tokenvault",
+    version,
+    about = "On-premises tokenization vault: PII stays in-country, tokens travel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,8 +98,12 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { config } => init::run(&config),
         Command::Serve(args) => serve::run(args),
-        Command::Client { command: ClientCommand::New { name, role } } => client::new(&name, &role),
-        Command::Config { command: ConfigCommand::Check { config } } => config_check::run(&config),
+        Command::Client {
+            command: ClientCommand::New { name, role },
+        } => client::new(&name, &role),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => config_check::run(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,12 +44,17 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     }
     let mut config = crate::config::load(&args.config)?;
     if let Some(listen) = args.listen {
-        if !listen.ip().is_loopback() && config.server.tls.is_none() && !config.server.insecure_allow_plaintext {
-            return Err(CliError::Config(ConfigErrors(vec![crate::config::Problem {
-                key: "--listen".to_owned(),
-                message: format!("plain HTTP on non-loopback address {listen} is refused"),
-                hint: Some("configure tls_cert and tls_key".to_owned()),
-            }])));
+        if !listen.ip().is_loopback()
+            && config.server.tls.is_none()
+            && !config.server.insecure_allow_plaintext
+        {
+            return Err(CliError::Config(ConfigErrors(vec![
+                crate::config::Problem {
+                    key: "--listen".to_owned(),
+                    message: format!("plain HTTP on non-loopback address {listen} is refused"),
+                    hint: Some("configure tls_cert and tls_key".to_owned()),
+                },
+            ])));
         }
         config.server.listen = listen;
     }
@@ -62,9 +67,14 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let source = config.keys.kek_source().map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
     let keyring = Keyring::open(&keyring_path, &source).map_err(|error| match error {
-        KeyringError::Unwrap => anyhow!("{error}\nhint: check the passphrase or key file named in [keys]"),
+        KeyringError::Unwrap => {
+            anyhow!("{error}\nhint: check the passphrase or key file named in [keys]")
+        }
         other => anyhow!(other),
     })?;
     drop(source);
@@ -100,20 +110,29 @@ fn start(config: Config, keyring: Keyring) -> Result<(), CliError> {
 fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
     let listen = listen.unwrap_or_else(|| DEV_LISTEN.parse().expect("constant address"));
     if !listen.ip().is_loopback() {
-        return Err(anyhow!("--dev listens on loopback only\nhint: use a configuration file to listen elsewhere").into());
+        return Err(anyhow!(
+            "--dev listens on loopback only\nhint: use a configuration file to listen elsewhere"
+        )
+        .into());
     }
     let data_dir = tempfile::Builder::new()
         .prefix("tokenvault-dev-")
         .tempdir()
         .context("cannot create a temporary data directory")?;
-    let api_key = std::env::var(DEV_API_KEY_ENV).ok().filter(|key| !key.is_empty()).unwrap_or_else(|| new_api_key("root"));
+    let api_key = std::env::var(DEV_API_KEY_ENV)
+        .ok()
+        .filter(|key| !key.is_empty())
+        .unwrap_or_else(|| new_api_key("root"));
     let config = Config::dev(listen, data_dir.path().to_owned(), hash_api_key(&api_key));
     debug_assert!(matches!(config.keys, KeySettings::Ephemeral));
     let banner = "=".repeat(76);
     println!("{banner}");
     println!("  DEVELOPMENT MODE: for trying tokenvault out, never for real data.");
     println!("  Plain HTTP, a master key that exists only in memory, and a temporary");
-    println!("  data directory ({}) deleted on exit.", data_dir.path().display());
+    println!(
+        "  data directory ({}) deleted on exit.",
+        data_dir.path().display()
+    );
     println!("{banner}");
     println!("root API key: {api_key}");
     println!("namespace `default`, classes: email, phone, name, account, card (deterministic), note (random)");

@@ -81,7 +81,9 @@ pub enum KeyringError {
         given: &'static str,
     },
     /// Unwrapping failed: wrong passphrase, wrong key file or edited keyring.
-    #[error("cannot unwrap the master key: wrong passphrase or key file, or the keyring was altered")]
+    #[error(
+        "cannot unwrap the master key: wrong passphrase or key file, or the keyring was altered"
+    )]
     Unwrap,
     /// The passphrase is too short to create a keyring with.
     #[error("the passphrase is shorter than {MIN_PASSPHRASE_LEN} characters")]
@@ -130,7 +132,9 @@ pub struct Keyring {
 impl Keyring {
     /// A keyring holding one key that exists only in memory (`serve --dev`).
     pub fn ephemeral() -> Self {
-        Self { keys: vec![MasterKey::generate(1)] }
+        Self {
+            keys: vec![MasterKey::generate(1)],
+        }
     }
 
     /// The key that new writes use.
@@ -157,7 +161,13 @@ impl Keyring {
                     return Err(KeyringError::WeakPassphrase);
                 }
                 let salt: [u8; SALT_LEN] = super::random_bytes();
-                let kek = stretch(passphrase, &salt, ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES)?;
+                let kek = stretch(
+                    passphrase,
+                    &salt,
+                    ARGON2_MEMORY_KIB,
+                    ARGON2_PASSES,
+                    ARGON2_LANES,
+                )?;
                 let params = KekParams::Passphrase {
                     kdf: "argon2id".to_owned(),
                     memory_kib: ARGON2_MEMORY_KIB,
@@ -170,11 +180,18 @@ impl Keyring {
             KekSource::KeyFile(bytes) => (KekParams::Keyfile, keyfile_kek(bytes)),
         };
         let master = MasterKey::generate(1);
-        let file = KeyringFile { format: FORMAT, kek: params, keys: vec![wrap(&kek, &master)] };
+        let file = KeyringFile {
+            format: FORMAT,
+            kek: params,
+            keys: vec![wrap(&kek, &master)],
+        };
         // Invariant: the structure holds only strings and integers.
         let mut text = serde_json::to_vec_pretty(&file).expect("keyring serializes");
         text.push(b'\n');
-        let io = |source| KeyringError::Io { path: shown.clone(), source };
+        let io = |source| KeyringError::Io {
+            path: shown.clone(),
+            source,
+        };
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -192,26 +209,46 @@ impl Keyring {
     /// Opens the keyring at `path` and unwraps every key in it.
     pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
         let shown = path.display().to_string();
-        let text = fs::read(path).map_err(|source| KeyringError::Io { path: shown.clone(), source })?;
+        let text = fs::read(path).map_err(|source| KeyringError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         let file: KeyringFile =
             serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown.clone()))?;
         if file.format != FORMAT || file.keys.is_empty() {
             return Err(KeyringError::Malformed(shown));
         }
         let kek = match (&file.kek, source) {
-            (KekParams::Passphrase { kdf, memory_kib, passes, lanes, salt }, KekSource::Passphrase(passphrase)) => {
+            (
+                KekParams::Passphrase {
+                    kdf,
+                    memory_kib,
+                    passes,
+                    lanes,
+                    salt,
+                },
+                KekSource::Passphrase(passphrase),
+            ) => {
                 if kdf != "argon2id" {
                     return Err(KeyringError::Malformed(shown));
                 }
-                let salt = BASE64.decode(salt).map_err(|_| KeyringError::Malformed(shown.clone()))?;
+                let salt = BASE64
+                    .decode(salt)
+                    .map_err(|_| KeyringError::Malformed(shown.clone()))?;
                 stretch(passphrase, &salt, *memory_kib, *passes, *lanes)?
             }
             (KekParams::Keyfile, KekSource::KeyFile(bytes)) => keyfile_kek(bytes),
             (KekParams::Passphrase { .. }, KekSource::KeyFile(_)) => {
-                return Err(KeyringError::WrongSource { expected: "passphrase", given: "key file" })
+                return Err(KeyringError::WrongSource {
+                    expected: "passphrase",
+                    given: "key file",
+                })
             }
             (KekParams::Keyfile, KekSource::Passphrase(_)) => {
-                return Err(KeyringError::WrongSource { expected: "key file", given: "passphrase" })
+                return Err(KeyringError::WrongSource {
+                    expected: "key file",
+                    given: "passphrase",
+                })
             }
         };
         let mut keys = Vec::with_capacity(file.keys.len());
@@ -230,7 +267,8 @@ fn stretch(
     passes: u32,
     lanes: u32,
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyringError> {
-    let params = argon2::Params::new(memory_kib, passes, lanes, Some(KEY_LEN)).map_err(|_| KeyringError::Kdf)?;
+    let params = argon2::Params::new(memory_kib, passes, lanes, Some(KEY_LEN))
+        .map_err(|_| KeyringError::Kdf)?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     argon
@@ -243,7 +281,8 @@ fn keyfile_kek(bytes: &[u8; KEY_LEN]) -> Zeroizing<[u8; KEY_LEN]> {
     let hkdf = Hkdf::<Sha256>::new(None, bytes);
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     // Invariant: 32 bytes is within HKDF-SHA256's output limit.
-    hkdf.expand(KEYFILE_KEK_LABEL, kek.as_mut_slice()).expect("32-byte HKDF output");
+    hkdf.expand(KEYFILE_KEK_LABEL, kek.as_mut_slice())
+        .expect("32-byte HKDF output");
     kek
 }
 
@@ -260,7 +299,13 @@ fn wrap(kek: &[u8; KEY_LEN], key: &MasterKey) -> WrappedKey {
     let ad = wrap_ad(key.version());
     // Invariant: a 32-byte message is within AES-GCM-SIV limits.
     let wrapped = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.expose(), aad: &ad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: key.expose(),
+                aad: &ad,
+            },
+        )
         .expect("wrapping 32 bytes");
     let created_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -284,7 +329,13 @@ fn unwrap(kek: &[u8; KEY_LEN], wrapped: &WrappedKey) -> Option<MasterKey> {
     let ad = wrap_ad(wrapped.version);
     let plain = Zeroizing::new(
         cipher
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &ad })
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &ad,
+                },
+            )
             .ok()?,
     );
     let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
@@ -319,16 +370,23 @@ mod tests {
             Err(KeyringError::Exists(_))
         ));
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"memory_kib\": 65536"), "argon2 parameters stored beside the key");
+        assert!(
+            text.contains("\"memory_kib\": 65536"),
+            "argon2 parameters stored beside the key"
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
     fn keyfile_round_trip_and_wrong_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        let created = Keyring::create(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
+        let created =
+            Keyring::create(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
         let opened = Keyring::open(&path, &KekSource::KeyFile(Zeroizing::new([1u8; 32]))).unwrap();
         assert_eq!(created.current().expose(), opened.current().expose());
         assert!(matches!(
@@ -345,7 +403,10 @@ mod tests {
     fn short_passphrase_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        assert!(matches!(Keyring::create(&path, &passphrase("short")), Err(KeyringError::WeakPassphrase)));
+        assert!(matches!(
+            Keyring::create(&path, &passphrase("short")),
+            Err(KeyringError::WeakPassphrase)
+        ));
         assert!(!path.exists());
     }
 

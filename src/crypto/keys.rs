@@ -159,8 +159,13 @@ mod tests {
         // with an empty salt, then HMAC-SHA256 over length-prefixed parts). It
         // pins the labels and encodings: a silent change to either would
         // orphan every stored row.
-        let index = fixed_key().namespace_keys("retail").blind_index("email", "a@b.c");
-        assert_eq!(hex::encode(index), "95ff2d79132af85be5a87c194ca1d25e9682edba7df0a2e82015b607ec569e10");
+        let index = fixed_key()
+            .namespace_keys("retail")
+            .blind_index("email", "a@b.c");
+        assert_eq!(
+            hex::encode(index),
+            "95ff2d79132af85be5a87c194ca1d25e9682edba7df0a2e82015b607ec569e10"
+        );
     }
 
     #[test]
@@ -168,8 +173,14 @@ mod tests {
         let key = fixed_key();
         let retail = key.namespace_keys("retail");
         let health = key.namespace_keys("health");
-        assert_ne!(retail.blind_index("email", "a@b.c"), health.blind_index("email", "a@b.c"));
-        assert_ne!(retail.blind_index("email", "a@b.c"), retail.blind_index("name", "a@b.c"));
+        assert_ne!(
+            retail.blind_index("email", "a@b.c"),
+            health.blind_index("email", "a@b.c")
+        );
+        assert_ne!(
+            retail.blind_index("email", "a@b.c"),
+            retail.blind_index("name", "a@b.c")
+        );
         // Length prefixes: ("ab", "c") and ("a", "bc") must not collide.
         assert_ne!(retail.blind_index("ab", "c"), retail.blind_index("a", "bc"));
     }

@@ -18,7 +18,9 @@ pub const API_KEY_SECRET_LEN: usize = 43;
 /// client name inside lets the vault verify against one hash, not all.
 pub fn new_api_key(client: &str) -> String {
     let mut rng = rand::thread_rng();
-    let secret: String = (0..API_KEY_SECRET_LEN).map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char).collect();
+    let secret: String = (0..API_KEY_SECRET_LEN)
+        .map(|_| BASE62[rng.gen_range(0..BASE62.len())] as char)
+        .collect();
     format!("{API_KEY_PREFIX}{client}.{secret}")
 }
 
@@ -36,7 +38,10 @@ pub fn hash_api_key(api_key: &str) -> String {
     let params = argon2::Params::new(64 * 1024, 3, 1, None).expect("fixed valid parameters");
     let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     // Invariant: hashing only fails on invalid parameters or salt, both fixed here.
-    argon.hash_password(api_key.as_bytes(), &salt).expect("argon2id hashing").to_string()
+    argon
+        .hash_password(api_key.as_bytes(), &salt)
+        .expect("argon2id hashing")
+        .to_string()
 }
 
 /// True when `hash` is a PHC string of argon2id.
@@ -47,7 +52,9 @@ pub fn is_argon2id_hash(hash: &str) -> bool {
 /// Checks `api_key` against a PHC hash. Slow on purpose (tens of ms).
 pub fn verify_api_key(api_key: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(api_key.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(api_key.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

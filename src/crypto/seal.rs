@@ -57,7 +57,13 @@ impl Sealer {
         // bytes; values are limited to a few KiB long before this point.
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &ad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &ad,
+                },
+            )
             .expect("value within AES-GCM-SIV limits");
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce);
@@ -78,7 +84,13 @@ impl Sealer {
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let ad = associated_data(binding, version);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &ad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &ad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| OpenError)
     }
@@ -108,14 +120,21 @@ mod tests {
     }
 
     fn at(token: &str) -> Binding<'_> {
-        Binding { namespace: "retail", class: "email", token }
+        Binding {
+            namespace: "retail",
+            class: "email",
+            token,
+        }
     }
 
     #[test]
     fn round_trip() {
         let s = sealer();
         let sealed = s.seal(at("TKN_a"), b"alice@example.com");
-        assert_eq!(s.open(at("TKN_a"), 1, &sealed).unwrap().as_slice(), b"alice@example.com");
+        assert_eq!(
+            s.open(at("TKN_a"), 1, &sealed).unwrap().as_slice(),
+            b"alice@example.com"
+        );
         // Random nonces: sealing twice gives different bytes.
         assert_ne!(sealed, s.seal(at("TKN_a"), b"alice@example.com"));
     }
@@ -125,15 +144,24 @@ mod tests {
         let s = sealer();
         let sealed = s.seal(at("TKN_a"), b"alice@example.com");
         assert!(s.open(at("TKN_b"), 1, &sealed).is_err(), "other token");
-        let other_class = Binding { class: "name", ..at("TKN_a") };
+        let other_class = Binding {
+            class: "name",
+            ..at("TKN_a")
+        };
         assert!(s.open(other_class, 1, &sealed).is_err(), "other class");
-        let other_ns = Binding { namespace: "health", ..at("TKN_a") };
+        let other_ns = Binding {
+            namespace: "health",
+            ..at("TKN_a")
+        };
         assert!(s.open(other_ns, 1, &sealed).is_err(), "other namespace");
         assert!(s.open(at("TKN_a"), 2, &sealed).is_err(), "other version");
         for i in 0..sealed.len() {
             let mut flipped = sealed.clone();
             flipped[i] ^= 0x01;
-            assert!(s.open(at("TKN_a"), 1, &flipped).is_err(), "byte {i} flipped");
+            assert!(
+                s.open(at("TKN_a"), 1, &flipped).is_err(),
+                "byte {i} flipped"
+            );
         }
         assert!(s.open(at("TKN_a"), 1, &sealed[..5]).is_err(), "truncated");
     }

@@ -58,7 +58,11 @@ pub enum FormatError {
 }
 
 /// Mints a fresh token for `normalized` in `format`.
-pub fn mint(format: TokenFormat, normalized: &str, token_domain: &str) -> Result<String, FormatError> {
+pub fn mint(
+    format: TokenFormat,
+    normalized: &str,
+    token_domain: &str,
+) -> Result<String, FormatError> {
     let mut rng = rand::thread_rng();
     Ok(match format {
         TokenFormat::Opaque => {
@@ -69,7 +73,10 @@ pub fn mint(format: TokenFormat, normalized: &str, token_domain: &str) -> Result
         }
         TokenFormat::Email => {
             let mut token = String::with_capacity(EMAIL_LOCAL_LEN + 1 + token_domain.len());
-            token.extend((0..EMAIL_LOCAL_LEN).map(|_| BASE32_LOWER[rng.gen_range(0..BASE32_LOWER.len())] as char));
+            token.extend(
+                (0..EMAIL_LOCAL_LEN)
+                    .map(|_| BASE32_LOWER[rng.gen_range(0..BASE32_LOWER.len())] as char),
+            );
             token.push('@');
             token.push_str(token_domain);
             token
@@ -86,12 +93,16 @@ pub fn mint(format: TokenFormat, normalized: &str, token_domain: &str) -> Result
 pub fn country_code(digits: &str) -> Option<&str> {
     (1..=3).filter(|len| *len < digits.len()).find_map(|len| {
         let code: u16 = digits[..len].parse().ok()?;
-        phonenumber::metadata::DATABASE.by_code(&code).map(|_| &digits[..len])
+        phonenumber::metadata::DATABASE
+            .by_code(&code)
+            .map(|_| &digits[..len])
     })
 }
 
 fn phone_token(rng: &mut impl Rng, normalized: &str) -> Result<String, FormatError> {
-    let digits = normalized.strip_prefix('+').ok_or(FormatError::UnknownCountryCode)?;
+    let digits = normalized
+        .strip_prefix('+')
+        .ok_or(FormatError::UnknownCountryCode)?;
     let code = country_code(digits).ok_or(FormatError::UnknownCountryCode)?;
     let national_len = digits.len() - code.len();
     if national_len < MIN_RANDOM_POSITIONS {
@@ -108,10 +119,17 @@ fn phone_token(rng: &mut impl Rng, normalized: &str) -> Result<String, FormatErr
 
 /// Replaces every ASCII letter and digit with a random one of the same kind,
 /// except the last `keep` characters; other characters (dashes, spaces) stay.
-fn shape_preserving(rng: &mut impl Rng, normalized: &str, keep: usize) -> Result<String, FormatError> {
+fn shape_preserving(
+    rng: &mut impl Rng,
+    normalized: &str,
+    keep: usize,
+) -> Result<String, FormatError> {
     let chars: Vec<char> = normalized.chars().collect();
     let cut = chars.len().saturating_sub(keep);
-    let random_positions = chars[..cut].iter().filter(|c| c.is_ascii_alphanumeric()).count();
+    let random_positions = chars[..cut]
+        .iter()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .count();
     if chars.len() <= keep || random_positions < MIN_RANDOM_POSITIONS {
         return Err(FormatError::TooShort);
     }
@@ -152,7 +170,13 @@ mod tests {
 
     #[test]
     fn phone_keeps_country_code_and_length() {
-        for input in ["+919876543210", "+15550109494", "+447700900038", "+8613800138000", "+35312345678"] {
+        for input in [
+            "+919876543210",
+            "+15550109494",
+            "+447700900038",
+            "+8613800138000",
+            "+35312345678",
+        ] {
             let token = mint(TokenFormat::Phone, input, "").unwrap();
             assert_eq!(token.len(), input.len(), "{input}");
             let code = country_code(&input[1..]).unwrap();
@@ -163,7 +187,10 @@ mod tests {
         assert_eq!(country_code("919876543210"), Some("91"));
         assert_eq!(country_code("15550109494"), Some("1"));
         assert_eq!(country_code("353123456789"), Some("353"));
-        assert_eq!(mint(TokenFormat::Phone, "+999123456789", ""), Err(FormatError::UnknownCountryCode));
+        assert_eq!(
+            mint(TokenFormat::Phone, "+999123456789", ""),
+            Err(FormatError::UnknownCountryCode)
+        );
     }
 
     #[test]
@@ -178,7 +205,13 @@ mod tests {
             assert_eq!(a.is_ascii_digit(), b.is_ascii_digit());
             assert_eq!(a.is_ascii_uppercase(), b.is_ascii_uppercase());
         }
-        assert_eq!(mint(TokenFormat::KeepLast4, "12345678", ""), Err(FormatError::TooShort));
-        assert_eq!(mint(TokenFormat::Alnum, "ab-cd", ""), Err(FormatError::TooShort));
+        assert_eq!(
+            mint(TokenFormat::KeepLast4, "12345678", ""),
+            Err(FormatError::TooShort)
+        );
+        assert_eq!(
+            mint(TokenFormat::Alnum, "ab-cd", ""),
+            Err(FormatError::TooShort)
+        );
     }
 }

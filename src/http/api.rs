@@ -21,7 +21,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/v1/tokenize", web::post().to(tokenize))
         .route("/v1/detokenize", web::post().to(detokenize))
-        .route("/v1/namespaces/{namespace}/tokens/{token}", web::delete().to(forget));
+        .route(
+            "/v1/namespaces/{namespace}/tokens/{token}",
+            web::delete().to(forget),
+        );
 }
 
 /// Answer for any route that does not exist.
@@ -76,20 +79,30 @@ async fn tokenize(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: TokenizeRequest = read_json(&state, &req, payload, &id).await?;
-    req.extensions_mut().insert(LoggedNamespace(request.namespace.clone()));
+    req.extensions_mut()
+        .insert(LoggedNamespace(request.namespace.clone()));
     check_batch(&state, request.items.len(), "items", &id)?;
     let items = request
         .items
         .into_iter()
-        .map(|item| TokenizeItem { class: item.class, value: item.value, subject: item.subject })
+        .map(|item| TokenizeItem {
+            class: item.class,
+            value: item.value,
+            subject: item.subject,
+        })
         .collect();
     let tokens = state
         .vault
         .tokenize(&caller, &request.namespace, items)
         .await
         .map_err(|error| ApiError::from_vault(error, &id))?;
-    let tokens: Vec<TokenOut> =
-        tokens.into_iter().map(|t| TokenOut { token: t.token, created: t.created }).collect();
+    let tokens: Vec<TokenOut> = tokens
+        .into_iter()
+        .map(|t| TokenOut {
+            token: t.token,
+            created: t.created,
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "tokens": tokens })))
 }
 
@@ -104,8 +117,15 @@ struct DetokenizeRequest {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum ValueOut<'a> {
-    Found { token: &'a str, value: &'a str, class: &'a str },
-    Missing { token: &'a str, error: ItemError },
+    Found {
+        token: &'a str,
+        value: &'a str,
+        class: &'a str,
+    },
+    Missing {
+        token: &'a str,
+        error: ItemError,
+    },
 }
 
 #[derive(Serialize)]
@@ -121,15 +141,25 @@ async fn detokenize(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: DetokenizeRequest = read_json(&state, &req, payload, &id).await?;
-    req.extensions_mut().insert(LoggedNamespace(request.namespace.clone()));
+    req.extensions_mut()
+        .insert(LoggedNamespace(request.namespace.clone()));
     check_batch(&state, request.tokens.len(), "tokens", &id)?;
     if request.purpose.trim().is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "purpose must not be empty", &id));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "purpose must not be empty",
+            &id,
+        ));
     }
     let tokens = request.tokens;
     let answers = state
         .vault
-        .detokenize(&caller, &request.namespace, &request.purpose, tokens.clone())
+        .detokenize(
+            &caller,
+            &request.namespace,
+            &request.purpose,
+            tokens.clone(),
+        )
         .await
         .map_err(|error| ApiError::from_vault(error, &id))?;
     let values: Vec<ValueOut<'_>> = tokens
@@ -137,15 +167,30 @@ async fn detokenize(
         .zip(&answers)
         .map(|(token, answer)| match answer {
             // The one place revealed values leave the engine's types.
-            Detokenized::Value { class, value } => ValueOut::Found { token, value: value.expose(), class },
-            Detokenized::NotFound => ValueOut::Missing { token, error: ItemError { code: "not_found" } },
-            Detokenized::Integrity => ValueOut::Missing { token, error: ItemError { code: "integrity_error" } },
+            Detokenized::Value { class, value } => ValueOut::Found {
+                token,
+                value: value.expose(),
+                class,
+            },
+            Detokenized::NotFound => ValueOut::Missing {
+                token,
+                error: ItemError { code: "not_found" },
+            },
+            Detokenized::Integrity => ValueOut::Missing {
+                token,
+                error: ItemError {
+                    code: "integrity_error",
+                },
+            },
         })
         .collect();
-    let body = Zeroizing::new(serde_json::to_vec(&json!({ "values": values })).map_err(|_| {
-        ApiError::new(ErrorCode::Internal, "internal error", &id)
-    })?);
-    Ok(HttpResponse::Ok().content_type("application/json").body(body.to_vec()))
+    let body = Zeroizing::new(
+        serde_json::to_vec(&json!({ "values": values }))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error", &id))?,
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.to_vec()))
 }
 
 async fn forget(
@@ -156,7 +201,8 @@ async fn forget(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (namespace, token) = path.into_inner();
-    req.extensions_mut().insert(LoggedNamespace(namespace.clone()));
+    req.extensions_mut()
+        .insert(LoggedNamespace(namespace.clone()));
     let existed = state
         .vault
         .forget(&caller, &namespace, &token)
@@ -169,9 +215,18 @@ async fn forget(
     }
 }
 
-fn check_batch(state: &AppState, count: usize, field: &str, id: &RequestId) -> Result<(), ApiError> {
+fn check_batch(
+    state: &AppState,
+    count: usize,
+    field: &str,
+    id: &RequestId,
+) -> Result<(), ApiError> {
     if count == 0 {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("{field} must not be empty"), id));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{field} must not be empty"),
+            id,
+        ));
     }
     let limit = state.limits.max_batch_items;
     if count > limit {
@@ -199,11 +254,21 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             .and_then(|value| value.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !json {
-            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as application/json", id));
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as application/json",
+                id,
+            ));
         }
     }
     let limit = state.limits.max_body_bytes;
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("body is larger than {limit} bytes"), id);
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is larger than {limit} bytes"),
+            id,
+        )
+    };
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -214,7 +279,8 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     }
     let mut body = Zeroizing::new(Vec::with_capacity(declared.unwrap_or(0)));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "could not read the body", id))?;
+        let chunk = chunk
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "could not read the body", id))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }

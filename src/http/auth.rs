@@ -39,7 +39,8 @@ impl FromRequest for Authenticated {
             };
             match outcome {
                 Ok(caller) => {
-                    req.extensions_mut().insert(LoggedClient(caller.client.clone()));
+                    req.extensions_mut()
+                        .insert(LoggedClient(caller.client.clone()));
                     Ok(Self(caller))
                 }
                 Err(reason) => {

@@ -22,7 +22,10 @@ pub struct RequestId(String);
 impl RequestId {
     /// A fresh id: `req_` and 24 hex digits.
     pub fn generate() -> Self {
-        Self(format!("req_{}", hex::encode(crate::crypto::random_bytes::<12>())))
+        Self(format!(
+            "req_{}",
+            hex::encode(crate::crypto::random_bytes::<12>())
+        ))
     }
 
     /// The id as text.
@@ -48,7 +51,10 @@ impl FromRequest for RequestId {
 
 /// The request's id (set by [`request_context`]).
 pub fn request_id(req: &HttpRequest) -> RequestId {
-    req.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate)
+    req.extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate)
 }
 
 /// The authenticated client's name, for the request log line.
@@ -75,14 +81,24 @@ pub async fn request_context(
     let status = response.status().as_u16();
     {
         let request = response.request();
-        let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
         let extensions = request.extensions();
-        let client = extensions.get::<LoggedClient>().map(|c| c.0.as_str()).unwrap_or("-");
-        let namespace = extensions.get::<LoggedNamespace>().map(|n| n.0.as_str()).unwrap_or("-");
+        let client = extensions
+            .get::<LoggedClient>()
+            .map(|c| c.0.as_str())
+            .unwrap_or("-");
+        let namespace = extensions
+            .get::<LoggedNamespace>()
+            .map(|n| n.0.as_str())
+            .unwrap_or("-");
         tracing::info!(request_id = %id, client, route, namespace, status, elapsed_ms, "request");
     }
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     Ok(response)
 }

@@ -73,12 +73,20 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a message safe to show the caller.
     pub fn new(code: ErrorCode, message: impl Into<String>, request_id: &RequestId) -> Self {
-        Self { code, message: message.into(), request_id: request_id.clone() }
+        Self {
+            code,
+            message: message.into(),
+            request_id: request_id.clone(),
+        }
     }
 
     /// The answer for a failed authentication; the reason is logged by the caller.
     pub fn unauthorized(request_id: &RequestId) -> Self {
-        Self::new(ErrorCode::Unauthorized, "missing or invalid api key", request_id)
+        Self::new(
+            ErrorCode::Unauthorized,
+            "missing or invalid api key",
+            request_id,
+        )
     }
 
     /// Maps an engine error, logging what the caller does not see.
@@ -92,7 +100,9 @@ impl ApiError {
             VaultError::Exhausted => ErrorCode::Internal,
         };
         let message = match &error {
-            VaultError::Denied(Denied::Class(index)) => format!("item {index}: class not granted to this client"),
+            VaultError::Denied(Denied::Class(index)) => {
+                format!("item {index}: class not granted to this client")
+            }
             VaultError::Denied(denied) => denied.to_string(),
             VaultError::Store(_) => "the token store is unavailable".to_owned(),
             VaultError::Exhausted => "internal error".to_owned(),

@@ -61,7 +61,10 @@ pub enum ServeError {
 /// Loads the certificate chain and key and builds a rustls configuration
 /// offering TLS 1.3 and 1.2 only, on the ring provider.
 pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> {
-    let tls_error = |path: &Path, reason: String| ServeError::Tls { path: path.display().to_string(), reason };
+    let tls_error = |path: &Path, reason: String| ServeError::Tls {
+        path: path.display().to_string(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| tls_error(&files.cert, e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -69,7 +72,8 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> 
     if certs.is_empty() {
         return Err(tls_error(&files.cert, "no certificate found".to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| tls_error(&files.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| tls_error(&files.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -80,8 +80,16 @@ pub struct StoredValue {
 }
 
 enum Job {
-    Insert { namespace: String, rows: Vec<NewRow>, reply: oneshot::Sender<Result<Vec<InsertOutcome>, String>> },
-    Delete { namespace: String, token: String, reply: oneshot::Sender<Result<bool, String>> },
+    Insert {
+        namespace: String,
+        rows: Vec<NewRow>,
+        reply: oneshot::Sender<Result<Vec<InsertOutcome>, String>>,
+    },
+    Delete {
+        namespace: String,
+        token: String,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 /// Handle to the store; cheap to share behind an `Arc`.
@@ -107,7 +115,10 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, runs migrations and
     /// starts the writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut writer = open_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut writer = open_connection(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery));
@@ -147,40 +158,75 @@ impl Store {
     /// True while the writer thread runs and a read connection answers.
     pub fn is_ready(&self) -> bool {
         self.writer_alive.load(Ordering::SeqCst)
-            && self.with_reader(|db| db.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))).is_ok()
+            && self
+                .with_reader(|db| db.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
+                .is_ok()
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job>, StoreError> {
-        self.jobs.lock().map_err(|_| StoreError::WriterGone)?.clone().ok_or(StoreError::WriterGone)
+        self.jobs
+            .lock()
+            .map_err(|_| StoreError::WriterGone)?
+            .clone()
+            .ok_or(StoreError::WriterGone)
     }
 
     /// Inserts rows in one namespace; answers once they are durably committed.
-    pub async fn insert(&self, namespace: &str, rows: Vec<NewRow>) -> Result<Vec<InsertOutcome>, StoreError> {
+    pub async fn insert(
+        &self,
+        namespace: &str,
+        rows: Vec<NewRow>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Insert { namespace: namespace.to_owned(), rows, reply };
-        self.sender()?.send(job).await.map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?.map_err(|detail| {
-            tracing::error!(detail, "token insert failed");
-            StoreError::WriterGone
-        })
+        let job = Job::Insert {
+            namespace: namespace.to_owned(),
+            rows,
+            reply,
+        };
+        self.sender()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(|detail| {
+                tracing::error!(detail, "token insert failed");
+                StoreError::WriterGone
+            })
     }
 
     /// Deletes one token; answers whether it existed, once durably committed.
     pub async fn delete(&self, namespace: &str, token: &str) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Delete { namespace: namespace.to_owned(), token: token.to_owned(), reply };
-        self.sender()?.send(job).await.map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?.map_err(|detail| {
-            tracing::error!(detail, "token delete failed");
-            StoreError::WriterGone
-        })
+        let job = Job::Delete {
+            namespace: namespace.to_owned(),
+            token: token.to_owned(),
+            reply,
+        };
+        self.sender()?
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(|detail| {
+                tracing::error!(detail, "token delete failed");
+                StoreError::WriterGone
+            })
     }
 
-    fn with_reader<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with_reader<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         // A poisoned lock only means another reader panicked mid-query; the
         // connection itself holds no half-done state for a read.
-        let connection = self.readers[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = self.readers[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(read(&connection)?)
     }
 
@@ -198,14 +244,20 @@ impl Store {
             lookups
                 .iter()
                 .map(|(class, index)| {
-                    statement.query_row(params![namespace, class, &index[..]], |row| row.get(0)).optional()
+                    statement
+                        .query_row(params![namespace, class, &index[..]], |row| row.get(0))
+                        .optional()
                 })
                 .collect()
         })
     }
 
     /// Fetches sealed values by token. Blocking: call from a blocking context.
-    pub fn fetch(&self, namespace: &str, tokens: &[String]) -> Result<Vec<Option<StoredValue>>, StoreError> {
+    pub fn fetch(
+        &self,
+        namespace: &str,
+        tokens: &[String],
+    ) -> Result<Vec<Option<StoredValue>>, StoreError> {
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
                 "SELECT class, key_version, sealed FROM tokens WHERE namespace = ?1 AND token = ?2",
@@ -215,7 +267,11 @@ impl Store {
                 .map(|token| {
                     statement
                         .query_row(params![namespace, token], |row| {
-                            Ok(StoredValue { class: row.get(0)?, key_version: row.get(1)?, sealed: row.get(2)? })
+                            Ok(StoredValue {
+                                class: row.get(0)?,
+                                key_version: row.get(1)?,
+                                sealed: row.get(2)?,
+                            })
                         })
                         .optional()
                 })
@@ -255,7 +311,10 @@ fn writer_loop(mut db: Connection, mut jobs: mpsc::Receiver<Job>) {
 }
 
 enum Done {
-    Insert(oneshot::Sender<Result<Vec<InsertOutcome>, String>>, Vec<InsertOutcome>),
+    Insert(
+        oneshot::Sender<Result<Vec<InsertOutcome>, String>>,
+        Vec<InsertOutcome>,
+    ),
     Delete(oneshot::Sender<Result<bool, String>>, bool),
 }
 
@@ -272,14 +331,22 @@ fn commit_batch(db: &mut Connection, batch: Vec<Job>) {
             .unwrap_or(0);
         for job in batch {
             match job {
-                Job::Insert { namespace, rows, reply } => match insert_rows(&transaction, &namespace, &rows, now) {
+                Job::Insert {
+                    namespace,
+                    rows,
+                    reply,
+                } => match insert_rows(&transaction, &namespace, &rows, now) {
                     Ok(outcomes) => done.push(Done::Insert(reply, outcomes)),
                     Err(error) => {
                         failed.push(Done::Insert(reply, Vec::new()));
                         return Err(error);
                     }
                 },
-                Job::Delete { namespace, token, reply } => {
+                Job::Delete {
+                    namespace,
+                    token,
+                    reply,
+                } => {
                     let deleted = transaction
                         .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")?
                         .execute(params![namespace, token]);
@@ -334,8 +401,9 @@ fn insert_rows(
         if let Some(index) = &row.blind_index {
             // Another request may have stored the same value since the
             // engine's read-side lookup: the first writer's token wins.
-            let existing: Option<String> =
-                find.query_row(params![namespace, row.class, &index[..]], |r| r.get(0)).optional()?;
+            let existing: Option<String> = find
+                .query_row(params![namespace, row.class, &index[..]], |r| r.get(0))
+                .optional()?;
             if let Some(token) = existing {
                 outcomes.push(InsertOutcome::Existing(token));
                 continue;
@@ -355,7 +423,9 @@ fn insert_rows(
             Ok(_) => outcomes.push(InsertOutcome::Inserted),
             // The blind index was checked above inside this transaction, so a
             // constraint failure here is the primary key: the token is taken.
-            Err(rusqlite::Error::SqliteFailure(error, _)) if error.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 outcomes.push(InsertOutcome::TokenTaken)
             }
             Err(error) => return Err(error),
@@ -383,15 +453,40 @@ mod tests {
     async fn insert_dedupes_by_blind_index_and_reports_taken_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("vault.db")).unwrap();
-        let first = store.insert("ns", vec![row("T1", Some(1)), row("T2", None)]).await.unwrap();
-        assert_eq!(first, vec![InsertOutcome::Inserted, InsertOutcome::Inserted]);
-        let second = store.insert("ns", vec![row("T3", Some(1)), row("T1", None)]).await.unwrap();
-        assert_eq!(second, vec![InsertOutcome::Existing("T1".to_owned()), InsertOutcome::TokenTaken]);
+        let first = store
+            .insert("ns", vec![row("T1", Some(1)), row("T2", None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            vec![InsertOutcome::Inserted, InsertOutcome::Inserted]
+        );
+        let second = store
+            .insert("ns", vec![row("T3", Some(1)), row("T1", None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            second,
+            vec![
+                InsertOutcome::Existing("T1".to_owned()),
+                InsertOutcome::TokenTaken
+            ]
+        );
         // Same token in another namespace is a different row.
-        assert_eq!(store.insert("other", vec![row("T1", Some(1))]).await.unwrap(), vec![InsertOutcome::Inserted]);
-        let found = store.find_by_blind_index("ns", &[("email", [1; 32]), ("email", [9; 32])]).unwrap();
+        assert_eq!(
+            store
+                .insert("other", vec![row("T1", Some(1))])
+                .await
+                .unwrap(),
+            vec![InsertOutcome::Inserted]
+        );
+        let found = store
+            .find_by_blind_index("ns", &[("email", [1; 32]), ("email", [9; 32])])
+            .unwrap();
         assert_eq!(found, vec![Some("T1".to_owned()), None]);
-        let fetched = store.fetch("ns", &["T2".to_owned(), "nope".to_owned()]).unwrap();
+        let fetched = store
+            .fetch("ns", &["T2".to_owned(), "nope".to_owned()])
+            .unwrap();
         assert_eq!(fetched[0].as_ref().unwrap().sealed, vec![1, 2, 3]);
         assert!(fetched[1].is_none());
         assert!(store.delete("ns", "T2").await.unwrap());

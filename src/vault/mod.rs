@@ -134,15 +134,30 @@ struct Pending<'a> {
 
 impl Vault {
     /// Builds the engine over an open store, with the keyring's keys.
-    pub fn new(store: Arc<Store>, keyring: &Keyring, namespaces: &BTreeMap<String, NamespaceSpec>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        keyring: &Keyring,
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+    ) -> Self {
         let current = keyring.current().version();
         let namespaces = namespaces
             .iter()
             .map(|(name, spec)| {
                 let keys = (1..=current)
-                    .filter_map(|version| keyring.version(version).map(|key| (version, key.namespace_keys(name))))
+                    .filter_map(|version| {
+                        keyring
+                            .version(version)
+                            .map(|key| (version, key.namespace_keys(name)))
+                    })
                     .collect();
-                (name.clone(), Namespace { spec: spec.clone(), keys, current })
+                (
+                    name.clone(),
+                    Namespace {
+                        spec: spec.clone(),
+                        keys,
+                        current,
+                    },
+                )
             })
             .collect();
         Self { store, namespaces }
@@ -159,7 +174,9 @@ impl Vault {
     }
 
     fn namespace(&self, namespace: &str) -> Result<&Namespace, VaultError> {
-        self.namespaces.get(namespace).ok_or(VaultError::UnknownNamespace)
+        self.namespaces
+            .get(namespace)
+            .ok_or(VaultError::UnknownNamespace)
     }
 
     /// Tokenizes `items`, in order. Tokens are returned only after the rows
@@ -176,8 +193,11 @@ impl Vault {
         let mut pending = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let item_error = |problem: ItemProblem| VaultError::Item { index, problem };
-            let (class_name, class) =
-                ns.spec.classes.get_key_value(&item.class).ok_or(item_error(ItemProblem::UnknownClass))?;
+            let (class_name, class) = ns
+                .spec
+                .classes
+                .get_key_value(&item.class)
+                .ok_or(item_error(ItemProblem::UnknownClass))?;
             if !caller.role.classes.allows(class_name) {
                 return Err(Denied::Class(index).into());
             }
@@ -186,12 +206,18 @@ impl Vault {
             }
             let normalized = normalize::normalize(class.normalize, item.value.expose())
                 .map_err(|e| item_error(e.into()))?;
-            let candidate = mint(class, &normalized, &ns.spec.token_domain).map_err(|e| item_error(e.into()))?;
+            let candidate = mint(class, &normalized, &ns.spec.token_domain)
+                .map_err(|e| item_error(e.into()))?;
             pending.push(Pending {
                 class_name,
                 class: *class,
-                blind_index: class.deterministic.then(|| keys.blind_index(class_name, normalized.expose())),
-                subject_hash: item.subject.as_ref().map(|subject| keys.subject_hash(subject.expose())),
+                blind_index: class
+                    .deterministic
+                    .then(|| keys.blind_index(class_name, normalized.expose())),
+                subject_hash: item
+                    .subject
+                    .as_ref()
+                    .map(|subject| keys.subject_hash(subject.expose())),
                 normalized,
                 candidate,
             });
@@ -203,23 +229,36 @@ impl Vault {
         let lookups: Vec<(usize, String, [u8; 32])> = pending
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.blind_index.map(|index| (i, p.class_name.to_owned(), index)))
+            .filter_map(|(i, p)| {
+                p.blind_index
+                    .map(|index| (i, p.class_name.to_owned(), index))
+            })
             .collect();
         if !lookups.is_empty() {
             let store = self.store.clone();
             let owned_namespace = namespace.to_owned();
             let found = tokio::task::spawn_blocking(move || {
-                let keys: Vec<(&str, [u8; 32])> = lookups.iter().map(|(_, class, index)| (class.as_str(), *index)).collect();
-                store.find_by_blind_index(&owned_namespace, &keys).map(|found| (lookups, found))
+                let keys: Vec<(&str, [u8; 32])> = lookups
+                    .iter()
+                    .map(|(_, class, index)| (class.as_str(), *index))
+                    .collect();
+                store
+                    .find_by_blind_index(&owned_namespace, &keys)
+                    .map(|found| (lookups, found))
             })
             .await
             .map_err(|_| StoreError::ReadTask)??;
             for ((i, _, _), token) in found.0.iter().zip(found.1) {
-                results[*i] = token.map(|token| Tokenized { token, created: false });
+                results[*i] = token.map(|token| Tokenized {
+                    token,
+                    created: false,
+                });
             }
         }
 
-        let mut open: Vec<usize> = (0..pending.len()).filter(|i| results[*i].is_none()).collect();
+        let mut open: Vec<usize> = (0..pending.len())
+            .filter(|i| results[*i].is_none())
+            .collect();
         for attempt in 0..MINT_ATTEMPTS {
             if open.is_empty() {
                 break;
@@ -230,14 +269,23 @@ impl Vault {
                     let p = &mut pending[i];
                     if attempt > 0 {
                         p.candidate = mint(&p.class, &p.normalized, &ns.spec.token_domain)
-                            .map_err(|e| VaultError::Item { index: i, problem: e.into() })?;
+                            .map_err(|e| VaultError::Item {
+                                index: i,
+                                problem: e.into(),
+                            })?;
                     }
-                    let binding = Binding { namespace, class: p.class_name, token: &p.candidate };
+                    let binding = Binding {
+                        namespace,
+                        class: p.class_name,
+                        token: &p.candidate,
+                    };
                     Ok(NewRow {
                         token: p.candidate.clone(),
                         class: p.class_name.to_owned(),
                         key_version: keys.sealer().version(),
-                        sealed: keys.sealer().seal(binding, p.normalized.expose().as_bytes()),
+                        sealed: keys
+                            .sealer()
+                            .seal(binding, p.normalized.expose().as_bytes()),
                         blind_index: p.blind_index,
                         subject_hash: p.subject_hash,
                     })
@@ -248,9 +296,17 @@ impl Vault {
             for (&i, outcome) in open.iter().zip(outcomes) {
                 match outcome {
                     InsertOutcome::Inserted => {
-                        results[i] = Some(Tokenized { token: pending[i].candidate.clone(), created: true });
+                        results[i] = Some(Tokenized {
+                            token: pending[i].candidate.clone(),
+                            created: true,
+                        });
                     }
-                    InsertOutcome::Existing(token) => results[i] = Some(Tokenized { token, created: false }),
+                    InsertOutcome::Existing(token) => {
+                        results[i] = Some(Tokenized {
+                            token,
+                            created: false,
+                        })
+                    }
                     InsertOutcome::TokenTaken => taken.push(i),
                 }
             }
@@ -280,7 +336,9 @@ impl Vault {
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
         let (tokens, stored) = tokio::task::spawn_blocking(move || {
-            store.fetch(&owned_namespace, &tokens).map(|stored| (tokens, stored))
+            store
+                .fetch(&owned_namespace, &tokens)
+                .map(|stored| (tokens, stored))
         })
         .await
         .map_err(|_| StoreError::ReadTask)??;
@@ -288,17 +346,32 @@ impl Vault {
             .iter()
             .zip(stored)
             .map(|(token, stored)| {
-                let Some(stored) = stored else { return Detokenized::NotFound };
-                let Some(class) = ns.spec.classes.get(&stored.class) else { return Detokenized::NotFound };
+                let Some(stored) = stored else {
+                    return Detokenized::NotFound;
+                };
+                let Some(class) = ns.spec.classes.get(&stored.class) else {
+                    return Detokenized::NotFound;
+                };
                 if !caller.role.classes.allows(&stored.class) {
                     return Detokenized::NotFound;
                 }
                 let opened = ns.keys.get(&stored.key_version).and_then(|keys| {
-                    let binding = Binding { namespace, class: &stored.class, token };
-                    keys.sealer().open(binding, stored.key_version, &stored.sealed).ok()
+                    let binding = Binding {
+                        namespace,
+                        class: &stored.class,
+                        token,
+                    };
+                    keys.sealer()
+                        .open(binding, stored.key_version, &stored.sealed)
+                        .ok()
                 });
-                let Some(plain) = opened.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok()) else {
-                    tracing::error!(namespace, token, "stored value failed authentication; nothing revealed");
+                let Some(plain) = opened.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+                else {
+                    tracing::error!(
+                        namespace,
+                        token,
+                        "stored value failed authentication; nothing revealed"
+                    );
                     return Detokenized::Integrity;
                 };
                 let value = match caller.role.reveal {
@@ -308,7 +381,10 @@ impl Vault {
                         Pii::new(mask(plain.expose(), class.normalize))
                     }
                 };
-                Detokenized::Value { class: stored.class, value }
+                Detokenized::Value {
+                    class: stored.class,
+                    value,
+                }
             })
             .collect();
         Ok(answers)
@@ -316,19 +392,24 @@ impl Vault {
 
     /// Forgets one token: its row and sealed value are deleted. Answers
     /// whether it existed (false also for a class the caller may not see).
-    pub async fn forget(&self, caller: &Caller, namespace: &str, token: &str) -> Result<bool, VaultError> {
+    pub async fn forget(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        token: &str,
+    ) -> Result<bool, VaultError> {
         caller.role.check(Operation::Forget, namespace)?;
         let ns = self.namespace(namespace)?;
         if let crate::policy::Scope::Only(_) = caller.role.classes {
             let store = self.store.clone();
             let (owned_namespace, owned_token) = (namespace.to_owned(), vec![token.to_owned()]);
-            let stored = tokio::task::spawn_blocking(move || store.fetch(&owned_namespace, &owned_token))
-                .await
-                .map_err(|_| StoreError::ReadTask)??;
-            let visible = stored
-                .first()
-                .and_then(Option::as_ref)
-                .is_some_and(|s| caller.role.classes.allows(&s.class) && ns.spec.classes.contains_key(&s.class));
+            let stored =
+                tokio::task::spawn_blocking(move || store.fetch(&owned_namespace, &owned_token))
+                    .await
+                    .map_err(|_| StoreError::ReadTask)??;
+            let visible = stored.first().and_then(Option::as_ref).is_some_and(|s| {
+                caller.role.classes.allows(&s.class) && ns.spec.classes.contains_key(&s.class)
+            });
             if !visible {
                 return Ok(false);
             }

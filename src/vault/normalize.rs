@@ -53,7 +53,10 @@ pub fn normalize(rule: Normalization, value: &str) -> Result<Pii, NormalizeError
         Normalization::Email => {
             let lowered = value.trim().to_lowercase();
             let valid = lowered.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !lowered.contains(char::is_whitespace)
+                !local.is_empty()
+                    && !domain.is_empty()
+                    && !domain.contains('@')
+                    && !lowered.contains(char::is_whitespace)
             });
             if !lowered.is_empty() && !valid {
                 return Err(NormalizeError::NotEmail);
@@ -94,25 +97,58 @@ mod tests {
 
     #[test]
     fn email() {
-        assert_eq!(norm(Normalization::Email, " Alice@Example.COM").unwrap(), "alice@example.com");
-        assert_eq!(norm(Normalization::Email, "no-at-sign"), Err(NormalizeError::NotEmail));
-        assert_eq!(norm(Normalization::Email, "a@b@c"), Err(NormalizeError::NotEmail));
-        assert_eq!(norm(Normalization::Email, "   "), Err(NormalizeError::Empty));
+        assert_eq!(
+            norm(Normalization::Email, " Alice@Example.COM").unwrap(),
+            "alice@example.com"
+        );
+        assert_eq!(
+            norm(Normalization::Email, "no-at-sign"),
+            Err(NormalizeError::NotEmail)
+        );
+        assert_eq!(
+            norm(Normalization::Email, "a@b@c"),
+            Err(NormalizeError::NotEmail)
+        );
+        assert_eq!(
+            norm(Normalization::Email, "   "),
+            Err(NormalizeError::Empty)
+        );
     }
 
     #[test]
     fn e164() {
-        assert_eq!(norm(Normalization::E164, "+91 98765-43210").unwrap(), "+919876543210");
-        assert_eq!(norm(Normalization::E164, "+1 (555) 010-9494").unwrap(), "+15550109494");
-        assert_eq!(norm(Normalization::E164, "919876543210"), Err(NormalizeError::NotE164));
-        assert_eq!(norm(Normalization::E164, "+1234567"), Err(NormalizeError::NotE164));
-        assert_eq!(norm(Normalization::E164, "+1234567890123456"), Err(NormalizeError::NotE164));
-        assert_eq!(norm(Normalization::E164, "+91abc76543210"), Err(NormalizeError::NotE164));
+        assert_eq!(
+            norm(Normalization::E164, "+91 98765-43210").unwrap(),
+            "+919876543210"
+        );
+        assert_eq!(
+            norm(Normalization::E164, "+1 (555) 010-9494").unwrap(),
+            "+15550109494"
+        );
+        assert_eq!(
+            norm(Normalization::E164, "919876543210"),
+            Err(NormalizeError::NotE164)
+        );
+        assert_eq!(
+            norm(Normalization::E164, "+1234567"),
+            Err(NormalizeError::NotE164)
+        );
+        assert_eq!(
+            norm(Normalization::E164, "+1234567890123456"),
+            Err(NormalizeError::NotE164)
+        );
+        assert_eq!(
+            norm(Normalization::E164, "+91abc76543210"),
+            Err(NormalizeError::NotE164)
+        );
     }
 
     #[test]
     fn trim_and_none() {
-        assert_eq!(norm(Normalization::Trim, "  Olivia Nair ").unwrap(), "Olivia Nair");
+        assert_eq!(
+            norm(Normalization::Trim, "  Olivia Nair ").unwrap(),
+            "Olivia Nair"
+        );
         assert_eq!(norm(Normalization::None, "  Olivia ").unwrap(), "  Olivia ");
         assert_eq!(norm(Normalization::Trim, "  "), Err(NormalizeError::Empty));
     }

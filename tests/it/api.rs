@@ -38,67 +38,148 @@ fn token_api_behaviour_and_authorization() {
         &json!({"namespace": "retail", "items": [{"class": "email", "value": "ALICE@example.com"}, {"class": "email", "value": "new.person@example.com"}]}),
     );
     assert_eq!(status, 200);
-    assert_eq!(body["tokens"][0], json!({"token": tokens[0], "created": false}));
+    assert_eq!(
+        body["tokens"][0],
+        json!({"token": tokens[0], "created": false})
+    );
     assert_eq!(body["tokens"][1]["created"], json!(true));
 
     // Random classes: a new token every time.
-    let random = tokenize(&server, "crm", "retail", &[("note", "same text"), ("note", "same text")]);
+    let random = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("note", "same text"), ("note", "same text")],
+    );
     assert_ne!(random[0], random[1]);
-    assert_ne!(random[0], tokenize(&server, "crm", "retail", &[("note", "same text")])[0]);
+    assert_ne!(
+        random[0],
+        tokenize(&server, "crm", "retail", &[("note", "same text")])[0]
+    );
     assert!(random[0].starts_with("TKN_") && random[0].len() >= 26);
 
     // Email tokens are addresses under the token domain.
     let email_token = &tokens[0];
-    let parsed: email_address::EmailAddress = email_token.parse().expect("email token is a valid address");
+    let parsed: email_address::EmailAddress =
+        email_token.parse().expect("email token is a valid address");
     assert_eq!(parsed.domain(), "tok.retail.invalid");
 
     // Phone tokens keep the country code and the length, and are E.164.
-    let phones = ["+15550109494", "+447700900038", "+919000700001", "+61491570156", "+353851234567"];
+    let phones = [
+        "+15550109494",
+        "+447700900038",
+        "+919000700001",
+        "+61491570156",
+        "+353851234567",
+    ];
     let pairs: Vec<(&str, &str)> = phones.iter().map(|p| ("phone", *p)).collect();
-    for (phone, token) in phones.iter().zip(tokenize(&server, "crm", "retail", &pairs)) {
+    for (phone, token) in phones
+        .iter()
+        .zip(tokenize(&server, "crm", "retail", &pairs))
+    {
         assert_eq!(token.len(), phone.len(), "{token}");
-        let code_len = if phone.starts_with("+1") { 2 } else if phone.starts_with("+353") { 4 } else { 3 };
+        let code_len = if phone.starts_with("+1") {
+            2
+        } else if phone.starts_with("+353") {
+            4
+        } else {
+            3
+        };
         assert_eq!(token[..code_len], phone[..code_len], "{token}");
-        assert!(token[1..].bytes().all(|b| b.is_ascii_digit()) && (8..=15).contains(&(token.len() - 1)));
+        assert!(
+            token[1..].bytes().all(|b| b.is_ascii_digit()) && (8..=15).contains(&(token.len() - 1))
+        );
         assert_ne!(&token, phone);
     }
 
     // Length-preserving formats.
-    let shaped = tokenize(&server, "crm", "retail", &[("card", "4111 1111 1111 1234"), ("account", "AC-99812345")]);
-    assert!(shaped[0].ends_with("1234") && shaped[0].len() == 19 && shaped[0] != "4111 1111 1111 1234");
+    let shaped = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("card", "4111 1111 1111 1234"), ("account", "AC-99812345")],
+    );
+    assert!(
+        shaped[0].ends_with("1234") && shaped[0].len() == 19 && shaped[0] != "4111 1111 1111 1234"
+    );
     assert!(shaped[1].starts_with("AC-") || shaped[1].chars().nth(2) == Some('-'));
     assert_eq!(shaped[1].len(), 11);
 
     // Round trip with a plain-reveal role, values in normalized form.
-    let values = detokenize(&server, "admin", "retail", "support", &[tokens[0].clone(), tokens[2].clone(), shaped[0].clone()]);
-    assert_eq!(values[0], json!({"token": tokens[0], "value": "alice@example.com", "class": "email"}));
+    let values = detokenize(
+        &server,
+        "admin",
+        "retail",
+        "support",
+        &[tokens[0].clone(), tokens[2].clone(), shaped[0].clone()],
+    );
+    assert_eq!(
+        values[0],
+        json!({"token": tokens[0], "value": "alice@example.com", "class": "email"})
+    );
     assert_eq!(values[1]["value"], "+919876543210");
     assert_eq!(values[2]["value"], "4111 1111 1111 1234");
 
     // Namespace isolation: a retail token is not_found in health.
     let health = detokenize(&server, "admin", "health", "support", &[tokens[0].clone()]);
-    assert_eq!(health[0], json!({"token": tokens[0], "error": {"code": "not_found"}}));
+    assert_eq!(
+        health[0],
+        json!({"token": tokens[0], "error": {"code": "not_found"}})
+    );
 
     // Masked reveal.
-    let masked = detokenize(&server, "helpdesk", "retail", "support", &[tokens[0].clone(), tokens[2].clone()]);
+    let masked = detokenize(
+        &server,
+        "helpdesk",
+        "retail",
+        "support",
+        &[tokens[0].clone(), tokens[2].clone()],
+    );
     assert_eq!(masked[0]["value"], "a***@example.com");
     assert_eq!(masked[1]["value"], "*********3210");
 
     // A class the role may not see answers exactly like a missing token.
-    let sms = detokenize(&server, "sms", "retail", "sms_delivery", &[tokens[0].clone(), "nope@tok.retail.invalid".to_owned(), tokens[2].clone()]);
-    assert_eq!(sms[0], json!({"token": tokens[0], "error": {"code": "not_found"}}));
-    assert_eq!(sms[1], json!({"token": "nope@tok.retail.invalid", "error": {"code": "not_found"}}));
+    let sms = detokenize(
+        &server,
+        "sms",
+        "retail",
+        "sms_delivery",
+        &[
+            tokens[0].clone(),
+            "nope@tok.retail.invalid".to_owned(),
+            tokens[2].clone(),
+        ],
+    );
+    assert_eq!(
+        sms[0],
+        json!({"token": tokens[0], "error": {"code": "not_found"}})
+    );
+    assert_eq!(
+        sms[1],
+        json!({"token": "nope@tok.retail.invalid", "error": {"code": "not_found"}})
+    );
     assert_eq!(sms[2]["value"], "+919876543210");
 
     // 401: no key, wrong key, unknown client, key from a source outside allow_from.
     let body = json!({"namespace": "retail", "items": [{"class": "name", "value": "x"}]});
-    let response = http().post(server.url("/v1/tokenize")).json(&body).send().unwrap();
+    let response = http()
+        .post(server.url("/v1/tokenize"))
+        .json(&body)
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 401);
     let response: Value = response.json().unwrap();
     assert_eq!(error_code(&response), "unauthorized");
-    assert!(response["error"]["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(response["error"]["request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("req_"));
     let wrong = format!("{}x", key("crm"));
-    for bad in [wrong.as_str(), "tv.nobody.abcdefghijklmnopqrstuvwxyz", "garbage"] {
+    for bad in [
+        wrong.as_str(),
+        "tv.nobody.abcdefghijklmnopqrstuvwxyz",
+        "garbage",
+    ] {
         let (status, body) = post(&server, "/v1/tokenize", bad, &body);
         assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{bad}");
     }
@@ -108,17 +189,45 @@ fn token_api_behaviour_and_authorization() {
     // 403: operation, namespace, class, purpose.
     let detokenize_body = |ns: &str, purpose: &str| json!({"namespace": ns, "purpose": purpose, "tokens": [tokens[2]]});
     let cases = [
-        ("crm", "/v1/detokenize", detokenize_body("retail", "support")),
+        (
+            "crm",
+            "/v1/detokenize",
+            detokenize_body("retail", "support"),
+        ),
         ("sms", "/v1/tokenize", body.clone()),
-        ("crm", "/v1/tokenize", json!({"namespace": "vip", "items": [{"class": "name", "value": "x"}]})),
-        ("sms", "/v1/detokenize", detokenize_body("health", "sms_delivery")),
-        ("sms", "/v1/detokenize", detokenize_body("retail", "marketing")),
-        ("helpdesk", "/v1/detokenize", detokenize_body("retail", "sms_delivery")),
-        ("auditor", "/v1/detokenize", detokenize_body("retail", "support")),
+        (
+            "crm",
+            "/v1/tokenize",
+            json!({"namespace": "vip", "items": [{"class": "name", "value": "x"}]}),
+        ),
+        (
+            "sms",
+            "/v1/detokenize",
+            detokenize_body("health", "sms_delivery"),
+        ),
+        (
+            "sms",
+            "/v1/detokenize",
+            detokenize_body("retail", "marketing"),
+        ),
+        (
+            "helpdesk",
+            "/v1/detokenize",
+            detokenize_body("retail", "sms_delivery"),
+        ),
+        (
+            "auditor",
+            "/v1/detokenize",
+            detokenize_body("retail", "support"),
+        ),
     ];
     for (client, path, request) in &cases {
         let (status, body) = post(&server, path, &key(client), request);
-        assert_eq!((status, error_code(&body)), (403, "forbidden"), "{client} {path} {request}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (403, "forbidden"),
+            "{client} {path} {request}"
+        );
     }
     let (status, body) = post(
         &server,
@@ -127,8 +236,15 @@ fn token_api_behaviour_and_authorization() {
         &json!({"namespace": "retail", "items": [{"class": "name", "value": "ok"}, {"class": "email", "value": "canary.7.0000.zq@example.com"}]}),
     );
     assert_eq!((status, error_code(&body)), (403, "forbidden"));
-    assert!(body["error"]["message"].as_str().unwrap().contains("item 1"));
-    let response = http().delete(server.url(&format!("/v1/namespaces/retail/tokens/{}", tokens[4]))).bearer_auth(key("crm")).send().unwrap();
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("item 1"));
+    let response = http()
+        .delete(server.url(&format!("/v1/namespaces/retail/tokens/{}", tokens[4])))
+        .bearer_auth(key("crm"))
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 403);
 
     // 400: bad JSON, unknown class, invalid value, empty purpose, empty batch; never echoing the value.
@@ -142,7 +258,11 @@ fn token_api_behaviour_and_authorization() {
     let expected_index = ["item 1", "item 2", "items", "line"];
     for (request, expected) in bad_inputs.iter().zip(expected_index) {
         let (status, body) = post(&server, "/v1/tokenize", &key("crm"), request);
-        assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{request}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_request"),
+            "{request}"
+        );
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{message}");
         assert!(!body.to_string().contains("canary"), "value echoed: {body}");
@@ -156,36 +276,80 @@ fn token_api_behaviour_and_authorization() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert!(!response.text().unwrap().contains("canary"));
-    let (status, _) = post(&server, "/v1/detokenize", &key("admin"), &detokenize_body("retail", " "));
+    let (status, _) = post(
+        &server,
+        "/v1/detokenize",
+        &key("admin"),
+        &detokenize_body("retail", " "),
+    );
     assert_eq!(status, 400);
 
     // 413: batch over the limit, body over the limit, value over 4 KiB.
-    let many: Vec<Value> = (0..2001).map(|i| json!({"class": "name", "value": format!("n{i}")})).collect();
-    let (status, body) = post(&server, "/v1/tokenize", &key("crm"), &json!({"namespace": "retail", "items": many}));
+    let many: Vec<Value> = (0..2001)
+        .map(|i| json!({"class": "name", "value": format!("n{i}")}))
+        .collect();
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": many}),
+    );
     assert_eq!((status, error_code(&body)), (413, "payload_too_large"));
     let huge = "x".repeat(1_100_000);
-    let (status, body) = post(&server, "/v1/tokenize", &key("crm"), &json!({"namespace": "retail", "items": [{"class": "name", "value": huge}]}));
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": [{"class": "name", "value": huge}]}),
+    );
     assert_eq!((status, error_code(&body)), (413, "payload_too_large"));
     let big_value = "y".repeat(5000);
-    let (status, body) = post(&server, "/v1/tokenize", &key("crm"), &json!({"namespace": "retail", "items": [{"class": "name", "value": big_value}]}));
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": [{"class": "name", "value": big_value}]}),
+    );
     assert_eq!((status, error_code(&body)), (413, "payload_too_large"));
-    assert!(body["error"]["message"].as_str().unwrap().contains("item 0"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("item 0"));
 
     // 415 for a body that is not declared as JSON.
-    let response = http().post(server.url("/v1/tokenize")).bearer_auth(key("crm")).header("content-type", "text/plain").body("{}").send().unwrap();
+    let response = http()
+        .post(server.url("/v1/tokenize"))
+        .bearer_auth(key("crm"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 415);
 
     // Forget: gone afterwards, 404 the second time.
     let forget_url = server.url(&format!("/v1/namespaces/retail/tokens/{}", tokens[4]));
-    let response = http().delete(&forget_url).bearer_auth(key("admin")).send().unwrap();
+    let response = http()
+        .delete(&forget_url)
+        .bearer_auth(key("admin"))
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 204);
     let after = detokenize(&server, "admin", "retail", "support", &[tokens[4].clone()]);
     assert_eq!(after[0]["error"]["code"], "not_found");
-    let response = http().delete(&forget_url).bearer_auth(key("admin")).send().unwrap();
+    let response = http()
+        .delete(&forget_url)
+        .bearer_auth(key("admin"))
+        .send()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 404);
 
     // Health, readiness, unknown routes.
-    let health: Value = http().get(server.url("/healthz")).send().unwrap().json().unwrap();
+    let health: Value = http()
+        .get(server.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = http().get(server.url("/readyz")).send().unwrap();
     assert_eq!(ready.status().as_u16(), 200);
@@ -207,9 +371,16 @@ fn sigterm_drains_in_flight_requests() {
     let mut server = setup.serve();
     let url = server.url("/v1/tokenize");
     let api_key = key("crm");
-    let items: Vec<Value> = (0..10_000).map(|i| json!({"class": "name", "value": format!("drain person {i}")})).collect();
+    let items: Vec<Value> = (0..10_000)
+        .map(|i| json!({"class": "name", "value": format!("drain person {i}")}))
+        .collect();
     let request = std::thread::spawn(move || {
-        http().post(url).bearer_auth(api_key).json(&json!({"namespace": "retail", "items": items})).send().unwrap()
+        http()
+            .post(url)
+            .bearer_auth(api_key)
+            .json(&json!({"namespace": "retail", "items": items}))
+            .send()
+            .unwrap()
     });
     // Wait until the request is being handled, then ask the server to stop.
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -9,7 +9,9 @@ use crate::support::*;
 #[test]
 fn config_check_reports_every_problem_and_exits_78() {
     let setup = Setup::configure("lisen = \"oops\"", STANDARD);
-    let text = fs::read_to_string(&setup.config).unwrap().replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
+    let text = fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
     fs::write(&setup.config, text).unwrap();
     let passphrase = setup.dir.path().join("passphrase");
     fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o640)).unwrap();
@@ -17,9 +19,15 @@ fn config_check_reports_every_problem_and_exits_78() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("server.lisen: unknown key"), "{stderr}");
-    assert!(stderr.contains("server.listen: `not-an-address` is not an IP address and port"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen: `not-an-address` is not an IP address and port"),
+        "{stderr}"
+    );
     assert!(stderr.contains("keys.passphrase_file"), "{stderr}");
-    assert!(stderr.contains(&format!("hint: chmod 600 {}", passphrase.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("hint: chmod 600 {}", passphrase.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 problems"), "{stderr}");
     // serve refuses the same file with the same status, before binding.
     let out = setup.run(&["serve", "--config"]);
@@ -30,7 +38,11 @@ fn config_check_reports_every_problem_and_exits_78() {
 fn config_check_accepts_a_good_file_and_env_overrides_apply() {
     let setup = Setup::configure("", STANDARD);
     let out = setup.run(&["config", "check", "--config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK: 3 namespace(s)"));
     // TOKENVAULT_SERVER__LISTEN overrides [server] listen.
     let out = Command::new(BIN)
@@ -58,7 +70,11 @@ fn config_check_accepts_a_good_file_and_env_overrides_apply() {
         .env("TOKENVAULT_SERVER__INSECURE_ALLOW_PLAINTEXT", "true")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -75,7 +91,9 @@ namespaces = ["nowhere"]
 reveal = "sometimes"
 "#;
     let setup = Setup::configure("", body);
-    let text = fs::read_to_string(&setup.config).unwrap().replace("role = \"backend\"", "role = \"ghost\"");
+    let text = fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("role = \"backend\"", "role = \"ghost\"");
     fs::write(&setup.config, text + "\n[clients.broken]\nrole = \"worker\"\napi_key_hash = \"plaintext-key\"\nallow_from = [\"10.0.0.300/8\"]\n").unwrap();
     let out = setup.run(&["config", "check", "--config"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -87,11 +105,14 @@ reveal = "sometimes"
         "roles.worker.namespaces: namespace `nowhere` is not defined",
         "roles.worker.purposes: a role with detokenize needs at least one allowed purpose",
         "roles.worker.reveal: `sometimes` is not one of: plain, masked",
-        "clients.crm.role: role `backend` is not defined",
+        "clients.crm.role: role `ghost` is not defined",
         "clients.broken.api_key_hash: not an argon2id hash",
         "clients.broken.allow_from: `10.0.0.300/8` is not an IP address or CIDR block",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -108,11 +129,18 @@ fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
     assert_eq!(fs::read(&keyring).unwrap(), before);
     // Wrong passphrase: clear error with a hint, exit 1, nothing served.
-    fs::write(setup.dir.path().join("passphrase"), "a different passphrase!").unwrap();
+    fs::write(
+        setup.dir.path().join("passphrase"),
+        "a different passphrase!",
+    )
+    .unwrap();
     let out = setup.run(&["serve", "--config"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot unwrap the master key") && stderr.contains("hint:"), "{stderr}");
+    assert!(
+        stderr.contains("cannot unwrap the master key") && stderr.contains("hint:"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("a different passphrase"));
 }
 
@@ -123,8 +151,14 @@ fn keyfile_source_works_end_to_end() {
     fs::write(&key_file, [42u8; 32]).unwrap();
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
     let text = fs::read_to_string(&setup.config).unwrap().replace(
-        &format!("source = \"passphrase\"\npassphrase_file = \"{}\"", setup.dir.path().join("passphrase").display()),
-        &format!("source = \"keyfile\"\nkey_file = \"{}\"", key_file.display()),
+        &format!(
+            "source = \"passphrase\"\npassphrase_file = \"{}\"",
+            setup.dir.path().join("passphrase").display()
+        ),
+        &format!(
+            "source = \"keyfile\"\nkey_file = \"{}\"",
+            key_file.display()
+        ),
     );
     fs::write(&setup.config, text).unwrap();
     assert!(setup.run(&["init", "--config"]).status.success());

@@ -9,7 +9,11 @@ use crate::support::*;
 #[test]
 fn dev_mode_prints_a_working_curl_example() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::spawn(&["serve", "--dev", "--listen", "127.0.0.1:0"], &[], dir.path());
+    let server = Server::spawn(
+        &["serve", "--dev", "--listen", "127.0.0.1:0"],
+        &[],
+        dir.path(),
+    );
     let banner = server.logs();
     assert!(banner.contains("DEVELOPMENT MODE"));
     // The example names the configured address; swap in the bound port.
@@ -18,7 +22,14 @@ fn dev_mode_prints_a_working_curl_example() {
         .split("  curl ")
         .skip(1)
         .map(|chunk| {
-            let command: String = chunk.split("\n=").next().unwrap().split("\n  curl").next().unwrap().replace("\\\n", " ");
+            let command: String = chunk
+                .split("\n=")
+                .next()
+                .unwrap()
+                .split("\n  curl")
+                .next()
+                .unwrap()
+                .replace("\\\n", " ");
             format!("curl {}", command.trim()).replace("http://127.0.0.1:0", &port_base)
         })
         .collect();
@@ -26,7 +37,8 @@ fn dev_mode_prints_a_working_curl_example() {
     let run = |command: &str| -> Value {
         let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
         assert!(out.status.success(), "{command}");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{command}: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{command}: {}", String::from_utf8_lossy(&out.stdout)))
     };
     let tokenized = run(&commands[0]);
     let token = tokenized["tokens"][0]["token"].as_str().unwrap().to_owned();

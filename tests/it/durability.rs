@@ -16,20 +16,44 @@ fn every_token_received_survives_sigkill() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..6)
         .map(|worker| {
-            let (url, api_key, received, stop) = (server.url("/v1/tokenize"), key("crm"), received.clone(), stop.clone());
+            let (url, api_key, received, stop) = (
+                server.url("/v1/tokenize"),
+                key("crm"),
+                received.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
                 for batch in 0.. {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     // Half deterministic (blind index path), half random.
-                    let values: Vec<String> = (0..20).map(|i| format!("durable {worker}-{batch}-{i}")).collect();
+                    let values: Vec<String> = (0..20)
+                        .map(|i| format!("durable {worker}-{batch}-{i}"))
+                        .collect();
                     let class = if batch % 2 == 0 { "name" } else { "note" };
-                    let items: Vec<Value> = values.iter().map(|v| json!({"class": class, "value": v})).collect();
-                    let Ok(response) = client.post(&url).bearer_auth(&api_key).json(&json!({"namespace": "retail", "items": items})).send() else { break };
-                    let Ok(body) = response.json::<Value>() else { break };
-                    let Some(tokens) = body["tokens"].as_array() else { break };
+                    let items: Vec<Value> = values
+                        .iter()
+                        .map(|v| json!({"class": class, "value": v}))
+                        .collect();
+                    let Ok(response) = client
+                        .post(&url)
+                        .bearer_auth(&api_key)
+                        .json(&json!({"namespace": "retail", "items": items}))
+                        .send()
+                    else {
+                        break;
+                    };
+                    let Ok(body) = response.json::<Value>() else {
+                        break;
+                    };
+                    let Some(tokens) = body["tokens"].as_array() else {
+                        break;
+                    };
                     let mut received = received.lock().unwrap();
                     for (value, token) in values.into_iter().zip(tokens) {
                         received.push((token["token"].as_str().unwrap().to_owned(), value));
@@ -49,14 +73,22 @@ fn every_token_received_survives_sigkill() {
         worker.join().unwrap();
     }
     let received = received.lock().unwrap().clone();
-    assert!(received.len() >= 600, "load too small to mean anything: {}", received.len());
+    assert!(
+        received.len() >= 600,
+        "load too small to mean anything: {}",
+        received.len()
+    );
 
     let server = setup.serve();
     for chunk in received.chunks(1000) {
         let tokens: Vec<String> = chunk.iter().map(|(token, _)| token.clone()).collect();
         let values = detokenize(&server, "admin", "retail", "support", &tokens);
         for ((token, value), answer) in chunk.iter().zip(values) {
-            assert_eq!(answer["value"].as_str(), Some(value.as_str()), "token {token} lost or wrong: {answer}");
+            assert_eq!(
+                answer["value"].as_str(),
+                Some(value.as_str()),
+                "token {token} lost or wrong: {answer}"
+            );
         }
     }
 }

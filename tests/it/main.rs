@@ -1,6 +1,9 @@
 //! Integration tests: the real `tokenvault` binary on 127.0.0.1, real files,
 //! real SQLite, real TLS.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod config;
 mod dev;

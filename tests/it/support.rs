@@ -99,13 +99,22 @@ pub fn client_keys() -> &'static BTreeMap<String, (String, String)> {
         CLIENTS
             .iter()
             .map(|(name, role, _)| {
-                let out = Command::new(BIN).args(["client", "new", name, "--role", role]).output().unwrap();
+                let out = Command::new(BIN)
+                    .args(["client", "new", name, "--role", role])
+                    .output()
+                    .unwrap();
                 assert!(out.status.success(), "client new failed");
                 let text = String::from_utf8(out.stdout).unwrap();
-                let key = text.lines().find_map(|l| l.trim().strip_prefix("tv.").map(|k| format!("tv.{k}"))).unwrap();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("tv.").map(|k| format!("tv.{k}")))
+                    .unwrap();
                 let hash = text
                     .lines()
-                    .find_map(|l| l.strip_prefix("api_key_hash = \"").map(|h| h.trim_end_matches('"').to_owned()))
+                    .find_map(|l| {
+                        l.strip_prefix("api_key_hash = \"")
+                            .map(|h| h.trim_end_matches('"').to_owned())
+                    })
                     .unwrap();
                 (name.to_string(), (key, hash))
             })
@@ -134,7 +143,11 @@ impl Setup {
     pub fn new(server_extra: &str) -> Self {
         let setup = Self::configure(server_extra, STANDARD);
         let out = setup.run(&["init", "--config"]);
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         setup
     }
 
@@ -152,21 +165,35 @@ impl Setup {
         );
         for (name, role, extra) in CLIENTS {
             let hash = &client_keys()[*name].1;
-            text.push_str(&format!("\n[clients.{name}]\nrole = \"{role}\"\napi_key_hash = \"{hash}\"\n{extra}\n"));
+            text.push_str(&format!(
+                "\n[clients.{name}]\nrole = \"{role}\"\napi_key_hash = \"{hash}\"\n{extra}\n"
+            ));
         }
         let config = dir.path().join("vault.toml");
         fs::write(&config, text).unwrap();
-        Self { dir, config, data_dir }
+        Self {
+            dir,
+            config,
+            data_dir,
+        }
     }
 
     /// Runs `tokenvault ARGS… <config>` to completion.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).arg(&self.config).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .arg(&self.config)
+            .output()
+            .unwrap()
     }
 
     /// Starts `tokenvault serve` on this configuration.
     pub fn serve(&self) -> Server {
-        Server::spawn(&["serve", "--config", self.config.to_str().unwrap()], &[], self.dir.path())
+        Server::spawn(
+            &["serve", "--config", self.config.to_str().unwrap()],
+            &[],
+            self.dir.path(),
+        )
     }
 }
 
@@ -198,18 +225,30 @@ impl Server {
             command.env(name, value);
         }
         let child = command.spawn().unwrap();
-        let mut server = Self { child, base: String::new(), stdout, stderr };
+        let mut server = Self {
+            child,
+            base: String::new(),
+            stdout,
+            stderr,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = fs::read_to_string(&server.stdout).unwrap_or_default();
-            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("tokenvault listening on ")) {
+            if let Some(url) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tokenvault listening on "))
+            {
                 server.base = url.trim().to_owned();
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("server exited with {status}: {}", server.logs());
             }
-            assert!(Instant::now() < deadline, "server did not start: {}", server.logs());
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                server.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -221,7 +260,8 @@ impl Server {
 
     /// Everything the process wrote to stdout and stderr so far.
     pub fn logs(&self) -> String {
-        fs::read_to_string(&self.stdout).unwrap_or_default() + &fs::read_to_string(&self.stderr).unwrap_or_default()
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+            + &fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -271,26 +311,58 @@ pub fn signal(pid: u32, name: &str) -> bool {
 
 /// A blocking HTTP client with a generous timeout.
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 /// POSTs JSON with a bearer key; returns status and body.
 pub fn post(server: &Server, path: &str, api_key: &str, body: &Value) -> (u16, Value) {
-    let response = http().post(server.url(path)).bearer_auth(api_key).json(body).send().unwrap();
+    let response = http()
+        .post(server.url(path))
+        .bearer_auth(api_key)
+        .json(body)
+        .send()
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(Value::Null))
 }
 
 /// Tokenizes `(class, value)` pairs; asserts 200; returns the tokens.
-pub fn tokenize(server: &Server, client: &str, namespace: &str, items: &[(&str, &str)]) -> Vec<String> {
-    let items: Vec<Value> = items.iter().map(|(class, value)| json!({"class": class, "value": value})).collect();
-    let (status, body) = post(server, "/v1/tokenize", &key(client), &json!({"namespace": namespace, "items": items}));
+pub fn tokenize(
+    server: &Server,
+    client: &str,
+    namespace: &str,
+    items: &[(&str, &str)],
+) -> Vec<String> {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(class, value)| json!({"class": class, "value": value}))
+        .collect();
+    let (status, body) = post(
+        server,
+        "/v1/tokenize",
+        &key(client),
+        &json!({"namespace": namespace, "items": items}),
+    );
     assert_eq!(status, 200, "{body}");
-    body["tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap().to_owned()).collect()
+    body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Detokenizes; asserts 200; returns the `values` array.
-pub fn detokenize(server: &Server, client: &str, namespace: &str, purpose: &str, tokens: &[String]) -> Vec<Value> {
+pub fn detokenize(
+    server: &Server,
+    client: &str,
+    namespace: &str,
+    purpose: &str,
+    tokens: &[String],
+) -> Vec<Value> {
     let (status, body) = post(
         server,
         "/v1/detokenize",
@@ -303,5 +375,7 @@ pub fn detokenize(server: &Server, client: &str, namespace: &str, purpose: &str,
 
 /// Path of a shared fixture.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(name)
 }

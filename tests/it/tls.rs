@@ -7,19 +7,32 @@ use crate::support::*;
 
 #[test]
 fn serves_https_with_the_configured_certificate() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     fs::write(&cert, certified.cert.pem()).unwrap();
     fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
     fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
-    let setup = Setup::new(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key_path.display()));
+    let setup = Setup::new(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key_path.display()
+    ));
     let server = setup.serve();
-    assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
 
     let root = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
-    let client = reqwest::blocking::Client::builder().add_root_certificate(root).build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
     let url = server.url("/v1/tokenize").replace("127.0.0.1", "localhost");
     let response = client
         .post(&url)
@@ -30,16 +43,29 @@ fn serves_https_with_the_configured_certificate() {
     assert_eq!(response.status().as_u16(), 200);
     // TLS 1.2 is offered too.
     let tls12 = reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
         .max_tls_version(reqwest::tls::Version::TLS_1_2)
         .build()
         .unwrap();
-    assert_eq!(tls12.get(server.url("/healthz").replace("127.0.0.1", "localhost")).send().unwrap().status().as_u16(), 200);
+    assert_eq!(
+        tls12
+            .get(server.url("/healthz").replace("127.0.0.1", "localhost"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
     // Plain HTTP to the TLS port gets no answer.
     let plain = server.base.replace("https://", "http://");
     assert!(http().get(format!("{plain}/healthz")).send().is_err());
     // An untrusting client refuses the certificate.
-    assert!(http().get(server.url("/healthz").replace("127.0.0.1", "localhost")).send().is_err());
+    assert!(http()
+        .get(server.url("/healthz").replace("127.0.0.1", "localhost"))
+        .send()
+        .is_err());
 }
 
 #[test]
@@ -51,7 +77,14 @@ fn group_readable_tls_key_is_refused() {
     fs::write(&cert, certified.cert.pem()).unwrap();
     fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
     fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).unwrap();
-    let setup = Setup::configure(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key_path.display()), STANDARD);
+    let setup = Setup::configure(
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key_path.display()
+        ),
+        STANDARD,
+    );
     let out = setup.run(&["config", "check", "--config"]);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.tls_key"));
