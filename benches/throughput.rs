@@ -27,7 +27,10 @@ use tokenvault::vault::{TokenizeItem, Vault};
 const BATCH: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn value(phase: &str, worker: usize, batch: usize, item: usize) -> String {
@@ -49,11 +52,24 @@ fn in_process(workers: usize, batches: usize) -> Figures {
     let store = Arc::new(Store::open(&dir.path().join("vault.db")).unwrap());
     let classes = BTreeMap::from([(
         "email".to_owned(),
-        ClassSpec { normalize: Normalization::Email, format: TokenFormat::Email, deterministic: true },
+        ClassSpec {
+            normalize: Normalization::Email,
+            format: TokenFormat::Email,
+            deterministic: true,
+        },
     )]);
-    let namespaces =
-        BTreeMap::from([("default".to_owned(), NamespaceSpec { token_domain: "tokens.invalid".to_owned(), classes })]);
-    let vault = Arc::new(Vault::new(store.clone(), &Keyring::ephemeral(), &namespaces));
+    let namespaces = BTreeMap::from([(
+        "default".to_owned(),
+        NamespaceSpec {
+            token_domain: "tokens.invalid".to_owned(),
+            classes,
+        },
+    )]);
+    let vault = Arc::new(Vault::new(
+        store.clone(),
+        &Keyring::ephemeral(),
+        &namespaces,
+    ));
     let caller = Caller {
         client: "bench".to_owned(),
         role: Arc::new(Role {
@@ -64,8 +80,13 @@ fn in_process(workers: usize, batches: usize) -> Figures {
             reveal: Reveal::Plain,
         }),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let run_phase = |phase: &'static str, values_phase: &'static str| -> (Duration, Vec<Vec<String>>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_phase = |phase: &'static str,
+                     values_phase: &'static str|
+     -> (Duration, Vec<Vec<String>>) {
         runtime.block_on(async {
             let started = Instant::now();
             let tasks: Vec<_> = (0..workers)
@@ -109,7 +130,10 @@ fn in_process(workers: usize, batches: usize) -> Figures {
                 let (vault, caller) = (vault.clone(), caller.clone());
                 tokio::spawn(async move {
                     for batch in chunk {
-                        let values = vault.detokenize(&caller, "default", "bench", batch).await.unwrap();
+                        let values = vault
+                            .detokenize(&caller, "default", "bench", batch)
+                            .await
+                            .unwrap();
                         assert_eq!(values.len(), BATCH);
                     }
                 })
@@ -122,7 +146,11 @@ fn in_process(workers: usize, batches: usize) -> Figures {
     });
     drop(vault);
     store.shutdown();
-    Figures { new: rate(total, new_time), known: rate(total, known_time), detokenize: rate(total, detokenize_time) }
+    Figures {
+        new: rate(total, new_time),
+        known: rate(total, known_time),
+        detokenize: rate(total, detokenize_time),
+    }
 }
 
 fn through_http(workers: usize, batches: usize) -> Figures {
@@ -143,7 +171,10 @@ fn through_http(workers: usize, batches: usize) -> Figures {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     // Warm the server's key cache outside the timed part.
     client
         .post(format!("{base}/v1/tokenize"))
@@ -214,7 +245,11 @@ fn through_http(workers: usize, batches: usize) -> Figures {
     let detokenize_time = started.elapsed();
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
-    Figures { new: rate(total, new_time), known: rate(total, known_time), detokenize: rate(total, detokenize_time) }
+    Figures {
+        new: rate(total, new_time),
+        known: rate(total, known_time),
+        detokenize: rate(total, detokenize_time),
+    }
 }
 
 fn main() {

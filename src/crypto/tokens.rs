@@ -99,6 +99,12 @@ pub fn country_code(digits: &str) -> Option<&str> {
     })
 }
 
+/// Loads the country-code table now rather than on the first phone token (it
+/// is deserialized lazily and takes a noticeable moment).
+pub fn warm_up() {
+    let _ = country_code("15550100000");
+}
+
 fn phone_token(rng: &mut impl Rng, normalized: &str) -> Result<String, FormatError> {
     let digits = normalized
         .strip_prefix('+')

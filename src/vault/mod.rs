@@ -139,6 +139,7 @@ impl Vault {
         keyring: &Keyring,
         namespaces: &BTreeMap<String, NamespaceSpec>,
     ) -> Self {
+        tokens::warm_up();
         let current = keyring.current().version();
         let namespaces = namespaces
             .iter()

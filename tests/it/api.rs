@@ -359,6 +359,18 @@ fn token_api_behaviour_and_authorization() {
     let missing: Value = missing.json().unwrap();
     assert_eq!(error_code(&missing), "not_found");
 
+    // The process refuses core dumps (keys and values must not reach a core file).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+
     // The log records refusals without the keys or values involved.
     let logs = server.logs();
     assert!(logs.contains("authentication failed"));

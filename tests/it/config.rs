@@ -171,11 +171,18 @@ fn keyfile_source_works_end_to_end() {
 #[test]
 fn the_example_configuration_is_valid_apart_from_its_files() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vault.toml.example");
-    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&example).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // On a build machine the certificate, key and passphrase files do not
     // exist; nothing else may be wrong.
-    let problems: Vec<&str> = stderr.lines().filter_map(|line| line.strip_prefix("- ")).collect();
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("- "))
+        .collect();
     assert!(!problems.is_empty() || out.status.success(), "{stderr}");
     for problem in problems {
         let key = problem.split(':').next().unwrap();
