@@ -87,22 +87,31 @@ fn canaries_never_reach_disk_or_logs() {
         &serde_json::json!({"namespace": "retail", "items": [{"class": "phone", "value": canaries[0]}]}),
     );
     assert_eq!(status, 400);
+    // While the server runs, the WAL and shared-memory files exist: take
+    // them as they are, then everything again after a clean stop.
+    let read_all = |label: &str| -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        files_under(&setup.data_dir, &mut files);
+        files
+            .iter()
+            .map(|f| (format!("{} ({label})", f.display()), fs::read(f).unwrap()))
+            .collect()
+    };
+    let mut contents = read_all("running");
+    let names: Vec<&str> = contents.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in [
+        "vault.db (",
+        "vault.db-wal (",
+        "vault.db-shm (",
+        "keyring.json (",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(expected)),
+            "{expected} missing from {names:?}"
+        );
+    }
     assert!(server.stop().success());
-
-    let mut files = Vec::new();
-    files_under(&setup.data_dir, &mut files);
-    let names: Vec<String> = files
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        names.contains(&"vault.db".to_owned()) && names.contains(&"keyring.json".to_owned()),
-        "{names:?}"
-    );
-    let mut contents: Vec<(String, Vec<u8>)> = files
-        .iter()
-        .map(|f| (f.display().to_string(), fs::read(f).unwrap()))
-        .collect();
+    contents.extend(read_all("stopped"));
     contents.push(("server log".to_owned(), server.logs().into_bytes()));
     assert!(
         contents.last().unwrap().1.len() > 1000,
