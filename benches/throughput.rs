@@ -1,16 +1,17 @@
 //! Throughput of tokenize (new and known values) and detokenize, in-process
 //! (the engine called directly: the baseline) and through HTTP (the release
 //! binary in `serve --dev`, driven by concurrent clients), in 1,000-item
-//! batches. Prints figures and the HTTP/in-process ratio for each.
+//! batches. Rounds alternate between the two so both see the same machine
+//! state; the median round is reported with the HTTP/in-process ratio.
 //!
-//! Run: `cargo bench --bench throughput` (optional env: BENCH_BATCHES,
-//! BENCH_WORKERS).
+//! Run: `cargo bench --bench throughput` (optional env: BENCH_WORKERS,
+//! BENCH_BATCHES, BENCH_ROUNDS).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,16 +26,18 @@ use tokenvault::vault::normalize::Normalization;
 use tokenvault::vault::{TokenizeItem, Vault};
 
 const BATCH: usize = 1000;
+const API_KEY: &str = "bench-root-key";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+#[derive(Clone, Copy)]
+struct Shape {
+    workers: usize,
+    batches: usize,
 }
 
-fn value(phase: &str, worker: usize, batch: usize, item: usize) -> String {
-    format!("bench.{phase}.{worker}.{batch}.{item}@example.com")
+impl Shape {
+    fn items(self) -> usize {
+        self.workers * self.batches * BATCH
+    }
 }
 
 struct Figures {
@@ -43,68 +46,98 @@ struct Figures {
     detokenize: f64,
 }
 
+fn value(round: usize, worker: usize, batch: usize, item: usize) -> String {
+    format!("bench.{round}.{worker}.{batch}.{item}@example.com")
+}
+
 fn rate(items: usize, elapsed: Duration) -> f64 {
     items as f64 / elapsed.as_secs_f64()
 }
 
-fn in_process(workers: usize, batches: usize) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("vault.db")).unwrap());
-    let classes = BTreeMap::from([(
-        "email".to_owned(),
-        ClassSpec {
-            normalize: Normalization::Email,
-            format: TokenFormat::Email,
-            deterministic: true,
-        },
-    )]);
-    let namespaces = BTreeMap::from([(
-        "default".to_owned(),
-        NamespaceSpec {
-            token_domain: "tokens.invalid".to_owned(),
-            classes,
-        },
-    )]);
-    let vault = Arc::new(Vault::new(
-        store.clone(),
-        &Keyring::ephemeral(),
-        &namespaces,
-    ));
-    let caller = Caller {
-        client: "bench".to_owned(),
-        role: Arc::new(Role {
-            operations: [Operation::Tokenize, Operation::Detokenize].into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-        }),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let run_phase = |phase: &'static str,
-                     values_phase: &'static str|
-     -> (Duration, Vec<Vec<String>>) {
-        runtime.block_on(async {
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The engine called directly, on a tokio runtime like the server's.
+struct InProcess {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    vault: Arc<Vault>,
+    caller: Caller,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl InProcess {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("vault.db")).unwrap());
+        let classes = BTreeMap::from([(
+            "email".to_owned(),
+            ClassSpec {
+                normalize: Normalization::Email,
+                format: TokenFormat::Email,
+                deterministic: true,
+            },
+        )]);
+        let namespaces = BTreeMap::from([(
+            "default".to_owned(),
+            NamespaceSpec {
+                token_domain: "tokens.invalid".to_owned(),
+                classes,
+            },
+        )]);
+        let vault = Arc::new(Vault::new(
+            store.clone(),
+            &Keyring::ephemeral(),
+            &namespaces,
+        ));
+        let caller = Caller {
+            client: "bench".to_owned(),
+            role: Arc::new(Role {
+                operations: [Operation::Tokenize, Operation::Detokenize].into(),
+                namespaces: Scope::Any,
+                classes: Scope::Any,
+                purposes: Scope::Any,
+                reveal: Reveal::Plain,
+            }),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            _dir: dir,
+            store,
+            vault,
+            caller,
+            runtime,
+        }
+    }
+
+    fn tokenize_phase(
+        &self,
+        round: usize,
+        shape: Shape,
+        expect_new: bool,
+    ) -> (Duration, Vec<Vec<String>>) {
+        self.runtime.block_on(async {
             let started = Instant::now();
-            let tasks: Vec<_> = (0..workers)
+            let tasks: Vec<_> = (0..shape.workers)
                 .map(|worker| {
-                    let (vault, caller) = (vault.clone(), caller.clone());
+                    let (vault, caller) = (self.vault.clone(), self.caller.clone());
                     tokio::spawn(async move {
                         let mut all = Vec::new();
-                        for batch in 0..batches {
+                        for batch in 0..shape.batches {
                             let items = (0..BATCH)
                                 .map(|i| TokenizeItem {
                                     class: "email".to_owned(),
-                                    value: Pii::new(value(values_phase, worker, batch, i)),
+                                    value: Pii::new(value(round, worker, batch, i)),
                                     subject: None,
                                 })
                                 .collect();
                             let tokens = vault.tokenize(&caller, "default", items).await.unwrap();
-                            assert_eq!(tokens.len(), BATCH);
-                            assert!(tokens.iter().all(|t| t.created == (phase == "new")));
+                            assert!(tokens.iter().all(|t| t.created == expect_new));
                             all.push(tokens.into_iter().map(|t| t.token).collect::<Vec<_>>());
                         }
                         all
@@ -117,92 +150,124 @@ fn in_process(workers: usize, batches: usize) -> Figures {
             }
             (started.elapsed(), tokens)
         })
-    };
-    let total = workers * batches * BATCH;
-    let (new_time, tokens) = run_phase("new", "v");
-    let (known_time, _) = run_phase("known", "v");
-    let detokenize_time = runtime.block_on(async {
-        let started = Instant::now();
-        let chunks: Vec<Vec<Vec<String>>> = tokens.chunks(batches).map(<[_]>::to_vec).collect();
-        let tasks: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                let (vault, caller) = (vault.clone(), caller.clone());
-                tokio::spawn(async move {
-                    for batch in chunk {
-                        let values = vault
-                            .detokenize(&caller, "default", "bench", batch)
-                            .await
-                            .unwrap();
-                        assert_eq!(values.len(), BATCH);
-                    }
+    }
+
+    fn round(&self, round: usize, shape: Shape) -> Figures {
+        let (new_time, tokens) = self.tokenize_phase(round, shape, true);
+        let (known_time, _) = self.tokenize_phase(round, shape, false);
+        let detokenize_time = self.runtime.block_on(async {
+            let started = Instant::now();
+            let tasks: Vec<_> = tokens
+                .chunks(shape.batches)
+                .map(<[_]>::to_vec)
+                .map(|chunk| {
+                    let (vault, caller) = (self.vault.clone(), self.caller.clone());
+                    tokio::spawn(async move {
+                        for batch in chunk {
+                            let values = vault
+                                .detokenize(&caller, "default", "bench", batch)
+                                .await
+                                .unwrap();
+                            assert_eq!(values.len(), BATCH);
+                        }
+                    })
                 })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            started.elapsed()
+        });
+        let items = shape.items();
+        Figures {
+            new: rate(items, new_time),
+            known: rate(items, known_time),
+            detokenize: rate(items, detokenize_time),
         }
-        started.elapsed()
-    });
-    drop(vault);
-    store.shutdown();
-    Figures {
-        new: rate(total, new_time),
-        known: rate(total, known_time),
-        detokenize: rate(total, detokenize_time),
     }
 }
 
-fn through_http(workers: usize, batches: usize) -> Figures {
-    let api_key = "bench-root-key";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("TOKENVAULT_DEV_API_KEY", api_key)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(url) = line.strip_prefix("tokenvault listening on ") {
-            break url.trim().to_owned();
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.store.shutdown();
+    }
+}
+
+/// The release binary in `serve --dev`, called by blocking HTTP clients on
+/// one thread per worker.
+struct ThroughHttp {
+    child: Child,
+    base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl ThroughHttp {
+    fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env("TOKENVAULT_DEV_API_KEY", API_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(url) = line.strip_prefix("tokenvault listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        // Warm the server's API key cache outside the timed part.
+        let warm = json!({"namespace": "default", "items": [{"class": "email", "value": "warm@example.com"}]});
+        client
+            .post(format!("{base}/v1/tokenize"))
+            .bearer_auth(API_KEY)
+            .json(&warm)
+            .send()
+            .unwrap();
+        Self {
+            child,
+            base,
+            client,
         }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    // Warm the server's key cache outside the timed part.
-    client
-        .post(format!("{base}/v1/tokenize"))
-        .bearer_auth(api_key)
-        .json(&json!({"namespace": "default", "items": [{"class": "email", "value": "warm@example.com"}]}))
-        .send()
-        .unwrap();
-    let run_phase = |phase: &'static str| -> (Duration, Vec<Vec<String>>) {
+    }
+
+    fn call(client: &reqwest::blocking::Client, url: &str, body: &Value) -> Value {
+        client
+            .post(url)
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn tokenize_phase(
+        &self,
+        round: usize,
+        shape: Shape,
+        expect_new: bool,
+    ) -> (Duration, Vec<Vec<String>>) {
         let started = Instant::now();
-        let threads: Vec<_> = (0..workers)
+        let threads: Vec<_> = (0..shape.workers)
             .map(|worker| {
-                let (client, base) = (client.clone(), base.clone());
+                let (client, url) = (self.client.clone(), format!("{}/v1/tokenize", self.base));
                 std::thread::spawn(move || {
                     let mut all = Vec::new();
-                    for batch in 0..batches {
+                    for batch in 0..shape.batches {
                         let items: Vec<Value> = (0..BATCH)
-                            .map(|i| json!({"class": "email", "value": value("v", worker, batch, i)}))
+                            .map(|i| json!({"class": "email", "value": value(round, worker, batch, i)}))
                             .collect();
-                        let body: Value = client
-                            .post(format!("{base}/v1/tokenize"))
-                            .bearer_auth(api_key)
-                            .json(&json!({"namespace": "default", "items": items}))
-                            .send()
-                            .unwrap()
-                            .json()
-                            .unwrap();
+                        let body = Self::call(&client, &url, &json!({"namespace": "default", "items": items}));
                         let tokens = body["tokens"].as_array().expect("tokens");
-                        assert!(tokens.iter().all(|t| t["created"] == (phase == "new")));
+                        assert!(tokens.iter().all(|t| t["created"] == expect_new));
                         all.push(tokens.iter().map(|t| t["token"].as_str().unwrap().to_owned()).collect());
                     }
                     all
@@ -214,42 +279,54 @@ fn through_http(workers: usize, batches: usize) -> Figures {
             tokens.extend(thread.join().unwrap());
         }
         (started.elapsed(), tokens)
-    };
-    let total = workers * batches * BATCH;
-    let (new_time, tokens) = run_phase("new");
-    let (known_time, _) = run_phase("known");
-    let started = Instant::now();
-    let threads: Vec<_> = tokens
-        .chunks(batches)
-        .map(<[_]>::to_vec)
-        .map(|chunk| {
-            let (client, base) = (client.clone(), base.clone());
-            std::thread::spawn(move || {
-                for batch in chunk {
-                    let body: Value = client
-                        .post(format!("{base}/v1/detokenize"))
-                        .bearer_auth(api_key)
-                        .json(&json!({"namespace": "default", "purpose": "bench", "tokens": batch}))
-                        .send()
-                        .unwrap()
-                        .json()
-                        .unwrap();
-                    assert_eq!(body["values"].as_array().map(Vec::len), Some(BATCH));
-                }
+    }
+
+    fn round(&self, round: usize, shape: Shape) -> Figures {
+        let (new_time, tokens) = self.tokenize_phase(round, shape, true);
+        let (known_time, _) = self.tokenize_phase(round, shape, false);
+        let started = Instant::now();
+        let threads: Vec<_> = tokens
+            .chunks(shape.batches)
+            .map(<[_]>::to_vec)
+            .map(|chunk| {
+                let (client, url) = (self.client.clone(), format!("{}/v1/detokenize", self.base));
+                std::thread::spawn(move || {
+                    for batch in chunk {
+                        let request =
+                            json!({"namespace": "default", "purpose": "bench", "tokens": batch});
+                        let body = Self::call(&client, &url, &request);
+                        assert_eq!(body["values"].as_array().map(Vec::len), Some(BATCH));
+                    }
+                })
             })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let detokenize_time = started.elapsed();
+        let items = shape.items();
+        Figures {
+            new: rate(items, new_time),
+            known: rate(items, known_time),
+            detokenize: rate(items, detokenize_time),
+        }
     }
-    let detokenize_time = started.elapsed();
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
-    Figures {
-        new: rate(total, new_time),
-        known: rate(total, known_time),
-        detokenize: rate(total, detokenize_time),
+}
+
+impl Drop for ThroughHttp {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
     }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -258,11 +335,29 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let workers = env_usize("BENCH_WORKERS", 4);
-    let batches = env_usize("BENCH_BATCHES", 10);
-    println!("tokenvault throughput: {workers} concurrent callers x {batches} batches x {BATCH} items, class email (deterministic)");
-    let local = in_process(workers, batches);
-    let remote = through_http(workers, batches);
+    let shape = Shape {
+        workers: env_usize("BENCH_WORKERS", 4),
+        batches: env_usize("BENCH_BATCHES", 10),
+    };
+    let rounds = env_usize("BENCH_ROUNDS", 5);
+    println!(
+        "tokenvault throughput: {} concurrent callers x {} batches x {BATCH} items per phase, \
+         class email (deterministic), median of {rounds} alternating rounds",
+        shape.workers, shape.batches
+    );
+    let in_process = InProcess::start();
+    let through_http = ThroughHttp::start();
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        local.push(in_process.round(round, shape));
+        remote.push(through_http.round(round, shape));
+    }
+    let summary = |figures: &[Figures]| Figures {
+        new: median(figures.iter().map(|f| f.new).collect()),
+        known: median(figures.iter().map(|f| f.known).collect()),
+        detokenize: median(figures.iter().map(|f| f.detokenize).collect()),
+    };
+    let (local, remote) = (summary(&local), summary(&remote));
     println!();
     println!("| operation | in-process (items/s, baseline) | through HTTP (items/s) | HTTP / in-process |");
     println!("| --- | ---: | ---: | ---: |");
