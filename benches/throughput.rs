@@ -351,6 +351,11 @@ fn main() {
     for round in 0..rounds {
         local.push(in_process.round(round, shape));
         remote.push(through_http.round(round, shape));
+        let (l, r) = (&local[round], &remote[round]);
+        println!(
+            "round {round}: in-process new {:.0} known {:.0} detokenize {:.0}; http new {:.0} known {:.0} detokenize {:.0}",
+            l.new, l.known, l.detokenize, r.new, r.known, r.detokenize
+        );
     }
     let summary = |figures: &[Figures]| Figures {
         new: median(figures.iter().map(|f| f.new).collect()),
