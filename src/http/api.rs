@@ -184,13 +184,7 @@ async fn detokenize(
             },
         })
         .collect();
-    let body = Zeroizing::new(
-        serde_json::to_vec(&json!({ "values": values }))
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error", &id))?,
-    );
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body.to_vec()))
+    Ok(HttpResponse::Ok().json(json!({ "values": values })))
 }
 
 async fn forget(

@@ -87,12 +87,10 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> 
 /// Prints `tokenvault listening on <url>` on stdout once bound.
 pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
     let tls = settings.tls.as_ref().map(tls_config).transpose()?;
-    let max_body_bytes = settings.max_body_bytes;
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(max_body_bytes))
             .wrap(from_fn(context::request_context))
             .configure(api::routes)
             .default_service(web::to(api::not_found))

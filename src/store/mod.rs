@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The writer thread is gone (shutting down or crashed).
     #[error("the store writer has stopped")]
     WriterGone,
+    /// SQLite would not switch the database to WAL mode.
+    #[error("the database could not be put in WAL mode")]
+    NotWal,
     /// A blocking read task was cancelled.
     #[error("read task failed")]
     ReadTask,
@@ -126,7 +129,7 @@ impl Store {
         )?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery));
+            return Err(StoreError::NotWal);
         }
         schema::migrations().to_latest(&mut writer)?;
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
