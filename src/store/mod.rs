@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("schema migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// The writer's transaction failed and was rolled back (disk full,
+    /// read-only file, I/O error); nothing of it was committed.
+    #[error("write transaction failed: {0}")]
+    Write(String),
     /// The writer thread is gone (shutting down or crashed).
     #[error("the store writer has stopped")]
     WriterGone,
@@ -84,16 +88,20 @@ pub struct StoredValue {
     pub sealed: Vec<u8>,
 }
 
+/// Where the writer sends a job's committed result, or the reason its
+/// transaction failed.
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
 enum Job {
     Insert {
         namespace: String,
         rows: Vec<NewRow>,
-        reply: oneshot::Sender<Result<Vec<InsertOutcome>, String>>,
+        reply: Reply<Vec<InsertOutcome>>,
     },
     Delete {
         namespace: String,
         token: String,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: Reply<bool>,
     },
 }
 
@@ -185,44 +193,37 @@ impl Store {
         namespace: &str,
         rows: Vec<NewRow>,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Insert {
-            namespace: namespace.to_owned(),
+        let namespace = namespace.to_owned();
+        self.submit(|reply| Job::Insert {
+            namespace,
             rows,
             reply,
-        };
-        self.sender()?
-            .send(job)
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer
-            .await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(|detail| {
-                tracing::error!(detail, "token insert failed");
-                StoreError::WriterGone
-            })
+        })
+        .await
     }
 
     /// Deletes one token; answers whether it existed, once durably committed.
     pub async fn delete(&self, namespace: &str, token: &str) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Delete {
-            namespace: namespace.to_owned(),
-            token: token.to_owned(),
+        let (namespace, token) = (namespace.to_owned(), token.to_owned());
+        self.submit(|reply| Job::Delete {
+            namespace,
+            token,
             reply,
-        };
+        })
+        .await
+    }
+
+    /// Queues a job for the writer and waits for its committed answer.
+    async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
         self.sender()?
-            .send(job)
+            .send(job(reply))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer
             .await
             .map_err(|_| StoreError::WriterGone)?
-            .map_err(|detail| {
-                tracing::error!(detail, "token delete failed");
-                StoreError::WriterGone
-            })
+            .map_err(StoreError::Write)
     }
 
     fn with_reader<T>(
@@ -319,11 +320,8 @@ fn writer_loop(mut db: Connection, mut jobs: mpsc::Receiver<Job>) {
 }
 
 enum Done {
-    Insert(
-        oneshot::Sender<Result<Vec<InsertOutcome>, String>>,
-        Vec<InsertOutcome>,
-    ),
-    Delete(oneshot::Sender<Result<bool, String>>, bool),
+    Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
+    Delete(Reply<bool>, bool),
 }
 
 /// Applies a batch of jobs in one transaction; replies only after commit. On
