@@ -87,6 +87,11 @@ impl StorageSettings {
         self.data_dir.join("keyring.json")
     }
 
+    /// The audit trail inside the data directory.
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join("audit.db")
+    }
+
     /// The token database inside the data directory.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("vault.db")

@@ -4,6 +4,7 @@
 //! Dependencies point one way: `cli` and `http` call the engine in [`vault`],
 //! which joins [`store`], [`crypto`] and [`policy`].
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -189,6 +189,11 @@ impl Authenticator {
         }
     }
 
+    /// True when `name` is a configured client.
+    pub fn knows(&self, name: &str) -> bool {
+        self.clients.contains_key(name)
+    }
+
     /// Authenticates a presented API key from `peer`.
     pub async fn authenticate(
         &self,

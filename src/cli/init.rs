@@ -7,8 +7,9 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 
 use super::CliError;
+use crate::audit::{self, Action, Outcome};
 use crate::crypto::keyring::{Keyring, KeyringError};
-use crate::store::Store;
+use crate::store::{append_audit_offline, Store};
 
 /// Creates the data directory (0700), the keyring with a fresh wrapped master
 /// key, and `vault.db` with its schema. Refuses to overwrite a keyring.
@@ -42,22 +43,34 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     }
     let keyring_path = config.storage.keyring_path();
-    Keyring::create(&keyring_path, &source).map_err(|error| match error {
+    let keyring = Keyring::create(&keyring_path, &source).map_err(|error| match error {
         KeyringError::Exists(_) => anyhow!(
             "{error}; refusing to overwrite it\nhint: a vault is already initialised there; to start over, move the whole data directory away first"
         ),
         KeyringError::WeakPassphrase => anyhow!("{error}\nhint: use a passphrase of at least 12 characters, ideally a generated one"),
         other => anyhow!(other),
     })?;
-    let store = Store::open(&config.storage.database_path()).context("cannot create vault.db")?;
+    let (database, audit_path) = (config.storage.database_path(), config.storage.audit_path());
+    let store = Store::open(&database, &audit_path, keyring.audit_key())
+        .context("cannot create vault.db")?;
     store.shutdown();
+    let context = audit::Context::cli("init");
+    let records = [
+        context.record(Action::Init, Outcome::Ok),
+        context
+            .record(Action::KeyUnwrap, Outcome::Ok)
+            .reason("master_key_created"),
+    ];
+    append_audit_offline(&database, &audit_path, &keyring.audit_key(), &records)
+        .context("cannot write the first audit records")?;
     tracing::info!(data_dir = %data_dir.display(), "vault initialised");
     println!("initialised {}:", data_dir.display());
     println!(
         "  keyring   {} (master key v1, wrapped)",
         keyring_path.display()
     );
-    println!("  database  {}", config.storage.database_path().display());
+    println!("  database  {}", database.display());
+    println!("  audit     {}", audit_path.display());
     println!("next: tokenvault serve --config {}", config_path.display());
     Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 
 use super::CliError;
+use crate::audit::{Action, Outcome};
 use crate::config::{Config, ConfigErrors, KeySettings};
 use crate::crypto::keyring::{Keyring, KeyringError};
 use crate::crypto::password::{hash_api_key, new_api_key};
@@ -78,13 +79,22 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         other => anyhow!(other),
     })?;
     drop(source);
-    start(config, keyring)
+    start(config, keyring, "serve")
 }
 
-fn start(config: Config, keyring: Keyring) -> Result<(), CliError> {
+fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError> {
     let store = Arc::new(
-        Store::open(&config.storage.database_path())
-            .with_context(|| format!("cannot open {}", config.storage.database_path().display()))?,
+        Store::open(
+            &config.storage.database_path(),
+            &config.storage.audit_path(),
+            keyring.audit_key(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the stores in {}",
+                config.storage.data_dir.display()
+            )
+        })?,
     );
     let vault = Vault::new(store.clone(), &keyring, &config.namespaces);
     drop(keyring);
@@ -102,9 +112,22 @@ fn start(config: Config, keyring: Keyring) -> Result<(), CliError> {
         core_dumps_disabled = crate::harden::core_dumps_disabled(),
         "vault ready"
     );
-    let served = actix_web::rt::System::new().block_on(http::serve(state, &config.server));
+    let context = crate::audit::Context::cli(command);
+    let startup = vec![
+        context
+            .record(Action::ConfigLoad, Outcome::Ok)
+            .items(config.clients.len()),
+        context.record(Action::KeyUnwrap, Outcome::Ok),
+    ];
+    let served = actix_web::rt::System::new().block_on(async {
+        // Fail closed from the start: a vault that cannot audit does not serve.
+        state.vault.record(startup).await.map_err(|error| {
+            anyhow!("cannot write to the audit trail: {error}\nhint: check that audit.db in the data directory is writable and not locked")
+        })?;
+        http::serve(state, &config.server).await.map_err(|error| anyhow!(error))
+    });
     store.shutdown();
-    served.map_err(|error| anyhow!(error).into())
+    served.map_err(CliError::from)
 }
 
 fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
@@ -146,7 +169,7 @@ fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
     );
     println!("{banner}");
     tracing::warn!("development mode: temporary data, in-memory key, plain HTTP");
-    let result = start(config, Keyring::ephemeral());
+    let result = start(config, Keyring::ephemeral(), "serve --dev");
     drop(data_dir);
     result
 }

@@ -143,6 +143,17 @@ impl Keyring {
         self.keys.last().expect("keyring holds at least one key")
     }
 
+    /// The key that chains the audit trail. It comes from the oldest master
+    /// key version, so that rotation does not break verification of older
+    /// records.
+    pub fn audit_key(&self) -> super::keys::AuditKey {
+        // Invariant: every constructor puts at least one key in.
+        self.keys
+            .first()
+            .expect("keyring holds at least one key")
+            .audit_key()
+    }
+
     /// The key of `version`, if this keyring has it.
     pub fn version(&self, version: u32) -> Option<&MasterKey> {
         self.keys.iter().find(|key| key.version() == version)

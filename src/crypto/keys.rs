@@ -83,9 +83,33 @@ impl MasterKey {
     }
 
     /// The key of the audit chain's HMAC.
-    pub fn audit_key(&self) -> hmac::Key {
+    pub fn audit_key(&self) -> AuditKey {
         let key = self.derive(labels::AUDIT_CHAIN, "");
-        hmac::Key::new(hmac::HMAC_SHA256, key.as_slice())
+        AuditKey(hmac::Key::new(hmac::HMAC_SHA256, key.as_slice()))
+    }
+}
+
+/// The key that chains audit records: each record's MAC covers its
+/// canonical content and the previous record's MAC.
+pub struct AuditKey(hmac::Key);
+
+impl AuditKey {
+    /// MAC of one record's canonical bytes, chained to `previous`.
+    pub fn mac(&self, canonical: &[u8], previous: &[u8; 32]) -> [u8; 32] {
+        keyed_hash(&self.0, &[canonical, previous])
+    }
+
+    /// Constant-time check of a stored MAC.
+    pub fn verify(&self, canonical: &[u8], previous: &[u8; 32], stored: &[u8]) -> bool {
+        let expected = self.mac(canonical, previous);
+        use subtle::ConstantTimeEq;
+        stored.len() == expected.len() && bool::from(expected.as_slice().ct_eq(stored))
+    }
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey([redacted])")
     }
 }
 

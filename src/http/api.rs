@@ -38,11 +38,17 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ready = state.vault.is_ready();
+    let audit_ready = state.vault.audit_healthy();
+    let ready = store_ready && audit_ready;
     let body = json!({
-        "status": if store_ready { "ready" } else { "not_ready" },
-        "checks": { "store": if store_ready { "ok" } else { "unavailable" }, "keys": "loaded" },
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "store": if store_ready { "ok" } else { "unavailable" },
+            "audit": if audit_ready { "ok" } else { "failing" },
+            "keys": "loaded",
+        },
     });
-    if store_ready {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -73,7 +79,7 @@ struct TokenOut {
 
 async fn tokenize(
     state: web::Data<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
     payload: web::Payload,
@@ -93,7 +99,7 @@ async fn tokenize(
         .collect();
     let tokens = state
         .vault
-        .tokenize(&caller, &request.namespace, items)
+        .tokenize(&context, &caller, &request.namespace, items)
         .await
         .map_err(|error| ApiError::from_vault(error, &id))?;
     let tokens: Vec<TokenOut> = tokens
@@ -135,7 +141,7 @@ struct ItemError {
 
 async fn detokenize(
     state: web::Data<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
     payload: web::Payload,
@@ -155,6 +161,7 @@ async fn detokenize(
     let answers = state
         .vault
         .detokenize(
+            &context,
             &caller,
             &request.namespace,
             &request.purpose,
@@ -189,7 +196,7 @@ async fn detokenize(
 
 async fn forget(
     state: web::Data<AppState>,
-    Authenticated(caller): Authenticated,
+    Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -199,7 +206,7 @@ async fn forget(
         .insert(LoggedNamespace(namespace.clone()));
     let existed = state
         .vault
-        .forget(&caller, &namespace, &token)
+        .forget(&context, &caller, &namespace, &token)
         .await
         .map_err(|error| ApiError::from_vault(error, &id))?;
     if existed {

@@ -1,4 +1,5 @@
-//! `Authorization: Bearer <api key>` → an authenticated [`Caller`].
+//! `Authorization: Bearer <api key>` → an authenticated [`Caller`] and the
+//! audit [`Context`] of the request. Every refusal is audited.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,10 +10,25 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use super::context::{request_id, LoggedClient};
 use super::error::ApiError;
 use super::AppState;
+use crate::audit::{Action, Context, Outcome};
+use crate::crypto::password::claimed_client;
 use crate::policy::{AuthError, Caller};
 
-/// Extractor: the request's authenticated caller, or a 401.
-pub struct Authenticated(pub Caller);
+/// Extractor: the request's authenticated caller and audit context, or a 401.
+pub struct Authenticated(pub Caller, pub Context);
+
+/// The audit context of a request, before authentication.
+fn context(req: &HttpRequest, actor: String, auth: &'static str) -> Context {
+    Context {
+        request_id: request_id(req).as_str().to_owned(),
+        actor,
+        auth,
+        source: req.peer_addr().map(|addr| addr.ip().to_string()),
+        route: req
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned()),
+    }
+}
 
 impl FromRequest for Authenticated {
     type Error = ApiError;
@@ -22,7 +38,9 @@ impl FromRequest for Authenticated {
         let req = req.clone();
         Box::pin(async move {
             let id = request_id(&req);
-            let state = req.app_data::<web::Data<AppState>>().cloned();
+            let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+                return Err(ApiError::unauthorized(&id));
+            };
             let presented = req
                 .headers()
                 .get(AUTHORIZATION)
@@ -32,18 +50,37 @@ impl FromRequest for Authenticated {
                 .filter(|key| !key.is_empty())
                 .map(|key| zeroize::Zeroizing::new(key.to_owned()));
             let peer = req.peer_addr().map(|addr| addr.ip());
-            let outcome = match (state, presented) {
-                (Some(state), Some(key)) => state.auth.authenticate(&key, peer).await,
-                (_, None) => Err(AuthError::Missing),
-                (None, Some(_)) => Err(AuthError::Invalid),
+            let outcome = match &presented {
+                Some(key) => state.auth.authenticate(key, peer).await,
+                None => Err(AuthError::Missing),
             };
             match outcome {
                 Ok(caller) => {
                     req.extensions_mut()
                         .insert(LoggedClient(caller.client.clone()));
-                    Ok(Self(caller))
+                    let context = context(&req, caller.client.clone(), "api_key");
+                    Ok(Self(caller, context))
                 }
                 Err(reason) => {
+                    // The claimed name is the caller's text: record it only
+                    // when it names a configured client.
+                    let actor = presented
+                        .as_deref()
+                        .and_then(|key| claimed_client(key))
+                        .filter(|name| state.auth.knows(name))
+                        .unwrap_or("unknown")
+                        .to_owned();
+                    let code = match reason {
+                        AuthError::Missing => "missing_credentials",
+                        AuthError::Invalid => "invalid_credentials",
+                        AuthError::SourceNotAllowed => "source_not_allowed",
+                    };
+                    let record = context(&req, actor, "api_key")
+                        .record(Action::Authenticate, Outcome::Denied)
+                        .reason(code);
+                    if let Err(error) = state.vault.record(vec![record]).await {
+                        tracing::error!(request_id = %id, %error, "could not record an authentication failure");
+                    }
                     let source = peer.map(|ip| ip.to_string()).unwrap_or_default();
                     tracing::warn!(request_id = %id, %reason, source, "authentication failed");
                     Err(ApiError::unauthorized(&id))

@@ -104,6 +104,9 @@ impl ApiError {
                 format!("item {index}: class not granted to this client")
             }
             VaultError::Denied(denied) => denied.to_string(),
+            VaultError::Store(crate::store::StoreError::Audit(_)) => {
+                "the audit trail cannot be written; nothing was revealed or changed".to_owned()
+            }
             VaultError::Store(_) => "the token store is unavailable".to_owned(),
             VaultError::Exhausted => "internal error".to_owned(),
             other => other.to_string(),

@@ -3,7 +3,13 @@
 //! One writer thread owns the write connection and commits the work of many
 //! concurrent callers in one transaction (group commit); each caller gets its
 //! answer only after that transaction is durably committed. Reads go through
-//! a small pool of read-only connections. This is the only module with SQL.
+//! a small pool of read-only connections.
+//!
+//! The writer also owns the append connection of `audit.db`: every batch
+//! appends its audit records in the same rhythm, commits `audit.db` first and
+//! `vault.db` (token rows plus the audit head) second, and answers only after
+//! both. If the audit append fails, the token rows roll back too. Apart from
+//! `crate::audit::store`, this is the only module with SQL.
 
 mod schema;
 
@@ -15,6 +21,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{self, Head, Record};
+use crate::crypto::keys::AuditKey;
 
 /// Largest number of queued jobs committed in one transaction.
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
@@ -38,6 +47,10 @@ pub enum StoreError {
     /// read-only file, I/O error); nothing of it was committed.
     #[error("write transaction failed: {0}")]
     Write(String),
+    /// The audit records could not be written; nothing of the batch was
+    /// committed, and nothing may be revealed.
+    #[error("audit trail write failed: {0}")]
+    Audit(String),
     /// The writer thread is gone (shutting down or crashed).
     #[error("the store writer has stopped")]
     WriterGone,
@@ -88,20 +101,32 @@ pub struct StoredValue {
     pub sealed: Vec<u8>,
 }
 
-/// Where the writer sends a job's committed result, or the reason its
-/// transaction failed.
-type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// Why a writer batch failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    Write(String),
+    Audit(String),
+}
+
+/// Where the writer sends a job's committed result, or why its batch failed.
+type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 
 enum Job {
     Insert {
         namespace: String,
         rows: Vec<NewRow>,
+        audit: Option<Record>,
         reply: Reply<Vec<InsertOutcome>>,
     },
     Delete {
         namespace: String,
         token: String,
+        audit: Record,
         reply: Reply<bool>,
+    },
+    Audit {
+        records: Vec<Record>,
+        reply: Reply<()>,
     },
 }
 
@@ -111,6 +136,7 @@ pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     writer_alive: Arc<AtomicBool>,
+    audit_healthy: Arc<AtomicBool>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -128,9 +154,10 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, runs migrations and
-    /// starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path` and the audit trail
+    /// at `audit_path`, runs migrations and starts the writer thread, which
+    /// chains audit records under `audit_key`.
+    pub fn open(path: &Path, audit_path: &Path, audit_key: AuditKey) -> Result<Self, StoreError> {
         let mut writer = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -140,6 +167,8 @@ impl Store {
             return Err(StoreError::NotWal);
         }
         schema::migrations().to_latest(&mut writer)?;
+        let audit_connection =
+            audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
             let reader = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -149,10 +178,17 @@ impl Store {
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
+        let audit_healthy = Arc::new(AtomicBool::new(true));
+        let mut writer = Writer {
+            db: writer,
+            audit: audit_connection,
+            audit_key,
+            audit_healthy: audit_healthy.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || {
-                writer_loop(writer, receiver);
+                writer.run(receiver);
                 thread_alive.store(false, Ordering::SeqCst);
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -161,6 +197,7 @@ impl Store {
             jobs: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             writer_alive: alive,
+            audit_healthy,
             readers,
             next_reader: AtomicUsize::new(0),
         })
@@ -187,30 +224,58 @@ impl Store {
             .ok_or(StoreError::WriterGone)
     }
 
+    /// True unless the last write batch failed to append its audit records.
+    pub fn audit_healthy(&self) -> bool {
+        self.audit_healthy.load(Ordering::SeqCst)
+    }
+
     /// Inserts rows in one namespace; answers once they are durably committed.
+    ///
+    /// With `audit`, and when every row was resolved (no [`InsertOutcome::TokenTaken`]),
+    /// the record is appended in the same batch with the resulting tokens
+    /// added to its `tokens`; otherwise it is dropped and the caller retries.
     pub async fn insert(
         &self,
         namespace: &str,
         rows: Vec<NewRow>,
+        audit: Option<Record>,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let namespace = namespace.to_owned();
         self.submit(|reply| Job::Insert {
             namespace,
             rows,
+            audit,
             reply,
         })
         .await
     }
 
-    /// Deletes one token; answers whether it existed, once durably committed.
-    pub async fn delete(&self, namespace: &str, token: &str) -> Result<bool, StoreError> {
+    /// Deletes one token and appends `audit` (with its outcome set from
+    /// whether the token existed); answers once both are durably committed.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        token: &str,
+        audit: Record,
+    ) -> Result<bool, StoreError> {
         let (namespace, token) = (namespace.to_owned(), token.to_owned());
         self.submit(|reply| Job::Delete {
             namespace,
             token,
+            audit,
             reply,
         })
         .await
+    }
+
+    /// Appends audit records; answers once they are durably committed.
+    pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Audit { records, reply }).await
+    }
+
+    /// The audit head recorded in `vault.db`. Blocking.
+    pub fn recorded_audit_head(&self) -> Result<Option<Head>, StoreError> {
+        self.with_reader(read_audit_head)
     }
 
     /// Queues a job for the writer and waits for its committed answer.
@@ -223,7 +288,10 @@ impl Store {
         answer
             .await
             .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::Write)
+            .map_err(|failure| match failure {
+                Failure::Write(detail) => StoreError::Write(detail),
+                Failure::Audit(detail) => StoreError::Audit(detail),
+            })
     }
 
     fn with_reader<T>(
@@ -306,87 +374,275 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(mut db: Connection, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX_JOBS {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_batch(&mut db, batch);
+/// The audit head recorded in `vault.db`, read with any connection to it.
+pub fn read_audit_head(db: &Connection) -> rusqlite::Result<Option<Head>> {
+    db.query_row("SELECT seq, mac FROM audit_head WHERE id = 1", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })
+    .optional()
+    .map(|found| {
+        found.and_then(|(seq, mac)| {
+            Some(Head {
+                seq: seq as u64,
+                mac: mac.try_into().ok()?,
+            })
+        })
+    })
+}
+
+fn write_audit_head(db: &Connection, head: &Head) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO audit_head (id, seq, mac) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac",
+    )?
+    .execute(params![head.seq as i64, &head.mac[..]])?;
+    Ok(())
+}
+
+/// Appends audit records outside the server (CLI commands): `audit.db` and
+/// the head in `vault.db`, in the same order the writer uses. Waits for a
+/// running server's writer through SQLite's locks.
+pub fn append_audit_offline(
+    database: &Path,
+    audit_path: &Path,
+    key: &AuditKey,
+    records: &[Record],
+) -> Result<Head, StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    let mut audit_db = audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
+    let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let head = audit::store::append(&audit_tx, key, records)?
+        .ok_or(StoreError::Audit("nothing to append".into()))?;
+    write_audit_head(&vault_tx, &head)?;
+    audit_tx.commit()?;
+    vault_tx.commit()?;
+    Ok(head)
+}
+
+/// The audit head recorded in the `vault.db` at `database`, opened read-only
+/// (a stopped vault, or a copy of its data directory).
+pub fn recorded_audit_head_offline(database: &Path) -> Result<Option<Head>, StoreError> {
+    let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_head')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
     }
+    Ok(read_audit_head(&db)?)
+}
+
+struct Writer {
+    db: Connection,
+    audit: Connection,
+    audit_key: AuditKey,
+    audit_healthy: Arc<AtomicBool>,
 }
 
 enum Done {
     Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
     Delete(Reply<bool>, bool),
+    Audit(Reply<()>),
 }
 
-/// Applies a batch of jobs in one transaction; replies only after commit. On
-/// any failure the whole transaction rolls back and every job gets the error.
-fn commit_batch(db: &mut Connection, batch: Vec<Job>) {
-    let mut done = Vec::with_capacity(batch.len());
-    let mut failed = Vec::new();
-    let result = (|| -> rusqlite::Result<()> {
-        let transaction = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+impl Done {
+    fn succeed(self) {
+        match self {
+            Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
+            Self::Delete(reply, deleted) => drop(reply.send(Ok(deleted))),
+            Self::Audit(reply) => drop(reply.send(Ok(()))),
+        }
+    }
+
+    fn fail(self, failure: &Failure) {
+        match self {
+            Self::Insert(reply, _) => drop(reply.send(Err(failure.clone()))),
+            Self::Delete(reply, _) => drop(reply.send(Err(failure.clone()))),
+            Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
+        }
+    }
+}
+
+impl Writer {
+    fn run(&mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < GROUP_COMMIT_MAX_JOBS {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    /// Applies a batch in one transaction per file: `audit.db` commits first,
+    /// then `vault.db` (token rows and the audit head); replies only after
+    /// both. Any failure rolls back everything not yet committed and every
+    /// job gets the error.
+    fn commit_batch(&mut self, batch: Vec<Job>) {
+        let mut done = Vec::with_capacity(batch.len());
+        let result = Self::apply(
+            &mut self.db,
+            &mut self.audit,
+            &self.audit_key,
+            batch,
+            &mut done,
+        );
+        match result {
+            Ok(()) => {
+                self.audit_healthy.store(true, Ordering::SeqCst);
+                done.into_iter().for_each(Done::succeed);
+            }
+            Err(failure) => {
+                if let Failure::Audit(detail) = &failure {
+                    self.audit_healthy.store(false, Ordering::SeqCst);
+                    tracing::error!(
+                        detail,
+                        jobs = done.len(),
+                        "audit append failed; batch rolled back"
+                    );
+                } else if let Failure::Write(detail) = &failure {
+                    tracing::error!(detail, jobs = done.len(), "write batch failed; rolled back");
+                }
+                done.into_iter().for_each(|job| job.fail(&failure));
+            }
+        }
+    }
+
+    fn apply(
+        db: &mut Connection,
+        audit_db: &mut Connection,
+        key: &AuditKey,
+        batch: Vec<Job>,
+        done: &mut Vec<Done>,
+    ) -> Result<(), Failure> {
+        let audit_failure = |error: rusqlite::Error| Failure::Audit(error.to_string());
+        let write_failure = |error: rusqlite::Error| Failure::Write(error.to_string());
+        // Registered before any work, so that every job hears the outcome.
+        let mut work = Vec::with_capacity(batch.len());
         for job in batch {
             match job {
                 Job::Insert {
                     namespace,
                     rows,
+                    audit,
                     reply,
-                } => match insert_rows(&transaction, &namespace, &rows, now) {
-                    Ok(outcomes) => done.push(Done::Insert(reply, outcomes)),
-                    Err(error) => {
-                        failed.push(Done::Insert(reply, Vec::new()));
-                        return Err(error);
-                    }
-                },
+                } => {
+                    done.push(Done::Insert(reply, Vec::new()));
+                    work.push(Work::Insert {
+                        namespace,
+                        rows,
+                        audit,
+                    });
+                }
                 Job::Delete {
                     namespace,
                     token,
+                    audit,
                     reply,
                 } => {
-                    let deleted = transaction
-                        .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")?
-                        .execute(params![namespace, token]);
-                    match deleted {
-                        Ok(count) => done.push(Done::Delete(reply, count > 0)),
-                        Err(error) => {
-                            failed.push(Done::Delete(reply, false));
-                            return Err(error);
+                    done.push(Done::Delete(reply, false));
+                    work.push(Work::Delete {
+                        namespace,
+                        token,
+                        audit,
+                    });
+                }
+                Job::Audit { records, reply } => {
+                    done.push(Done::Audit(reply));
+                    work.push(Work::Audit { records });
+                }
+            }
+        }
+        let audit_tx = audit_db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(audit_failure)?;
+        let vault_tx = db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(write_failure)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut records = Vec::new();
+        for (slot, item) in done.iter_mut().zip(work) {
+            match (slot, item) {
+                (
+                    Done::Insert(_, outcomes),
+                    Work::Insert {
+                        namespace,
+                        rows,
+                        audit,
+                    },
+                ) => {
+                    *outcomes =
+                        insert_rows(&vault_tx, &namespace, &rows, now).map_err(write_failure)?;
+                    if let Some(mut record) = audit {
+                        if !outcomes.contains(&InsertOutcome::TokenTaken) {
+                            for (row, outcome) in rows.iter().zip(outcomes.iter()) {
+                                record.tokens.push(match outcome {
+                                    InsertOutcome::Existing(token) => token.clone(),
+                                    _ => row.token.clone(),
+                                });
+                            }
+                            records.push(record);
                         }
                     }
                 }
-            }
-        }
-        transaction.commit()
-    })();
-    match result {
-        Ok(()) => {
-            for item in done {
-                match item {
-                    Done::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
-                    Done::Delete(reply, deleted) => drop(reply.send(Ok(deleted))),
+                (
+                    Done::Delete(_, deleted),
+                    Work::Delete {
+                        namespace,
+                        token,
+                        mut audit,
+                    },
+                ) => {
+                    let count = vault_tx
+                        .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")
+                        .and_then(|mut statement| statement.execute(params![namespace, token]))
+                        .map_err(write_failure)?;
+                    *deleted = count > 0;
+                    if !*deleted {
+                        audit.outcome = audit::Outcome::Error;
+                        audit.reason = Some("not_found".to_owned());
+                    }
+                    records.push(audit);
                 }
+                (Done::Audit(_), Work::Audit { records: more }) => records.extend(more),
+                _ => unreachable!("done and work are built in step"),
             }
         }
-        Err(error) => {
-            let detail = error.to_string();
-            for item in done.into_iter().chain(failed) {
-                match item {
-                    Done::Insert(reply, _) => drop(reply.send(Err(detail.clone()))),
-                    Done::Delete(reply, _) => drop(reply.send(Err(detail.clone()))),
-                }
+        if !records.is_empty() {
+            let head = audit::store::append(&audit_tx, key, &records).map_err(audit_failure)?;
+            if let Some(head) = head {
+                write_audit_head(&vault_tx, &head).map_err(write_failure)?;
             }
         }
+        audit_tx.commit().map_err(audit_failure)?;
+        vault_tx.commit().map_err(write_failure)
     }
+}
+
+enum Work {
+    Insert {
+        namespace: String,
+        rows: Vec<NewRow>,
+        audit: Option<Record>,
+    },
+    Delete {
+        namespace: String,
+        token: String,
+        audit: Record,
+    },
+    Audit {
+        records: Vec<Record>,
+    },
 }
 
 fn insert_rows(
@@ -444,6 +700,11 @@ fn insert_rows(
 mod tests {
     use super::*;
 
+    fn record() -> Record {
+        crate::audit::Context::cli("test")
+            .record(crate::audit::Action::Tokenize, crate::audit::Outcome::Ok)
+    }
+
     fn row(token: &str, index: Option<u8>) -> NewRow {
         NewRow {
             token: token.to_owned(),
@@ -458,9 +719,19 @@ mod tests {
     #[tokio::test]
     async fn insert_dedupes_by_blind_index_and_reports_taken_tokens() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("vault.db")).unwrap();
+        let key = crate::crypto::keys::MasterKey::generate(1);
+        let store = Store::open(
+            &dir.path().join("vault.db"),
+            &dir.path().join("audit.db"),
+            key.audit_key(),
+        )
+        .unwrap();
         let first = store
-            .insert("ns", vec![row("T1", Some(1)), row("T2", None)])
+            .insert(
+                "ns",
+                vec![row("T1", Some(1)), row("T2", None)],
+                Some(record()),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -468,7 +739,11 @@ mod tests {
             vec![InsertOutcome::Inserted, InsertOutcome::Inserted]
         );
         let second = store
-            .insert("ns", vec![row("T3", Some(1)), row("T1", None)])
+            .insert(
+                "ns",
+                vec![row("T3", Some(1)), row("T1", None)],
+                Some(record()),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -481,7 +756,7 @@ mod tests {
         // Same token in another namespace is a different row.
         assert_eq!(
             store
-                .insert("other", vec![row("T1", Some(1))])
+                .insert("other", vec![row("T1", Some(1))], None)
                 .await
                 .unwrap(),
             vec![InsertOutcome::Inserted]
@@ -495,9 +770,19 @@ mod tests {
             .unwrap();
         assert_eq!(fetched[0].as_ref().unwrap().sealed, vec![1, 2, 3]);
         assert!(fetched[1].is_none());
-        assert!(store.delete("ns", "T2").await.unwrap());
-        assert!(!store.delete("ns", "T2").await.unwrap());
-        assert!(store.is_ready());
+        assert!(store.delete("ns", "T2", record()).await.unwrap());
+        assert!(!store.delete("ns", "T2", record()).await.unwrap());
+        assert!(store.is_ready() && store.audit_healthy());
+        // Audited: the first insert (its tokens filled in), both deletes; the
+        // second insert had a taken token, so its record waits for the retry.
+        let recorded = store.recorded_audit_head().unwrap();
+        let audit_db = crate::audit::store::open_read_only(&dir.path().join("audit.db")).unwrap();
+        let verified = crate::audit::store::verify(&audit_db, &key.audit_key(), recorded).unwrap();
+        assert_eq!(verified.count, 3);
+        let all = crate::audit::store::query(&audit_db, &Default::default(), 0, 10).unwrap();
+        assert_eq!(all[0].record.tokens, vec!["T1", "T2"]);
+        assert_eq!(all[1].record.outcome, crate::audit::Outcome::Ok);
+        assert_eq!(all[2].record.reason.as_deref(), Some("not_found"));
         store.shutdown();
         assert!(!store.is_ready());
     }

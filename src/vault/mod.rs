@@ -6,6 +6,7 @@ pub mod normalize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::audit::{Action, Context, Outcome, Record};
 use crate::config::{ClassSpec, NamespaceSpec};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::keys::NamespaceKeys;
@@ -103,6 +104,24 @@ pub enum VaultError {
     Exhausted,
 }
 
+impl VaultError {
+    /// The audit record's outcome and reason code for this failure.
+    fn audit_outcome(&self) -> (Outcome, &'static str) {
+        match self {
+            Self::Denied(Denied::Operation) => (Outcome::Denied, "operation_not_granted"),
+            Self::Denied(Denied::Namespace) => (Outcome::Denied, "namespace_not_granted"),
+            Self::Denied(Denied::Class(_)) => (Outcome::Denied, "class_not_granted"),
+            Self::Denied(Denied::Purpose) => (Outcome::Denied, "purpose_not_granted"),
+            Self::UnknownNamespace => (Outcome::Error, "unknown_namespace"),
+            Self::Item { .. } => (Outcome::Error, "invalid_item"),
+            Self::ValueTooLarge { .. } => (Outcome::Error, "value_too_large"),
+            Self::Store(StoreError::Audit(_)) => (Outcome::Error, "audit_unavailable"),
+            Self::Store(_) => (Outcome::Error, "store_unavailable"),
+            Self::Exhausted => (Outcome::Error, "token_space_exhausted"),
+        }
+    }
+}
+
 struct Namespace {
     spec: NamespaceSpec,
     // Working keys per master key version; the current version seals.
@@ -180,10 +199,58 @@ impl Vault {
             .ok_or(VaultError::UnknownNamespace)
     }
 
+    /// Appends audit records from a surface (authentication failures, audit
+    /// reads); answers once they are durable.
+    pub async fn record(&self, records: Vec<Record>) -> Result<(), VaultError> {
+        Ok(self.store.append_audit(records).await?)
+    }
+
+    /// True unless the last write batch could not append its audit records.
+    pub fn audit_healthy(&self) -> bool {
+        self.store.audit_healthy()
+    }
+
+    /// Records a failed request; a failure to record it is logged (the
+    /// request reveals nothing either way).
+    async fn record_failure(&self, record: Record, error: &VaultError) {
+        if matches!(error, VaultError::Store(StoreError::Audit(_))) {
+            return;
+        }
+        let (outcome, reason) = error.audit_outcome();
+        let record = Record { outcome, ..record }.reason(reason);
+        if let Err(failure) = self.store.append_audit(vec![record]).await {
+            tracing::error!(error = %failure, "could not record a refused request in the audit trail");
+        }
+    }
+
     /// Tokenizes `items`, in order. Tokens are returned only after the rows
-    /// mapping them are durably committed.
+    /// mapping them and the audit record are durably committed.
     pub async fn tokenize(
         &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        items: Vec<TokenizeItem>,
+    ) -> Result<Vec<Tokenized>, VaultError> {
+        let record = context
+            .record(Action::Tokenize, Outcome::Ok)
+            .namespace(namespace)
+            .items(items.len());
+        match self
+            .tokenize_audited(record.clone(), caller, namespace, items)
+            .await
+        {
+            Ok(tokens) => Ok(tokens),
+            Err(error) => {
+                self.record_failure(record, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn tokenize_audited(
+        &self,
+        mut record: Record,
         caller: &Caller,
         namespace: &str,
         items: Vec<TokenizeItem>,
@@ -260,6 +327,15 @@ impl Vault {
         let mut open: Vec<usize> = (0..pending.len())
             .filter(|i| results[*i].is_none())
             .collect();
+        // The record lists every token of the request; the writer adds the
+        // tokens of the round that completes the request.
+        record
+            .tokens
+            .extend(results.iter().flatten().map(|t| t.token.clone()));
+        if open.is_empty() {
+            self.store.append_audit(vec![record]).await?;
+            return Ok(results.into_iter().flatten().collect());
+        }
         for attempt in 0..MINT_ATTEMPTS {
             if open.is_empty() {
                 break;
@@ -292,24 +368,34 @@ impl Vault {
                     })
                 })
                 .collect::<Result<Vec<_>, VaultError>>()?;
-            let outcomes = self.store.insert(namespace, rows).await?;
+            let outcomes = self
+                .store
+                .insert(namespace, rows, Some(record.clone()))
+                .await?;
             let mut taken = Vec::new();
+            let mut round_tokens = Vec::new();
             for (&i, outcome) in open.iter().zip(outcomes) {
-                match outcome {
-                    InsertOutcome::Inserted => {
-                        results[i] = Some(Tokenized {
-                            token: pending[i].candidate.clone(),
-                            created: true,
-                        });
+                let resolved = match outcome {
+                    InsertOutcome::Inserted => Tokenized {
+                        token: pending[i].candidate.clone(),
+                        created: true,
+                    },
+                    InsertOutcome::Existing(token) => Tokenized {
+                        token,
+                        created: false,
+                    },
+                    InsertOutcome::TokenTaken => {
+                        taken.push(i);
+                        continue;
                     }
-                    InsertOutcome::Existing(token) => {
-                        results[i] = Some(Tokenized {
-                            token,
-                            created: false,
-                        })
-                    }
-                    InsertOutcome::TokenTaken => taken.push(i),
-                }
+                };
+                round_tokens.push(resolved.token.clone());
+                results[i] = Some(resolved);
+            }
+            if !taken.is_empty() {
+                // The writer skipped the record this round; carry the tokens
+                // resolved so far into the next round's record.
+                record.tokens.extend(round_tokens);
             }
             open = taken;
         }
@@ -322,7 +408,45 @@ impl Vault {
     /// Reveals the values of `tokens` for `purpose`, in order, as the caller's
     /// role allows (plain or masked). Tokens of classes the role may not see
     /// answer exactly like tokens that do not exist.
+    ///
+    /// Nothing is revealed until the audit record of the request is durable.
     pub async fn detokenize(
+        &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        purpose: &str,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Detokenized>, VaultError> {
+        let mut record = context
+            .record(Action::Detokenize, Outcome::Ok)
+            .namespace(namespace)
+            .purpose(purpose)
+            .items(tokens.len());
+        record.tokens = tokens.clone();
+        let answers = match self
+            .detokenize_unaudited(caller, namespace, purpose, tokens)
+            .await
+        {
+            Ok(answers) => answers,
+            Err(error) => {
+                self.record_failure(record, &error).await;
+                return Err(error);
+            }
+        };
+        if answers
+            .iter()
+            .any(|answer| matches!(answer, Detokenized::Integrity))
+        {
+            record = record.reason("integrity_error");
+        }
+        // Fail closed: if this append fails, the answers are dropped (and
+        // zeroized) unrevealed.
+        self.store.append_audit(vec![record]).await?;
+        Ok(answers)
+    }
+
+    async fn detokenize_unaudited(
         &self,
         caller: &Caller,
         namespace: &str,
@@ -395,6 +519,31 @@ impl Vault {
     /// whether it existed (false also for a class the caller may not see).
     pub async fn forget(
         &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        token: &str,
+    ) -> Result<bool, VaultError> {
+        let mut record = context
+            .record(Action::Forget, Outcome::Ok)
+            .namespace(namespace)
+            .items(1);
+        record.tokens = vec![token.to_owned()];
+        match self
+            .forget_audited(record.clone(), caller, namespace, token)
+            .await
+        {
+            Ok(existed) => Ok(existed),
+            Err(error) => {
+                self.record_failure(record, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn forget_audited(
+        &self,
+        record: Record,
         caller: &Caller,
         namespace: &str,
         token: &str,
@@ -412,10 +561,13 @@ impl Vault {
                 caller.role.classes.allows(&s.class) && ns.spec.classes.contains_key(&s.class)
             });
             if !visible {
+                self.store
+                    .append_audit(vec![record.outcome(Outcome::Error).reason("not_found")])
+                    .await?;
                 return Ok(false);
             }
         }
-        Ok(self.store.delete(namespace, token).await?)
+        Ok(self.store.delete(namespace, token, record).await?)
     }
 }
 

@@ -1,0 +1,396 @@
+//! The audit trail: one record for every access, chained with HMACs so that
+//! editing, deleting, reordering or cutting off records is detected.
+//!
+//! Every surface records through [`Record`] and the store writer's audit
+//! jobs (see `crate::store`), so records are committed in the same group
+//! commit as the token writes they describe, and a request's effect is
+//! revealed only after its record is durable. Records hold tokens, names and
+//! codes, never values.
+
+pub mod store;
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// What was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Values turned into tokens.
+    Tokenize,
+    /// Tokens turned back into values.
+    Detokenize,
+    /// A token deleted.
+    Forget,
+    /// A vault initialised (`tokenvault init`).
+    Init,
+    /// An API client created (`tokenvault client new --config`).
+    ClientCreate,
+    /// A configuration loaded by `serve`.
+    ConfigLoad,
+    /// The master key unwrapped by `serve`.
+    KeyUnwrap,
+    /// A request whose credentials were missing or refused.
+    Authenticate,
+    /// The audit trail read through the API.
+    AuditRead,
+}
+
+impl Action {
+    /// Every action, for parsing filters.
+    pub const ALL: [Action; 9] = [
+        Self::Tokenize,
+        Self::Detokenize,
+        Self::Forget,
+        Self::Init,
+        Self::ClientCreate,
+        Self::ConfigLoad,
+        Self::KeyUnwrap,
+        Self::Authenticate,
+        Self::AuditRead,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tokenize => "tokenize",
+            Self::Detokenize => "detokenize",
+            Self::Forget => "forget",
+            Self::Init => "init",
+            Self::ClientCreate => "client_create",
+            Self::ConfigLoad => "config_load",
+            Self::KeyUnwrap => "key_unwrap",
+            Self::Authenticate => "authenticate",
+            Self::AuditRead => "audit_read",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|action| action.as_str() == name)
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Refused by authentication or policy.
+    Denied,
+    /// Failed (invalid input, store unavailable, …).
+    Error,
+}
+
+impl Outcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Ok, Self::Denied, Self::Error]
+            .into_iter()
+            .find(|o| o.as_str() == name)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is acting, from where, in which request: filled once per request by
+/// the surface (HTTP, CLI) and handed to the engine.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The request id (`req_…`) or a CLI invocation id.
+    pub request_id: String,
+    /// Client name, or `cli:<os user>`.
+    pub actor: String,
+    /// How the actor authenticated: `api_key`, `cli`, `none`.
+    pub auth: &'static str,
+    /// Source address, when there is one.
+    pub source: Option<String>,
+    /// The route pattern or surface (`/v1/tokenize`, `cli`).
+    pub route: String,
+}
+
+impl Context {
+    /// The context of a command run by the local operator.
+    pub fn cli(command: &str) -> Self {
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| format!("uid-{}", current_uid()));
+        Self {
+            request_id: format!("cli_{}", hex::encode(crate::crypto::random_bytes::<12>())),
+            actor: format!("cli:{user}"),
+            auth: "cli",
+            source: None,
+            route: format!("cli {command}"),
+        }
+    }
+
+    /// A record of `action` in this context; the caller fills the rest.
+    pub fn record(&self, action: Action, outcome: Outcome) -> Record {
+        Record {
+            time_us: now_us(),
+            request_id: self.request_id.clone(),
+            actor: self.actor.clone(),
+            auth: self.auth.to_owned(),
+            source: self.source.clone(),
+            action,
+            namespace: None,
+            route: Some(self.route.clone()),
+            purpose: None,
+            item_count: 0,
+            tokens: Vec::new(),
+            outcome,
+            reason: None,
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX)
+}
+
+/// Microseconds since the Unix epoch, UTC.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// One audit record, before it is chained. Holds no values, by construction:
+/// every field is a name, a code, a count or a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// When, in microseconds since the epoch (UTC).
+    pub time_us: i64,
+    /// Request id.
+    pub request_id: String,
+    /// Client name or `cli:<user>`.
+    pub actor: String,
+    /// How the actor authenticated.
+    pub auth: String,
+    /// Source address.
+    pub source: Option<String>,
+    /// What was done.
+    pub action: Action,
+    /// Namespace, for data actions.
+    pub namespace: Option<String>,
+    /// Route pattern or surface.
+    pub route: Option<String>,
+    /// Purpose, for detokenize.
+    pub purpose: Option<String>,
+    /// Items in the request.
+    pub item_count: u64,
+    /// Tokens involved (never values).
+    pub tokens: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// A fixed reason code (`class_not_granted`, `invalid_item`, …).
+    pub reason: Option<String>,
+}
+
+impl Record {
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+
+    /// Sets the purpose.
+    pub fn purpose(mut self, purpose: &str) -> Self {
+        self.purpose = Some(purpose.to_owned());
+        self
+    }
+
+    /// Sets the outcome.
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    /// Sets the reason code.
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.to_owned());
+        self
+    }
+
+    /// Sets the item count.
+    pub fn items(mut self, count: usize) -> Self {
+        self.item_count = count as u64;
+        self
+    }
+
+    /// The bytes the chain MAC covers, with the sequence number: fixed field
+    /// order, every field length-prefixed, absent fields marked.
+    pub fn canonical(&self, seq: u64) -> Vec<u8> {
+        fn field(out: &mut Vec<u8>, value: Option<&str>) {
+            match value {
+                None => out.push(0),
+                Some(text) => {
+                    out.push(1);
+                    out.extend_from_slice(&(text.len() as u64).to_be_bytes());
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        let mut out =
+            Vec::with_capacity(256 + self.tokens.iter().map(|t| t.len() + 9).sum::<usize>());
+        out.extend_from_slice(b"tokenvault/v1/audit-record");
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&self.time_us.to_be_bytes());
+        for value in [
+            Some(self.request_id.as_str()),
+            Some(self.actor.as_str()),
+            Some(self.auth.as_str()),
+            self.source.as_deref(),
+            Some(self.action.as_str()),
+            self.namespace.as_deref(),
+            self.route.as_deref(),
+            self.purpose.as_deref(),
+        ] {
+            field(&mut out, value);
+        }
+        out.extend_from_slice(&self.item_count.to_be_bytes());
+        out.extend_from_slice(&(self.tokens.len() as u64).to_be_bytes());
+        for token in &self.tokens {
+            field(&mut out, Some(token));
+        }
+        field(&mut out, Some(self.outcome.as_str()));
+        field(&mut out, self.reason.as_deref());
+        out
+    }
+}
+
+/// The newest record of the chain: its sequence number and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Sequence number (the first record is 1).
+    pub seq: u64,
+    /// Its chain MAC.
+    pub mac: [u8; 32],
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {} mac {}", self.seq, hex::encode(self.mac))
+    }
+}
+
+impl store::Stored {
+    /// The record as a JSON object (for `audit query --format json`, exports
+    /// and `GET /v1/audit`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.record;
+        serde_json::json!({
+            "seq": self.seq,
+            "time": format_time(r.time_us),
+            "request_id": r.request_id,
+            "actor": r.actor,
+            "auth": r.auth,
+            "source": r.source,
+            "action": r.action,
+            "namespace": r.namespace,
+            "route": r.route,
+            "purpose": r.purpose,
+            "item_count": r.item_count,
+            "tokens": r.tokens,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "mac": hex::encode(&self.mac),
+        })
+    }
+}
+
+/// The MAC the first record chains to.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Formats microseconds since the epoch as RFC 3339 UTC with microseconds.
+pub fn format_time(time_us: i64) -> String {
+    let nanos = i128::from(time_us) * 1000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| time_us.to_string())
+}
+
+/// Parses an RFC 3339 time (or a bare `YYYY-MM-DD`, meaning midnight UTC)
+/// into microseconds since the epoch.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    let parsed =
+        time::OffsetDateTime::parse(&full, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Context::cli("test")
+            .record(Action::Tokenize, Outcome::Ok)
+            .namespace("retail")
+            .items(2)
+    }
+
+    #[test]
+    fn canonical_form_covers_every_field() {
+        let base = record();
+        let mut variants = vec![base.clone()];
+        let mut edit = |f: fn(&mut Record)| {
+            let mut r = base.clone();
+            f(&mut r);
+            variants.push(r);
+        };
+        edit(|r| r.time_us += 1);
+        edit(|r| r.request_id.push('x'));
+        edit(|r| r.actor.push('x'));
+        edit(|r| r.auth.push('x'));
+        edit(|r| r.source = Some("127.0.0.1".into()));
+        edit(|r| r.action = Action::Detokenize);
+        edit(|r| r.namespace = None);
+        edit(|r| r.route = None);
+        edit(|r| r.purpose = Some("x".into()));
+        edit(|r| r.item_count += 1);
+        edit(|r| r.tokens.push("TKN_a".into()));
+        edit(|r| r.outcome = Outcome::Denied);
+        edit(|r| r.reason = Some("x".into()));
+        let encodings: std::collections::BTreeSet<Vec<u8>> =
+            variants.iter().map(|r| r.canonical(1)).collect();
+        assert_eq!(encodings.len(), variants.len());
+        assert_ne!(base.canonical(1), base.canonical(2));
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let t = parse_time("2026-11-23T10:00:00.123456Z").unwrap();
+        assert_eq!(format_time(t), "2026-11-23T10:00:00.123456Z");
+        assert_eq!(parse_time("2026-11-23"), parse_time("2026-11-23T00:00:00Z"));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}
