@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokenvault::audit::Context;
 use tokenvault::config::{ClassSpec, NamespaceSpec};
 use tokenvault::crypto::keyring::Keyring;
 use tokenvault::crypto::tokens::TokenFormat;
@@ -71,7 +72,15 @@ struct InProcess {
 impl InProcess {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("vault.db")).unwrap());
+        let keyring = Keyring::ephemeral();
+        let store = Arc::new(
+            Store::open(
+                &dir.path().join("vault.db"),
+                &dir.path().join("audit.db"),
+                keyring.audit_key(),
+            )
+            .unwrap(),
+        );
         let classes = BTreeMap::from([(
             "email".to_owned(),
             ClassSpec {
@@ -125,7 +134,11 @@ impl InProcess {
             let started = Instant::now();
             let tasks: Vec<_> = (0..shape.workers)
                 .map(|worker| {
-                    let (vault, caller) = (self.vault.clone(), self.caller.clone());
+                    let (vault, caller, context) = (
+                        self.vault.clone(),
+                        self.caller.clone(),
+                        Context::cli("bench"),
+                    );
                     tokio::spawn(async move {
                         let mut all = Vec::new();
                         for batch in 0..shape.batches {
@@ -136,7 +149,10 @@ impl InProcess {
                                     subject: None,
                                 })
                                 .collect();
-                            let tokens = vault.tokenize(&caller, "default", items).await.unwrap();
+                            let tokens = vault
+                                .tokenize(&context, &caller, "default", items)
+                                .await
+                                .unwrap();
                             assert!(tokens.iter().all(|t| t.created == expect_new));
                             all.push(tokens.into_iter().map(|t| t.token).collect::<Vec<_>>());
                         }
@@ -161,11 +177,15 @@ impl InProcess {
                 .chunks(shape.batches)
                 .map(<[_]>::to_vec)
                 .map(|chunk| {
-                    let (vault, caller) = (self.vault.clone(), self.caller.clone());
+                    let (vault, caller, context) = (
+                        self.vault.clone(),
+                        self.caller.clone(),
+                        Context::cli("bench"),
+                    );
                     tokio::spawn(async move {
                         for batch in chunk {
                             let values = vault
-                                .detokenize(&caller, "default", "bench", batch)
+                                .detokenize(&context, &caller, "default", "bench", batch)
                                 .await
                                 .unwrap();
                             assert_eq!(values.len(), BATCH);
