@@ -302,6 +302,7 @@ impl store::Stored {
         serde_json::json!({
             "seq": self.seq,
             "time": format_time(r.time_us),
+            "time_us": r.time_us,
             "request_id": r.request_id,
             "actor": r.actor,
             "auth": r.auth,
@@ -315,6 +316,112 @@ impl store::Stored {
             "outcome": r.outcome,
             "reason": r.reason,
             "mac": hex::encode(&self.mac),
+        })
+    }
+}
+
+impl store::Stored {
+    /// Reads back an object written by [`store::Stored::to_json`].
+    pub fn from_json(value: &serde_json::Value) -> Option<Self> {
+        let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let optional = |name: &str| match value.get(name) {
+            Some(serde_json::Value::Null) | None => Some(None),
+            Some(serde_json::Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => None,
+        };
+        Some(Self {
+            seq: value.get("seq")?.as_u64()?,
+            record: Record {
+                time_us: value.get("time_us")?.as_i64()?,
+                request_id: text("request_id")?,
+                actor: text("actor")?,
+                auth: text("auth")?,
+                source: optional("source")?,
+                action: Action::parse(&text("action")?)?,
+                namespace: optional("namespace")?,
+                route: optional("route")?,
+                purpose: optional("purpose")?,
+                item_count: value.get("item_count")?.as_u64()?,
+                tokens: value
+                    .get("tokens")?
+                    .as_array()?
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()?,
+                outcome: Outcome::parse(&text("outcome")?)?,
+                reason: optional("reason")?,
+            },
+            mac: hex::decode(text("mac")?).ok()?,
+        })
+    }
+}
+
+/// Filters as text, from the command line or a query string.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct FilterText {
+    /// At or after (RFC 3339 or YYYY-MM-DD, UTC).
+    pub since: Option<String>,
+    /// Before (RFC 3339 or YYYY-MM-DD, UTC).
+    pub until: Option<String>,
+    /// Actor.
+    pub actor: Option<String>,
+    /// Action name.
+    pub action: Option<String>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// A token involved.
+    pub token: Option<String>,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Outcome name.
+    pub outcome: Option<String>,
+}
+
+impl FilterText {
+    /// Parses the filters, reporting every bad one.
+    pub fn parse(&self) -> Result<store::Filter, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut time = |name: &str, value: &Option<String>| {
+            value.as_deref().and_then(|text| {
+                let parsed = parse_time(text);
+                if parsed.is_none() {
+                    problems.push(format!(
+                        "{name} `{text}` is not a time (RFC 3339, e.g. 2026-11-23T10:00:00Z, or 2026-11-23)"
+                    ));
+                }
+                parsed
+            })
+        };
+        let since = time("since", &self.since);
+        let until = time("until", &self.until);
+        if let Some(action) = &self.action {
+            if Action::parse(action).is_none() {
+                let known: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+                problems.push(format!(
+                    "action `{action}` is not one of: {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        if let Some(outcome) = &self.outcome {
+            if Outcome::parse(outcome).is_none() {
+                problems.push(format!(
+                    "outcome `{outcome}` is not one of: ok, denied, error"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(store::Filter {
+            since,
+            until,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            namespace: self.namespace.clone(),
+            token: self.token.clone(),
+            purpose: self.purpose.clone(),
+            outcome: self.outcome.clone(),
         })
     }
 }

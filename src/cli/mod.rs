@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command group.
 
+mod audit;
 mod client;
 mod config_check;
 mod init;
@@ -40,6 +41,11 @@ enum Command {
     Client {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// Query, verify and export the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Check configuration.
     Config {
@@ -101,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Client {
             command: ClientCommand::New { name, role },
         } => client::new(&name, &role),
+        Command::Audit { command } => audit::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),

@@ -21,6 +21,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/v1/tokenize", web::post().to(tokenize))
         .route("/v1/detokenize", web::post().to(detokenize))
+        .route("/v1/audit", web::get().to(audit_records))
         .route(
             "/v1/namespaces/{namespace}/tokens/{token}",
             web::delete().to(forget),
@@ -214,6 +215,52 @@ async fn forget(
     } else {
         Err(ApiError::new(ErrorCode::NotFound, "no such token", &id))
     }
+}
+
+/// Query of `GET /v1/audit`: the filters of `tokenvault audit query`, plus
+/// the cursor (`after`, the last `seq` seen) and a page size.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(flatten)]
+    filter: crate::audit::FilterText,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Largest page of `GET /v1/audit`.
+const AUDIT_PAGE_MAX: usize = 1000;
+
+async fn audit_records(
+    state: web::Data<AppState>,
+    Authenticated(caller, context): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<AuditQuery>::from_query(req.query_string())
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "unknown or malformed query parameter",
+                &id,
+            )
+        })?
+        .into_inner();
+    let filter = query
+        .filter
+        .parse()
+        .map_err(|problems| ApiError::new(ErrorCode::InvalidRequest, problems.join("; "), &id))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, AUDIT_PAGE_MAX);
+    let records = state
+        .vault
+        .audit_records(&context, &caller, filter, query.after.unwrap_or(0), limit)
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    let records: Vec<serde_json::Value> = records.iter().map(|r| r.to_json()).collect();
+    Ok(HttpResponse::Ok().json(json!({ "records": records, "next_cursor": next })))
 }
 
 fn check_batch(

@@ -137,6 +137,7 @@ pub struct Store {
     writer: Mutex<Option<JoinHandle<()>>>,
     writer_alive: Arc<AtomicBool>,
     audit_healthy: Arc<AtomicBool>,
+    audit_reader: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -169,6 +170,7 @@ impl Store {
         schema::migrations().to_latest(&mut writer)?;
         let audit_connection =
             audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
+        let audit_reader = Mutex::new(audit::store::open_read_only(audit_path)?);
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
             let reader = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -198,6 +200,7 @@ impl Store {
             writer: Mutex::new(Some(handle)),
             writer_alive: alive,
             audit_healthy,
+            audit_reader,
             readers,
             next_reader: AtomicUsize::new(0),
         })
@@ -271,6 +274,21 @@ impl Store {
     /// Appends audit records; answers once they are durably committed.
     pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.submit(|reply| Job::Audit { records, reply }).await
+    }
+
+    /// Audit records matching `filter` after sequence number `after`, at most
+    /// `limit`. Blocking.
+    pub fn query_audit(
+        &self,
+        filter: &audit::store::Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::store::Stored>, StoreError> {
+        let connection = self
+            .audit_reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(audit::store::query(&connection, filter, after, limit)?)
     }
 
     /// The audit head recorded in `vault.db`. Blocking.

@@ -6,7 +6,7 @@ pub mod normalize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::audit::{Action, Context, Outcome, Record};
+use crate::audit::{self, Action, Context, Outcome, Record};
 use crate::config::{ClassSpec, NamespaceSpec};
 use crate::crypto::keyring::Keyring;
 use crate::crypto::keys::NamespaceKeys;
@@ -203,6 +203,32 @@ impl Vault {
     /// reads); answers once they are durable.
     pub async fn record(&self, records: Vec<Record>) -> Result<(), VaultError> {
         Ok(self.store.append_audit(records).await?)
+    }
+
+    /// Reads the audit trail for a caller whose role has `audit_read`. The
+    /// read is itself recorded, before anything is returned.
+    pub async fn audit_records(
+        &self,
+        context: &Context,
+        caller: &Caller,
+        filter: audit::store::Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::store::Stored>, VaultError> {
+        let record = context.record(Action::AuditRead, Outcome::Ok);
+        if !caller.role.operations.contains(&Operation::AuditRead) {
+            let error = VaultError::Denied(Denied::Operation);
+            self.record_failure(record, &error).await;
+            return Err(error);
+        }
+        let store = self.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.query_audit(&filter, after, limit))
+            .await
+            .map_err(|_| StoreError::ReadTask)??;
+        self.store
+            .append_audit(vec![record.items(found.len())])
+            .await?;
+        Ok(found)
     }
 
     /// True unless the last write batch could not append its audit records.

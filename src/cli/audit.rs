@@ -1,0 +1,434 @@
+//! `tokenvault audit query | verify | export`: for auditors. All three open
+//! the data directory read-only, so they work on a stopped vault or on a copy
+//! of its data directory (`--data-dir`).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use super::CliError;
+use crate::audit::store::{self, Filter, Stored};
+use crate::audit::{self as trail, FilterText, Head, GENESIS};
+use crate::config::ConfigErrors;
+use crate::crypto::keyring::Keyring;
+
+/// `audit` subcommands.
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// List records matching filters.
+    Query {
+        #[command(flatten)]
+        location: Location,
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// Output format: an aligned table, JSON (one object per line) or CSV
+        /// (with a header row).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Check the whole chain (needs the key); exit 1 naming the first bad
+    /// record. With --export, check an export file instead.
+    Verify {
+        #[command(flatten)]
+        location: Location,
+        /// An export file to check (made by `audit export`).
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Write records from --since on to a file for an auditor, with the
+    /// chain MAC before the first record and the vault's chain head.
+    Export {
+        #[command(flatten)]
+        location: Location,
+        /// First time to include (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: String,
+        /// Time to stop before (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// Output file; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where the data directory is.
+#[derive(Args)]
+pub struct Location {
+    /// Configuration file (for the data directory and the key).
+    #[arg(long, env = "TOKENVAULT_CONFIG", default_value = super::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Read this data directory (a copy, say) instead of the configured one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Record filters; they combine with AND.
+#[derive(Args, Default)]
+pub struct FilterArgs {
+    /// Records at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this time (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
+    until: Option<String>,
+    /// Actor: a client name or `cli:<user>`.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Action: tokenize, detokenize, forget, init, client_create, config_load,
+    /// key_unwrap, authenticate, audit_read.
+    #[arg(long)]
+    action: Option<String>,
+    /// Namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A token the record involves.
+    #[arg(long)]
+    token: Option<String>,
+    /// Purpose.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Outcome: ok, denied, error.
+    #[arg(long)]
+    outcome: Option<String>,
+}
+
+/// Output formats of `audit query`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// Runs an `audit` subcommand.
+pub fn run(command: AuditCommand) -> Result<(), CliError> {
+    match command {
+        AuditCommand::Query {
+            location,
+            filters,
+            format,
+            limit,
+        } => query(&location, &filters, format, limit),
+        AuditCommand::Verify {
+            location,
+            export: None,
+        } => verify(&location),
+        AuditCommand::Verify {
+            location,
+            export: Some(file),
+        } => verify_export(&location, &file),
+        AuditCommand::Export {
+            location,
+            since,
+            until,
+            out,
+        } => {
+            let filters = FilterArgs {
+                since: Some(since),
+                until,
+                ..FilterArgs::default()
+            };
+            export(&location, &filters, &out)
+        }
+    }
+}
+
+impl FilterArgs {
+    fn parse(&self) -> Result<Filter, Vec<String>> {
+        FilterText {
+            since: self.since.clone(),
+            until: self.until.clone(),
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            namespace: self.namespace.clone(),
+            token: self.token.clone(),
+            purpose: self.purpose.clone(),
+            outcome: self.outcome.clone(),
+        }
+        .parse()
+    }
+}
+
+fn data_dir(location: &Location) -> Result<PathBuf, CliError> {
+    match &location.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(crate::config::load(&location.config)?.storage.data_dir),
+    }
+}
+
+fn open_audit(dir: &Path) -> Result<rusqlite::Connection, CliError> {
+    let path = dir.join("audit.db");
+    if !path.is_file() {
+        return Err(anyhow!(
+            "no audit trail at {}\nhint: point --data-dir or --config at a vault's data directory",
+            path.display()
+        )
+        .into());
+    }
+    Ok(store::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?)
+}
+
+fn query(
+    location: &Location,
+    args: &FilterArgs,
+    format: Format,
+    limit: Option<usize>,
+) -> Result<(), CliError> {
+    let filter = args.parse().map_err(|problems| {
+        anyhow!(
+            "{}\nhint: see tokenvault audit query --help",
+            problems.join("\n")
+        )
+    })?;
+    let dir = data_dir(location)?;
+    let connection = open_audit(&dir)?;
+    let mut out = std::io::stdout().lock();
+    let mut after = 0;
+    let mut written = 0;
+    let limit = limit.unwrap_or(usize::MAX);
+    if let Format::Csv = format {
+        writeln!(out, "seq,time,request_id,actor,auth,source,action,namespace,route,purpose,item_count,tokens,outcome,reason,mac")
+            .context("writing output")?;
+    }
+    if let Format::Table = format {
+        writeln!(
+            out,
+            "{:>7}  {:<27}  {:<16}  {:<13}  {:<10}  {:<14}  {:>6}  {:<7}  REASON",
+            "SEQ", "TIME (UTC)", "ACTOR", "ACTION", "NAMESPACE", "PURPOSE", "ITEMS", "OUTCOME",
+        )
+        .context("writing output")?;
+    }
+    while written < limit {
+        let page = store::query(&connection, &filter, after, 1000.min(limit - written))
+            .context("reading audit.db")?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for stored in &page {
+            match format {
+                Format::Json => writeln!(out, "{}", stored.to_json()),
+                Format::Csv => writeln!(out, "{}", csv_line(stored)),
+                Format::Table => writeln!(out, "{}", table_line(stored)),
+            }
+            .context("writing output")?;
+        }
+        written += page.len();
+    }
+    Ok(())
+}
+
+fn table_line(stored: &Stored) -> String {
+    let r = &stored.record;
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    format!(
+        "{:>7}  {:<27}  {:<16}  {:<13}  {:<10}  {:<14}  {:>6}  {:<7}  {}",
+        stored.seq,
+        trail::format_time(r.time_us),
+        r.actor,
+        r.action.as_str(),
+        dash(&r.namespace),
+        dash(&r.purpose),
+        r.item_count,
+        r.outcome.as_str(),
+        dash(&r.reason),
+    )
+}
+
+/// One RFC 4180 line: every field quoted, quotes doubled.
+fn csv_line(stored: &Stored) -> String {
+    let r = &stored.record;
+    let fields = [
+        stored.seq.to_string(),
+        trail::format_time(r.time_us),
+        r.request_id.clone(),
+        r.actor.clone(),
+        r.auth.clone(),
+        r.source.clone().unwrap_or_default(),
+        r.action.as_str().to_owned(),
+        r.namespace.clone().unwrap_or_default(),
+        r.route.clone().unwrap_or_default(),
+        r.purpose.clone().unwrap_or_default(),
+        r.item_count.to_string(),
+        r.tokens.join(" "),
+        r.outcome.as_str().to_owned(),
+        r.reason.clone().unwrap_or_default(),
+        hex::encode(&stored.mac),
+    ];
+    fields
+        .iter()
+        .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn load_keyring(location: &Location, dir: &Path) -> Result<Keyring, CliError> {
+    let config = crate::config::load(&location.config)?;
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    Ok(Keyring::open(&dir.join("keyring.json"), &source).map_err(|error| anyhow!("{error}\nhint: verification needs the vault's passphrase or key file, as configured in [keys]"))?)
+}
+
+fn verify(location: &Location) -> Result<(), CliError> {
+    let dir = data_dir(location)?;
+    let keyring = load_keyring(location, &dir)?;
+    let connection = open_audit(&dir)?;
+    let recorded = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
+        .context("cannot read the audit head in vault.db")?;
+    match store::verify(&connection, &keyring.audit_key(), recorded) {
+        Ok(verified) => {
+            println!("audit trail OK: {} records verified", verified.count);
+            match verified.head {
+                Some(head) => println!("head: {head}"),
+                None => println!("head: (empty)"),
+            }
+            if verified.beyond_recorded_head > 0 {
+                println!("note: {} record(s) after the head recorded in vault.db (a commit interrupted between the two files); they verify", verified.beyond_recorded_head);
+            }
+            Ok(())
+        }
+        Err(broken) => Err(anyhow!(
+            "audit trail BROKEN at record {}: {}",
+            broken.seq,
+            broken.reason
+        )
+        .into()),
+    }
+}
+
+const EXPORT_FORMAT: &str = "tokenvault-audit-export/1";
+
+fn export(location: &Location, args: &FilterArgs, out: &Path) -> Result<(), CliError> {
+    let filter = args
+        .parse()
+        .map_err(|problems| anyhow!("{}", problems.join("\n")))?;
+    let dir = data_dir(location)?;
+    let connection = open_audit(&dir)?;
+    if out.exists() {
+        return Err(anyhow!(
+            "{} already exists\nhint: choose a new file name",
+            out.display()
+        )
+        .into());
+    }
+    // An export is a contiguous run of the chain, so that it verifies on its
+    // own: from the first record in the time range to the last.
+    let selected =
+        store::query(&connection, &filter, 0, usize::MAX >> 1).context("reading audit.db")?;
+    let (first, last) = match (selected.first(), selected.last()) {
+        (Some(first), Some(last)) => (first.seq, last.seq),
+        _ => return Err(anyhow!("no records in that time range").into()),
+    };
+    let run = store::query(
+        &connection,
+        &Filter::default(),
+        first - 1,
+        (last - first + 1) as usize,
+    )
+    .context("reading audit.db")?;
+    let previous = if first == 1 {
+        GENESIS.to_vec()
+    } else {
+        store::query(&connection, &Filter::default(), first - 2, 1)
+            .context("reading audit.db")?
+            .first()
+            .map(|s| s.mac.clone())
+            .unwrap_or_default()
+    };
+    let head = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
+        .context("cannot read the audit head in vault.db")?;
+    let document = json!({
+        "format": EXPORT_FORMAT,
+        "exported_at": trail::format_time(trail::now_us()),
+        "since": args.since,
+        "until": args.until,
+        "previous_mac": hex::encode(previous),
+        "records": run.iter().map(Stored::to_json).collect::<Vec<Value>>(),
+        "vault_head": head.map(|h| json!({"seq": h.seq, "mac": hex::encode(h.mac)})),
+    });
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    serde_json::to_writer_pretty(&mut file, &document).context("writing the export")?;
+    file.sync_all().context("writing the export")?;
+    println!(
+        "exported records {first}..={last} ({} records) to {}",
+        run.len(),
+        out.display()
+    );
+    if let Some(head) = head {
+        println!("vault head at export: {head}");
+    }
+    Ok(())
+}
+
+fn verify_export(location: &Location, file: &Path) -> Result<(), CliError> {
+    let dir = data_dir(location)?;
+    let keyring = load_keyring(location, &dir)?;
+    let key = keyring.audit_key();
+    let text = fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let document: Value = serde_json::from_slice(&text).context("the export is not JSON")?;
+    if document["format"] != EXPORT_FORMAT {
+        return Err(anyhow!("{} is not a tokenvault audit export", file.display()).into());
+    }
+    let mut previous: [u8; 32] = hex::decode(document["previous_mac"].as_str().unwrap_or_default())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| anyhow!("the export's previous_mac is malformed"))?;
+    let records = document["records"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the export has no records"))?;
+    let mut expected_seq = None;
+    let mut last = None;
+    for value in records {
+        let stored = Stored::from_json(value)
+            .ok_or_else(|| anyhow!("export record after {last:?} is malformed"))?;
+        if expected_seq.is_some_and(|seq| seq != stored.seq) {
+            return Err(anyhow!(
+                "export BROKEN at record {}: records are not contiguous",
+                expected_seq.unwrap_or(0)
+            )
+            .into());
+        }
+        if !key.verify(&stored.record.canonical(stored.seq), &previous, &stored.mac) {
+            return Err(
+                anyhow!("export BROKEN at record {}: MAC does not match", stored.seq).into(),
+            );
+        }
+        previous = stored
+            .mac
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("bad MAC length"))?;
+        expected_seq = Some(stored.seq + 1);
+        last = Some(Head {
+            seq: stored.seq,
+            mac: previous,
+        });
+    }
+    println!("export OK: {} records verified", records.len());
+    if let Some(last) = last {
+        println!("last record: {last}");
+    }
+    if let Some(head) = document["vault_head"].as_object() {
+        println!(
+            "vault head at export: seq {} mac {}",
+            head["seq"],
+            head["mac"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
