@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::crypto::keyring::KekSource;
 use crate::crypto::tokens::TokenFormat;
 use crate::policy::{ClientSpec, Operation, Reveal, Role, Scope};
+use crate::telemetry::{LogFormat, LogSettings};
 use crate::vault::normalize::Normalization;
 
 /// Exit status for a configuration error (EX_CONFIG from sysexits.h), so that
@@ -48,6 +49,8 @@ pub struct Config {
     pub roles: BTreeMap<String, Role>,
     /// `[clients.NAME]`
     pub clients: BTreeMap<String, ClientSpec>,
+    /// `[log]`
+    pub log: LogSettings,
 }
 
 /// `[server]`: where and how the vault listens.
@@ -300,6 +303,7 @@ impl Config {
                 },
             )]),
             roles: BTreeMap::from([("root".to_owned(), root)]),
+            log: LogSettings::default(),
             clients: BTreeMap::from([(
                 "root".to_owned(),
                 ClientSpec {
@@ -413,8 +417,55 @@ struct RawConfig {
     roles: BTreeMap<String, RawRole>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
+    #[serde(default)]
+    log: RawLog,
     #[serde(flatten)]
     unknown: Unknown,
+}
+
+#[derive(Deserialize, Default)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+    directory: Option<PathBuf>,
+    retention_days: Option<u64>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+impl RawLog {
+    fn validate(self, problems: &mut Vec<Problem>) -> LogSettings {
+        unknown_keys(problems, "log", &self.unknown);
+        let defaults = LogSettings::default();
+        let format = self
+            .format
+            .as_deref()
+            .and_then(|format| {
+                parse_enum::<LogFormat>(problems, "log.format", format, "plain, json")
+            })
+            .unwrap_or(defaults.format);
+        let level = self.level.unwrap_or(defaults.level);
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            problems.push(
+                Problem::new("log.level", format!("`{level}` is not a log filter"))
+                    .hint("use error, warn, info, debug or trace"),
+            );
+        }
+        let retention_days = match self.retention_days {
+            Some(0) => {
+                problems.push(Problem::new("log.retention_days", "must be at least 1"));
+                defaults.retention_days
+            }
+            Some(days) => usize::try_from(days).unwrap_or(usize::MAX),
+            None => defaults.retention_days,
+        };
+        LogSettings {
+            format,
+            level,
+            directory: self.directory,
+            retention_days,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -590,6 +641,7 @@ impl RawConfig {
                 roles.insert(name, role);
             }
         }
+        let log = self.log.validate(&mut problems);
         let mut clients = BTreeMap::new();
         for (name, raw) in self.clients {
             if let Some(client) = raw.validate(&name, &roles, &mut problems) {
@@ -604,6 +656,7 @@ impl RawConfig {
                 namespaces,
                 roles,
                 clients,
+                log,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -1,14 +1,21 @@
 //! `tokenvault client new`
 
-use anyhow::anyhow;
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _};
 
 use super::CliError;
-use crate::config::valid_name;
+use crate::audit::{Action, Context, Outcome};
+use crate::config::{valid_name, ConfigErrors};
+use crate::crypto::keyring::Keyring;
 use crate::crypto::password::{hash_api_key, new_api_key};
 
 /// Mints an API key, prints it once, and prints the TOML snippet holding only
 /// its argon2id hash.
-pub fn new(name: &str, role: &str) -> Result<(), CliError> {
+///
+/// With a configuration, the role must exist there and the creation is
+/// appended to that vault's audit trail (before the key is shown).
+pub fn new(name: &str, role: &str, config_path: Option<&Path>) -> Result<(), CliError> {
     if !valid_name(name) {
         return Err(anyhow!(
             "client name `{name}` is not allowed\nhint: use lower-case letters, digits, `_` and `-`, at most 64"
@@ -20,6 +27,9 @@ pub fn new(name: &str, role: &str) -> Result<(), CliError> {
             "role name `{role}` is not allowed\nhint: use the name of a [roles.NAME] section"
         )
         .into());
+    }
+    if let Some(path) = config_path {
+        record_creation(path, name, role)?;
     }
     let key = new_api_key(name);
     let hash = hash_api_key(&key);
@@ -35,5 +45,32 @@ pub fn new(name: &str, role: &str) -> Result<(), CliError> {
     println!("role = \"{role}\"");
     println!("api_key_hash = \"{hash}\"");
     println!("# allow_from = [\"10.0.0.0/8\"]   # optional source address allow-list");
+    Ok(())
+}
+
+fn record_creation(config_path: &Path, name: &str, role: &str) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    if !config.roles.contains_key(role) {
+        return Err(anyhow!(
+            "role `{role}` is not defined in {}\nhint: add a [roles.{role}] section first",
+            config_path.display()
+        )
+        .into());
+    }
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
+        .map_err(|error| anyhow!("{error}"))?;
+    let record = Context::cli(&format!("client new {name} --role {role}"))
+        .record(Action::ClientCreate, Outcome::Ok);
+    crate::store::append_audit_offline(
+        &config.storage.database_path(),
+        &config.storage.audit_path(),
+        &keyring.audit_key(),
+        &[record],
+    )
+    .context("cannot record the new client in the audit trail")?;
     Ok(())
 }

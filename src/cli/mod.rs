@@ -63,6 +63,10 @@ enum ClientCommand {
         /// Role the client holds (a `[roles.NAME]` section).
         #[arg(long)]
         role: String,
+        /// Record the creation in this vault's audit trail (checks that the
+        /// role exists; needs the vault's passphrase or key file).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -100,13 +104,15 @@ impl From<anyhow::Error> for CliError {
 /// Runs the command line; the process exit status comes back.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init();
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init_command();
+    }
     let result = match cli.command {
         Command::Init { config } => init::run(&config),
         Command::Serve(args) => serve::run(args),
         Command::Client {
-            command: ClientCommand::New { name, role },
-        } => client::new(&name, &role),
+            command: ClientCommand::New { name, role, config },
+        } => client::new(&name, &role, config.as_deref()),
         Command::Audit { command } => audit::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },

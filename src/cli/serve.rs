@@ -41,9 +41,13 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     crate::harden::harden_process();
     if args.dev {
+        let _guard = crate::telemetry::init_server(&crate::telemetry::LogSettings::default())
+            .map_err(|e| anyhow!(e))?;
         return run_dev(args.listen);
     }
     let mut config = crate::config::load(&args.config)?;
+    // Kept alive to the end of `run`: it flushes the log file writer.
+    let _guard = crate::telemetry::init_server(&config.log).map_err(|e| anyhow!(e))?;
     if let Some(listen) = args.listen {
         if !listen.ip().is_loopback()
             && config.server.tls.is_none()
