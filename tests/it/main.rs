@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod audit;
 mod config;
 mod dev;
 mod durability;

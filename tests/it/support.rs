@@ -141,7 +141,12 @@ impl Setup {
     /// Writes the standard configuration plus `server_extra` in `[server]`,
     /// and runs `tokenvault init`.
     pub fn new(server_extra: &str) -> Self {
-        let setup = Self::configure(server_extra, STANDARD);
+        Self::new_with(server_extra, "")
+    }
+
+    /// Like [`Setup::new`], with more sections after the standard ones.
+    pub fn new_with(server_extra: &str, sections: &str) -> Self {
+        let setup = Self::configure(server_extra, &format!("{STANDARD}\n{sections}"));
         let out = setup.run(&["init", "--config"]);
         assert!(
             out.status.success(),
@@ -371,6 +376,18 @@ pub fn detokenize(
     );
     assert_eq!(status, 200, "{body}");
     body["values"].as_array().unwrap().clone()
+}
+
+/// Runs `tokenvault audit ARGS… --config <config>` (plus extra args after).
+pub fn audit_cli(setup: &Setup, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("audit").args(args).arg("--config").arg(&setup.config).output().unwrap()
+}
+
+/// Every record of the audit trail, through `audit query --format json`.
+pub fn audit_records(setup: &Setup) -> Vec<Value> {
+    let out = audit_cli(setup, &["query", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
 /// Path of a shared fixture.
