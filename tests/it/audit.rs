@@ -12,7 +12,9 @@ use crate::support::*;
 fn find<'a>(records: &'a [Value], action: &str, outcome: &str, reason: Option<&str>) -> &'a Value {
     records
         .iter()
-        .find(|r| r["action"] == action && r["outcome"] == outcome && r["reason"].as_str() == reason)
+        .find(|r| {
+            r["action"] == action && r["outcome"] == outcome && r["reason"].as_str() == reason
+        })
         .unwrap_or_else(|| panic!("no {action}/{outcome}/{reason:?} record in {records:#?}"))
 }
 
@@ -24,10 +26,19 @@ fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
         .arg(&setup.config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut server = setup.serve();
     let values = ["audit.canary.0001@example.com", "+919000799991"];
-    let tokens = tokenize(&server, "crm", "retail", &[("email", values[0]), ("phone", values[1])]);
+    let tokens = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", values[0]), ("phone", values[1])],
+    );
     detokenize(&server, "admin", "retail", "support", &tokens);
     let forget = |client: &str| {
         http()
@@ -41,16 +52,35 @@ fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
     assert_eq!(forget("admin"), 204);
     assert_eq!(forget("admin"), 404);
     let body = json!({"namespace": "retail", "items": [{"class": "email", "value": values[0]}]});
-    assert_eq!(http().post(server.url("/v1/tokenize")).json(&body).send().unwrap().status().as_u16(), 401);
+    assert_eq!(
+        http()
+            .post(server.url("/v1/tokenize"))
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
     let wrong_key = format!("{}x", key("crm"));
     assert_eq!(post(&server, "/v1/tokenize", &wrong_key, &body).0, 401);
     assert_eq!(post(&server, "/v1/tokenize", &key("office"), &body).0, 401);
     assert_eq!(post(&server, "/v1/tokenize", &key("sms"), &body).0, 403);
-    let wrong_purpose = json!({"namespace": "retail", "purpose": "marketing", "tokens": [tokens[1]]});
-    assert_eq!(post(&server, "/v1/detokenize", &key("sms"), &wrong_purpose).0, 403);
+    let wrong_purpose =
+        json!({"namespace": "retail", "purpose": "marketing", "tokens": [tokens[1]]});
+    assert_eq!(
+        post(&server, "/v1/detokenize", &key("sms"), &wrong_purpose).0,
+        403
+    );
     let invalid = json!({"namespace": "retail", "items": [{"class": "phone", "value": values[0]}]});
     assert_eq!(post(&server, "/v1/tokenize", &key("crm"), &invalid).0, 400);
-    let audit_read = |client: &str| http().get(server.url("/v1/audit")).bearer_auth(key(client)).send().unwrap();
+    let audit_read = |client: &str| {
+        http()
+            .get(server.url("/v1/audit"))
+            .bearer_auth(key(client))
+            .send()
+            .unwrap()
+    };
     assert_eq!(audit_read("auditor").status().as_u16(), 200);
     assert_eq!(audit_read("crm").status().as_u16(), 403);
     assert!(server.stop().success());
@@ -71,30 +101,88 @@ fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
     assert_eq!(tokenized["namespace"], "retail");
     assert_eq!(tokenized["item_count"], 2);
     assert_eq!(tokenized["tokens"], json!(tokens));
-    assert!(tokenized["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(tokenized["request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("req_"));
     assert!(tokenized["time"].as_str().unwrap().ends_with('Z'));
     let revealed = find(&records, "detokenize", "ok", None);
-    assert_eq!((revealed["actor"].as_str(), revealed["purpose"].as_str()), (Some("admin"), Some("support")));
+    assert_eq!(
+        (revealed["actor"].as_str(), revealed["purpose"].as_str()),
+        (Some("admin"), Some("support"))
+    );
     assert_eq!(revealed["tokens"], json!(tokens));
     let forgotten = find(&records, "forget", "ok", None);
     assert_eq!(forgotten["tokens"], json!([tokens[0]]));
     find(&records, "forget", "error", Some("not_found"));
-    assert_eq!(find(&records, "authenticate", "denied", Some("missing_credentials"))["actor"], "unknown");
-    assert_eq!(find(&records, "authenticate", "denied", Some("invalid_credentials"))["actor"], "crm");
-    assert_eq!(find(&records, "authenticate", "denied", Some("source_not_allowed"))["actor"], "office");
-    assert_eq!(find(&records, "tokenize", "denied", Some("operation_not_granted"))["actor"], "sms");
-    assert_eq!(find(&records, "detokenize", "denied", Some("purpose_not_granted"))["purpose"], "marketing");
+    assert_eq!(
+        find(
+            &records,
+            "authenticate",
+            "denied",
+            Some("missing_credentials")
+        )["actor"],
+        "unknown"
+    );
+    assert_eq!(
+        find(
+            &records,
+            "authenticate",
+            "denied",
+            Some("invalid_credentials")
+        )["actor"],
+        "crm"
+    );
+    assert_eq!(
+        find(
+            &records,
+            "authenticate",
+            "denied",
+            Some("source_not_allowed")
+        )["actor"],
+        "office"
+    );
+    assert_eq!(
+        find(
+            &records,
+            "tokenize",
+            "denied",
+            Some("operation_not_granted")
+        )["actor"],
+        "sms"
+    );
+    assert_eq!(
+        find(
+            &records,
+            "detokenize",
+            "denied",
+            Some("purpose_not_granted")
+        )["purpose"],
+        "marketing"
+    );
     find(&records, "tokenize", "error", Some("invalid_item"));
     find(&records, "audit_read", "ok", None);
-    find(&records, "audit_read", "denied", Some("operation_not_granted"));
+    find(
+        &records,
+        "audit_read",
+        "denied",
+        Some("operation_not_granted"),
+    );
     let text = serde_json::to_string(&records).unwrap();
     for value in values {
         assert!(!text.contains(value), "a value reached the audit trail");
     }
     let out = audit_cli(&setup, &["verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("{} records verified", records.len())), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{} records verified", records.len())),
+        "{stdout}"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -112,11 +200,26 @@ fn verify_names_the_first_bad_record_after_tampering() {
     let client = http();
     for i in 0..150 {
         let body = json!({"namespace": "retail", "items": [{"class": "name", "value": format!("person {i}")}]});
-        let response = client.post(server.url("/v1/tokenize")).bearer_auth(key("crm")).json(&body).send().unwrap();
+        let response = client
+            .post(server.url("/v1/tokenize"))
+            .bearer_auth(key("crm"))
+            .json(&body)
+            .send()
+            .unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let token: Value = response.json().unwrap();
         let body = json!({"namespace": "retail", "purpose": "support", "tokens": [token["tokens"][0]["token"]]});
-        assert_eq!(client.post(server.url("/v1/detokenize")).bearer_auth(key("admin")).json(&body).send().unwrap().status().as_u16(), 200);
+        assert_eq!(
+            client
+                .post(server.url("/v1/detokenize"))
+                .bearer_auth(key("admin"))
+                .json(&body)
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
     }
     assert!(server.stop().success());
     let total = audit_records(&setup).len() as i64;
@@ -124,28 +227,57 @@ fn verify_names_the_first_bad_record_after_tampering() {
 
     let verify = |dir: &std::path::Path| {
         let out = audit_cli(&setup, &["verify", "--data-dir", dir.to_str().unwrap()]);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, text) = verify(&setup.data_dir);
-    assert!(ok && text.contains(&format!("{total} records verified")), "{text}");
+    assert!(
+        ok && text.contains(&format!("{total} records verified")),
+        "{text}"
+    );
 
     let columns = "time_us, request_id, actor, auth, source, action, namespace, route, purpose, item_count, tokens, outcome, reason, mac";
     let cases: Vec<(&str, Box<dyn Fn(&Connection)>, i64)> = vec![
-        ("edit one field", Box::new(|db: &Connection| {
-            db.execute("UPDATE records SET actor = 'mallory' WHERE seq = 100", []).unwrap();
-        }), 100),
-        ("delete one in the middle", Box::new(|db: &Connection| {
-            db.execute("DELETE FROM records WHERE seq = 150", []).unwrap();
-        }), 150),
-        ("swap two records", Box::new(move |db: &Connection| {
-            db.execute("UPDATE records SET seq = -1 WHERE seq = 120", []).unwrap();
-            db.execute("UPDATE records SET seq = 120 WHERE seq = 121", []).unwrap();
-            db.execute("UPDATE records SET seq = 121 WHERE seq = -1", []).unwrap();
-            let _ = columns;
-        }), 120),
-        ("cut the last ten", Box::new(move |db: &Connection| {
-            db.execute("DELETE FROM records WHERE seq > ?1", params![total - 10]).unwrap();
-        }), total - 9),
+        (
+            "edit one field",
+            Box::new(|db: &Connection| {
+                db.execute("UPDATE records SET actor = 'mallory' WHERE seq = 100", [])
+                    .unwrap();
+            }),
+            100,
+        ),
+        (
+            "delete one in the middle",
+            Box::new(|db: &Connection| {
+                db.execute("DELETE FROM records WHERE seq = 150", [])
+                    .unwrap();
+            }),
+            150,
+        ),
+        (
+            "swap two records",
+            Box::new(move |db: &Connection| {
+                db.execute("UPDATE records SET seq = -1 WHERE seq = 120", [])
+                    .unwrap();
+                db.execute("UPDATE records SET seq = 120 WHERE seq = 121", [])
+                    .unwrap();
+                db.execute("UPDATE records SET seq = 121 WHERE seq = -1", [])
+                    .unwrap();
+                let _ = columns;
+            }),
+            120,
+        ),
+        (
+            "cut the last ten",
+            Box::new(move |db: &Connection| {
+                db.execute("DELETE FROM records WHERE seq > ?1", params![total - 10])
+                    .unwrap();
+            }),
+            total - 9,
+        ),
     ];
     for (name, tamper, first_bad) in cases {
         let copy = setup.dir.path().join(name.replace(' ', "-"));
@@ -153,25 +285,44 @@ fn verify_names_the_first_bad_record_after_tampering() {
         tamper(&Connection::open(copy.join("audit.db")).unwrap());
         let (ok, text) = verify(&copy);
         assert!(!ok, "{name}: tampering not detected: {text}");
-        assert!(text.contains(&format!("BROKEN at record {first_bad}:")), "{name}: {text}");
+        assert!(
+            text.contains(&format!("BROKEN at record {first_bad}:")),
+            "{name}: {text}"
+        );
     }
 }
 
 fn chattr(flag: &str, paths: &[std::path::PathBuf]) -> bool {
-    Command::new("chattr").arg(flag).args(paths).status().is_ok_and(|s| s.success())
+    Command::new("chattr")
+        .arg(flag)
+        .args(paths)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
 fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
     let setup = Setup::new("");
     let server = setup.serve();
-    let tokens = tokenize(&server, "crm", "retail", &[("email", "fail.closed@example.com")]);
+    let tokens = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", "fail.closed@example.com")],
+    );
     let detokenize_body = json!({"namespace": "retail", "purpose": "support", "tokens": tokens});
     let tokenize_body = json!({"namespace": "retail", "items": [{"class": "email", "value": "new.while.broken@example.com"}]});
     let check_refused = |what: &str| {
         let (status, body) = post(&server, "/v1/detokenize", &key("admin"), &detokenize_body);
-        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{what}: {body}");
-        assert!(!body.to_string().contains("fail.closed"), "{what}: revealed {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{what}: {body}"
+        );
+        assert!(
+            !body.to_string().contains("fail.closed"),
+            "{what}: revealed {body}"
+        );
         let (status, body) = post(&server, "/v1/tokenize", &key("crm"), &tokenize_body);
         assert_eq!(status, 503, "{what}: {body}");
         let ready = http().get(server.url("/readyz")).send().unwrap();
@@ -181,8 +332,26 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
     let check_recovered = |what: &str| {
         let values = detokenize(&server, "admin", "retail", "support", &tokens);
         assert_eq!(values[0]["value"], "fail.closed@example.com", "{what}");
-        assert_eq!(tokenize(&server, "crm", "retail", &[("email", "new.while.broken@example.com")]).len(), 1);
-        assert_eq!(http().get(server.url("/readyz")).send().unwrap().status().as_u16(), 200, "{what}");
+        assert_eq!(
+            tokenize(
+                &server,
+                "crm",
+                "retail",
+                &[("email", "new.while.broken@example.com")]
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            http()
+                .get(server.url("/readyz"))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            200,
+            "{what}"
+        );
     };
 
     // Locked by another process (an auditor's tool holding a write lock).
@@ -206,17 +375,41 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
     // Nothing of the refused requests was committed: the chain verifies.
     drop(server);
     let out = audit_cli(&setup, &["verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn queries_filter_and_format_and_the_api_paginates() {
     let setup = Setup::new("");
     let mut server = setup.serve();
-    let tokens = tokenize(&server, "crm", "retail", &[("email", "q1@example.com"), ("name", "Query Person")]);
+    let tokens = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", "q1@example.com"), ("name", "Query Person")],
+    );
     tokenize(&server, "crm", "health", &[("email", "q2@example.com")]);
-    detokenize(&server, "sms", "retail", "sms_delivery", &[tokens[1].clone()]);
-    assert_eq!(post(&server, "/v1/tokenize", &key("sms"), &json!({"namespace": "retail", "items": [{"class": "name", "value": "x"}]})).0, 403);
+    detokenize(
+        &server,
+        "sms",
+        "retail",
+        "sms_delivery",
+        &[tokens[1].clone()],
+    );
+    assert_eq!(
+        post(
+            &server,
+            "/v1/tokenize",
+            &key("sms"),
+            &json!({"namespace": "retail", "items": [{"class": "name", "value": "x"}]})
+        )
+        .0,
+        403
+    );
 
     // The API: filters, cursor pagination, audit_read only.
     let mut seen = Vec::new();
@@ -226,7 +419,13 @@ fn queries_filter_and_format_and_the_api_paginates() {
         if let Some(after) = cursor {
             url.push_str(&format!("&after={after}"));
         }
-        let page: Value = http().get(url).bearer_auth(key("auditor")).send().unwrap().json().unwrap();
+        let page: Value = http()
+            .get(url)
+            .bearer_auth(key("auditor"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         let records = page["records"].as_array().unwrap();
         assert!(records.len() <= 2);
         seen.extend(records.iter().map(|r| r["seq"].as_u64().unwrap()));
@@ -238,7 +437,10 @@ fn queries_filter_and_format_and_the_api_paginates() {
     let sorted: Vec<u64> = (1..=seen.len() as u64).collect();
     assert_eq!(seen, sorted, "pages are contiguous and in order");
     let page: Value = http()
-        .get(server.url(&format!("/v1/audit?action=detokenize&namespace=retail&token={}", tokens[1])))
+        .get(server.url(&format!(
+            "/v1/audit?action=detokenize&namespace=retail&token={}",
+            tokens[1]
+        )))
         .bearer_auth(key("auditor"))
         .send()
         .unwrap()
@@ -247,12 +449,19 @@ fn queries_filter_and_format_and_the_api_paginates() {
     let found = page["records"].as_array().unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0]["actor"], "sms");
-    let bad = http().get(server.url("/v1/audit?action=dance")).bearer_auth(key("auditor")).send().unwrap();
+    let bad = http()
+        .get(server.url("/v1/audit?action=dance"))
+        .bearer_auth(key("auditor"))
+        .send()
+        .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
     assert!(server.stop().success());
 
     // The CLI: formats.
-    let csv_out = audit_cli(&setup, &["query", "--action", "tokenize", "--format", "csv"]);
+    let csv_out = audit_cli(
+        &setup,
+        &["query", "--action", "tokenize", "--format", "csv"],
+    );
     assert!(csv_out.status.success());
     let mut reader = csv::Reader::from_reader(csv_out.stdout.as_slice());
     let headers = reader.headers().unwrap().clone();
@@ -265,8 +474,16 @@ fn queries_filter_and_format_and_the_api_paginates() {
         let mut all = vec!["query", "--format", "json"];
         all.extend_from_slice(args);
         let out = audit_cli(&setup, &all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     assert_eq!(by(&["--token", &tokens[0]]).len(), 1);
     assert!(by(&["--actor", "crm"]).iter().all(|r| r["actor"] == "crm"));
@@ -279,21 +496,49 @@ fn queries_filter_and_format_and_the_api_paginates() {
     assert_eq!(by(&["--limit", "3"]).len(), 3);
     let table = audit_cli(&setup, &["query"]);
     let table = String::from_utf8(table.stdout).unwrap();
-    assert!(table.lines().next().unwrap().contains("SEQ") && table.lines().count() == by(&[]).len() + 1);
-    let bad = audit_cli(&setup, &["query", "--since", "yesterday", "--outcome", "meh"]);
+    assert!(
+        table.lines().next().unwrap().contains("SEQ") && table.lines().count() == by(&[]).len() + 1
+    );
+    let bad = audit_cli(
+        &setup,
+        &["query", "--since", "yesterday", "--outcome", "meh"],
+    );
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && stderr.contains("since `yesterday`") && stderr.contains("outcome `meh`"), "{stderr}");
+    assert!(
+        !bad.status.success()
+            && stderr.contains("since `yesterday`")
+            && stderr.contains("outcome `meh`"),
+        "{stderr}"
+    );
 
     // Export and verify the export.
     let export = setup.dir.path().join("export.json");
-    let out = audit_cli(&setup, &["export", "--since", "2000-01-01", "--out", export.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = audit_cli(
+        &setup,
+        &[
+            "export",
+            "--since",
+            "2000-01-01",
+            "--out",
+            export.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = audit_cli(&setup, &["verify", "--export", export.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("export OK"), "{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("export OK"),
+        "{stdout}"
+    );
     let document: Value = serde_json::from_slice(&fs::read(&export).unwrap()).unwrap();
     assert_eq!(document["records"].as_array().unwrap().len(), by(&[]).len());
-    let edited = fs::read_to_string(&export).unwrap().replacen("\"crm\"", "\"mallory\"", 1);
+    let edited = fs::read_to_string(&export)
+        .unwrap()
+        .replacen("\"crm\"", "\"mallory\"", 1);
     fs::write(&export, edited).unwrap();
     let out = audit_cli(&setup, &["verify", "--export", export.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -39,6 +39,15 @@ fn canaries_never_reach_disk_or_logs() {
         .collect();
     assert_eq!(canaries.len(), 1000);
     let setup = Setup::new("");
+    // Logs go to daily-rotated JSON files at debug level: every one of them
+    // is searched below.
+    let log_dir = setup.dir.path().join("logs");
+    let mut config = fs::read_to_string(&setup.config).unwrap();
+    config.push_str(&format!(
+        "\n[log]\nformat = \"json\"\nlevel = \"debug\"\ndirectory = \"{}\"\n",
+        log_dir.display()
+    ));
+    fs::write(&setup.config, config).unwrap();
     let mut server = setup.serve();
     let items: Vec<(&str, &str)> = canaries
         .iter()
@@ -103,6 +112,8 @@ fn canaries_never_reach_disk_or_logs() {
         "vault.db (",
         "vault.db-wal (",
         "vault.db-shm (",
+        "audit.db (",
+        "audit.db-wal (",
         "keyring.json (",
     ] {
         assert!(
@@ -112,10 +123,28 @@ fn canaries_never_reach_disk_or_logs() {
     }
     assert!(server.stop().success());
     contents.extend(read_all("stopped"));
-    contents.push(("server log".to_owned(), server.logs().into_bytes()));
+    contents.push((
+        "server stdout and stderr".to_owned(),
+        server.logs().into_bytes(),
+    ));
+    let mut log_files = Vec::new();
+    files_under(&log_dir, &mut log_files);
     assert!(
-        contents.last().unwrap().1.len() > 1000,
-        "the log should have said something"
+        !log_files.is_empty(),
+        "no log file in {}",
+        log_dir.display()
+    );
+    let before = contents.len();
+    for file in &log_files {
+        contents.push((file.display().to_string(), fs::read(file).unwrap()));
+    }
+    let logged: String = contents[before..]
+        .iter()
+        .map(|(_, bytes)| String::from_utf8_lossy(bytes))
+        .collect();
+    assert!(
+        logged.contains("\"route\":\"/v1/detokenize\"") && logged.contains("\"status\":403"),
+        "the log files should hold the request log: {log_files:?}"
     );
     let patterns: Vec<Vec<u8>> = canaries.iter().flat_map(|canary| forms(canary)).collect();
     let searcher = aho_corasick::AhoCorasick::new(&patterns).unwrap();

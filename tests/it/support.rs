@@ -380,14 +380,28 @@ pub fn detokenize(
 
 /// Runs `tokenvault audit ARGS… --config <config>` (plus extra args after).
 pub fn audit_cli(setup: &Setup, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).arg("audit").args(args).arg("--config").arg(&setup.config).output().unwrap()
+    Command::new(BIN)
+        .arg("audit")
+        .args(args)
+        .arg("--config")
+        .arg(&setup.config)
+        .output()
+        .unwrap()
 }
 
 /// Every record of the audit trail, through `audit query --format json`.
 pub fn audit_records(setup: &Setup) -> Vec<Value> {
     let out = audit_cli(setup, &["query", "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 /// Path of a shared fixture.
