@@ -356,24 +356,34 @@ impl store::Stored {
     }
 }
 
-/// Filters as text, from the command line or a query string.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// Filters as text, from the command line (`audit query`) or a query string
+/// (`GET /v1/audit`); they combine with AND.
+#[derive(Debug, Clone, Default, serde::Deserialize, clap::Args)]
 pub struct FilterText {
-    /// At or after (RFC 3339 or YYYY-MM-DD, UTC).
+    /// Records at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
     pub since: Option<String>,
-    /// Before (RFC 3339 or YYYY-MM-DD, UTC).
+    /// Records before this time (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
     pub until: Option<String>,
-    /// Actor.
+    /// Actor: a client name or `cli:<user>`.
+    #[arg(long)]
     pub actor: Option<String>,
-    /// Action name.
+    /// Action: tokenize, detokenize, forget, init, client_create,
+    /// config_load, key_unwrap, authenticate, audit_read.
+    #[arg(long)]
     pub action: Option<String>,
     /// Namespace.
+    #[arg(long)]
     pub namespace: Option<String>,
-    /// A token involved.
+    /// A token the record involves.
+    #[arg(long)]
     pub token: Option<String>,
     /// Purpose.
+    #[arg(long)]
     pub purpose: Option<String>,
-    /// Outcome name.
+    /// Outcome: ok, denied, error.
+    #[arg(long)]
     pub outcome: Option<String>,
 }
 

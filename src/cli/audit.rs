@@ -24,7 +24,7 @@ pub enum AuditCommand {
         #[command(flatten)]
         location: Location,
         #[command(flatten)]
-        filters: FilterArgs,
+        filters: FilterText,
         /// Output format: an aligned table, JSON (one object per line) or CSV
         /// (with a header row).
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -70,36 +70,6 @@ pub struct Location {
     data_dir: Option<PathBuf>,
 }
 
-/// Record filters; they combine with AND.
-#[derive(Args, Default)]
-pub struct FilterArgs {
-    /// Records at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
-    #[arg(long)]
-    since: Option<String>,
-    /// Records before this time (RFC 3339 or YYYY-MM-DD, UTC).
-    #[arg(long)]
-    until: Option<String>,
-    /// Actor: a client name or `cli:<user>`.
-    #[arg(long)]
-    actor: Option<String>,
-    /// Action: tokenize, detokenize, forget, init, client_create, config_load,
-    /// key_unwrap, authenticate, audit_read.
-    #[arg(long)]
-    action: Option<String>,
-    /// Namespace.
-    #[arg(long)]
-    namespace: Option<String>,
-    /// A token the record involves.
-    #[arg(long)]
-    token: Option<String>,
-    /// Purpose.
-    #[arg(long)]
-    purpose: Option<String>,
-    /// Outcome: ok, denied, error.
-    #[arg(long)]
-    outcome: Option<String>,
-}
-
 /// Output formats of `audit query`.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -134,29 +104,13 @@ pub fn run(command: AuditCommand) -> Result<(), CliError> {
             until,
             out,
         } => {
-            let filters = FilterArgs {
+            let filters = FilterText {
                 since: Some(since),
                 until,
-                ..FilterArgs::default()
+                ..FilterText::default()
             };
             export(&location, &filters, &out)
         }
-    }
-}
-
-impl FilterArgs {
-    fn parse(&self) -> Result<Filter, Vec<String>> {
-        FilterText {
-            since: self.since.clone(),
-            until: self.until.clone(),
-            actor: self.actor.clone(),
-            action: self.action.clone(),
-            namespace: self.namespace.clone(),
-            token: self.token.clone(),
-            purpose: self.purpose.clone(),
-            outcome: self.outcome.clone(),
-        }
-        .parse()
     }
 }
 
@@ -181,7 +135,7 @@ fn open_audit(dir: &Path) -> Result<rusqlite::Connection, CliError> {
 
 fn query(
     location: &Location,
-    args: &FilterArgs,
+    args: &FilterText,
     format: Format,
     limit: Option<usize>,
 ) -> Result<(), CliError> {
@@ -309,7 +263,7 @@ fn verify(location: &Location) -> Result<(), CliError> {
 
 const EXPORT_FORMAT: &str = "tokenvault-audit-export/1";
 
-fn export(location: &Location, args: &FilterArgs, out: &Path) -> Result<(), CliError> {
+fn export(location: &Location, args: &FilterText, out: &Path) -> Result<(), CliError> {
     let filter = args
         .parse()
         .map_err(|problems| anyhow!("{}", problems.join("\n")))?;

@@ -458,21 +458,7 @@ fn queries_filter_and_format_and_the_api_paginates() {
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 3, "two ok tokenizes and one denied");
     assert!(rows.iter().all(|row| &row[6] == "tokenize"));
-    let by = |args: &[&str]| -> Vec<Value> {
-        let mut all = vec!["query", "--format", "json"];
-        all.extend_from_slice(args);
-        let out = audit_cli(&setup, &all);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let by = |args: &[&str]| audit_query(&setup, args);
     assert_eq!(by(&["--token", &tokens[0]]).len(), 1);
     assert!(by(&["--actor", "crm"]).iter().all(|r| r["actor"] == "crm"));
     assert_eq!(by(&["--actor", "crm"]).len(), 2);

@@ -391,7 +391,14 @@ pub fn audit_cli(setup: &Setup, args: &[&str]) -> std::process::Output {
 
 /// Every record of the audit trail, through `audit query --format json`.
 pub fn audit_records(setup: &Setup) -> Vec<Value> {
-    let out = audit_cli(setup, &["query", "--format", "json"]);
+    audit_query(setup, &[])
+}
+
+/// The records `audit query --format json ARGS…` prints.
+pub fn audit_query(setup: &Setup, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["query", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = audit_cli(setup, &all);
     assert!(
         out.status.success(),
         "{}",
