@@ -354,8 +354,18 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
     // Made unwritable (immutable, which binds root too).
     let files = vec![audit_db.clone(), setup.data_dir.join("audit.db-wal")];
     if chattr("+i", &files) {
+        // Undo even if an assertion fails, or the temporary directory could
+        // not be removed.
+        struct Mutable(Vec<std::path::PathBuf>);
+        impl Drop for Mutable {
+            fn drop(&mut self) {
+                chattr("-i", &self.0);
+            }
+        }
+        let guard = Mutable(files.clone());
         check_refused("immutable");
         assert!(chattr("-i", &files));
+        drop(guard);
         check_recovered("after chattr -i");
     } else {
         eprintln!("note: chattr +i is not supported here; only the lock case was exercised");
