@@ -1,0 +1,202 @@
+//! Detectors of PII in fields no rule selected: email addresses, phone
+//! numbers (E.164 and common national formats), and payment card numbers
+//! (Luhn-valid). They report the detector, never the text.
+
+/// Which detector fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detector {
+    /// Something shaped like an email address.
+    Email,
+    /// A phone number.
+    Phone,
+    /// A Luhn-valid card number.
+    Card,
+}
+
+impl Detector {
+    /// The name used in logs and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Phone => "phone",
+            Self::Card => "card",
+        }
+    }
+}
+
+/// The detectors that fire on `text`.
+pub fn scan(text: &str) -> Vec<Detector> {
+    let mut found = Vec::new();
+    if has_email(text) {
+        found.push(Detector::Email);
+    }
+    let runs = digit_runs(text);
+    if runs.iter().any(|run| is_phone(run)) {
+        found.push(Detector::Phone);
+    }
+    if runs.iter().any(|run| is_card(&run.digits)) {
+        found.push(Detector::Card);
+    }
+    found
+}
+
+fn has_email(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'@')
+        .any(|(at, _)| {
+            let local_ok = |b: &u8| b.is_ascii_alphanumeric() || b"._%+-".contains(b);
+            let domain_ok = |b: &u8| b.is_ascii_alphanumeric() || b".-".contains(b);
+            let local = bytes[..at].iter().rev().take_while(|b| local_ok(b)).count();
+            let domain: Vec<u8> = bytes[at + 1..]
+                .iter()
+                .take_while(|b| domain_ok(b))
+                .copied()
+                .collect();
+            let domain = String::from_utf8_lossy(&domain);
+            let domain = domain.trim_end_matches('.');
+            local > 0
+                && domain.rsplit_once('.').is_some_and(|(name, tld)| {
+                    !name.is_empty()
+                        && tld.len() >= 2
+                        && tld.bytes().all(|b| b.is_ascii_alphabetic())
+                })
+        })
+}
+
+/// A run of digits with the separators phone and card numbers use.
+struct DigitRun {
+    digits: String,
+    plus: bool,
+    separated: bool,
+    leading_zero_or_paren: bool,
+}
+
+fn digit_runs(text: &str) -> Vec<DigitRun> {
+    let mut runs = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts = chars[i].is_ascii_digit()
+            || ((chars[i] == '+' || chars[i] == '(')
+                && chars.get(i + 1).is_some_and(char::is_ascii_digit));
+        if !starts || (i > 0 && chars[i - 1].is_ascii_alphanumeric()) {
+            i += 1;
+            continue;
+        }
+        let mut run = DigitRun {
+            digits: String::new(),
+            plus: chars[i] == '+',
+            separated: false,
+            leading_zero_or_paren: chars[i] == '(' || chars[i] == '0',
+        };
+        let mut j = i + usize::from(chars[i] == '+');
+        while j < chars.len() {
+            let c = chars[j];
+            if c.is_ascii_digit() {
+                run.digits.push(c);
+            } else if is_separator(c) && next_digit_within(&chars, j, 2) {
+                run.separated = true;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        // A letter glued to the end makes it an identifier, not a number.
+        if !chars.get(j).is_some_and(char::is_ascii_alphabetic) {
+            runs.push(run);
+        }
+        i = j.max(i + 1);
+    }
+    runs
+}
+
+fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '.' | '(' | ')')
+}
+
+/// True when a digit follows position `at` after at most `gap` separators.
+fn next_digit_within(chars: &[char], at: usize, gap: usize) -> bool {
+    chars[at..]
+        .iter()
+        .take(gap + 1)
+        .skip_while(|c| is_separator(**c))
+        .next()
+        .is_some_and(char::is_ascii_digit)
+}
+
+fn is_phone(run: &DigitRun) -> bool {
+    let n = run.digits.len();
+    if run.plus {
+        return (8..=15).contains(&n) && !run.digits.starts_with('0');
+    }
+    // National formats: 10 or 11 digits written the way people write
+    // numbers (grouped, or with a trunk 0 or an area code in brackets);
+    // a bare 10-digit run is more often a timestamp or an id.
+    (10..=11).contains(&n) && (run.separated || run.leading_zero_or_paren)
+}
+
+fn is_card(digits: &str) -> bool {
+    (13..=19).contains(&digits.len()) && luhn(digits)
+}
+
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 {
+                    doubled - 9
+                } else {
+                    doubled
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detectors() {
+        assert_eq!(
+            scan("call me on +919999912345 or mail canary.leak@example.com"),
+            vec![Detector::Email, Detector::Phone]
+        );
+        assert_eq!(scan("(555) 010-9494"), vec![Detector::Phone]);
+        assert_eq!(scan("07700 900038"), vec![Detector::Phone]);
+        assert_eq!(
+            scan("card 4111 1111 1111 1111 thanks"),
+            vec![Detector::Card]
+        );
+        assert_eq!(
+            scan("4111111111111112"),
+            Vec::<Detector>::new(),
+            "fails Luhn"
+        );
+        for clean in [
+            "CUST-100000",
+            "Bengaluru",
+            "1767225600",
+            "Platinum",
+            "snd_7f3a9c",
+            "v1.2.3",
+            "a@b",
+            "INR 6217.21",
+            "2026-01-05",
+        ] {
+            assert!(scan(clean).is_empty(), "{clean}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Payloads: strict JSON parsing, field selectors (a JSONPath subset, RFC
+//! 9535 through `serde_json_path`), rewriting selected fields in place, and
+//! the detectors of unselected PII.
+
+pub mod detect;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use serde_json_path::JsonPath;
+
+use crate::pii::Pii;
+
+/// A compiled field selector: `$`, `.name`, `['name with spaces']`, `[*]`,
+/// `[N]`, `..name`.
+pub struct Selector {
+    text: String,
+    path: JsonPath,
+}
+
+impl Selector {
+    /// Compiles a selector; the error says what is wrong, for the config
+    /// problem that names the route and rule.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let path = JsonPath::parse(text)
+            .map_err(|error| format!("`{text}` is not a valid selector: {error}"))?;
+        Ok(Self {
+            text: text.to_owned(),
+            path,
+        })
+    }
+
+    /// The selector as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Selector({})", self.text)
+    }
+}
+
+/// Why a payload is refused. No variant carries content from the payload
+/// except JSON pointers of positions (which are field names of the API, not
+/// values).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The body is not UTF-8.
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+    /// The body is not JSON.
+    #[error("body is not valid JSON (line {line}, column {column})")]
+    Malformed {
+        /// Line of the error.
+        line: usize,
+        /// Column of the error.
+        column: usize,
+    },
+    /// An object has the same key twice: which one would the platform use?
+    #[error("an object has a duplicate key (line {line}, column {column})")]
+    DuplicateKey {
+        /// Line of the error.
+        line: usize,
+        /// Column of the error.
+        column: usize,
+    },
+    /// Nested deeper than the route allows.
+    #[error("body is nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// A selected field holds an object or array.
+    #[error("selected field {0} holds an object or array, not a value")]
+    NotScalar(String),
+}
+
+/// Parses JSON strictly: UTF-8, no duplicate keys, at most `max_depth`
+/// levels of nesting.
+pub fn parse_strict(body: &[u8], max_depth: usize) -> Result<Value, PayloadError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(PayloadError::NotUtf8);
+    }
+    // serde_json also stops at 128 levels on its own; routes allow less.
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = StrictValue {
+        depth: 0,
+        max_depth,
+    }
+    .deserialize(&mut deserializer)
+    .map_err(|error| {
+        let (line, column) = (error.line(), error.column());
+        let text = error.to_string();
+        if text.starts_with(DUPLICATE) {
+            PayloadError::DuplicateKey { line, column }
+        } else if text.starts_with(TOO_DEEP) || text.starts_with("recursion limit exceeded") {
+            PayloadError::TooDeep(max_depth)
+        } else {
+            PayloadError::Malformed { line, column }
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| PayloadError::Malformed {
+            line: error.line(),
+            column: error.column(),
+        })?;
+    Ok(value)
+}
+
+const DUPLICATE: &str = "duplicate key";
+const TOO_DEEP: &str = "nesting too deep";
+
+struct StrictValue {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(A::Error::custom(TOO_DEEP));
+        }
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue {
+            depth,
+            max_depth: self.max_depth,
+        })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(A::Error::custom(TOO_DEEP));
+        }
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(A::Error::custom(DUPLICATE));
+            }
+            let value = map.next_value_seed(StrictValue {
+                depth,
+                max_depth: self.max_depth,
+            })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// One selected field: where it is, the class to tokenize it as, its text.
+#[derive(Debug)]
+pub struct Selected {
+    /// JSON pointer of the field.
+    pub pointer: String,
+    /// Index of the rule that selected it.
+    pub rule: usize,
+    /// The field's text (a number's digits for a JSON number).
+    pub value: Pii,
+    /// True when the field held a JSON number.
+    pub was_number: bool,
+}
+
+/// Applies `selectors` (in order; a field selected twice keeps the first
+/// rule) and returns the selected fields. `null` fields are left alone;
+/// objects and arrays are refused.
+pub fn select(document: &Value, selectors: &[&Selector]) -> Result<Vec<Selected>, PayloadError> {
+    let mut seen = BTreeSet::new();
+    let mut selected = Vec::new();
+    for (rule, selector) in selectors.iter().enumerate() {
+        for node in selector.path.query_located(document) {
+            let pointer = node.location().to_json_pointer();
+            if !seen.insert(pointer.clone()) {
+                continue;
+            }
+            let (value, was_number) = match node.node() {
+                Value::Null => continue,
+                Value::String(text) => (text.clone(), false),
+                Value::Number(number) => (number.to_string(), true),
+                Value::Bool(flag) => (flag.to_string(), false),
+                Value::Object(_) | Value::Array(_) => return Err(PayloadError::NotScalar(pointer)),
+            };
+            selected.push(Selected {
+                pointer,
+                rule,
+                value: Pii::new(value),
+                was_number,
+            });
+        }
+    }
+    Ok(selected)
+}
+
+/// Writes `replacement` as a string at `pointer`.
+pub fn replace(document: &mut Value, pointer: &str, replacement: String) -> bool {
+    match document.pointer_mut(pointer) {
+        Some(slot) => {
+            *slot = Value::String(replacement);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Every string value not at one of `skip`, with its JSON pointer.
+pub fn unselected_strings<'a>(
+    document: &'a Value,
+    skip: &BTreeSet<String>,
+) -> Vec<(String, &'a str)> {
+    fn walk<'a>(
+        value: &'a Value,
+        pointer: &mut String,
+        skip: &BTreeSet<String>,
+        out: &mut Vec<(String, &'a str)>,
+    ) {
+        match value {
+            Value::String(text) if !skip.contains(pointer.as_str()) => {
+                out.push((pointer.clone(), text))
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&i.to_string());
+                    walk(item, pointer, skip, out);
+                    pointer.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    walk(item, pointer, skip, out);
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(document, &mut String::new(), skip, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parsing() {
+        assert!(parse_strict(br#"{"a": [1, {"b": "c"}]}"#, 8).is_ok());
+        assert!(matches!(
+            parse_strict(br#"{"a": 1, "a": 2}"#, 8),
+            Err(PayloadError::DuplicateKey { .. })
+        ));
+        assert_eq!(parse_strict(b"[[[[1]]]]", 3), Err(PayloadError::TooDeep(3)));
+        assert!(matches!(
+            parse_strict(br#"{"a": "#, 8),
+            Err(PayloadError::Malformed { .. })
+        ));
+        assert_eq!(
+            parse_strict(b"{\"a\": \"\xff\"}", 8),
+            Err(PayloadError::NotUtf8)
+        );
+        assert!(matches!(
+            parse_strict(b"{} {}", 8),
+            Err(PayloadError::Malformed { .. })
+        ));
+        let deep = "[".repeat(5000) + &"]".repeat(5000);
+        assert_eq!(
+            parse_strict(deep.as_bytes(), 64),
+            Err(PayloadError::TooDeep(64))
+        );
+    }
+
+    #[test]
+    fn selection_and_replacement() {
+        let mut doc: Value = serde_json::from_str(
+            r#"{"d": [{"identity": "C1", "profileData": {"Email": "a@b.c", "Phone": 447700900537, "Name": null}},
+                      {"identity": "C2", "evtData": {"Delivery Email": "x@y.z"}}]}"#,
+        )
+        .unwrap();
+        let rules = [
+            Selector::parse("$.d[*].profileData.Email").unwrap(),
+            Selector::parse("$.d[*].profileData.Phone").unwrap(),
+            Selector::parse("$.d[*].profileData.Name").unwrap(),
+            Selector::parse("$..['Delivery Email']").unwrap(),
+            Selector::parse("$..Email").unwrap(),
+        ];
+        let refs: Vec<&Selector> = rules.iter().collect();
+        let selected = select(&doc, &refs).unwrap();
+        let found: Vec<(&str, usize, &str, bool)> = selected
+            .iter()
+            .map(|s| (s.pointer.as_str(), s.rule, s.value.expose(), s.was_number))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("/d/0/profileData/Email", 0, "a@b.c", false),
+                ("/d/0/profileData/Phone", 1, "447700900537", true),
+                ("/d/1/evtData/Delivery Email", 3, "x@y.z", false),
+            ]
+        );
+        assert!(replace(
+            &mut doc,
+            "/d/0/profileData/Phone",
+            "+440000000000".into()
+        ));
+        assert_eq!(doc["d"][0]["profileData"]["Phone"], "+440000000000");
+        let object = Selector::parse("$.d[0].profileData").unwrap();
+        assert!(matches!(
+            select(&doc, &[&object]),
+            Err(PayloadError::NotScalar(_))
+        ));
+        assert!(Selector::parse("$.d[").is_err());
+        let skip: BTreeSet<String> = ["/d/0/identity".to_owned()].into();
+        let strings: Vec<String> = unselected_strings(&doc, &skip)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            strings.contains(&"/d/1/identity".to_owned())
+                && !strings.contains(&"/d/0/identity".to_owned())
+        );
+    }
+}
