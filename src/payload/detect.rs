@@ -31,7 +31,7 @@ pub fn scan(text: &str) -> Vec<Detector> {
         found.push(Detector::Email);
     }
     let runs = digit_runs(text);
-    if runs.iter().any(|run| is_phone(run)) {
+    if runs.iter().any(is_phone) {
         found.push(Detector::Phone);
     }
     if runs.iter().any(|run| is_card(&run.digits)) {
@@ -122,8 +122,7 @@ fn next_digit_within(chars: &[char], at: usize, gap: usize) -> bool {
     chars[at..]
         .iter()
         .take(gap + 1)
-        .skip_while(|c| is_separator(**c))
-        .next()
+        .find(|c| !is_separator(**c))
         .is_some_and(char::is_ascii_digit)
 }
 
@@ -161,7 +160,7 @@ fn luhn(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
