@@ -51,6 +51,60 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientSpec>,
     /// `[log]`
     pub log: LogSettings,
+    /// `[[routes]]`: egress routes to the cloud platform.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// What a route does with PII found in fields no rule selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnselectedPii {
+    /// Refuse the request (422); nothing is forwarded.
+    Block,
+    /// Tokenize the whole field as `unselected_class`.
+    Tokenize,
+    /// Forward, and log and audit the finding (never the value).
+    Report,
+}
+
+/// One field rule of a route: a selector and the class to tokenize as.
+#[derive(Debug)]
+pub struct FieldRule {
+    /// Where the field is.
+    pub selector: crate::payload::Selector,
+    /// The class its value is tokenized as.
+    pub class: String,
+}
+
+/// `[[routes]]`: an egress route.
+#[derive(Debug)]
+pub struct RouteSpec {
+    /// Route name (in logs and audit records).
+    pub name: String,
+    /// Path prefix on the vault, e.g. `/clevertap`.
+    pub path_prefix: String,
+    /// Upstream base URL; the rest of the path and the query are appended.
+    pub upstream: String,
+    /// Namespace the route tokenizes in.
+    pub namespace: String,
+    /// Clients that may use the route.
+    pub clients: BTreeSet<String>,
+    /// Headers injected upstream, with values from files or variables.
+    pub headers: Vec<(String, SecretRef)>,
+    /// Field rules.
+    pub fields: Vec<FieldRule>,
+    /// What to do with unselected PII.
+    pub unselected_pii: UnselectedPii,
+    /// Class for `unselected_pii = "tokenize"`.
+    pub unselected_class: Option<String>,
+    /// Deepest nesting accepted in a body.
+    pub max_depth: usize,
+    /// Time to connect upstream.
+    pub connect_timeout: std::time::Duration,
+    /// Time for the whole upstream exchange.
+    pub timeout: std::time::Duration,
+    /// Extra CA certificates (PEM) to trust for this upstream.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// `[server]`: where and how the vault listens.
@@ -119,6 +173,27 @@ pub enum SecretRef {
     File(PathBuf),
     /// Read from this environment variable.
     Env(String),
+}
+
+impl SecretRef {
+    /// Reads the secret (a trailing newline in a file is dropped). The error
+    /// names the file or variable, never the content.
+    pub fn read(&self) -> Result<Zeroizing<String>, String> {
+        match self {
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Ok(Zeroizing::new(
+                    text.trim_end_matches(['\n', '\r']).to_owned(),
+                ))
+            }
+            Self::Env(name) => std::env::var(name)
+                .ok()
+                .filter(|value| !value.is_empty())
+                .map(Zeroizing::new)
+                .ok_or_else(|| format!("environment variable {name} is not set")),
+        }
+    }
 }
 
 /// `[namespaces.NAME]`
@@ -304,6 +379,7 @@ impl Config {
             )]),
             roles: BTreeMap::from([("root".to_owned(), root)]),
             log: LogSettings::default(),
+            routes: Vec::new(),
             clients: BTreeMap::from([(
                 "root".to_owned(),
                 ClientSpec {
@@ -419,8 +495,220 @@ struct RawConfig {
     clients: BTreeMap<String, RawClient>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
     #[serde(flatten)]
     unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    name: Option<String>,
+    path_prefix: Option<String>,
+    upstream: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, RawSecret>,
+    #[serde(default)]
+    fields: Vec<RawField>,
+    unselected_pii: Option<String>,
+    unselected_class: Option<String>,
+    max_depth: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    insecure_allow_http_upstream: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawField {
+    select: Option<String>,
+    class: Option<String>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+/// Deepest body nesting a route accepts unless it says otherwise.
+pub const DEFAULT_MAX_DEPTH: usize = 32;
+
+impl RawRoute {
+    fn validate(
+        self,
+        index: usize,
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+        clients: &BTreeMap<String, ClientSpec>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<RouteSpec> {
+        let name = self.name.clone().unwrap_or_else(|| format!("#{index}"));
+        let section = format!("routes.{name}");
+        unknown_keys(problems, &section, &self.unknown);
+        let start = problems.len();
+        if self.name.as_deref().is_none_or(|n| !valid_name(n)) {
+            problems.push(Problem::new(
+                format!("{section}.name"),
+                "a route needs a name of lower-case letters, digits, `_` or `-`",
+            ));
+        }
+        let path_prefix = self.path_prefix.unwrap_or_default();
+        let prefix_ok = path_prefix.starts_with('/')
+            && path_prefix.len() > 1
+            && !path_prefix.ends_with('/')
+            && !path_prefix.starts_with("/v1")
+            && !["/healthz", "/readyz"].contains(&path_prefix.as_str())
+            && path_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+        if !prefix_ok {
+            problems.push(Problem::new(format!("{section}.path_prefix"), format!("`{path_prefix}` is not a usable path prefix"))
+                .hint("write it like \"/clevertap\": a leading slash, no trailing slash, not under /v1"));
+        }
+        let upstream = self
+            .upstream
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned();
+        let https = upstream.starts_with("https://");
+        let http_allowed = upstream.starts_with("http://") && self.insecure_allow_http_upstream;
+        if !(https || http_allowed) || reqwest::Url::parse(&upstream).is_err() {
+            problems.push(
+                Problem::new(
+                    format!("{section}.upstream"),
+                    format!("`{upstream}` is not an https:// URL"),
+                )
+                .hint("plain http:// upstreams need insecure_allow_http_upstream = true"),
+            );
+        }
+        let namespace = self.namespace.unwrap_or_default();
+        let spec = namespaces.get(&namespace);
+        if spec.is_none() {
+            problems.push(Problem::new(
+                format!("{section}.namespace"),
+                format!("namespace `{namespace}` is not defined"),
+            ));
+        }
+        for client in &self.clients {
+            if !clients.contains_key(client) {
+                problems.push(Problem::new(
+                    format!("{section}.clients"),
+                    format!("client `{client}` is not defined"),
+                ));
+            }
+        }
+        let mut headers = Vec::new();
+        for (header, secret) in self.headers {
+            let key = format!("{section}.headers.{header}");
+            unknown_keys(problems, &key, &secret.unknown);
+            if actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                problems.push(Problem::new(&key, "not a valid header name"));
+            }
+            match (secret.env, secret.file) {
+                (Some(env), None) => headers.push((header, SecretRef::Env(env))),
+                (None, Some(file)) => {
+                    if let Err(problem) = check_secret_file(&key, &file) {
+                        problems.push(problem);
+                    }
+                    headers.push((header, SecretRef::File(file)));
+                }
+                _ => problems.push(Problem::new(
+                    &key,
+                    "give exactly one of { env = \"VAR\" } or { file = \"/path\" }",
+                )),
+            }
+        }
+        let class_known = |class: &str| spec.is_some_and(|ns| ns.classes.contains_key(class));
+        let mut fields = Vec::new();
+        for (i, raw) in self.fields.into_iter().enumerate() {
+            let key = format!("{section}.fields[{i}]");
+            unknown_keys(problems, &key, &raw.unknown);
+            let selector =
+                match crate::payload::Selector::parse(raw.select.as_deref().unwrap_or("")) {
+                    Ok(selector) => Some(selector),
+                    Err(message) => {
+                        problems.push(Problem::new(format!("{key}.select"), message));
+                        None
+                    }
+                };
+            let class = raw.class.unwrap_or_default();
+            if spec.is_some() && !class_known(&class) {
+                problems.push(Problem::new(
+                    format!("{key}.class"),
+                    format!("class `{class}` is not defined in namespace `{namespace}`"),
+                ));
+            }
+            if let Some(selector) = selector {
+                fields.push(FieldRule { selector, class });
+            }
+        }
+        let unselected_pii = parse_enum::<UnselectedPii>(
+            problems,
+            &format!("{section}.unselected_pii"),
+            self.unselected_pii.as_deref().unwrap_or("block"),
+            "block, tokenize, report",
+        )
+        .unwrap_or(UnselectedPii::Block);
+        if unselected_pii == UnselectedPii::Tokenize {
+            match &self.unselected_class {
+                Some(class) if class_known(class) => {}
+                _ => problems.push(Problem::new(
+                    format!("{section}.unselected_class"),
+                    "unselected_pii = \"tokenize\" needs unselected_class, a class of the route's namespace",
+                )),
+            }
+        }
+        let max_depth = match self.max_depth {
+            None => DEFAULT_MAX_DEPTH,
+            Some(depth @ 1..=100) => depth as usize,
+            Some(_) => {
+                problems.push(Problem::new(
+                    format!("{section}.max_depth"),
+                    "must be between 1 and 100",
+                ));
+                DEFAULT_MAX_DEPTH
+            }
+        };
+        if let Some(bundle) = &self.ca_bundle {
+            if !bundle.is_file() {
+                problems.push(Problem::new(
+                    format!("{section}.ca_bundle"),
+                    format!("{} does not exist", bundle.display()),
+                ));
+            }
+        }
+        let millis = |value: Option<u64>, default: u64| {
+            std::time::Duration::from_millis(value.unwrap_or(default).max(1))
+        };
+        if problems.len() > start {
+            return None;
+        }
+        Some(RouteSpec {
+            name,
+            path_prefix,
+            upstream,
+            namespace,
+            clients: self.clients.into_iter().collect(),
+            headers,
+            fields,
+            unselected_pii,
+            unselected_class: self.unselected_class,
+            max_depth,
+            connect_timeout: millis(self.connect_timeout_ms, 5_000),
+            timeout: millis(self.timeout_ms, 30_000),
+            ca_bundle: self.ca_bundle,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -642,10 +930,24 @@ impl RawConfig {
             }
         }
         let log = self.log.validate(&mut problems);
+        let routes_raw = self.routes;
         let mut clients = BTreeMap::new();
         for (name, raw) in self.clients {
             if let Some(client) = raw.validate(&name, &roles, &mut problems) {
                 clients.insert(name, client);
+            }
+        }
+        let mut routes = Vec::new();
+        let mut prefixes = BTreeSet::new();
+        for (index, raw) in routes_raw.into_iter().enumerate() {
+            if let Some(route) = raw.validate(index, &namespaces, &clients, &mut problems) {
+                if !prefixes.insert(route.path_prefix.clone()) {
+                    problems.push(Problem::new(
+                        format!("routes.{}.path_prefix", route.name),
+                        "another route has the same prefix",
+                    ));
+                }
+                routes.push(route);
             }
         }
         match (server, keys) {
@@ -657,6 +959,7 @@ impl RawConfig {
                 roles,
                 clients,
                 log,
+                routes,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -36,11 +36,13 @@ pub enum Action {
     Authenticate,
     /// The audit trail read through the API.
     AuditRead,
+    /// A request forwarded (or refused) on an egress route.
+    Forward,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -50,6 +52,7 @@ impl Action {
         Self::KeyUnwrap,
         Self::Authenticate,
         Self::AuditRead,
+        Self::Forward,
     ];
 
     /// The stored name.
@@ -64,6 +67,7 @@ impl Action {
             Self::KeyUnwrap => "key_unwrap",
             Self::Authenticate => "authenticate",
             Self::AuditRead => "audit_read",
+            Self::Forward => "forward",
         }
     }
 

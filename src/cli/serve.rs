@@ -105,6 +105,8 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     let state = AppState {
         vault,
         auth: Authenticator::new(&config.clients, &config.roles),
+        routes: http::egress::Routes::build(config.routes)
+            .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
         limits: Limits {
             max_body_bytes: config.server.max_body_bytes,
             max_batch_items: config.server.max_batch_items,

@@ -28,11 +28,6 @@ pub fn routes(config: &mut web::ServiceConfig) {
         );
 }
 
-/// Answer for any route that does not exist.
-pub async fn not_found(id: RequestId) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id))
-}
-
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -292,7 +287,7 @@ fn check_batch(
 async fn read_json<T: for<'de> Deserialize<'de>>(
     state: &AppState,
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     id: &RequestId,
 ) -> Result<T, ApiError> {
     if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
@@ -309,6 +304,27 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             ));
         }
     }
+    let body = read_body(state, req, payload, id).await?;
+    serde_json::from_slice(&body).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "body is not a valid request for this endpoint (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+            id,
+        )
+    })
+}
+
+/// Reads a body of at most `max_body_bytes` into a zeroizing buffer.
+pub async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    id: &RequestId,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let limit = state.limits.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -334,15 +350,5 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|error| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "body is not a valid request for this endpoint (line {}, column {})",
-                error.line(),
-                error.column()
-            ),
-            id,
-        )
-    })
+    Ok(body)
 }

@@ -17,7 +17,7 @@ use crate::policy::{AuthError, Caller};
 /// Extractor: the request's authenticated caller and audit context, or a 401.
 pub struct Authenticated(pub Caller, pub Context);
 
-/// The audit context of a request, before authentication.
+/// The audit context of a request.
 fn context(req: &HttpRequest, actor: String, auth: &'static str) -> Context {
     Context {
         request_id: request_id(req).as_str().to_owned(),
@@ -26,7 +26,7 @@ fn context(req: &HttpRequest, actor: String, auth: &'static str) -> Context {
         source: req.peer_addr().map(|addr| addr.ip().to_string()),
         route: req
             .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned()),
+            .unwrap_or_else(|| req.path().split('/').take(2).collect::<Vec<_>>().join("/")),
     }
 }
 
@@ -36,56 +36,59 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move {
-            let id = request_id(&req);
-            let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-                return Err(ApiError::unauthorized(&id));
+        Box::pin(async move { authenticate(&req).await })
+    }
+}
+
+/// Authenticates a request (see [`Authenticated`]); every refusal is audited.
+pub async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
+    let id = request_id(req);
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Err(ApiError::unauthorized(&id));
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(|key| zeroize::Zeroizing::new(key.to_owned()));
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    let outcome = match &presented {
+        Some(key) => state.auth.authenticate(key, peer).await,
+        None => Err(AuthError::Missing),
+    };
+    match outcome {
+        Ok(caller) => {
+            req.extensions_mut()
+                .insert(LoggedClient(caller.client.clone()));
+            let context = context(req, caller.client.clone(), "api_key");
+            Ok(Authenticated(caller, context))
+        }
+        Err(reason) => {
+            // The claimed name is the caller's text: record it only when it
+            // names a configured client.
+            let actor = presented
+                .as_deref()
+                .and_then(|key| claimed_client(key))
+                .filter(|name| state.auth.knows(name))
+                .unwrap_or("unknown")
+                .to_owned();
+            let code = match reason {
+                AuthError::Missing => "missing_credentials",
+                AuthError::Invalid => "invalid_credentials",
+                AuthError::SourceNotAllowed => "source_not_allowed",
             };
-            let presented = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|key| !key.is_empty())
-                .map(|key| zeroize::Zeroizing::new(key.to_owned()));
-            let peer = req.peer_addr().map(|addr| addr.ip());
-            let outcome = match &presented {
-                Some(key) => state.auth.authenticate(key, peer).await,
-                None => Err(AuthError::Missing),
-            };
-            match outcome {
-                Ok(caller) => {
-                    req.extensions_mut()
-                        .insert(LoggedClient(caller.client.clone()));
-                    let context = context(&req, caller.client.clone(), "api_key");
-                    Ok(Self(caller, context))
-                }
-                Err(reason) => {
-                    // The claimed name is the caller's text: record it only
-                    // when it names a configured client.
-                    let actor = presented
-                        .as_deref()
-                        .and_then(|key| claimed_client(key))
-                        .filter(|name| state.auth.knows(name))
-                        .unwrap_or("unknown")
-                        .to_owned();
-                    let code = match reason {
-                        AuthError::Missing => "missing_credentials",
-                        AuthError::Invalid => "invalid_credentials",
-                        AuthError::SourceNotAllowed => "source_not_allowed",
-                    };
-                    let record = context(&req, actor, "api_key")
-                        .record(Action::Authenticate, Outcome::Denied)
-                        .reason(code);
-                    if let Err(error) = state.vault.record(vec![record]).await {
-                        tracing::error!(request_id = %id, %error, "could not record an authentication failure");
-                    }
-                    let source = peer.map(|ip| ip.to_string()).unwrap_or_default();
-                    tracing::warn!(request_id = %id, %reason, source, "authentication failed");
-                    Err(ApiError::unauthorized(&id))
-                }
+            let record = context(req, actor, "api_key")
+                .record(Action::Authenticate, Outcome::Denied)
+                .reason(code);
+            if let Err(error) = state.vault.record(vec![record]).await {
+                tracing::error!(request_id = %id, %error, "could not record an authentication failure");
             }
-        })
+            let source = peer.map(|ip| ip.to_string()).unwrap_or_default();
+            tracing::warn!(request_id = %id, %reason, source, "authentication failed");
+            Err(ApiError::unauthorized(&id))
+        }
     }
 }

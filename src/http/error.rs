@@ -27,6 +27,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 415: the body is not JSON.
     UnsupportedMediaType,
+    /// 422: the body parsed, but cannot be forwarded safely.
+    Unprocessable,
+    /// 502: the upstream failed.
+    BadGateway,
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
     /// 500: a bug or an impossible state.
     Internal,
     /// 503: the store is not available.
@@ -42,6 +48,9 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -55,6 +64,9 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unprocessable => "unprocessable",
+            Self::BadGateway => "upstream_unavailable",
+            Self::GatewayTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
             Self::Unavailable => "unavailable",
         }
@@ -87,6 +99,11 @@ impl ApiError {
             "missing or invalid api key",
             request_id,
         )
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
     }
 
     /// Maps an engine error, logging what the caller does not see.

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 pub mod context;
+pub mod egress;
 pub mod error;
 
 use std::io::{self, Write};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Request limits.
     pub limits: Limits,
+    /// Egress routes.
+    pub routes: egress::Routes,
 }
 
 /// Why the server could not start.
@@ -93,7 +96,7 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
             .app_data(data.clone())
             .wrap(from_fn(context::request_context))
             .configure(api::routes)
-            .default_service(web::to(api::not_found))
+            .default_service(web::to(egress::handle))
     })
     .shutdown_timeout(SHUTDOWN_GRACE_SECS);
     let (server, scheme) = match tls {

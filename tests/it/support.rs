@@ -194,9 +194,14 @@ impl Setup {
 
     /// Starts `tokenvault serve` on this configuration.
     pub fn serve(&self) -> Server {
+        self.serve_with_env(&[])
+    }
+
+    /// Starts `tokenvault serve` with extra environment variables.
+    pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Server {
         Server::spawn(
             &["serve", "--config", self.config.to_str().unwrap()],
-            &[],
+            env,
             self.dir.path(),
         )
     }

@@ -1,0 +1,465 @@
+//! Egress routes: a client backend sends its usual platform API request to
+//! the vault; the vault swaps the configured PII fields for tokens and
+//! forwards it upstream over rustls. Fail closed: a body that does not parse,
+//! a field that cannot be tokenized, or an audit record that cannot be
+//! written means nothing is forwarded.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::api::read_body;
+use super::auth::{authenticate, Authenticated};
+use super::context::{LoggedNamespace, RequestId};
+use super::error::{ApiError, ErrorCode};
+use super::AppState;
+use crate::audit::{Action, Context, Outcome};
+use crate::config::{RouteSpec, UnselectedPii};
+use crate::payload::{self, detect, PayloadError};
+use crate::pii::Pii;
+use crate::vault::normalize::Normalization;
+use crate::vault::{TokenizeItem, VaultError};
+
+/// Largest token placed in an upstream field (the platform's limit).
+pub const MAX_UPSTREAM_TOKEN_BYTES: usize = 512;
+
+/// Headers that belong to one connection and are never forwarded, plus the
+/// ones the vault sets itself.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "content-length",
+    "content-encoding",
+];
+
+/// An egress route ready to serve: its specification, its HTTP client and
+/// the headers it injects (marked sensitive).
+pub struct Route {
+    spec: RouteSpec,
+    client: reqwest::Client,
+    inject: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Every route, longest prefix first.
+#[derive(Default)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// Builds the routes: reads injected header secrets, builds one pooled
+    /// rustls client per route.
+    pub fn build(specs: Vec<RouteSpec>) -> Result<Self, String> {
+        let mut routes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let mut inject = Vec::new();
+            for (name, secret) in &spec.headers {
+                let value = secret
+                    .read()
+                    .map_err(|e| format!("route {}: header {name}: {e}", spec.name))?;
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    format!(
+                        "route {}: header {name}: the value is not a valid header value",
+                        spec.name
+                    )
+                })?;
+                value.set_sensitive(true);
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("route {}: bad header name", spec.name))?;
+                inject.push((name, value));
+            }
+            let mut builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .https_only(spec.upstream.starts_with("https://"))
+                .connect_timeout(spec.connect_timeout)
+                .timeout(spec.timeout)
+                .pool_idle_timeout(std::time::Duration::from_secs(90))
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(bundle) = &spec.ca_bundle {
+                let pem = std::fs::read(bundle)
+                    .map_err(|e| format!("route {}: ca_bundle: {e}", spec.name))?;
+                for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("route {}: ca_bundle: {e}", spec.name))?
+                {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            let client = builder
+                .build()
+                .map_err(|e| format!("route {}: {e}", spec.name))?;
+            routes.push(Route {
+                spec,
+                client,
+                inject,
+            });
+        }
+        routes.sort_by_key(|route| std::cmp::Reverse(route.spec.path_prefix.len()));
+        Ok(Self(routes))
+    }
+
+    fn find<'a>(&self, path: &'a str) -> Option<(&Route, &'a str)> {
+        self.0.iter().find_map(|route| {
+            let rest = path.strip_prefix(&route.spec.path_prefix)?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((route, rest))
+        })
+    }
+}
+
+/// Handles every request that no API route matched: an egress route, or 404.
+pub async fn handle(
+    state: web::Data<AppState>,
+    id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let path = req.path().to_owned();
+    let Some((route, rest)) = state.routes.find(&path) else {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id));
+    };
+    let Authenticated(caller, mut context) = authenticate(&req).await?;
+    context.route = format!("route:{}", route.spec.name);
+    actix_web::HttpMessage::extensions_mut(&req)
+        .insert(LoggedNamespace(route.spec.namespace.clone()));
+    let refuse = |outcome: Outcome, reason: &str| {
+        context
+            .record(Action::Forward, outcome)
+            .namespace(&route.spec.namespace)
+            .reason(reason)
+    };
+    if !route.spec.clients.contains(&caller.client) {
+        record(&state, refuse(Outcome::Denied, "route_not_granted")).await;
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this client may not use this route",
+            &id,
+        ));
+    }
+    let prepared = prepare(&state, route, &caller, &context, &req, payload, &id).await;
+    let (body, gzip, tokens) = match prepared {
+        Ok(prepared) => prepared,
+        Err((error, reason)) => {
+            if let Some(reason) = reason {
+                record(&state, refuse(Outcome::Error, reason)).await;
+            }
+            return Err(error);
+        }
+    };
+    // Fail closed: the forward is recorded before anything leaves.
+    let mut forward = context
+        .record(Action::Forward, Outcome::Ok)
+        .namespace(&route.spec.namespace)
+        .items(tokens.len());
+    forward.tokens = tokens;
+    state
+        .vault
+        .record(vec![forward])
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    send(route, &req, rest, body, gzip, &id).await
+}
+
+async fn record(state: &AppState, record: crate::audit::Record) {
+    if let Err(error) = state.vault.record(vec![record]).await {
+        tracing::error!(%error, "could not record a refused forward");
+    }
+}
+
+type Refusal = (ApiError, Option<&'static str>);
+
+/// Reads, checks and tokenizes the body. Returns the rewritten body, whether
+/// it was gzip, and the tokens placed.
+async fn prepare(
+    state: &AppState,
+    route: &Route,
+    caller: &crate::policy::Caller,
+    context: &Context,
+    req: &HttpRequest,
+    payload: web::Payload,
+    id: &RequestId,
+) -> Result<(Vec<u8>, bool, Vec<String>), Refusal> {
+    let refuse = |code: ErrorCode, message: String, reason: &'static str| {
+        (ApiError::new(code, message, id), Some(reason))
+    };
+    let mime = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if mime != "application/json" {
+        return Err(refuse(
+            ErrorCode::UnsupportedMediaType,
+            "this route takes application/json bodies".into(),
+            "unsupported_media_type",
+        ));
+    }
+    let raw = read_body(state, req, payload, id)
+        .await
+        .map_err(|error| (error, Some("body_rejected")))?;
+    let gzip = match req
+        .headers()
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("identity") => false,
+        Some(encoding) if encoding.eq_ignore_ascii_case("gzip") => true,
+        Some(_) => {
+            return Err(refuse(
+                ErrorCode::UnsupportedMediaType,
+                "only gzip content encoding is accepted".into(),
+                "unsupported_encoding",
+            ))
+        }
+    };
+    let body = if gzip {
+        let limit = state.limits.max_body_bytes;
+        let mut decoded = zeroize::Zeroizing::new(Vec::new());
+        let read = flate2::read::GzDecoder::new(raw.as_slice())
+            .take(limit as u64 + 1)
+            .read_to_end(&mut decoded);
+        if read.is_err() {
+            return Err(refuse(
+                ErrorCode::InvalidRequest,
+                "the gzip body does not decode".into(),
+                "malformed_body",
+            ));
+        }
+        if decoded.len() > limit {
+            return Err(refuse(
+                ErrorCode::PayloadTooLarge,
+                format!("the decoded body is larger than {limit} bytes"),
+                "body_too_large",
+            ));
+        }
+        decoded
+    } else {
+        raw
+    };
+    let mut document = payload::parse_strict(&body, route.spec.max_depth).map_err(|error| {
+        let code = if matches!(error, PayloadError::NotScalar(_)) {
+            ErrorCode::Unprocessable
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        refuse(code, error.to_string(), "malformed_body")
+    })?;
+    drop(body);
+    let selectors: Vec<&payload::Selector> = route
+        .spec
+        .fields
+        .iter()
+        .map(|rule| &rule.selector)
+        .collect();
+    let selected = payload::select(&document, &selectors).map_err(|error| {
+        refuse(
+            ErrorCode::Unprocessable,
+            error.to_string(),
+            "selected_field_not_a_value",
+        )
+    })?;
+    let namespace = &route.spec.namespace;
+    let spec = state.vault.namespace_spec(namespace);
+    let mut places: Vec<String> = Vec::with_capacity(selected.len());
+    let mut items: Vec<TokenizeItem> = Vec::with_capacity(selected.len());
+    for field in selected {
+        let class = route.spec.fields[field.rule].class.clone();
+        let e164 = spec
+            .and_then(|ns| ns.classes.get(&class))
+            .is_some_and(|c| c.normalize == Normalization::E164);
+        // Phones sent as JSON numbers carry no `+`: the digits are the
+        // international number.
+        let value = if field.was_number && e164 {
+            Pii::new(format!("+{}", field.value.expose()))
+        } else {
+            field.value
+        };
+        places.push(field.pointer);
+        items.push(TokenizeItem {
+            class,
+            value,
+            subject: None,
+        });
+    }
+    let skip: BTreeSet<String> = places.iter().cloned().collect();
+    let mut findings = Vec::new();
+    for (pointer, text) in payload::unselected_strings(&document, &skip) {
+        let found = detect::scan(text);
+        if !found.is_empty() {
+            findings.push((pointer, found, Pii::new(text.to_owned())));
+        }
+    }
+    for (pointer, detectors, _) in &findings {
+        let detectors: Vec<&str> = detectors.iter().map(|d| d.as_str()).collect();
+        tracing::warn!(request_id = %id, route = %route.spec.name, path = %pointer, detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
+    }
+    if !findings.is_empty() {
+        match route.spec.unselected_pii {
+            UnselectedPii::Block => {
+                let paths: Vec<&str> = findings.iter().map(|(p, _, _)| p.as_str()).collect();
+                return Err(refuse(
+                    ErrorCode::Unprocessable,
+                    format!(
+                        "personal data in fields no rule selects: {}",
+                        paths.join(", ")
+                    ),
+                    "unselected_pii",
+                ));
+            }
+            UnselectedPii::Tokenize => {
+                let class = route.spec.unselected_class.clone().unwrap_or_default();
+                for (pointer, _, value) in findings {
+                    places.push(pointer);
+                    items.push(TokenizeItem {
+                        class: class.clone(),
+                        value,
+                        subject: None,
+                    });
+                }
+            }
+            UnselectedPii::Report => {
+                let mut record = context
+                    .record(Action::Forward, Outcome::Ok)
+                    .namespace(namespace)
+                    .reason("unselected_pii_reported");
+                record.item_count = findings.len() as u64;
+                state
+                    .vault
+                    .record(vec![record])
+                    .await
+                    .map_err(|error| (ApiError::from_vault(error, id), None))?;
+            }
+        }
+    }
+    let mut tokens = Vec::new();
+    if !items.is_empty() {
+        tokens = state
+            .vault
+            .tokenize(context, caller, namespace, items)
+            .await
+            .map_err(|error| {
+                let api = match &error {
+                    VaultError::Item { index, problem } => ApiError::new(
+                        ErrorCode::Unprocessable,
+                        format!(
+                            "field {} cannot be tokenized: {problem}",
+                            places.get(*index).map(String::as_str).unwrap_or("?")
+                        ),
+                        id,
+                    ),
+                    _ => ApiError::from_vault(error, id),
+                };
+                // The engine has recorded the failure itself.
+                (api, None)
+            })?
+            .into_iter()
+            .map(|t| t.token)
+            .collect();
+    }
+    for (pointer, token) in places.iter().zip(&tokens) {
+        if token.len() > MAX_UPSTREAM_TOKEN_BYTES {
+            return Err(refuse(
+                ErrorCode::Unprocessable,
+                format!("the token for {pointer} exceeds {MAX_UPSTREAM_TOKEN_BYTES} bytes"),
+                "token_too_long",
+            ));
+        }
+        if !payload::replace(&mut document, pointer, token.clone()) {
+            return Err(refuse(
+                ErrorCode::Unprocessable,
+                format!("field {pointer} vanished"),
+                "rewrite_failed",
+            ));
+        }
+    }
+    // Invariant: a serde_json::Value always serializes.
+    let mut out = serde_json::to_vec(&document).expect("JSON value serializes");
+    if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(&out)
+            .and_then(|_| encoder.finish().map(|bytes| out = bytes))
+            .map_err(|_| refuse(ErrorCode::Internal, "internal error".into(), "gzip_failed"))?;
+    }
+    Ok((out, gzip, tokens))
+}
+
+/// Forwards the rewritten request and relays the answer.
+async fn send(
+    route: &Route,
+    req: &HttpRequest,
+    rest: &str,
+    body: Vec<u8>,
+    gzip: bool,
+    id: &RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let mut url = format!("{}{}", route.spec.upstream, rest);
+    if !req.query_string().is_empty() {
+        url.push('?');
+        url.push_str(req.query_string());
+    }
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "unsupported method", id))?;
+    let mut request = route.client.request(method, &url);
+    for (name, value) in req.headers() {
+        if NOT_FORWARDED.contains(&name.as_str()) || route.inject.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        request = request.header(name.as_str(), value.as_bytes());
+    }
+    for (name, value) in &route.inject {
+        request = request.header(name.as_str(), value.as_bytes());
+    }
+    if gzip {
+        request = request.header("content-encoding", "gzip");
+    }
+    request = request.header("x-request-id", id.as_str()).body(body);
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return Err(upstream_error(&route.spec.name, error, id)),
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut answer = HttpResponse::build(status);
+    for (name, value) in response.headers() {
+        if NOT_FORWARDED.contains(&name.as_str()) && name.as_str() != "content-encoding" {
+            continue;
+        }
+        answer.append_header((name.as_str(), value.as_bytes()));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| upstream_error(&route.spec.name, error, id))?;
+    tracing::info!(request_id = %id, route = %route.spec.name, upstream_status = status.as_u16(), "forwarded");
+    Ok(answer.body(bytes))
+}
+
+fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {
+    // reqwest's messages carry the URL; the route's URL is configuration,
+    // but keep it in the log only.
+    tracing::warn!(request_id = %id, route, error = %error, "upstream failed");
+    if error.is_timeout() {
+        ApiError::new(
+            ErrorCode::GatewayTimeout,
+            "the upstream did not answer in time",
+            id,
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::BadGateway,
+            "the upstream could not be reached or failed",
+            id,
+        )
+    }
+}

@@ -1,0 +1,389 @@
+//! Egress routes against a real recording upstream on 127.0.0.1.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::support::*;
+use crate::upstream::{Behaviour, Upstream};
+
+const ACCOUNT: &str = "TEST-ACCOUNT-123";
+const PASSCODE: &str = "passcode-from-a-file";
+
+const FIELDS: &str = r#"fields = [
+  { select = "$.d[*].identity", class = "name" },
+  { select = "$.d[*].profileData.Email", class = "email" },
+  { select = "$.d[*].profileData.Phone", class = "phone" },
+  { select = "$.d[*].profileData.Name", class = "name" },
+  { select = "$.d[*].evtData['Delivery Email']", class = "email" },
+  { select = "$.d[*].evtData['Contact Phone']", class = "phone" },
+]"#;
+
+struct Rig {
+    upstream: Upstream,
+    _secrets: tempfile::TempDir,
+    setup: Setup,
+    server: Server,
+}
+
+fn rig() -> Rig {
+    let upstream = Upstream::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let passcode = secrets.path().join("passcode");
+    fs::write(&passcode, format!("{PASSCODE}\n")).unwrap();
+    fs::set_permissions(&passcode, fs::Permissions::from_mode(0o600)).unwrap();
+    let route = |name: &str, prefix: &str, upstream: &str, extra: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\", \"admin\"]\ntimeout_ms = 1500\n{extra}\nheaders = {{ \"X-CleverTap-Account-Id\" = {{ env = \"TV_TEST_CT_ACCOUNT\" }}, \"X-CleverTap-Passcode\" = {{ file = \"{}\" }} }}\n{FIELDS}\n\n",
+            passcode.display()
+        )
+    };
+    let sections = [
+        route("clevertap", "/clevertap", &upstream.url, ""),
+        route(
+            "tokenizing",
+            "/ct-tokenize",
+            &upstream.url,
+            "unselected_pii = \"tokenize\"\nunselected_class = \"note\"",
+        ),
+        route(
+            "reporting",
+            "/ct-report",
+            &upstream.url,
+            "unselected_pii = \"report\"",
+        ),
+        route("down", "/down", "http://127.0.0.1:9", ""),
+    ]
+    .concat();
+    let setup = Setup::new_with("", &sections);
+    let server = setup.serve_with_env(&[("TV_TEST_CT_ACCOUNT", ACCOUNT)]);
+    Rig {
+        upstream,
+        _secrets: secrets,
+        setup,
+        server,
+    }
+}
+
+fn send(rig: &Rig, path: &str, body: Vec<u8>, gzip: bool) -> (u16, Value) {
+    let mut request = http()
+        .post(rig.server.url(path))
+        .bearer_auth(key("crm"))
+        .header("content-type", "application/json")
+        .header("x-client-trace", "kept");
+    if gzip {
+        request = request.header("content-encoding", "gzip");
+    }
+    let response = request.body(body).send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+fn is_e164(text: &str) -> bool {
+    text.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Checks that `sent` is `original` with exactly the selected fields replaced
+/// by tokens of the right shape.
+fn check_rewrite(original: &Value, sent: &Value) {
+    let (records, forwarded) = (
+        original["d"].as_array().unwrap(),
+        sent["d"].as_array().unwrap(),
+    );
+    assert_eq!(records.len(), forwarded.len());
+    for (record, out) in records.iter().zip(forwarded) {
+        let out = out.as_object().unwrap();
+        assert_eq!(
+            out.len(),
+            record.as_object().unwrap().len(),
+            "no field added or dropped"
+        );
+        for (key, value) in record.as_object().unwrap() {
+            match key.as_str() {
+                "identity" => assert!(out[key].as_str().unwrap().starts_with("TKN_")),
+                "profileData" | "evtData" => {
+                    for (field, inner) in value.as_object().unwrap() {
+                        let token = &out[key][field];
+                        match field.as_str() {
+                            "Email" | "Delivery Email" => {
+                                let token = token.as_str().unwrap();
+                                let address: email_address::EmailAddress = token.parse().unwrap();
+                                assert_eq!(address.domain(), "tok.retail.invalid");
+                            }
+                            "Phone" | "Contact Phone" => {
+                                let token = token.as_str().unwrap();
+                                assert!(is_e164(token), "{token}");
+                                let original = inner
+                                    .as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| format!("+{inner}"));
+                                assert_eq!(token.len(), original.len());
+                                assert_ne!(token, original);
+                            }
+                            "Name" => assert!(token.as_str().unwrap().starts_with("TKN_")),
+                            _ => assert_eq!(token, inner, "{field} changed"),
+                        }
+                    }
+                }
+                _ => assert_eq!(&out[key], value, "{key} changed"),
+            }
+        }
+    }
+}
+
+#[test]
+fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
+    let rig = rig();
+    for (name, gzip) in [
+        ("clevertap-upload-profiles-10.json", false),
+        ("clevertap-upload-events-10.json", false),
+        ("clevertap-upload-mixed-1000.json", false),
+        ("clevertap-upload-phone-as-number.json", false),
+        ("clevertap-upload-profiles-10.json.gz", true),
+    ] {
+        let bytes = fs::read(fixture(name)).unwrap();
+        let (status, body) = send(&rig, "/clevertap/1/upload?batch=1", bytes.clone(), gzip);
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["status"], "success");
+        let received = rig.upstream.take();
+        assert_eq!(received.len(), 1, "{name}");
+        let got = &received[0];
+        assert_eq!(
+            (got.method.as_str(), got.path.as_str(), got.query.as_str()),
+            ("POST", "/1/upload", "batch=1")
+        );
+        assert_eq!(got.header("x-clevertap-account-id"), Some(ACCOUNT));
+        assert_eq!(got.header("x-clevertap-passcode"), Some(PASSCODE));
+        assert_eq!(got.header("x-client-trace"), Some("kept"));
+        assert!(
+            got.header("authorization").is_none(),
+            "{name}: the vault credential went upstream"
+        );
+        assert!(!String::from_utf8_lossy(&got.body).contains(&key("crm")));
+        let (original, sent) = if gzip {
+            assert_eq!(got.header("content-encoding"), Some("gzip"));
+            let mut decoded = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(got.body.as_slice()),
+                &mut decoded,
+            )
+            .unwrap();
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(bytes.as_slice()),
+                &mut plain,
+            )
+            .unwrap();
+            (
+                serde_json::from_slice::<Value>(&plain).unwrap(),
+                serde_json::from_slice::<Value>(&decoded).unwrap(),
+            )
+        } else {
+            (
+                serde_json::from_slice(&bytes).unwrap(),
+                serde_json::from_slice(&got.body).unwrap(),
+            )
+        };
+        assert_eq!(
+            got.header("content-length")
+                .map(|l| l.parse::<usize>().unwrap()),
+            Some(got.body.len())
+        );
+        check_rewrite(&original, &sent);
+    }
+    // The same people get the same tokens on every request.
+    let bytes = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
+    send(&rig, "/clevertap/1/upload", bytes.clone(), false);
+    send(&rig, "/clevertap/1/upload", bytes, false);
+    let again = rig.upstream.take();
+    assert_eq!(again[0].body, again[1].body);
+    // Forwards are audited, with the tokens placed.
+    drop(rig.server);
+    let forwards = audit_query(&rig.setup, &["--action", "forward", "--outcome", "ok"]);
+    assert_eq!(forwards.len(), 7);
+    // 500 profiles (identity, Email, Phone, Name) and 500 events (identity,
+    // Delivery Email, Contact Phone).
+    assert_eq!(
+        forwards[2]["tokens"].as_array().unwrap().len(),
+        500 * 4 + 500 * 3
+    );
+    assert_eq!(forwards[0]["route"], "route:clevertap");
+}
+
+#[test]
+fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
+    let rig = rig();
+    let dir = fixture("malformed");
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = fs::read(&path).unwrap();
+        let (status, body) = send(&rig, "/clevertap/1/upload", bytes, false);
+        assert!((400..500).contains(&status), "{name}: {status}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["request_id"].is_string(),
+            "{name}: {body}"
+        );
+        assert!(
+            !body.to_string().contains("example.com"),
+            "{name}: echoed a value: {body}"
+        );
+        assert!(rig.upstream.take().is_empty(), "{name} was forwarded");
+    }
+    // A content type the route does not declare.
+    let response = http()
+        .post(rig.server.url("/clevertap/1/upload"))
+        .bearer_auth(key("crm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("identity=CUST-1&Email=a%40example.com")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    // No credential, and a client the route does not list.
+    let anonymous = http()
+        .post(rig.server.url("/clevertap/1/upload"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let (status, _) = post(
+        &rig.server,
+        "/clevertap/1/upload",
+        &key("sms"),
+        &serde_json::json!({"d": []}),
+    );
+    assert_eq!(status, 403);
+    assert!(rig.upstream.take().is_empty());
+
+    // Unselected PII: block, tokenize, report.
+    let leaky = fs::read(dir.join("pii-in-unmapped-field.json")).unwrap();
+    let (status, body) = send(&rig, "/clevertap/1/upload", leaky.clone(), false);
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/d/0/evtData/Comment"));
+    assert!(rig.upstream.take().is_empty());
+    let (status, _) = send(&rig, "/ct-tokenize/1/upload", leaky.clone(), false);
+    assert_eq!(status, 200);
+    let sent: Value = serde_json::from_slice(&rig.upstream.take()[0].body).unwrap();
+    assert!(sent["d"][0]["evtData"]["Comment"]
+        .as_str()
+        .unwrap()
+        .starts_with("TKN_"));
+    let (status, _) = send(&rig, "/ct-report/1/upload", leaky, false);
+    assert_eq!(status, 200);
+    let sent: Value = serde_json::from_slice(&rig.upstream.take()[0].body).unwrap();
+    assert!(sent["d"][0]["evtData"]["Comment"]
+        .as_str()
+        .unwrap()
+        .contains("canary.leak@example.com"));
+    let logs = rig.server.logs();
+    assert!(
+        logs.contains("PII found in a field no rule selects")
+            && logs.contains("/d/0/evtData/Comment")
+    );
+    assert!(
+        !logs.contains("canary.leak") && !logs.contains("9999912345"),
+        "a finding logged its value"
+    );
+}
+
+#[test]
+fn upstream_failures_answer_in_time_and_the_vault_keeps_serving() {
+    let rig = rig();
+    let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
+    let (status, error) = send(&rig, "/down/1/upload", body.clone(), false);
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (502, Some("upstream_unavailable")),
+        "{error}"
+    );
+    assert!(error["error"]["request_id"].is_string());
+    rig.upstream.behave(Behaviour::Fail(500));
+    let (status, relayed) = send(&rig, "/clevertap/1/upload", body.clone(), false);
+    assert_eq!(
+        (status, relayed["error"].as_str()),
+        (500, Some("upstream says no"))
+    );
+    rig.upstream
+        .behave(Behaviour::Stall(Duration::from_secs(5)));
+    let started = Instant::now();
+    let (status, error) = send(&rig, "/clevertap/1/upload", body.clone(), false);
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    rig.upstream.behave(Behaviour::Succeed);
+    let (status, _) = send(&rig, "/clevertap/1/upload", body, false);
+    assert_eq!(status, 200);
+    assert_eq!(
+        http()
+            .get(rig.server.url("/healthz"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+#[test]
+fn canaries_sent_through_a_route_never_reach_the_upstream_or_the_logs() {
+    let rig = rig();
+    let canaries: Vec<String> = fs::read_to_string(fixture("canaries.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let records: Vec<Value> = canaries
+        .chunks(3)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut profile = serde_json::Map::new();
+            for value in chunk {
+                let field = if value.contains('@') { "Email" } else if value.starts_with('+') { "Phone" } else { "Name" };
+                profile.insert(field.to_owned(), Value::String(value.clone()));
+            }
+            serde_json::json!({"identity": format!("CANARY-{i}"), "type": "profile", "profileData": profile})
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({"d": records})).unwrap();
+    let (status, answer) = send(&rig, "/clevertap/1/upload", body, false);
+    assert_eq!(status, 200, "{answer}");
+    let received = rig.upstream.take();
+    let mut haystacks: Vec<Vec<u8>> = received.iter().map(|r| r.body.clone()).collect();
+    haystacks.extend(
+        received
+            .iter()
+            .flat_map(|r| r.headers.iter().map(|(_, v)| v.clone().into_bytes())),
+    );
+    haystacks.push(rig.server.logs().into_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let patterns: Vec<Vec<u8>> = canaries
+        .iter()
+        .flat_map(|c| {
+            [
+                c.as_bytes().to_vec(),
+                c.to_lowercase().into_bytes(),
+                b64.encode(c).into_bytes(),
+                hex::encode(c).into_bytes(),
+            ]
+        })
+        .collect();
+    let searcher = aho_corasick::AhoCorasick::new(&patterns).unwrap();
+    for haystack in &haystacks {
+        assert!(searcher.find(haystack).is_none(), "a canary went out");
+    }
+}

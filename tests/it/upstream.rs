@@ -1,0 +1,149 @@
+//! A real HTTP server on 127.0.0.1 standing in for the cloud platform: it
+//! records every request it receives and answers as told.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Query string.
+    pub query: String,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes as received.
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// The value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the upstream answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// 200 `{"status":"success"}`.
+    Succeed,
+    /// This status with a JSON body.
+    Fail(u16),
+    /// Wait this long, then succeed.
+    Stall(Duration),
+}
+
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    behaviour: Mutex<Option<Behaviour>>,
+}
+
+/// The running recorder. Stopped on drop.
+pub struct Upstream {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    shared: Arc<Shared>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+async fn record(
+    shared: web::Data<Arc<Shared>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    shared.received.lock().unwrap().push(Received {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+        query: req.query_string().to_owned(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    });
+    let behaviour = shared
+        .behaviour
+        .lock()
+        .unwrap()
+        .unwrap_or(Behaviour::Succeed);
+    match behaviour {
+        Behaviour::Succeed => HttpResponse::Ok()
+            .insert_header(("x-upstream", "recorder"))
+            .json(serde_json::json!({"status": "success"})),
+        Behaviour::Fail(code) => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
+                .json(serde_json::json!({"status": "fail", "error": "upstream says no"}))
+        }
+        Behaviour::Stall(wait) => {
+            actix_web::rt::time::sleep(wait).await;
+            HttpResponse::Ok().json(serde_json::json!({"status": "late"}))
+        }
+    }
+}
+
+impl Upstream {
+    /// Starts the recorder on 127.0.0.1:0.
+    pub fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let for_server = shared.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let data = web::Data::new(for_server);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                        .default_service(web::to(record))
+                })
+                .workers(2)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .unwrap();
+                let address = server.addrs()[0];
+                let server = server.run();
+                sender.send((address, server.handle())).unwrap();
+                let _ = server.await;
+            });
+        });
+        let (address, handle) = receiver.recv().unwrap();
+        Self {
+            url: format!("http://{address}"),
+            shared,
+            handle,
+        }
+    }
+
+    /// Changes how the next requests are answered.
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = Some(behaviour);
+    }
+
+    /// Everything received so far, and forgets it.
+    pub fn take(&self) -> Vec<Received> {
+        std::mem::take(&mut *self.shared.received.lock().unwrap())
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
+    }
+}
