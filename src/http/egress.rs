@@ -145,7 +145,7 @@ pub async fn handle(
         ));
     }
     let prepared = prepare(&state, route, &caller, &context, &req, payload, &id).await;
-    let (body, gzip, tokens) = match prepared {
+    let (body, gzip, forwarded_already_recorded) = match prepared {
         Ok(prepared) => prepared,
         Err((error, reason)) => {
             if let Some(reason) = reason {
@@ -154,17 +154,18 @@ pub async fn handle(
             return Err(error);
         }
     };
-    // Fail closed: the forward is recorded before anything leaves.
-    let mut forward = context
-        .record(Action::Forward, Outcome::Ok)
-        .namespace(&route.spec.namespace)
-        .items(tokens.len());
-    forward.tokens = tokens;
-    state
-        .vault
-        .record(vec![forward])
-        .await
-        .map_err(|error| ApiError::from_vault(error, &id))?;
+    // Fail closed: the forward is recorded before anything leaves (with the
+    // tokenization when there was one, in the same commit).
+    if !forwarded_already_recorded {
+        let forward = context
+            .record(Action::Forward, Outcome::Ok)
+            .namespace(&route.spec.namespace);
+        state
+            .vault
+            .record(vec![forward])
+            .await
+            .map_err(|error| ApiError::from_vault(error, &id))?;
+    }
     send(route, &req, rest, body, gzip, &id).await
 }
 
@@ -177,7 +178,8 @@ async fn record(state: &AppState, record: crate::audit::Record) {
 type Refusal = (ApiError, Option<&'static str>);
 
 /// Reads, checks and tokenizes the body. Returns the rewritten body, whether
-/// it was gzip, and the tokens placed.
+/// it was gzip, and whether the forward record was already committed (with
+/// the tokenization).
 async fn prepare(
     state: &AppState,
     route: &Route,
@@ -186,7 +188,7 @@ async fn prepare(
     req: &HttpRequest,
     payload: web::Payload,
     id: &RequestId,
-) -> Result<(Vec<u8>, bool, Vec<String>), Refusal> {
+) -> Result<(Vec<u8>, bool, bool), Refusal> {
     let refuse = |code: ErrorCode, message: String, reason: &'static str| {
         (ApiError::new(code, message, id), Some(reason))
     };
@@ -342,10 +344,14 @@ async fn prepare(
         }
     }
     let mut tokens = Vec::new();
-    if !items.is_empty() {
+    let forward_recorded = !items.is_empty();
+    if forward_recorded {
+        let forward = context
+            .record(Action::Forward, Outcome::Ok)
+            .namespace(namespace);
         tokens = state
             .vault
-            .tokenize(context, caller, namespace, items)
+            .tokenize_and_record(context, caller, namespace, items, vec![forward])
             .await
             .map_err(|error| {
                 let api = match &error {
@@ -391,7 +397,7 @@ async fn prepare(
             .and_then(|_| encoder.finish().map(|bytes| out = bytes))
             .map_err(|_| refuse(ErrorCode::Internal, "internal error".into(), "gzip_failed"))?;
     }
-    Ok((out, gzip, tokens))
+    Ok((out, gzip, forward_recorded))
 }
 
 /// Forwards the rewritten request and relays the answer.

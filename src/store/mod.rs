@@ -115,7 +115,7 @@ enum Job {
     Insert {
         namespace: String,
         rows: Vec<NewRow>,
-        audit: Option<Record>,
+        audit: Vec<Record>,
         reply: Reply<Vec<InsertOutcome>>,
     },
     Delete {
@@ -234,14 +234,15 @@ impl Store {
 
     /// Inserts rows in one namespace; answers once they are durably committed.
     ///
-    /// With `audit`, and when every row was resolved (no [`InsertOutcome::TokenTaken`]),
-    /// the record is appended in the same batch with the resulting tokens
-    /// added to its `tokens`; otherwise it is dropped and the caller retries.
+    /// When every row was resolved (no [`InsertOutcome::TokenTaken`]), the
+    /// `audit` records are appended in the same batch with the resulting
+    /// tokens added to their `tokens`; otherwise they are dropped and the
+    /// caller retries.
     pub async fn insert(
         &self,
         namespace: &str,
         rows: Vec<NewRow>,
-        audit: Option<Record>,
+        audit: Vec<Record>,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let namespace = namespace.to_owned();
         self.submit(|reply| Job::Insert {
@@ -601,14 +602,17 @@ impl Writer {
                 ) => {
                     *outcomes =
                         insert_rows(&vault_tx, &namespace, &rows, now).map_err(write_failure)?;
-                    if let Some(mut record) = audit {
-                        if !outcomes.contains(&InsertOutcome::TokenTaken) {
-                            for (row, outcome) in rows.iter().zip(outcomes.iter()) {
-                                record.tokens.push(match outcome {
-                                    InsertOutcome::Existing(token) => token.clone(),
-                                    _ => row.token.clone(),
-                                });
-                            }
+                    if !outcomes.contains(&InsertOutcome::TokenTaken) {
+                        let tokens: Vec<&String> = rows
+                            .iter()
+                            .zip(outcomes.iter())
+                            .map(|(row, outcome)| match outcome {
+                                InsertOutcome::Existing(token) => token,
+                                _ => &row.token,
+                            })
+                            .collect();
+                        for mut record in audit {
+                            record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
                             records.push(record);
                         }
                     }
@@ -651,7 +655,7 @@ enum Work {
     Insert {
         namespace: String,
         rows: Vec<NewRow>,
-        audit: Option<Record>,
+        audit: Vec<Record>,
     },
     Delete {
         namespace: String,
@@ -748,7 +752,7 @@ mod tests {
             .insert(
                 "ns",
                 vec![row("T1", Some(1)), row("T2", None)],
-                Some(record()),
+                vec![record()],
             )
             .await
             .unwrap();
@@ -760,7 +764,7 @@ mod tests {
             .insert(
                 "ns",
                 vec![row("T3", Some(1)), row("T1", None)],
-                Some(record()),
+                vec![record()],
             )
             .await
             .unwrap();
@@ -774,7 +778,7 @@ mod tests {
         // Same token in another namespace is a different row.
         assert_eq!(
             store
-                .insert("other", vec![row("T1", Some(1))], None)
+                .insert("other", vec![row("T1", Some(1))], Vec::new())
                 .await
                 .unwrap(),
             vec![InsertOutcome::Inserted]

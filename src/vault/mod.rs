@@ -258,12 +258,29 @@ impl Vault {
         namespace: &str,
         items: Vec<TokenizeItem>,
     ) -> Result<Vec<Tokenized>, VaultError> {
+        self.tokenize_and_record(context, caller, namespace, items, Vec::new())
+            .await
+    }
+
+    /// Like [`Vault::tokenize`], and appends `also` (e.g. the record of the
+    /// forward the tokens are for) in the same commit, with the tokens
+    /// added to each: one durable write per request instead of two.
+    pub async fn tokenize_and_record(
+        &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        items: Vec<TokenizeItem>,
+        also: Vec<Record>,
+    ) -> Result<Vec<Tokenized>, VaultError> {
         let record = context
             .record(Action::Tokenize, Outcome::Ok)
             .namespace(namespace)
             .items(items.len());
+        let mut records = vec![record.clone()];
+        records.extend(also);
         match self
-            .tokenize_audited(record.clone(), caller, namespace, items)
+            .tokenize_audited(records, caller, namespace, items)
             .await
         {
             Ok(tokens) => Ok(tokens),
@@ -276,7 +293,7 @@ impl Vault {
 
     async fn tokenize_audited(
         &self,
-        mut record: Record,
+        mut records: Vec<Record>,
         caller: &Caller,
         namespace: &str,
         items: Vec<TokenizeItem>,
@@ -353,13 +370,14 @@ impl Vault {
         let mut open: Vec<usize> = (0..pending.len())
             .filter(|i| results[*i].is_none())
             .collect();
-        // The record lists every token of the request; the writer adds the
+        // The records list every token of the request; the writer adds the
         // tokens of the round that completes the request.
-        record
-            .tokens
-            .extend(results.iter().flatten().map(|t| t.token.clone()));
+        let known: Vec<String> = results.iter().flatten().map(|t| t.token.clone()).collect();
+        for record in &mut records {
+            record.tokens.extend(known.iter().cloned());
+        }
         if open.is_empty() {
-            self.store.append_audit(vec![record]).await?;
+            self.store.append_audit(records).await?;
             return Ok(results.into_iter().flatten().collect());
         }
         for attempt in 0..MINT_ATTEMPTS {
@@ -394,10 +412,7 @@ impl Vault {
                     })
                 })
                 .collect::<Result<Vec<_>, VaultError>>()?;
-            let outcomes = self
-                .store
-                .insert(namespace, rows, Some(record.clone()))
-                .await?;
+            let outcomes = self.store.insert(namespace, rows, records.clone()).await?;
             let mut taken = Vec::new();
             let mut round_tokens = Vec::new();
             for (&i, outcome) in open.iter().zip(outcomes) {
@@ -421,7 +436,9 @@ impl Vault {
             if !taken.is_empty() {
                 // The writer skipped the record this round; carry the tokens
                 // resolved so far into the next round's record.
-                record.tokens.extend(round_tokens);
+                for record in &mut records {
+                    record.tokens.extend(round_tokens.iter().cloned());
+                }
             }
             open = taken;
         }
