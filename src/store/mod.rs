@@ -121,7 +121,7 @@ enum Job {
     Delete {
         namespace: String,
         token: String,
-        audit: Record,
+        audit: Box<Record>,
         reply: Reply<bool>,
     },
     Audit {
@@ -266,7 +266,7 @@ impl Store {
         self.submit(|reply| Job::Delete {
             namespace,
             token,
-            audit,
+            audit: Box::new(audit),
             reply,
         })
         .await
@@ -634,7 +634,7 @@ impl Writer {
                         audit.outcome = audit::Outcome::Error;
                         audit.reason = Some("not_found".to_owned());
                     }
-                    records.push(audit);
+                    records.push(*audit);
                 }
                 (Done::Audit(_), Work::Audit { records: more }) => records.extend(more),
                 _ => unreachable!("done and work are built in step"),
@@ -660,7 +660,7 @@ enum Work {
     Delete {
         namespace: String,
         token: String,
-        audit: Record,
+        audit: Box<Record>,
     },
     Audit {
         records: Vec<Record>,

@@ -317,8 +317,6 @@ impl Vault {
             }
             let normalized = normalize::normalize(class.normalize, item.value.expose())
                 .map_err(|e| item_error(e.into()))?;
-            let candidate = mint(class, &normalized, &ns.spec.token_domain)
-                .map_err(|e| item_error(e.into()))?;
             pending.push(Pending {
                 class_name,
                 class: *class,
@@ -330,7 +328,8 @@ impl Vault {
                     .as_ref()
                     .map(|subject| keys.subject_hash(subject.expose())),
                 normalized,
-                candidate,
+                // Minted only for values the store does not know yet.
+                candidate: String::new(),
             });
         }
         drop(items);
@@ -380,38 +379,36 @@ impl Vault {
             self.store.append_audit(records).await?;
             return Ok(results.into_iter().flatten().collect());
         }
-        for attempt in 0..MINT_ATTEMPTS {
+        for _attempt in 0..MINT_ATTEMPTS {
             if open.is_empty() {
                 break;
             }
-            let rows = open
-                .iter()
-                .map(|&i| {
-                    let p = &mut pending[i];
-                    if attempt > 0 {
+            let rows =
+                open.iter()
+                    .map(|&i| {
+                        let p = &mut pending[i];
                         p.candidate = mint(&p.class, &p.normalized, &ns.spec.token_domain)
                             .map_err(|e| VaultError::Item {
                                 index: i,
                                 problem: e.into(),
                             })?;
-                    }
-                    let binding = Binding {
-                        namespace,
-                        class: p.class_name,
-                        token: &p.candidate,
-                    };
-                    Ok(NewRow {
-                        token: p.candidate.clone(),
-                        class: p.class_name.to_owned(),
-                        key_version: keys.sealer().version(),
-                        sealed: keys
-                            .sealer()
-                            .seal(binding, p.normalized.expose().as_bytes()),
-                        blind_index: p.blind_index,
-                        subject_hash: p.subject_hash,
+                        let binding = Binding {
+                            namespace,
+                            class: p.class_name,
+                            token: &p.candidate,
+                        };
+                        Ok(NewRow {
+                            token: p.candidate.clone(),
+                            class: p.class_name.to_owned(),
+                            key_version: keys.sealer().version(),
+                            sealed: keys
+                                .sealer()
+                                .seal(binding, p.normalized.expose().as_bytes()),
+                            blind_index: p.blind_index,
+                            subject_hash: p.subject_hash,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, VaultError>>()?;
+                    .collect::<Result<Vec<_>, VaultError>>()?;
             let outcomes = self.store.insert(namespace, rows, records.clone()).await?;
             let mut taken = Vec::new();
             let mut round_tokens = Vec::new();
