@@ -192,3 +192,37 @@ fn the_example_configuration_is_valid_apart_from_its_files() {
         );
     }
 }
+
+#[test]
+fn a_bad_route_is_a_configuration_error_naming_the_route_and_rule() {
+    let route = r#"
+[[routes]]
+name = "clevertap"
+path_prefix = "/clevertap"
+upstream = "http://in1.api.clevertap.com"
+namespace = "retail"
+clients = ["crm", "ghost"]
+unselected_pii = "tokenize"
+fields = [
+  { select = "$.d[*].identity", class = "name" },
+  { select = "$.d[", class = "email" },
+  { select = "$.d[*].x", class = "fax" },
+]
+"#;
+    let setup = Setup::configure("", &format!("{STANDARD}\n{route}"));
+    let out = setup.run(&["config", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for expected in [
+        "routes.clevertap.fields[1].select: `$.d[` is not a valid selector",
+        "routes.clevertap.fields[2].class: class `fax` is not defined in namespace `retail`",
+        "routes.clevertap.upstream: `http://in1.api.clevertap.com` is not an https:// URL",
+        "routes.clevertap.clients: client `ghost` is not defined",
+        "routes.clevertap.unselected_class: unselected_pii = \"tokenize\" needs unselected_class",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

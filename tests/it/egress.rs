@@ -387,3 +387,57 @@ fn canaries_sent_through_a_route_never_reach_the_upstream_or_the_logs() {
         assert!(searcher.find(haystack).is_none(), "a canary went out");
     }
 }
+
+#[test]
+fn tls_upstreams_are_verified_against_the_route_ca_bundle() {
+    let (upstream, ca_pem) = Upstream::start_tls();
+    let secrets = tempfile::tempdir().unwrap();
+    let bundle = secrets.path().join("platform-ca.pem");
+    fs::write(&bundle, ca_pem).unwrap();
+    let route = |name: &str, prefix: &str, extra: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{}\"\nnamespace = \"retail\"\nclients = [\"crm\"]\n{extra}\n{FIELDS}\n\n",
+            upstream.url
+        )
+    };
+    let sections = [
+        route(
+            "trusted",
+            "/trusted",
+            &format!("ca_bundle = \"{}\"", bundle.display()),
+        ),
+        route("untrusted", "/untrusted", ""),
+    ]
+    .concat();
+    let setup = Setup::new_with("", &sections);
+    let server = setup.serve();
+    let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
+    let call = |path: &str| {
+        let response = http()
+            .post(server.url(path))
+            .bearer_auth(key("crm"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, answer) = call("/trusted/1/upload");
+    assert_eq!(status, 200, "{answer}");
+    let received = upstream.take();
+    assert_eq!(received.len(), 1);
+    let sent: Value = serde_json::from_slice(&received[0].body).unwrap();
+    check_rewrite(&serde_json::from_slice(&body).unwrap(), &sent);
+    // Without the bundle the self-signed certificate is refused: 502, and
+    // nothing reaches the upstream.
+    let (status, answer) = call("/untrusted/1/upload");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("upstream_unavailable")),
+        "{answer}"
+    );
+    assert!(upstream.take().is_empty());
+}

@@ -100,9 +100,33 @@ async fn record(
 impl Upstream {
     /// Starts the recorder on 127.0.0.1:0.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts the recorder over HTTPS with a fresh self-signed certificate
+    /// for `localhost`; returns it and the certificate (PEM) to trust.
+    pub fn start_tls() -> (Self, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = rustls::pki_types::CertificateDer::from(certified.cert.der().to_vec());
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        let upstream = Self::start_with(Some(config));
+        (upstream, certified.cert.pem())
+    }
+
+    fn start_with(tls: Option<rustls::ServerConfig>) -> Self {
         let shared = Arc::new(Shared::default());
         let (sender, receiver) = std::sync::mpsc::channel();
         let for_server = shared.clone();
+        let tls_scheme = tls.is_some();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let data = web::Data::new(for_server);
@@ -113,9 +137,11 @@ impl Upstream {
                         .default_service(web::to(record))
                 })
                 .workers(2)
-                .disable_signals()
-                .bind("127.0.0.1:0")
-                .unwrap();
+                .disable_signals();
+                let server = match tls {
+                    Some(config) => server.bind_rustls_0_23("127.0.0.1:0", config).unwrap(),
+                    None => server.bind("127.0.0.1:0").unwrap(),
+                };
                 let address = server.addrs()[0];
                 let server = server.run();
                 sender.send((address, server.handle())).unwrap();
@@ -123,8 +149,13 @@ impl Upstream {
             });
         });
         let (address, handle) = receiver.recv().unwrap();
+        let url = if tls_scheme {
+            format!("https://localhost:{}", address.port())
+        } else {
+            format!("http://{address}")
+        };
         Self {
-            url: format!("http://{address}"),
+            url,
             shared,
             handle,
         }
