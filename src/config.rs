@@ -105,6 +105,8 @@ pub struct RouteSpec {
     pub timeout: std::time::Duration,
     /// Extra CA certificates (PEM) to trust for this upstream.
     pub ca_bundle: Option<PathBuf>,
+    /// Request content types the route accepts.
+    pub content_types: Vec<String>,
 }
 
 /// `[server]`: where and how the vault listens.
@@ -519,6 +521,7 @@ struct RawRoute {
     connect_timeout_ms: Option<u64>,
     timeout_ms: Option<u64>,
     ca_bundle: Option<PathBuf>,
+    content_types: Option<Vec<String>>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
     #[serde(flatten)]
@@ -687,6 +690,19 @@ impl RawRoute {
                 ));
             }
         }
+        let content_types = self
+            .content_types
+            .unwrap_or_else(|| vec!["application/json".to_owned()]);
+        for content_type in &content_types {
+            if !["application/json", "application/x-www-form-urlencoded"]
+                .contains(&content_type.as_str())
+            {
+                problems.push(Problem::new(
+                    format!("{section}.content_types"),
+                    format!("`{content_type}` is not one of: application/json, application/x-www-form-urlencoded"),
+                ));
+            }
+        }
         let millis = |value: Option<u64>, default: u64| {
             std::time::Duration::from_millis(value.unwrap_or(default).max(1))
         };
@@ -707,6 +723,7 @@ impl RawRoute {
             connect_timeout: millis(self.connect_timeout_ms, 5_000),
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
+            content_types,
         })
     }
 }

@@ -23,6 +23,9 @@ use crate::pii::Pii;
 use crate::vault::normalize::Normalization;
 use crate::vault::{TokenizeItem, VaultError};
 
+/// The form content type; form fields are selected by name (`$.Email`).
+pub const FORM: &str = "application/x-www-form-urlencoded";
+
 /// Largest token placed in an upstream field (the platform's limit).
 pub const MAX_UPSTREAM_TOKEN_BYTES: usize = 512;
 
@@ -199,10 +202,19 @@ async fn prepare(
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    if mime != "application/json" {
+    let form = mime == FORM;
+    if !route
+        .spec
+        .content_types
+        .iter()
+        .any(|declared| *declared == mime)
+    {
         return Err(refuse(
             ErrorCode::UnsupportedMediaType,
-            "this route takes application/json bodies".into(),
+            format!(
+                "this route takes {} bodies",
+                route.spec.content_types.join(" or ")
+            ),
             "unsupported_media_type",
         ));
     }
@@ -248,7 +260,12 @@ async fn prepare(
     } else {
         raw
     };
-    let mut document = payload::parse_strict(&body, route.spec.max_depth).map_err(|error| {
+    let parsed = if form {
+        payload::parse_form(&body)
+    } else {
+        payload::parse_strict(&body, route.spec.max_depth)
+    };
+    let mut document = parsed.map_err(|error| {
         let code = if matches!(error, PayloadError::NotScalar(_)) {
             ErrorCode::Unprocessable
         } else {
@@ -256,7 +273,6 @@ async fn prepare(
         };
         refuse(code, error.to_string(), "malformed_body")
     })?;
-    drop(body);
     let selectors: Vec<&payload::Selector> = route
         .spec
         .fields
@@ -388,8 +404,13 @@ async fn prepare(
             ));
         }
     }
-    // Invariant: a serde_json::Value always serializes.
-    let mut out = serde_json::to_vec(&document).expect("JSON value serializes");
+    let mut out = if form {
+        payload::encode_form(&body, &document)
+    } else {
+        // Invariant: a serde_json::Value always serializes.
+        serde_json::to_vec(&document).expect("JSON value serializes")
+    };
+    drop(body);
     if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder

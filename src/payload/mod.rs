@@ -194,6 +194,39 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 }
 
+/// Parses an `application/x-www-form-urlencoded` body into a JSON object of
+/// its fields, so that the same selectors (`$.Email`, `$['Delivery Email']`)
+/// apply. A field given twice is refused, as a duplicate JSON key is.
+pub fn parse_form(body: &[u8]) -> Result<Value, PayloadError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(PayloadError::NotUtf8);
+    }
+    let mut object = Map::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        if object
+            .insert(name.into_owned(), Value::String(value.into_owned()))
+            .is_some()
+        {
+            return Err(PayloadError::DuplicateKey { line: 1, column: 0 });
+        }
+    }
+    Ok(Value::Object(object))
+}
+
+/// Re-encodes a form body: the fields of `original`, in their order, with
+/// the (rewritten) values of `document`.
+pub fn encode_form(original: &[u8], document: &Value) -> Vec<u8> {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (name, _) in form_urlencoded::parse(original) {
+        let value = document
+            .get(name.as_ref())
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        out.append_pair(&name, value);
+    }
+    out.finish().into_bytes()
+}
+
 /// One selected field: where it is, the class to tokenize it as, its text.
 #[derive(Debug)]
 pub struct Selected {

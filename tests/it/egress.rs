@@ -441,3 +441,59 @@ fn tls_upstreams_are_verified_against_the_route_ca_bundle() {
     );
     assert!(upstream.take().is_empty());
 }
+
+#[test]
+fn form_bodies_select_by_field_name() {
+    let upstream = Upstream::start();
+    let route = format!(
+        "[[routes]]\nname = \"form\"\npath_prefix = \"/form\"\nupstream = \"{}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\"]\ncontent_types = [\"application/x-www-form-urlencoded\"]\nfields = [ {{ select = \"$.Email\", class = \"email\" }}, {{ select = \"$['Contact Phone']\", class = \"phone\" }} ]\n",
+        upstream.url
+    );
+    let setup = Setup::new_with("", &route);
+    let server = setup.serve();
+    let post_form = |body: &str| {
+        http()
+            .post(server.url("/form/send"))
+            .bearer_auth(key("crm"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post_form("identity=CUST-1&Email=Form.Person%40Example.com&Contact+Phone=%2B44+7700+900038&City=Lyon"), 200);
+    let received = upstream.take();
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&received[0].body)
+        .into_owned()
+        .collect();
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["identity", "Email", "Contact Phone", "City"],
+        "order kept"
+    );
+    assert_eq!(
+        (fields[0].1.as_str(), fields[3].1.as_str()),
+        ("CUST-1", "Lyon")
+    );
+    assert!(fields[1].1.ends_with("@tok.retail.invalid"));
+    assert!(is_e164(&fields[2].1) && fields[2].1.starts_with("+44") && fields[2].1.len() == 13);
+    assert!(!String::from_utf8_lossy(&received[0].body)
+        .to_lowercase()
+        .contains("form.person"));
+    // A field given twice is refused, and JSON is not declared on this route.
+    assert_eq!(
+        post_form("Email=a%40example.com&Email=b%40example.com"),
+        400
+    );
+    let json = http()
+        .post(server.url("/form/send"))
+        .bearer_auth(key("crm"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(json.status().as_u16(), 415);
+    assert!(upstream.take().is_empty());
+}
