@@ -203,12 +203,7 @@ async fn prepare(
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let form = mime == FORM;
-    if !route
-        .spec
-        .content_types
-        .iter()
-        .any(|declared| *declared == mime)
-    {
+    if !route.spec.content_types.contains(&mime) {
         return Err(refuse(
             ErrorCode::UnsupportedMediaType,
             format!(
