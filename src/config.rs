@@ -107,6 +107,10 @@ pub struct RouteSpec {
     pub ca_bundle: Option<PathBuf>,
     /// Request content types the route accepts.
     pub content_types: Vec<String>,
+    /// Purpose of the response rules' detokenization.
+    pub purpose: Option<String>,
+    /// Response fields to detokenize for callers allowed the purpose.
+    pub response_fields: Vec<crate::payload::Selector>,
 }
 
 /// `[server]`: where and how the vault listens.
@@ -522,6 +526,9 @@ struct RawRoute {
     timeout_ms: Option<u64>,
     ca_bundle: Option<PathBuf>,
     content_types: Option<Vec<String>>,
+    purpose: Option<String>,
+    #[serde(default)]
+    response_fields: Vec<RawField>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
     #[serde(flatten)]
@@ -703,6 +710,27 @@ impl RawRoute {
                 ));
             }
         }
+        let mut response_fields = Vec::new();
+        for (i, raw) in self.response_fields.into_iter().enumerate() {
+            let key = format!("{section}.response_fields[{i}]");
+            unknown_keys(problems, &key, &raw.unknown);
+            if raw.class.is_some() {
+                problems.push(Problem::new(
+                    format!("{key}.class"),
+                    "response fields take no class: a token knows its class",
+                ));
+            }
+            match crate::payload::Selector::parse(raw.select.as_deref().unwrap_or("")) {
+                Ok(selector) => response_fields.push(selector),
+                Err(message) => problems.push(Problem::new(format!("{key}.select"), message)),
+            }
+        }
+        if !response_fields.is_empty() && self.purpose.as_deref().is_none_or(str::is_empty) {
+            problems.push(Problem::new(
+                format!("{section}.purpose"),
+                "response_fields need the purpose they reveal for",
+            ));
+        }
         let millis = |value: Option<u64>, default: u64| {
             std::time::Duration::from_millis(value.unwrap_or(default).max(1))
         };
@@ -724,6 +752,8 @@ impl RawRoute {
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
             content_types,
+            purpose: self.purpose,
+            response_fields,
         })
     }
 }

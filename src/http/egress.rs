@@ -169,7 +169,8 @@ pub async fn handle(
             .await
             .map_err(|error| ApiError::from_vault(error, &id))?;
     }
-    send(route, &req, rest, body, gzip, &id).await
+    let relayed = send(route, &req, rest, body, gzip, &id).await?;
+    reveal_in_response(&state, route, &caller, &context, relayed, &id).await
 }
 
 async fn record(state: &AppState, record: crate::audit::Record) {
@@ -424,7 +425,7 @@ async fn send(
     body: Vec<u8>,
     gzip: bool,
     id: &RequestId,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Relayed, ApiError> {
     let mut url = format!("{}{}", route.spec.upstream, rest);
     if !req.query_string().is_empty() {
         url.push('?');
@@ -459,12 +460,89 @@ async fn send(
         }
         answer.append_header((name.as_str(), value.as_bytes()));
     }
+    let plain_json = response.headers().get("content-encoding").is_none()
+        && response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
     let bytes = response
         .bytes()
         .await
         .map_err(|error| upstream_error(&route.spec.name, error, id))?;
     tracing::info!(request_id = %id, route = %route.spec.name, upstream_status = status.as_u16(), "forwarded");
-    Ok(answer.body(bytes))
+    Ok(Relayed {
+        answer,
+        bytes,
+        plain_json,
+    })
+}
+
+/// The upstream's answer, before the response rules.
+struct Relayed {
+    answer: actix_web::HttpResponseBuilder,
+    bytes: actix_web::web::Bytes,
+    plain_json: bool,
+}
+
+/// Applies the route's response rules: selected string fields holding tokens
+/// are detokenized for the route's purpose, when the caller's role allows
+/// it; for any other caller the answer passes unchanged. Nothing is
+/// revealed unless the detokenization was audited.
+async fn reveal_in_response(
+    state: &AppState,
+    route: &Route,
+    caller: &crate::policy::Caller,
+    context: &Context,
+    relayed: Relayed,
+    id: &RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let Relayed {
+        mut answer,
+        bytes,
+        plain_json,
+    } = relayed;
+    let Some(purpose) = route.spec.purpose.as_deref() else {
+        return Ok(answer.body(bytes));
+    };
+    let allowed = caller
+        .role
+        .check(crate::policy::Operation::Detokenize, &route.spec.namespace)
+        .is_ok()
+        && caller.role.purposes.allows(purpose);
+    if route.spec.response_fields.is_empty() || !allowed || !plain_json {
+        return Ok(answer.body(bytes));
+    }
+    let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(answer.body(bytes));
+    };
+    let selectors: Vec<&payload::Selector> = route.spec.response_fields.iter().collect();
+    let Ok(selected) = payload::select(&document, &selectors) else {
+        return Ok(answer.body(bytes));
+    };
+    let selected: Vec<_> = selected
+        .into_iter()
+        .filter(|field| !field.was_number)
+        .collect();
+    if selected.is_empty() {
+        return Ok(answer.body(bytes));
+    }
+    let tokens: Vec<String> = selected
+        .iter()
+        .map(|field| field.value.expose().to_owned())
+        .collect();
+    let revealed = state
+        .vault
+        .detokenize(context, caller, &route.spec.namespace, purpose, tokens)
+        .await
+        .map_err(|error| ApiError::from_vault(error, id))?;
+    for (field, answer) in selected.iter().zip(&revealed) {
+        if let crate::vault::Detokenized::Value { value, .. } = answer {
+            payload::replace(&mut document, &field.pointer, value.expose().to_owned());
+        }
+    }
+    let body = zeroize::Zeroizing::new(serde_json::to_vec(&document).unwrap_or_default());
+    Ok(answer.body(body.to_vec()))
 }
 
 fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {

@@ -497,3 +497,53 @@ fn form_bodies_select_by_field_name() {
     assert_eq!(json.status().as_u16(), 415);
     assert!(upstream.take().is_empty());
 }
+
+#[test]
+fn response_rules_reveal_only_to_callers_allowed_the_purpose() {
+    let upstream = Upstream::start();
+    upstream.behave(Behaviour::Echo);
+    let route = format!(
+        "[[routes]]\nname = \"lookup\"\npath_prefix = \"/lookup\"\nupstream = \"{}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\", \"admin\"]\npurpose = \"support\"\nresponse_fields = [ {{ select = \"$.d[*].profileData.Email\" }} ]\n{FIELDS}\n",
+        upstream.url
+    );
+    let setup = Setup::new_with("", &route);
+    let server = setup.serve();
+    let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
+    let original: Value = serde_json::from_slice(&body).unwrap();
+    let call = |client: &str| -> Value {
+        let response = http()
+            .post(server.url("/lookup/profiles"))
+            .bearer_auth(key(client))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().unwrap()
+    };
+    // admin may detokenize for any purpose: the emails come back revealed
+    // (normalized), the other fields stay tokens.
+    let revealed = call("admin");
+    for (i, record) in revealed["d"].as_array().unwrap().iter().enumerate() {
+        let email = original["d"][i]["profileData"]["Email"]
+            .as_str()
+            .unwrap()
+            .to_lowercase();
+        assert_eq!(record["profileData"]["Email"], email.as_str());
+        assert!(record["profileData"]["Name"]
+            .as_str()
+            .unwrap()
+            .starts_with("TKN_"));
+    }
+    // crm may not: tokens only.
+    let hidden = call("crm");
+    assert!(hidden["d"][0]["profileData"]["Email"]
+        .as_str()
+        .unwrap()
+        .ends_with("@tok.retail.invalid"));
+    drop(server);
+    let reveals = audit_query(&setup, &["--action", "detokenize", "--purpose", "support"]);
+    assert_eq!(reveals.len(), 1);
+    assert_eq!(reveals[0]["actor"], "admin");
+    assert_eq!(reveals[0]["route"], "route:lookup");
+}

@@ -40,6 +40,8 @@ pub enum Behaviour {
     Fail(u16),
     /// Wait this long, then succeed.
     Stall(Duration),
+    /// 200 with the request body as a JSON answer.
+    Echo,
 }
 
 #[derive(Default)]
@@ -89,6 +91,18 @@ async fn record(
         Behaviour::Fail(code) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
                 .json(serde_json::json!({"status": "fail", "error": "upstream says no"}))
+        }
+        Behaviour::Echo => {
+            let body = shared
+                .received
+                .lock()
+                .unwrap()
+                .last()
+                .map(|r| r.body.clone())
+                .unwrap_or_default();
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(body)
         }
         Behaviour::Stall(wait) => {
             actix_web::rt::time::sleep(wait).await;
