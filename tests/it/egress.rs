@@ -547,3 +547,26 @@ fn response_rules_reveal_only_to_callers_allowed_the_purpose() {
     assert_eq!(reveals[0]["actor"], "admin");
     assert_eq!(reveals[0]["route"], "route:lookup");
 }
+
+#[test]
+fn nothing_is_forwarded_when_the_forward_cannot_be_audited() {
+    let rig = rig();
+    let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
+    let locker = rusqlite::Connection::open(rig.setup.data_dir.join("audit.db")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (status, answer) = send(&rig, "/clevertap/1/upload", body.clone(), false);
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{answer}"
+    );
+    assert!(
+        rig.upstream.take().is_empty(),
+        "forwarded without an audit record"
+    );
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let (status, _) = send(&rig, "/clevertap/1/upload", body, false);
+    assert_eq!(status, 200);
+    assert_eq!(rig.upstream.take().len(), 1);
+}
