@@ -434,8 +434,21 @@ async fn send(
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "unsupported method", id))?;
     let mut request = route.client.request(method, &url);
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110).
+    let named_in_connection: Vec<String> = req
+        .headers()
+        .get_all("connection")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
     for (name, value) in req.headers() {
-        if NOT_FORWARDED.contains(&name.as_str()) || route.inject.iter().any(|(n, _)| n == name) {
+        if NOT_FORWARDED.contains(&name.as_str())
+            || named_in_connection
+                .iter()
+                .any(|listed| listed == name.as_str())
+            || route.inject.iter().any(|(n, _)| n == name)
+        {
             continue;
         }
         request = request.header(name.as_str(), value.as_bytes());

@@ -73,7 +73,9 @@ fn send(rig: &Rig, path: &str, body: Vec<u8>, gzip: bool) -> (u16, Value) {
         .post(rig.server.url(path))
         .bearer_auth(key("crm"))
         .header("content-type", "application/json")
-        .header("x-client-trace", "kept");
+        .header("x-client-trace", "kept")
+        .header("connection", "keep-alive, x-hop-secret")
+        .header("x-hop-secret", "must not travel");
     if gzip {
         request = request.header("content-encoding", "gzip");
     }
@@ -159,6 +161,10 @@ fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
         assert_eq!(got.header("x-clevertap-account-id"), Some(ACCOUNT));
         assert_eq!(got.header("x-clevertap-passcode"), Some(PASSCODE));
         assert_eq!(got.header("x-client-trace"), Some("kept"));
+        assert!(
+            got.header("x-hop-secret").is_none(),
+            "{name}: a header named in Connection was forwarded"
+        );
         assert!(
             got.header("authorization").is_none(),
             "{name}: the vault credential went upstream"
