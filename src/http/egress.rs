@@ -315,12 +315,15 @@ async fn prepare(
     }
     for (pointer, detectors, _) in &findings {
         let detectors: Vec<&str> = detectors.iter().map(|d| d.as_str()).collect();
-        tracing::warn!(request_id = %id, route = %route.spec.name, path = %pointer, detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
+        tracing::warn!(request_id = %id, route = %route.spec.name, path = %payload::safe_pointer(pointer), detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
     }
     if !findings.is_empty() {
         match route.spec.unselected_pii {
             UnselectedPii::Block => {
-                let paths: Vec<&str> = findings.iter().map(|(p, _, _)| p.as_str()).collect();
+                let paths: Vec<String> = findings
+                    .iter()
+                    .map(|(p, _, _)| payload::safe_pointer(p))
+                    .collect();
                 return Err(refuse(
                     ErrorCode::Unprocessable,
                     format!(
@@ -371,7 +374,10 @@ async fn prepare(
                         ErrorCode::Unprocessable,
                         format!(
                             "field {} cannot be tokenized: {problem}",
-                            places.get(*index).map(String::as_str).unwrap_or("?")
+                            places
+                                .get(*index)
+                                .map(|p| payload::safe_pointer(p))
+                                .unwrap_or_default()
                         ),
                         id,
                     ),
@@ -388,14 +394,17 @@ async fn prepare(
         if token.len() > MAX_UPSTREAM_TOKEN_BYTES {
             return Err(refuse(
                 ErrorCode::Unprocessable,
-                format!("the token for {pointer} exceeds {MAX_UPSTREAM_TOKEN_BYTES} bytes"),
+                format!(
+                    "the token for {} exceeds {MAX_UPSTREAM_TOKEN_BYTES} bytes",
+                    payload::safe_pointer(pointer)
+                ),
                 "token_too_long",
             ));
         }
         if !payload::replace(&mut document, pointer, token.clone()) {
             return Err(refuse(
                 ErrorCode::Unprocessable,
-                format!("field {pointer} vanished"),
+                format!("field {} vanished", payload::safe_pointer(pointer)),
                 "rewrite_failed",
             ));
         }

@@ -257,7 +257,9 @@ pub fn select(document: &Value, selectors: &[&Selector]) -> Result<Vec<Selected>
                 Value::String(text) => (text.clone(), false),
                 Value::Number(number) => (number.to_string(), true),
                 Value::Bool(flag) => (flag.to_string(), false),
-                Value::Object(_) | Value::Array(_) => return Err(PayloadError::NotScalar(pointer)),
+                Value::Object(_) | Value::Array(_) => {
+                    return Err(PayloadError::NotScalar(safe_pointer(&pointer)))
+                }
             };
             selected.push(Selected {
                 pointer,
@@ -279,6 +281,23 @@ pub fn replace(document: &mut Value, pointer: &str, replacement: String) -> bool
         }
         None => false,
     }
+}
+
+/// A JSON pointer fit for a log line or an error message: member names come
+/// from the payload, so a segment that itself looks like PII (an email
+/// address used as a key, say) is replaced by `*`.
+pub fn safe_pointer(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .map(|segment| {
+            if detect::scan(segment).is_empty() {
+                segment
+            } else {
+                "*"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Every string value not at one of `skip`, with its JSON pointer.
@@ -393,6 +412,14 @@ mod tests {
             Err(PayloadError::NotScalar(_))
         ));
         assert!(Selector::parse("$.d[").is_err());
+        assert_eq!(
+            safe_pointer("/d/0/profiles/alice@example.com/Phone"),
+            "/d/0/profiles/*/Phone"
+        );
+        assert_eq!(
+            safe_pointer("/d/1/evtData/Delivery Email"),
+            "/d/1/evtData/Delivery Email"
+        );
         let skip: BTreeSet<String> = ["/d/0/identity".to_owned()].into();
         let strings: Vec<String> = unselected_strings(&doc, &skip)
             .into_iter()
