@@ -22,9 +22,8 @@ for tool in nginx wrk; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked --quiet ${BENCH_CARGO_TARGET:+--target-dir "$BENCH_CARGO_TARGET"}
-BIN=${BENCH_CARGO_TARGET:-target}/release/tokenvault
-
+cargo build --release --locked --quiet
+BIN=target/release/tokenvault
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${VAULT_PID:-}" ] && kill "$VAULT_PID" 2>/dev/null || true

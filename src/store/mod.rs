@@ -174,7 +174,6 @@ impl Store {
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
             let reader = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            rusqlite::vtab::array::load_module(&reader)?;
             reader.pragma_update(None, "query_only", "ON")?;
             readers.push(Mutex::new(reader));
         }
@@ -334,38 +333,18 @@ impl Store {
         namespace: &str,
         lookups: &[(&str, [u8; 32])],
     ) -> Result<Vec<Option<String>>, StoreError> {
-        // One statement per class with the indexes as an array parameter:
-        // per-statement overhead (bind, step, reset) dominated one lookup
-        // per item.
-        let mut classes: Vec<&str> = lookups.iter().map(|(class, _)| *class).collect();
-        classes.sort_unstable();
-        classes.dedup();
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
-                "SELECT blind_index, token FROM tokens
-                 WHERE namespace = ?1 AND class = ?2 AND blind_index IN rarray(?3)",
+                "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
-            let mut found: std::collections::HashMap<(&str, [u8; 32]), String> =
-                std::collections::HashMap::new();
-            for class in classes {
-                let indexes: Vec<rusqlite::types::Value> = lookups
-                    .iter()
-                    .filter(|(c, _)| *c == class)
-                    .map(|(_, index)| rusqlite::types::Value::Blob(index.to_vec()))
-                    .collect();
-                let array: rusqlite::vtab::array::Array = std::rc::Rc::new(indexes);
-                let mut rows = statement.query(params![namespace, class, array])?;
-                while let Some(row) = rows.next()? {
-                    let index: Vec<u8> = row.get(0)?;
-                    if let Ok(index) = <[u8; 32]>::try_from(index.as_slice()) {
-                        found.insert((class, index), row.get(1)?);
-                    }
-                }
-            }
-            Ok(lookups
+            lookups
                 .iter()
-                .map(|(class, index)| found.get(&(*class, *index)).cloned())
-                .collect())
+                .map(|(class, index)| {
+                    statement
+                        .query_row(params![namespace, class, &index[..]], |row| row.get(0))
+                        .optional()
+                })
+                .collect()
         })
     }
 
