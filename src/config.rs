@@ -20,8 +20,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::crypto::keyring::KekSource;
 use crate::crypto::tokens::TokenFormat;
+use crate::crypto::wrapping::KekSource;
 use crate::policy::{ClientSpec, Operation, Reveal, Role, Scope};
 use crate::telemetry::{LogFormat, LogSettings};
 use crate::vault::normalize::Normalization;

@@ -14,7 +14,7 @@ use super::CliError;
 use crate::audit::store::{self, Filter, Stored};
 use crate::audit::{self as trail, FilterText, Head, GENESIS};
 use crate::config::ConfigErrors;
-use crate::crypto::keyring::Keyring;
+use crate::crypto::wrapping::Keyring;
 
 /// `audit` subcommands.
 #[derive(Subcommand)]

@@ -7,8 +7,8 @@ use anyhow::{anyhow, Context as _};
 use super::CliError;
 use crate::audit::{Action, Context, Outcome};
 use crate::config::{valid_name, ConfigErrors};
-use crate::crypto::keyring::Keyring;
 use crate::crypto::password::{hash_api_key, new_api_key};
+use crate::crypto::wrapping::Keyring;
 
 /// Mints an API key, prints it once, and prints the TOML snippet holding only
 /// its argon2id hash.

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 
 use super::CliError;
 use crate::audit::{self, Action, Outcome};
-use crate::crypto::keyring::{Keyring, KeyringError};
+use crate::crypto::wrapping::{Keyring, KeyringError};
 use crate::store::{append_audit_offline, Store};
 
 /// Creates the data directory (0700), the keyring with a fresh wrapped master

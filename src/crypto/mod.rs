@@ -1,16 +1,16 @@
 //! Cryptography: the only module that names the cipher and KDF crates.
 //!
 //! - [`keys`]: the master key and the working keys derived from it (HKDF).
-//! - [`keyring`]: the master key wrapped under a key-encryption key (argon2id
+//! - [`wrapping`]: the keyring: the master key wrapped under a key-encryption key (argon2id
 //!   passphrase or a customer-supplied key file).
 //! - [`seal`]: AES-256-GCM-SIV sealing of values, bound to where they belong.
 //! - [`tokens`]: token formats (opaque, email-shaped, phone-shaped, …).
 
-pub mod keyring;
 pub mod keys;
 pub mod password;
 pub mod seal;
 pub mod tokens;
+pub mod wrapping;
 
 use rand::RngCore;
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use crate::audit::{self, Action, Context, Outcome, Record};
 use crate::config::{ClassSpec, NamespaceSpec};
-use crate::crypto::keyring::Keyring;
 use crate::crypto::keys::NamespaceKeys;
 use crate::crypto::seal::Binding;
 use crate::crypto::tokens::{self, FormatError};
+use crate::crypto::wrapping::Keyring;
 use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{InsertOutcome, NewRow, Store, StoreError};
