@@ -124,6 +124,15 @@ impl InProcess {
         }
     }
 
+    /// What one concurrent caller task needs.
+    fn handles(&self) -> (Arc<Vault>, Caller, Context) {
+        (
+            self.vault.clone(),
+            self.caller.clone(),
+            Context::cli("bench"),
+        )
+    }
+
     fn tokenize_phase(
         &self,
         round: usize,
@@ -134,11 +143,7 @@ impl InProcess {
             let started = Instant::now();
             let tasks: Vec<_> = (0..shape.workers)
                 .map(|worker| {
-                    let (vault, caller, context) = (
-                        self.vault.clone(),
-                        self.caller.clone(),
-                        Context::cli("bench"),
-                    );
+                    let (vault, caller, context) = self.handles();
                     tokio::spawn(async move {
                         let mut all = Vec::new();
                         for batch in 0..shape.batches {
@@ -177,11 +182,7 @@ impl InProcess {
                 .chunks(shape.batches)
                 .map(<[_]>::to_vec)
                 .map(|chunk| {
-                    let (vault, caller, context) = (
-                        self.vault.clone(),
-                        self.caller.clone(),
-                        Context::cli("bench"),
-                    );
+                    let (vault, caller, context) = self.handles();
                     tokio::spawn(async move {
                         for batch in chunk {
                             let values = vault

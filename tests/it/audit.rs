@@ -172,13 +172,7 @@ fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
     for value in values {
         assert!(!text.contains(value), "a value reached the audit trail");
     }
-    let out = audit_cli(&setup, &["verify"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = assert_chain_verifies(&setup);
     assert!(
         stdout.contains(&format!("{} records verified", records.len())),
         "{stdout}"
@@ -372,12 +366,7 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
     }
     // Nothing of the refused requests was committed: the chain verifies.
     drop(server);
-    let out = audit_cli(&setup, &["verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_verifies(&setup);
 }
 
 #[test]

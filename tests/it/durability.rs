@@ -94,11 +94,5 @@ fn every_token_received_survives_sigkill() {
     // The audit chain survived the kill too (records beyond the head kept
     // in vault.db, from a commit cut between the two files, still chain).
     drop(server);
-    let out = audit_cli(&setup, &["verify"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_chain_verifies(&setup);
 }

@@ -394,6 +394,18 @@ pub fn audit_cli(setup: &Setup, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `audit verify` and asserts the chain holds; returns its stdout.
+pub fn assert_chain_verifies(setup: &Setup) -> String {
+    let out = audit_cli(setup, &["verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Every record of the audit trail, through `audit query --format json`.
 pub fn audit_records(setup: &Setup) -> Vec<Value> {
     audit_query(setup, &[])
