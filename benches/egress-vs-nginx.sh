@@ -15,6 +15,11 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 ROUNDS=${ROUNDS:-2}
 FIXTURE=${FIXTURE:-../shared/fixtures/clevertap-upload-profiles-10.json}
+# FIELDS=none measures the floor: a route with no field rules (the scan only
+# reports), so the vault does authentication, the audit record and the
+# forward, and nothing else. Use it with a small payload, e.g.
+#   FIELDS=none FIXTURE=benches/tiny-event.json bash benches/egress-vs-nginx.sh
+FIELDS=${FIELDS:-clevertap}
 
 for tool in nginx wrk; do
   command -v "$tool" >/dev/null || command -v "/usr/sbin/$tool" >/dev/null || {
@@ -105,13 +110,19 @@ insecure_allow_http_upstream = true
 namespace = "retail"
 clients = ["crm"]
 headers = { "X-CleverTap-Account-Id" = { env = "BENCH_CT_ACCOUNT" } }
+TOML
+if [ "$FIELDS" = none ]; then
+  printf 'unselected_pii = "report"\nfields = []\n' >> "$WORK/vault.toml"
+else
+  cat >> "$WORK/vault.toml" <<'TOML'
 fields = [
-  { select = "\$.d[*].identity", class = "name" },
-  { select = "\$.d[*].profileData.Email", class = "email" },
-  { select = "\$.d[*].profileData.Phone", class = "phone" },
-  { select = "\$.d[*].profileData.Name", class = "name" },
+  { select = "$.d[*].identity", class = "name" },
+  { select = "$.d[*].profileData.Email", class = "email" },
+  { select = "$.d[*].profileData.Phone", class = "phone" },
+  { select = "$.d[*].profileData.Name", class = "name" },
 ]
 TOML
+fi
 "$BIN" init --config "$WORK/vault.toml" >/dev/null 2>&1
 BENCH_CT_ACCOUNT=bench-account "$BIN" serve --config "$WORK/vault.toml" > "$WORK/vault.out" 2>&1 &
 VAULT_PID=$!
