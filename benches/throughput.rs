@@ -109,6 +109,7 @@ impl InProcess {
                 classes: Scope::Any,
                 purposes: Scope::Any,
                 reveal: Reveal::Plain,
+                clevertap_purpose: None,
             }),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

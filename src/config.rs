@@ -53,6 +53,30 @@ pub struct Config {
     pub log: LogSettings,
     /// `[[routes]]`: egress routes to the cloud platform.
     pub routes: Vec<RouteSpec>,
+    /// `[clevertap]`: the CleverTap Token Vault API surface, when enabled.
+    pub clevertap: Option<ClevertapSpec>,
+}
+
+/// Default lifetime of an access token from the CleverTap surface's token
+/// endpoint.
+pub const DEFAULT_ACCESS_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Longest access-token lifetime accepted.
+const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
+
+/// `[clevertap]`: the CleverTap Token Vault API surface, mounted on one
+/// namespace. The API carries no data class, so each value is classified.
+#[derive(Debug, Clone)]
+pub struct ClevertapSpec {
+    /// Namespace every call of the surface works in.
+    pub namespace: String,
+    /// Class for values that are email addresses (none: no such rule).
+    pub email_class: Option<String>,
+    /// Class for values that look like E.164 phone numbers.
+    pub phone_class: Option<String>,
+    /// Class for every other value.
+    pub default_class: String,
+    /// Lifetime of the access tokens the surface issues.
+    pub access_token_ttl: std::time::Duration,
 }
 
 /// What a route does with PII found in fields no rule selects.
@@ -365,6 +389,7 @@ impl Config {
             classes: Scope::Any,
             purposes: Scope::Any,
             reveal: Reveal::Plain,
+            clevertap_purpose: None,
         };
         Self {
             server: ServerSettings {
@@ -386,6 +411,13 @@ impl Config {
             roles: BTreeMap::from([("root".to_owned(), root)]),
             log: LogSettings::default(),
             routes: Vec::new(),
+            clevertap: Some(ClevertapSpec {
+                namespace: "default".to_owned(),
+                email_class: Some("email".to_owned()),
+                phone_class: Some("phone".to_owned()),
+                default_class: "name".to_owned(),
+                access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
+            }),
             clients: BTreeMap::from([(
                 "root".to_owned(),
                 ClientSpec {
@@ -503,6 +535,20 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    clevertap: Option<RawClevertap>,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawClevertap {
+    #[serde(default)]
+    enabled: bool,
+    namespace: Option<String>,
+    email_class: Option<String>,
+    phone_class: Option<String>,
+    default_class: Option<String>,
+    access_token_ttl_secs: Option<u64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -861,6 +907,7 @@ struct RawRole {
     #[serde(default)]
     purposes: Vec<String>,
     reveal: Option<String>,
+    clevertap_purpose: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -997,6 +1044,9 @@ impl RawConfig {
                 routes.push(route);
             }
         }
+        let clevertap = self
+            .clevertap
+            .and_then(|raw| raw.validate(&namespaces, &mut problems));
         match (server, keys) {
             (Some(server), Some(keys)) if problems.is_empty() => Ok(Config {
                 server,
@@ -1007,6 +1057,7 @@ impl RawConfig {
                 clients,
                 log,
                 routes,
+                clevertap,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -1277,12 +1328,114 @@ impl RawRole {
             self.reveal.as_deref().unwrap_or("masked"),
             "plain, masked",
         )?;
+        let purposes = scope(&self.purposes);
+        if let Some(purpose) = &self.clevertap_purpose {
+            if !purposes.allows(purpose) {
+                problems.push(
+                    Problem::new(
+                        format!("{section}.clevertap_purpose"),
+                        format!("purpose `{purpose}` is not in the role's purposes"),
+                    )
+                    .hint("add it to purposes, or pick one of them"),
+                );
+            }
+        }
         Some(Role {
             operations,
             namespaces: scope(&self.namespaces),
             classes: self.classes.as_deref().map_or(Scope::Any, scope),
-            purposes: scope(&self.purposes),
+            purposes,
             reveal,
+            clevertap_purpose: self.clevertap_purpose,
+        })
+    }
+}
+
+impl RawClevertap {
+    fn validate(
+        self,
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<ClevertapSpec> {
+        unknown_keys(problems, "clevertap", &self.unknown);
+        if !self.enabled {
+            return None;
+        }
+        let Some(namespace) = self.namespace else {
+            problems.push(
+                Problem::new("clevertap.namespace", "missing")
+                    .hint("name the namespace the CleverTap surface tokenizes in"),
+            );
+            return None;
+        };
+        let Some(spec) = namespaces.get(&namespace) else {
+            problems.push(Problem::new(
+                "clevertap.namespace",
+                format!("namespace `{namespace}` is not defined"),
+            ));
+            return None;
+        };
+        let known = |problems: &mut Vec<Problem>, key: &str, class: &str| {
+            let found = spec.classes.contains_key(class);
+            if !found {
+                problems.push(Problem::new(
+                    format!("clevertap.{key}"),
+                    format!("class `{class}` is not defined in namespace `{namespace}`"),
+                ));
+            }
+            found
+        };
+        // Unset email and phone rules fall back to classes of those names.
+        let rule =
+            |problems: &mut Vec<Problem>, key: &str, given: Option<String>, fallback: &str| {
+                match given {
+                    Some(class) => known(problems, key, &class).then_some(class),
+                    None => spec
+                        .classes
+                        .contains_key(fallback)
+                        .then(|| fallback.to_owned()),
+                }
+            };
+        let email_class = rule(problems, "email_class", self.email_class, "email");
+        let phone_class = rule(problems, "phone_class", self.phone_class, "phone");
+        if let Some(phone) = &phone_class {
+            if spec.classes[phone].normalize != Normalization::E164 {
+                problems.push(Problem::new(
+                    "clevertap.phone_class",
+                    format!("class `{phone}` must have normalize = \"e164\""),
+                ));
+            }
+        }
+        let default_class = match self.default_class {
+            Some(class) => known(problems, "default_class", &class).then_some(class),
+            None => {
+                let names: Vec<&str> = spec.classes.keys().map(String::as_str).collect();
+                problems.push(
+                    Problem::new("clevertap.default_class", "missing").hint(format!(
+                        "name the class for values that are neither email nor phone; namespace `{namespace}` has: {}",
+                        names.join(", ")
+                    )),
+                );
+                None
+            }
+        };
+        let ttl = match self.access_token_ttl_secs {
+            None => DEFAULT_ACCESS_TOKEN_TTL,
+            Some(secs @ 1..=MAX_ACCESS_TOKEN_TTL_SECS) => std::time::Duration::from_secs(secs),
+            Some(_) => {
+                problems.push(Problem::new(
+                    "clevertap.access_token_ttl_secs",
+                    format!("must be between 1 and {MAX_ACCESS_TOKEN_TTL_SECS}"),
+                ));
+                DEFAULT_ACCESS_TOKEN_TTL
+            }
+        };
+        Some(ClevertapSpec {
+            namespace,
+            email_class,
+            phone_class,
+            default_class: default_class?,
+            access_token_ttl: ttl,
         })
     }
 }

@@ -68,6 +68,9 @@ pub struct Role {
     pub purposes: Scope,
     /// Plain or masked values.
     pub reveal: Reveal,
+    /// Purpose of CleverTap-surface detokenization when the request names
+    /// none in `metadata.purpose`.
+    pub clevertap_purpose: Option<String>,
 }
 
 /// Why a request was refused by policy.
@@ -135,6 +138,9 @@ pub enum AuthError {
     /// The key is valid but the source address is not allowed.
     #[error("source address not allowed for this client")]
     SourceNotAllowed,
+    /// An access token that was genuine but is past its expiry.
+    #[error("access token expired")]
+    Expired,
 }
 
 struct Client {
@@ -231,6 +237,14 @@ impl Authenticator {
             }
             self.cache.insert(cache_key, name.clone());
         }
+        self.caller(&name, peer)
+    }
+
+    /// The caller for `name`, a client already proven by other means (an
+    /// access token this process issued), if it still exists and `peer` is
+    /// an allowed source.
+    pub fn caller(&self, name: &str, peer: Option<IpAddr>) -> Result<Caller, AuthError> {
+        let client = self.clients.get(name).ok_or(AuthError::Invalid)?;
         if !client.spec.allow_from.is_empty() {
             let allowed =
                 peer.is_some_and(|ip| client.spec.allow_from.iter().any(|net| net.contains(&ip)));
@@ -239,7 +253,7 @@ impl Authenticator {
             }
         }
         Ok(Caller {
-            client: name,
+            client: name.to_owned(),
             role: client.role.clone(),
         })
     }
@@ -289,6 +303,7 @@ mod tests {
             classes: Scope::Any,
             purposes: Scope::Only(BTreeSet::new()),
             reveal: Reveal::Masked,
+            clevertap_purpose: None,
         };
         assert_eq!(role.check(Operation::Tokenize, "retail"), Ok(()));
         assert_eq!(

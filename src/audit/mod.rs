@@ -38,11 +38,13 @@ pub enum Action {
     AuditRead,
     /// A request forwarded (or refused) on an egress route.
     Forward,
+    /// An access token issued by the CleverTap surface's token endpoint.
+    IssueAccessToken,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -53,6 +55,7 @@ impl Action {
         Self::Authenticate,
         Self::AuditRead,
         Self::Forward,
+        Self::IssueAccessToken,
     ];
 
     /// The stored name.
@@ -68,6 +71,7 @@ impl Action {
             Self::Authenticate => "authenticate",
             Self::AuditRead => "audit_read",
             Self::Forward => "forward",
+            Self::IssueAccessToken => "issue_access_token",
         }
     }
 

@@ -105,6 +105,7 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     let state = AppState {
         vault,
         auth: Authenticator::new(&config.clients, &config.roles),
+        clevertap: config.clevertap.as_ref().map(http::clevertap::Surface::new),
         routes: http::egress::Routes::build(config.routes)
             .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
         limits: Limits {

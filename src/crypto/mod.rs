@@ -5,7 +5,11 @@
 //!   passphrase or a customer-supplied key file).
 //! - [`seal`]: AES-256-GCM-SIV sealing of values, bound to where they belong.
 //! - [`tokens`]: token formats (opaque, email-shaped, phone-shaped, …).
+//! - [`envelope`]: the CleverTap SDKs' AES-256-GCM encryption in transit.
+//! - [`access`]: short-lived access tokens of the CleverTap surface.
 
+pub mod access;
+pub mod envelope;
 pub mod keys;
 pub mod password;
 pub mod seal;

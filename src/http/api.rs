@@ -290,19 +290,12 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     payload: web::Payload,
     id: &RequestId,
 ) -> Result<T, ApiError> {
-    if let Some(content_type) = req.headers().get(CONTENT_TYPE) {
-        let json = content_type
-            .to_str()
-            .ok()
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "send the body as application/json",
-                id,
-            ));
-        }
+    if req.headers().contains_key(CONTENT_TYPE) && !is_content_type(req, "application/json") {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as application/json",
+            id,
+        ));
     }
     let body = read_body(state, req, payload, id).await?;
     serde_json::from_slice(&body).map_err(|error| {
@@ -316,6 +309,16 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             id,
         )
     })
+}
+
+/// True when the request declares `mime` as its content type (parameters
+/// such as `charset` aside).
+pub fn is_content_type(req: &HttpRequest, mime: &str) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|declared| declared.trim().eq_ignore_ascii_case(mime))
 }
 
 /// Reads a body of at most `max_body_bytes` into a zeroizing buffer.

@@ -11,6 +11,7 @@ use super::context::{request_id, LoggedClient};
 use super::error::ApiError;
 use super::AppState;
 use crate::audit::{Action, Context, Outcome};
+use crate::crypto::access::{AccessTokenError, AccessTokenKey, ACCESS_TOKEN_PREFIX};
 use crate::crypto::password::claimed_client;
 use crate::policy::{AuthError, Caller};
 
@@ -42,6 +43,15 @@ impl FromRequest for Authenticated {
 
 /// Authenticates a request (see [`Authenticated`]); every refusal is audited.
 pub async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
+    authenticate_with(req, None).await
+}
+
+/// Like [`authenticate`], and also accepts the access tokens `access` issued
+/// (on the CleverTap surface only).
+pub async fn authenticate_with(
+    req: &HttpRequest,
+    access: Option<&AccessTokenKey>,
+) -> Result<Authenticated, ApiError> {
     let id = request_id(req);
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Err(ApiError::unauthorized(&id));
@@ -55,15 +65,28 @@ pub async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> 
         .filter(|key| !key.is_empty())
         .map(|key| zeroize::Zeroizing::new(key.to_owned()));
     let peer = req.peer_addr().map(|addr| addr.ip());
-    let outcome = match &presented {
-        Some(key) => state.auth.authenticate(key, peer).await,
-        None => Err(AuthError::Missing),
+    let access_token = |key: &str| key.starts_with(ACCESS_TOKEN_PREFIX);
+    let method = match &presented {
+        Some(key) if access.is_some() && access_token(key) => "access_token",
+        _ => "api_key",
+    };
+    let outcome = match (&presented, access) {
+        (Some(key), Some(access)) if access_token(key) => {
+            let now = u64::try_from(crate::audit::now_us() / 1_000_000).unwrap_or(0);
+            match access.verify(key, now) {
+                Ok(client) => state.auth.caller(&client, peer),
+                Err(AccessTokenError::Expired) => Err(AuthError::Expired),
+                Err(AccessTokenError::Invalid) => Err(AuthError::Invalid),
+            }
+        }
+        (Some(key), _) => state.auth.authenticate(key, peer).await,
+        (None, _) => Err(AuthError::Missing),
     };
     match outcome {
         Ok(caller) => {
             req.extensions_mut()
                 .insert(LoggedClient(caller.client.clone()));
-            let context = context(req, caller.client.clone(), "api_key");
+            let context = context(req, caller.client.clone(), method);
             Ok(Authenticated(caller, context))
         }
         Err(reason) => {
@@ -79,8 +102,9 @@ pub async fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> 
                 AuthError::Missing => "missing_credentials",
                 AuthError::Invalid => "invalid_credentials",
                 AuthError::SourceNotAllowed => "source_not_allowed",
+                AuthError::Expired => "expired_credentials",
             };
-            let record = context(req, actor, "api_key")
+            let record = context(req, actor, method)
                 .record(Action::Authenticate, Outcome::Denied)
                 .reason(code);
             if let Err(error) = state.vault.record(vec![record]).await {

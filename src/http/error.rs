@@ -37,6 +37,9 @@ pub enum ErrorCode {
     Internal,
     /// 503: the store is not available.
     Unavailable,
+    /// 419: an encrypted CleverTap request could not be decrypted (the
+    /// status the platform's SDKs expect, to fall back to plaintext).
+    Undecryptable,
 }
 
 impl ErrorCode {
@@ -53,6 +56,8 @@ impl ErrorCode {
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // Invariant: 419 is within 100..=999, so from_u16 succeeds.
+            Self::Undecryptable => StatusCode::from_u16(419).expect("419 is a valid status"),
         }
     }
 
@@ -69,6 +74,7 @@ impl ErrorCode {
             Self::GatewayTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
             Self::Unavailable => "unavailable",
+            Self::Undecryptable => "decryption_failed",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+pub mod clevertap;
 pub mod context;
 pub mod egress;
 pub mod error;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Egress routes.
     pub routes: egress::Routes,
+    /// The CleverTap Token Vault API surface, when `[clevertap]` enables it.
+    pub clevertap: Option<clevertap::Surface>,
 }
 
 /// Why the server could not start.
@@ -90,12 +93,18 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> 
 /// Prints `tokenvault listening on <url>` on stdout once bound.
 pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
     let tls = settings.tls.as_ref().map(tls_config).transpose()?;
+    let clevertap = state.clevertap.is_some();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(context::request_context))
             .configure(api::routes)
+            .configure(|config| {
+                if clevertap {
+                    clevertap::routes(config);
+                }
+            })
             .default_service(web::to(egress::handle))
     })
     .shutdown_timeout(SHUTDOWN_GRACE_SECS);

@@ -1,6 +1,7 @@
 //! The engine: tokenize, detokenize, forget. The one place that joins
 //! crypto, store and policy; `http` and `cli` call only this.
 
+pub mod classify;
 pub mod normalize;
 
 use std::collections::BTreeMap;

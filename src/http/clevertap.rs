@@ -1,0 +1,640 @@
+//! The CleverTap Token Vault API, so that the platform's own SDKs and its
+//! send-time dispatcher can use the vault unchanged. The wire contract is
+//! `docs/clevertap.md` (from the shared spec): five operations, two path
+//! families, optional AES-256-GCM encryption in transit, and an access-token
+//! endpoint. Every call goes through the same engine, roles, purposes and
+//! audit trail as `/v1`, in the one namespace the surface is mounted on.
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::api::{is_content_type, read_body};
+use super::auth::{authenticate_with, Authenticated};
+use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
+use super::error::{ApiError, ErrorCode};
+use super::AppState;
+use crate::audit::{Action, Context, Outcome};
+use crate::config::ClevertapSpec;
+use crate::crypto::access::AccessTokenKey;
+use crate::crypto::envelope::SessionKey;
+use crate::pii::Pii;
+use crate::policy::AuthError;
+use crate::vault::classify::{is_plain_number, Classifier};
+use crate::vault::{Detokenized, TokenizeItem};
+
+/// Most values in one tokenize batch.
+pub const MAX_TOKENIZE_BATCH: usize = 1_000;
+/// Most tokens in one detokenize batch.
+pub const MAX_DETOKENIZE_BATCH: usize = 10_000;
+/// Path of the access-token endpoint.
+pub const TOKEN_PATH: &str = "/auth/realms/ct-vault/protocol/openid-connect/token";
+
+/// The mounted surface: its namespace, classification and access tokens.
+pub struct Surface {
+    namespace: String,
+    classifier: Classifier,
+    access: AccessTokenKey,
+    access_ttl: Duration,
+}
+
+impl Surface {
+    /// The surface of a `[clevertap]` section.
+    pub fn new(spec: &ClevertapSpec) -> Self {
+        Self {
+            namespace: spec.namespace.clone(),
+            classifier: Classifier::new(spec),
+            access: AccessTokenKey::random(),
+            access_ttl: spec.access_token_ttl,
+        }
+    }
+}
+
+/// Registers the surface's paths (only when `[clevertap]` is enabled).
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route(
+            "/ct-vault/api/tokenization/getToken",
+            web::post().to(tokenize_one),
+        )
+        .route("/ct-vault/api/v2/tokenize", web::post().to(tokenize_one))
+        .route(
+            "/ct-vault/api/tokenization/getRawValue",
+            web::post().to(detokenize_one),
+        )
+        .route(
+            "/ct-vault/api/tokenization/tokens/batch",
+            web::post().to(tokenize_batch),
+        )
+        .route(
+            "/ct-vault/api/v2/tokenize/batch",
+            web::post().to(tokenize_batch),
+        )
+        .route(
+            "/ct-vault/api/tokenization/tokens/values/batch",
+            web::post().to(detokenize_batch),
+        )
+        .route(TOKEN_PATH, web::post().to(access_token));
+}
+
+// ---------------------------------------------------------------------------
+// Requests and answers, as the spec names them
+
+/// `metadata` is free-form; only `purpose` is read, nothing of it is stored
+/// apart from the purpose.
+#[derive(Deserialize, Default)]
+struct Metadata {
+    purpose: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenizeOneRequest {
+    value: Pii,
+}
+
+#[derive(Deserialize)]
+struct TokenizeBatchRequest {
+    values: Vec<Pii>,
+}
+
+#[derive(Deserialize)]
+struct DetokenizeOneRequest {
+    token: String,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct DetokenizeBatchRequest {
+    tokens: Vec<String>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenizeOneAnswer<'a> {
+    token: &'a str,
+    exists: bool,
+    newly_created: bool,
+    data_type: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenizeResult<'a> {
+    original_value: &'a str,
+    token: &'a str,
+    exists: bool,
+    newly_created: bool,
+    data_type: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenizeSummary {
+    processed_count: usize,
+    existing_count: usize,
+    newly_created_count: usize,
+}
+
+#[derive(Serialize)]
+struct TokenizeBatchAnswer<'a> {
+    results: Vec<TokenizeResult<'a>>,
+    summary: TokenizeSummary,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetokenizeOneAnswer<'a> {
+    value: Option<&'a str>,
+    exists: bool,
+    data_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetokenizeResult<'a> {
+    token: &'a str,
+    value: Option<&'a str>,
+    exists: bool,
+    data_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetokenizeSummary {
+    processed_count: usize,
+    found_count: usize,
+    not_found_count: usize,
+}
+
+#[derive(Serialize)]
+struct DetokenizeBatchAnswer<'a> {
+    results: Vec<DetokenizeResult<'a>>,
+    summary: DetokenizeSummary,
+}
+
+fn data_type(value: &str) -> &'static str {
+    if is_plain_number(value) {
+        "number"
+    } else {
+        "string"
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+/// An authenticated call of the surface: who, the audit context naming the
+/// surface, and the session key when the request came encrypted.
+struct Call<'s> {
+    surface: &'s Surface,
+    caller: crate::policy::Caller,
+    context: Context,
+    session: Option<SessionKey>,
+}
+
+async fn tokenize_one(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = request_id(&req);
+    let (call, request): (_, TokenizeOneRequest) = open(&state, &req, payload, &id).await?;
+    let original = request.value;
+    let mut tokens = tokenize(&state, &call, std::slice::from_ref(&original), &id).await?;
+    // Invariant: the engine answers one token per item.
+    let token = tokens.pop().expect("one token for one value");
+    let answer = TokenizeOneAnswer {
+        token: &token.token,
+        exists: !token.created,
+        newly_created: token.created,
+        data_type: data_type(original.expose()),
+    };
+    Ok(respond(&answer, call.session.as_ref()))
+}
+
+async fn tokenize_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = request_id(&req);
+    let (call, request): (_, TokenizeBatchRequest) = open(&state, &req, payload, &id).await?;
+    check_count(request.values.len(), MAX_TOKENIZE_BATCH, "values", &id)?;
+    let tokens = tokenize(&state, &call, &request.values, &id).await?;
+    let results: Vec<TokenizeResult<'_>> = request
+        .values
+        .iter()
+        .zip(&tokens)
+        .map(|(original, token)| TokenizeResult {
+            original_value: original.expose(),
+            token: &token.token,
+            exists: !token.created,
+            newly_created: token.created,
+            data_type: data_type(original.expose()),
+        })
+        .collect();
+    let created = results.iter().filter(|r| r.newly_created).count();
+    let answer = TokenizeBatchAnswer {
+        summary: TokenizeSummary {
+            processed_count: results.len(),
+            existing_count: results.len() - created,
+            newly_created_count: created,
+        },
+        results,
+    };
+    Ok(respond(&answer, call.session.as_ref()))
+}
+
+async fn detokenize_one(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = request_id(&req);
+    let (call, request): (_, DetokenizeOneRequest) = open(&state, &req, payload, &id).await?;
+    let mut answers = detokenize(
+        &state,
+        &call,
+        vec![request.token],
+        request.metadata.unwrap_or_default(),
+        &id,
+    )
+    .await?;
+    // Invariant: the engine answers one entry per token.
+    let answer = answers.pop().expect("one answer for one token");
+    let value = revealed(&answer);
+    let answer = DetokenizeOneAnswer {
+        value,
+        exists: value.is_some(),
+        data_type: value.map(data_type),
+    };
+    Ok(respond(&answer, call.session.as_ref()))
+}
+
+async fn detokenize_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = request_id(&req);
+    let (call, request): (_, DetokenizeBatchRequest) = open(&state, &req, payload, &id).await?;
+    check_count(request.tokens.len(), MAX_DETOKENIZE_BATCH, "tokens", &id)?;
+    let tokens = request.tokens;
+    let answers = detokenize(
+        &state,
+        &call,
+        tokens.clone(),
+        request.metadata.unwrap_or_default(),
+        &id,
+    )
+    .await?;
+    let results: Vec<DetokenizeResult<'_>> = tokens
+        .iter()
+        .zip(&answers)
+        .map(|(token, answer)| {
+            let value = revealed(answer);
+            DetokenizeResult {
+                token,
+                value,
+                exists: value.is_some(),
+                data_type: value.map(data_type),
+            }
+        })
+        .collect();
+    let found = results.iter().filter(|r| r.exists).count();
+    let answer = DetokenizeBatchAnswer {
+        summary: DetokenizeSummary {
+            processed_count: results.len(),
+            found_count: found,
+            not_found_count: results.len() - found,
+        },
+        results,
+    };
+    Ok(respond(&answer, call.session.as_ref()))
+}
+
+/// The revealed value of one answer. A token that does not exist, that the
+/// caller may not see, or whose row failed authentication (logged and
+/// audited by the engine) is `exists: false` here: the API has no per-item
+/// error.
+fn revealed(answer: &Detokenized) -> Option<&str> {
+    match answer {
+        // The one place revealed values leave the engine's types.
+        Detokenized::Value { value, .. } => Some(value.expose()),
+        Detokenized::NotFound | Detokenized::Integrity => None,
+    }
+}
+
+async fn tokenize(
+    state: &AppState,
+    call: &Call<'_>,
+    values: &[Pii],
+    id: &RequestId,
+) -> Result<Vec<crate::vault::Tokenized>, ApiError> {
+    let items = values
+        .iter()
+        .map(|value| TokenizeItem {
+            class: call.surface.classifier.class_of(value.expose()).to_owned(),
+            value: Pii::new(value.expose().to_owned()),
+            subject: None,
+        })
+        .collect();
+    state
+        .vault
+        .tokenize(&call.context, &call.caller, &call.surface.namespace, items)
+        .await
+        .map_err(|error| ApiError::from_vault(error, id))
+}
+
+async fn detokenize(
+    state: &AppState,
+    call: &Call<'_>,
+    tokens: Vec<String>,
+    metadata: Metadata,
+    id: &RequestId,
+) -> Result<Vec<Detokenized>, ApiError> {
+    let purpose = metadata
+        .purpose
+        .filter(|purpose| !purpose.trim().is_empty())
+        .or_else(|| call.caller.role.clevertap_purpose.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "metadata.purpose is required: this client's role sets no clevertap_purpose",
+                id,
+            )
+        })?;
+    state
+        .vault
+        .detokenize(
+            &call.context,
+            &call.caller,
+            &call.surface.namespace,
+            &purpose,
+            tokens,
+        )
+        .await
+        .map_err(|error| ApiError::from_vault(error, id))
+}
+
+fn check_count(count: usize, limit: usize, field: &str, id: &RequestId) -> Result<(), ApiError> {
+    if count == 0 || count > limit {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{field} must hold 1 to {limit} entries; it holds {count}"),
+            id,
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Authentication, envelopes and answers
+
+/// True when the request says its body is encrypted (either SDK's header).
+fn encrypted(headers: &HeaderMap) -> bool {
+    ["encrypted", "x-clevertap-encryption-enabled"]
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        })
+}
+
+/// Authenticates the call, reads the body (decrypting it when the request is
+/// encrypted: anything that does not open answers 419) and parses it.
+async fn open<'s, T: DeserializeOwned>(
+    state: &'s AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    id: &RequestId,
+) -> Result<(Call<'s>, T), ApiError> {
+    let surface = state.clevertap.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "the CleverTap surface is not enabled",
+            id,
+        )
+    })?;
+    let Authenticated(caller, mut context) = authenticate_with(req, Some(&surface.access)).await?;
+    context.route = format!("clevertap:{}", req.path());
+    req.extensions_mut()
+        .insert(LoggedNamespace(surface.namespace.clone()));
+    if req.headers().contains_key(CONTENT_TYPE) && !is_content_type(req, "application/json") {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as application/json",
+            id,
+        ));
+    }
+    let body = read_body(state, req, payload, id).await?;
+    let (plain, session) = if encrypted(req.headers()) {
+        let (plain, key) = unseal(&body).map_err(|()| {
+            ApiError::new(
+                ErrorCode::Undecryptable,
+                "the encrypted body cannot be decrypted; resend it in plaintext",
+                id,
+            )
+        })?;
+        (plain, Some(key))
+    } else {
+        (body, None)
+    };
+    let request = serde_json::from_slice(&plain).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "body is not a valid request for this endpoint (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+            id,
+        )
+    })?;
+    let call = Call {
+        surface,
+        caller,
+        context,
+        session,
+    };
+    Ok((call, request))
+}
+
+#[derive(Deserialize)]
+struct SealedRequest {
+    itp: String,
+    itk: Pii,
+    itv: String,
+}
+
+/// Opens `{itp, itk, itv}`. Which part failed is not told: every failure is
+/// the same 419.
+fn unseal(body: &[u8]) -> Result<(Zeroizing<Vec<u8>>, SessionKey), ()> {
+    let sealed: SealedRequest = serde_json::from_slice(body).map_err(|_| ())?;
+    let key = Zeroizing::new(STANDARD.decode(sealed.itk.expose()).map_err(|_| ())?);
+    let nonce = STANDARD.decode(&sealed.itv).map_err(|_| ())?;
+    let ciphertext = STANDARD.decode(&sealed.itp).map_err(|_| ())?;
+    let key = SessionKey::new(&key).map_err(|_| ())?;
+    let plain = key.open(&nonce, &ciphertext).map_err(|_| ())?;
+    Ok((plain, key))
+}
+
+/// A 200 answer: plain JSON, or `{itp, itv}` sealed under the request's
+/// session key with a fresh nonce.
+fn respond<T: Serialize>(answer: &T, session: Option<&SessionKey>) -> HttpResponse {
+    // Invariant: these answer types serialize infallibly (strings, numbers,
+    // booleans, no maps with non-string keys).
+    let plain = Zeroizing::new(serde_json::to_vec(answer).expect("answer serializes"));
+    match session {
+        None => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(plain.to_vec()),
+        Some(key) => {
+            let (nonce, sealed) = key.seal(&plain);
+            HttpResponse::Ok().json(json!({
+                "itp": STANDARD.encode(sealed),
+                "itv": STANDARD.encode(nonce),
+            }))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The access-token endpoint (OAuth 2.0 client credentials)
+
+/// An OAuth error answer (RFC 6749 section 5.2), with the request id.
+fn oauth_error(status: u16, error: &str, description: &str, id: &RequestId) -> HttpResponse {
+    // Invariant: only 400, 401 and 503 are passed in.
+    let status = actix_web::http::StatusCode::from_u16(status).expect("a valid status");
+    HttpResponse::build(status)
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "error": error,
+            "error_description": description,
+            "request_id": id.as_str(),
+        }))
+}
+
+/// `grant_type=client_credentials&client_id=<client>&client_secret=<api key>`:
+/// the client is an ordinary tokenvault client and the secret its API key.
+async fn access_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let id = request_id(&req);
+    let Some(surface) = state.clevertap.as_ref() else {
+        return oauth_error(400, "invalid_request", "the surface is not enabled", &id);
+    };
+    if !is_content_type(&req, "application/x-www-form-urlencoded") {
+        return oauth_error(
+            400,
+            "invalid_request",
+            "send the body as application/x-www-form-urlencoded",
+            &id,
+        );
+    }
+    let body = match read_body(&state, &req, payload, &id).await {
+        Ok(body) => body,
+        Err(_) => return oauth_error(400, "invalid_request", "the body cannot be read", &id),
+    };
+    let mut grant_type = None;
+    let mut client_id = None;
+    let mut client_secret: Option<Pii> = None;
+    for (name, value) in form_urlencoded::parse(&body) {
+        let slot_taken = match name.as_ref() {
+            "grant_type" => grant_type.replace(value.into_owned()).is_some(),
+            "client_id" => client_id.replace(value.into_owned()).is_some(),
+            "client_secret" => client_secret
+                .replace(Pii::new(value.into_owned()))
+                .is_some(),
+            _ => false,
+        };
+        if slot_taken {
+            return oauth_error(400, "invalid_request", "a parameter is repeated", &id);
+        }
+    }
+    if grant_type.as_deref() != Some("client_credentials") {
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+            &id,
+        );
+    }
+    let (Some(client_id), Some(client_secret)) = (client_id, client_secret) else {
+        return oauth_error(
+            400,
+            "invalid_request",
+            "client_id and client_secret are required",
+            &id,
+        );
+    };
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    let outcome = match state.auth.authenticate(client_secret.expose(), peer).await {
+        Ok(caller) if caller.client == client_id => Ok(caller),
+        Ok(_) => Err(AuthError::Invalid),
+        Err(reason) => Err(reason),
+    };
+    let known = state.auth.knows(&client_id);
+    let actor = if known { client_id.as_str() } else { "unknown" };
+    let context = Context {
+        request_id: id.as_str().to_owned(),
+        actor: actor.to_owned(),
+        auth: "client_credentials",
+        source: peer.map(|ip| ip.to_string()),
+        route: format!("clevertap:{TOKEN_PATH}"),
+    };
+    let caller = match outcome {
+        Ok(caller) => caller,
+        Err(reason) => {
+            let record = context
+                .record(Action::Authenticate, Outcome::Denied)
+                .reason(match reason {
+                    AuthError::SourceNotAllowed => "source_not_allowed",
+                    _ => "invalid_credentials",
+                });
+            if let Err(error) = state.vault.record(vec![record]).await {
+                tracing::error!(request_id = %id, %error, "could not record an authentication failure");
+            }
+            tracing::warn!(request_id = %id, %reason, "access token refused");
+            return oauth_error(401, "invalid_client", "client authentication failed", &id);
+        }
+    };
+    req.extensions_mut()
+        .insert(LoggedClient(caller.client.clone()));
+    let ttl = surface.access_ttl.as_secs();
+    let expires_at = u64::try_from(crate::audit::now_us() / 1_000_000).unwrap_or(0) + ttl;
+    // Fail closed: no token unless its issue is on the record.
+    let record = context.record(Action::IssueAccessToken, Outcome::Ok);
+    if let Err(error) = state.vault.record(vec![record]).await {
+        tracing::error!(request_id = %id, %error, "could not record an access token; none issued");
+        return oauth_error(
+            503,
+            "temporarily_unavailable",
+            "the audit trail cannot be written; no token was issued",
+            &id,
+        );
+    }
+    let token = Zeroizing::new(surface.access.issue(&caller.client, expires_at));
+    HttpResponse::Ok()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .insert_header((PRAGMA, "no-cache"))
+        .json(json!({
+            "access_token": token.as_str(),
+            "expires_in": ttl,
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "scope": "",
+        }))
+}
