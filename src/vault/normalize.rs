@@ -34,7 +34,7 @@ impl Normalization {
 /// Why a value was refused. No variant carries the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NormalizeError {
-    /// Nothing left after normalization.
+    /// Nothing left of an email address or phone number after normalization.
     #[error("value is empty")]
     Empty,
     /// Not shaped like an email address.
@@ -81,7 +81,9 @@ pub fn normalize(rule: Normalization, value: &str) -> Result<Pii, NormalizeError
             compact
         }
     };
-    if normalized.is_empty() {
+    // An email address or a phone number cannot be empty; a free-form value
+    // can (the CleverTap SDKs tokenize "" like any other string).
+    if normalized.is_empty() && matches!(rule, Normalization::Email) {
         return Err(NormalizeError::Empty);
     }
     Ok(Pii::new(normalized))
@@ -150,6 +152,7 @@ mod tests {
             "Olivia Nair"
         );
         assert_eq!(norm(Normalization::None, "  Olivia ").unwrap(), "  Olivia ");
-        assert_eq!(norm(Normalization::Trim, "  "), Err(NormalizeError::Empty));
+        assert_eq!(norm(Normalization::Trim, "  ").unwrap(), "");
+        assert_eq!(norm(Normalization::None, "").unwrap(), "");
     }
 }

@@ -226,3 +226,46 @@ fields = [
         );
     }
 }
+
+#[test]
+fn a_bad_clevertap_section_names_each_problem() {
+    let section = r#"
+[roles.dispatch]
+operations = ["detokenize"]
+namespaces = ["retail"]
+purposes = ["sms_delivery"]
+clevertap_purpose = "email_dispatch"
+
+[clevertap]
+enabled = true
+namespace = "retail"
+email_class = "mail"
+phone_class = "name"
+access_token_ttl_secs = 0
+colour = "blue"
+"#;
+    let setup = Setup::configure("", &format!("{STANDARD}\n{section}"));
+    let out = setup.run(&["config", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for expected in [
+        "clevertap.colour: unknown key",
+        "clevertap.email_class: class `mail` is not defined in namespace `retail`",
+        "clevertap.phone_class: class `name` must have normalize = \"e164\"",
+        "clevertap.default_class: missing",
+        "hint: name the class for values that are neither email nor phone; namespace `retail` has: account, card, email, name, note, phone",
+        "clevertap.access_token_ttl_secs: must be between 1 and 86400",
+        "roles.dispatch.clevertap_purpose: purpose `email_dispatch` is not in the role's purposes",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    // Off means off: the same section disabled is only checked for unknown keys.
+    let off = "[clevertap]\nenabled = false\nnamespace = \"nowhere\"\n";
+    let setup = Setup::configure("", &format!("{STANDARD}\n{off}"));
+    let out = setup.run(&["config", "check", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod clevertap;
 mod config;
 mod dev;
 mod durability;

@@ -25,6 +25,7 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("admin", "admin", ""),
     ("office", "admin", "allow_from = [\"10.20.0.0/16\"]"),
     ("auditor", "auditor", ""),
+    ("dispatcher", "dispatcher", ""),
 ];
 
 /// Roles and namespaces of the standard test configuration.
@@ -89,6 +90,13 @@ reveal = "plain"
 
 [roles.auditor]
 operations = ["audit_read"]
+
+[roles.dispatcher]
+operations = ["detokenize"]
+namespaces = ["retail"]
+purposes = ["email_dispatch", "sms_delivery"]
+reveal = "plain"
+clevertap_purpose = "email_dispatch"
 "#;
 
 /// API keys and hashes for the standard clients, minted once per test run
