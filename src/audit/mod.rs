@@ -378,7 +378,8 @@ pub struct FilterText {
     #[arg(long)]
     pub actor: Option<String>,
     /// Action: tokenize, detokenize, forget, init, client_create,
-    /// config_load, key_unwrap, authenticate, audit_read.
+    /// config_load, key_unwrap, authenticate, audit_read, forward,
+    /// issue_access_token.
     #[arg(long)]
     pub action: Option<String>,
     /// Namespace.
