@@ -38,7 +38,10 @@ fn canaries_never_reach_disk_or_logs() {
         .map(str::to_owned)
         .collect();
     assert_eq!(canaries.len(), 1000);
-    let setup = Setup::new("");
+    let setup = Setup::new_with(
+        "",
+        "[clevertap]\nenabled = true\nnamespace = \"retail\"\ndefault_class = \"name\"\n",
+    );
     // Logs go to daily-rotated JSON files at debug level: every one of them
     // is searched below.
     let log_dir = setup.dir.path().join("logs");
@@ -81,6 +84,75 @@ fn canaries_never_reach_disk_or_logs() {
         assert_eq!(answer["value"].as_str(), Some(expected.as_str()));
     }
     detokenize(&server, "helpdesk", "retail", "support", &tokens);
+    // The CleverTap surface: a batch in, the tokens back out encrypted, a
+    // refused call and an envelope that does not open, all with canaries.
+    let ct = |path: &str, client: &str, body: serde_json::Value, encrypted: bool| {
+        let mut request = http()
+            .post(server.url(path))
+            .bearer_auth(key(client))
+            .header("content-type", "application/json");
+        if encrypted {
+            request = request.header("Encrypted", "true");
+        }
+        let response = request.body(body.to_string()).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    };
+    let (status, answer) = ct(
+        "/ct-vault/api/tokenization/tokens/batch",
+        "crm",
+        serde_json::json!({ "values": canaries }),
+        false,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let ct_tokens: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token"].as_str().unwrap())
+        .collect();
+    let session = [0x5au8; 32];
+    let nonce = [0x11u8; 12];
+    let mut sealed =
+        serde_json::json!({"tokens": ct_tokens, "metadata": {"purpose": "email_dispatch"}})
+            .to_string()
+            .into_bytes();
+    ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &session).unwrap(),
+    )
+    .seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::empty(),
+        &mut sealed,
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let envelope = serde_json::json!({
+        "itp": base64::Engine::encode(&b64, &sealed),
+        "itk": base64::Engine::encode(&b64, session),
+        "itv": base64::Engine::encode(&b64, nonce),
+    });
+    let (status, answer) = ct(
+        "/ct-vault/api/tokenization/tokens/values/batch",
+        "dispatcher",
+        envelope,
+        true,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = ct(
+        "/ct-vault/api/tokenization/getToken",
+        "intake",
+        serde_json::json!({ "value": canaries[0] }),
+        false,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = ct(
+        "/ct-vault/api/tokenization/getToken",
+        "crm",
+        serde_json::json!({ "itp": canaries[1], "itk": canaries[2], "itv": canaries[3] }),
+        true,
+    );
+    assert_eq!(status, 419);
     // Refused and malformed requests that carry canaries are logged too.
     let (status, _) = post(
         &server,
