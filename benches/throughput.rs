@@ -109,6 +109,7 @@ impl InProcess {
                 classes: Scope::Any,
                 purposes: Scope::Any,
                 reveal: Reveal::Plain,
+                reveal_by_purpose: Default::default(),
                 clevertap_purpose: None,
             }),
         };

@@ -383,12 +383,14 @@ impl Config {
                 Operation::Detokenize,
                 Operation::Forget,
                 Operation::AuditRead,
+                Operation::Consent,
             ]
             .into(),
             namespaces: Scope::Any,
             classes: Scope::Any,
             purposes: Scope::Any,
             reveal: Reveal::Plain,
+            reveal_by_purpose: BTreeMap::new(),
             clevertap_purpose: None,
         };
         Self {
@@ -424,6 +426,7 @@ impl Config {
                     role: "root".to_owned(),
                     api_key_hash: root_key_hash,
                     allow_from: Vec::new(),
+                    budget: crate::policy::Budget::default(),
                 },
             )]),
         }
@@ -581,6 +584,72 @@ struct RawRoute {
     unknown: Unknown,
 }
 
+/// Headers injected upstream, each from an environment variable or a file.
+fn injected_headers(
+    section: &str,
+    raw: BTreeMap<String, RawSecret>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, SecretRef)> {
+    let mut headers = Vec::new();
+    for (header, secret) in raw {
+        let key = format!("{section}.headers.{header}");
+        unknown_keys(problems, &key, &secret.unknown);
+        if actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push(Problem::new(&key, "not a valid header name"));
+        }
+        match (secret.env, secret.file) {
+            (Some(env), None) => headers.push((header, SecretRef::Env(env))),
+            (None, Some(file)) => {
+                if let Err(problem) = check_secret_file(&key, &file) {
+                    problems.push(problem);
+                }
+                headers.push((header, SecretRef::File(file)));
+            }
+            _ => problems.push(Problem::new(
+                &key,
+                "give exactly one of { env = \"VAR\" } or { file = \"/path\" }",
+            )),
+        }
+    }
+    headers
+}
+
+/// An upstream URL: https, or http when explicitly allowed.
+fn upstream_url(
+    key: &str,
+    raw: Option<String>,
+    insecure_allow_http: bool,
+    problems: &mut Vec<Problem>,
+) -> String {
+    let upstream = raw.unwrap_or_default().trim_end_matches('/').to_owned();
+    let https = upstream.starts_with("https://");
+    let http_allowed = upstream.starts_with("http://") && insecure_allow_http;
+    if !(https || http_allowed) || reqwest::Url::parse(&upstream).is_err() {
+        problems.push(
+            Problem::new(key, format!("`{upstream}` is not an https:// URL"))
+                .hint("plain http:// upstreams need insecure_allow_http_upstream = true"),
+        );
+    }
+    upstream
+}
+
+fn parse_cidrs(key: &str, raw: &[String], problems: &mut Vec<Problem>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for cidr in raw {
+        let parsed = cidr
+            .parse::<IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => problems.push(Problem::new(
+                key,
+                format!("`{cidr}` is not an IP address or CIDR block"),
+            )),
+        }
+    }
+    nets
+}
+
 #[derive(Deserialize)]
 struct RawSecret {
     env: Option<String>,
@@ -631,22 +700,12 @@ impl RawRoute {
             problems.push(Problem::new(format!("{section}.path_prefix"), format!("`{path_prefix}` is not a usable path prefix"))
                 .hint("write it like \"/clevertap\": a leading slash, no trailing slash, not under /v1"));
         }
-        let upstream = self
-            .upstream
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_owned();
-        let https = upstream.starts_with("https://");
-        let http_allowed = upstream.starts_with("http://") && self.insecure_allow_http_upstream;
-        if !(https || http_allowed) || reqwest::Url::parse(&upstream).is_err() {
-            problems.push(
-                Problem::new(
-                    format!("{section}.upstream"),
-                    format!("`{upstream}` is not an https:// URL"),
-                )
-                .hint("plain http:// upstreams need insecure_allow_http_upstream = true"),
-            );
-        }
+        let upstream = upstream_url(
+            &format!("{section}.upstream"),
+            self.upstream,
+            self.insecure_allow_http_upstream,
+            problems,
+        );
         let namespace = self.namespace.unwrap_or_default();
         let spec = namespaces.get(&namespace);
         if spec.is_none() {
@@ -663,27 +722,7 @@ impl RawRoute {
                 ));
             }
         }
-        let mut headers = Vec::new();
-        for (header, secret) in self.headers {
-            let key = format!("{section}.headers.{header}");
-            unknown_keys(problems, &key, &secret.unknown);
-            if actix_web::http::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                problems.push(Problem::new(&key, "not a valid header name"));
-            }
-            match (secret.env, secret.file) {
-                (Some(env), None) => headers.push((header, SecretRef::Env(env))),
-                (None, Some(file)) => {
-                    if let Err(problem) = check_secret_file(&key, &file) {
-                        problems.push(problem);
-                    }
-                    headers.push((header, SecretRef::File(file)));
-                }
-                _ => problems.push(Problem::new(
-                    &key,
-                    "give exactly one of { env = \"VAR\" } or { file = \"/path\" }",
-                )),
-            }
-        }
+        let headers = injected_headers(&section, self.headers, problems);
         let class_known = |class: &str| spec.is_some_and(|ns| ns.classes.contains_key(class));
         let mut fields = Vec::new();
         for (i, raw) in self.fields.into_iter().enumerate() {
@@ -908,6 +947,8 @@ struct RawRole {
     purposes: Vec<String>,
     reveal: Option<String>,
     clevertap_purpose: Option<String>,
+    #[serde(default)]
+    reveal_by_purpose: BTreeMap<String, String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -918,6 +959,8 @@ struct RawClient {
     api_key_hash: Option<String>,
     #[serde(default)]
     allow_from: Vec<String>,
+    budget_per_minute: Option<u64>,
+    budget_per_day: Option<u64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1282,7 +1325,7 @@ impl RawRole {
                 problems,
                 &format!("{section}.operations"),
                 operation,
-                "tokenize, detokenize, forget, audit_read",
+                "tokenize, detokenize, forget, audit_read, consent",
             );
             operations.extend(parsed);
         }
@@ -1340,12 +1383,26 @@ impl RawRole {
                 );
             }
         }
+        let mut reveal_by_purpose = BTreeMap::new();
+        for (purpose, mode) in &self.reveal_by_purpose {
+            let key = format!("{section}.reveal_by_purpose.{purpose}");
+            if !purposes.allows(purpose) {
+                problems.push(Problem::new(
+                    &key,
+                    format!("purpose `{purpose}` is not in the role's purposes"),
+                ));
+            }
+            if let Some(mode) = parse_enum::<Reveal>(problems, &key, mode, "plain, masked") {
+                reveal_by_purpose.insert(purpose.clone(), mode);
+            }
+        }
         Some(Role {
             operations,
             namespaces: scope(&self.namespaces),
             classes: self.classes.as_deref().map_or(Scope::Any, scope),
             purposes,
             reveal,
+            reveal_by_purpose,
             clevertap_purpose: self.clevertap_purpose,
         })
     }
@@ -1488,23 +1545,26 @@ impl RawClient {
                 None
             }
         };
-        let mut allow_from = Vec::new();
-        for cidr in &self.allow_from {
-            let parsed = cidr
-                .parse::<IpNet>()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
-            match parsed {
-                Ok(net) => allow_from.push(net),
-                Err(_) => problems.push(Problem::new(
-                    format!("{section}.allow_from"),
-                    format!("`{cidr}` is not an IP address or CIDR block"),
-                )),
+        let allow_from = parse_cidrs(&format!("{section}.allow_from"), &self.allow_from, problems);
+        for (key, value) in [
+            ("budget_per_minute", self.budget_per_minute),
+            ("budget_per_day", self.budget_per_day),
+        ] {
+            if value == Some(0) {
+                problems.push(
+                    Problem::new(format!("{section}.{key}"), "must be at least 1")
+                        .hint("leave it out for no budget"),
+                );
             }
         }
         Some(ClientSpec {
             role: role?,
             api_key_hash: hash?,
             allow_from,
+            budget: crate::policy::Budget {
+                per_minute: self.budget_per_minute,
+                per_day: self.budget_per_day,
+            },
         })
     }
 }

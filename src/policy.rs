@@ -24,6 +24,8 @@ pub enum Operation {
     Forget,
     /// Read the audit trail.
     AuditRead,
+    /// Record consent withdrawals and restorations.
+    Consent,
 }
 
 /// How detokenized values are shown to a role.
@@ -68,6 +70,8 @@ pub struct Role {
     pub purposes: Scope,
     /// Plain or masked values.
     pub reveal: Reveal,
+    /// Reveal mode per purpose, overriding `reveal`.
+    pub reveal_by_purpose: BTreeMap<String, Reveal>,
     /// Purpose of CleverTap-surface detokenization when the request names
     /// none in `metadata.purpose`.
     pub clevertap_purpose: Option<String>,
@@ -91,6 +95,14 @@ pub enum Denied {
 }
 
 impl Role {
+    /// How values revealed for `purpose` are shown.
+    pub fn reveal_for(&self, purpose: &str) -> Reveal {
+        self.reveal_by_purpose
+            .get(purpose)
+            .copied()
+            .unwrap_or(self.reveal)
+    }
+
     /// May this role perform `operation` in `namespace`?
     pub fn check(&self, operation: Operation, namespace: &str) -> Result<(), Denied> {
         if !self.operations.contains(&operation) {
@@ -112,6 +124,18 @@ pub struct ClientSpec {
     pub api_key_hash: String,
     /// Source addresses the client may connect from; empty allows any.
     pub allow_from: Vec<IpNet>,
+    /// Most values the client may have revealed.
+    pub budget: Budget,
+}
+
+/// A client's detokenization budget: values revealed per minute and per day
+/// (fixed windows, counted in memory).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// At most this many per minute.
+    pub per_minute: Option<u64>,
+    /// At most this many per day.
+    pub per_day: Option<u64>,
 }
 
 pub use crate::crypto::password::is_argon2id_hash;
@@ -303,6 +327,7 @@ mod tests {
             classes: Scope::Any,
             purposes: Scope::Only(BTreeSet::new()),
             reveal: Reveal::Masked,
+            reveal_by_purpose: BTreeMap::new(),
             clevertap_purpose: None,
         };
         assert_eq!(role.check(Operation::Tokenize, "retail"), Ok(()));

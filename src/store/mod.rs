@@ -22,7 +22,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod activation;
+
 use crate::audit::{self, Head, Record};
+pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 use crate::crypto::keys::AuditKey;
 
 /// Largest number of queued jobs committed in one transaction.
@@ -99,6 +102,8 @@ pub struct StoredValue {
     pub key_version: u32,
     /// `nonce || ciphertext || tag`.
     pub sealed: Vec<u8>,
+    /// Keyed hash of the subject it was stored with, if any.
+    pub subject_hash: Option<Vec<u8>>,
 }
 
 /// Why a writer batch failed.
@@ -127,6 +132,11 @@ enum Job {
     Audit {
         records: Vec<Record>,
         reply: Reply<()>,
+    },
+    Activation {
+        write: ActivationWrite,
+        audit: Vec<Record>,
+        reply: Reply<bool>,
     },
 }
 
@@ -272,6 +282,50 @@ impl Store {
         .await
     }
 
+    /// Applies an activation write (consent event, callback message claim or
+    /// release) with its audit records in one commit; answers the write's
+    /// result once durable (for a claim: false when the id was seen before,
+    /// and then the records are appended all the same).
+    pub async fn activation(
+        &self,
+        write: ActivationWrite,
+        audit: Vec<Record>,
+    ) -> Result<bool, StoreError> {
+        self.submit(|reply| Job::Activation {
+            write,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    /// For each `(token, subject hash)`, whether `purpose` is withdrawn for
+    /// the token or its subject. Blocking.
+    pub fn consent_withdrawn(
+        &self,
+        namespace: &str,
+        purpose: &str,
+        items: &[(&str, Option<&[u8]>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.with_reader(|db| {
+            items
+                .iter()
+                .map(|(token, subject)| {
+                    activation::withdrawn(db, namespace, token, *subject, purpose)
+                })
+                .collect()
+        })
+    }
+
+    /// Every consent event about `target`, oldest first. Blocking.
+    pub fn consent_history(
+        &self,
+        namespace: &str,
+        target: &ConsentTarget,
+    ) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.with_reader(|db| activation::history(db, namespace, target))
+    }
+
     /// Appends audit records; answers once they are durably committed.
     pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.submit(|reply| Job::Audit { records, reply }).await
@@ -356,7 +410,7 @@ impl Store {
     ) -> Result<Vec<Option<StoredValue>>, StoreError> {
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
-                "SELECT class, key_version, sealed FROM tokens WHERE namespace = ?1 AND token = ?2",
+                "SELECT class, key_version, sealed, subject_hash FROM tokens WHERE namespace = ?1 AND token = ?2",
             )?;
             tokens
                 .iter()
@@ -367,6 +421,7 @@ impl Store {
                                 class: row.get(0)?,
                                 key_version: row.get(1)?,
                                 sealed: row.get(2)?,
+                                subject_hash: row.get(3)?,
                             })
                         })
                         .optional()
@@ -440,6 +495,54 @@ pub fn append_audit_offline(
     Ok(head)
 }
 
+/// Records a consent change outside the server (`tokenvault consent set`):
+/// the event and its audit record, committed like the writer does.
+pub fn record_consent_offline(
+    database: &Path,
+    audit_path: &Path,
+    key: &AuditKey,
+    event: &ConsentEvent,
+    record: &Record,
+) -> Result<(), StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    let mut audit_db = audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
+    let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    activation::apply(&vault_tx, &ActivationWrite::Consent(event.clone()), 0)?;
+    let head = audit::store::append(&audit_tx, key, std::slice::from_ref(record))?
+        .ok_or(StoreError::Audit("nothing to append".into()))?;
+    write_audit_head(&vault_tx, &head)?;
+    audit_tx.commit()?;
+    vault_tx.commit()?;
+    Ok(())
+}
+
+/// Consent events about `target` (or, for a token, about its subject too)
+/// in the `vault.db` at `database`, for `tokenvault consent show`.
+pub fn consent_history_offline(
+    database: &Path,
+    namespace: &str,
+    target: &ConsentTarget,
+) -> Result<Vec<ConsentRecord>, StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    let mut events = activation::history(&db, namespace, target)?;
+    if let ConsentTarget::Token(token) = target {
+        if let Some(subject) = activation::subject_of(&db, namespace, token)? {
+            if let Ok(hash) = <[u8; 32]>::try_from(subject.as_slice()) {
+                events.extend(activation::history(
+                    &db,
+                    namespace,
+                    &ConsentTarget::Subject(hash),
+                )?);
+                events.sort_by_key(|event| event.changed_at);
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// The audit head recorded in the `vault.db` at `database`, opened read-only
 /// (a stopped vault, or a copy of its data directory).
 pub fn recorded_audit_head_offline(database: &Path) -> Result<Option<Head>, StoreError> {
@@ -466,6 +569,7 @@ enum Done {
     Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
     Delete(Reply<bool>, bool),
     Audit(Reply<()>),
+    Activation(Reply<bool>, bool),
 }
 
 impl Done {
@@ -474,6 +578,7 @@ impl Done {
             Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
             Self::Delete(reply, deleted) => drop(reply.send(Ok(deleted))),
             Self::Audit(reply) => drop(reply.send(Ok(()))),
+            Self::Activation(reply, result) => drop(reply.send(Ok(result))),
         }
     }
 
@@ -482,6 +587,7 @@ impl Done {
             Self::Insert(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Delete(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
+            Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
         }
     }
 }
@@ -577,6 +683,14 @@ impl Writer {
                     done.push(Done::Audit(reply));
                     work.push(Work::Audit { records });
                 }
+                Job::Activation {
+                    write,
+                    audit,
+                    reply,
+                } => {
+                    done.push(Done::Activation(reply, false));
+                    work.push(Work::Activation { write, audit });
+                }
             }
         }
         let audit_tx = audit_db
@@ -637,6 +751,10 @@ impl Writer {
                     records.push(*audit);
                 }
                 (Done::Audit(_), Work::Audit { records: more }) => records.extend(more),
+                (Done::Activation(_, result), Work::Activation { write, audit }) => {
+                    *result = activation::apply(&vault_tx, &write, now).map_err(write_failure)?;
+                    records.extend(audit);
+                }
                 _ => unreachable!("done and work are built in step"),
             }
         }
@@ -664,6 +782,10 @@ enum Work {
     },
     Audit {
         records: Vec<Record>,
+    },
+    Activation {
+        write: ActivationWrite,
+        audit: Vec<Record>,
     },
 }
 

@@ -31,6 +31,28 @@ pub fn migrations() -> Migrations<'static> {
                  mac BLOB    NOT NULL
              );",
         ),
+        // Consent changes (append-only: the newest matching event decides),
+        // and the callback message ids already accepted (replay protection
+        // that survives a restart).
+        M::up(
+            "CREATE TABLE consent_events (
+                 id         INTEGER PRIMARY KEY,
+                 namespace  TEXT    NOT NULL,
+                 scope      TEXT    NOT NULL CHECK (scope IN ('token', 'subject')),
+                 target     BLOB    NOT NULL,
+                 purpose    TEXT    NOT NULL,
+                 withdrawn  INTEGER NOT NULL,
+                 changed_at INTEGER NOT NULL,
+                 source     TEXT    NOT NULL
+             );
+             CREATE INDEX consent_by_target ON consent_events (namespace, scope, target);
+             CREATE TABLE callback_messages (
+                 callback   TEXT    NOT NULL,
+                 message_id TEXT    NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 PRIMARY KEY (callback, message_id)
+             ) WITHOUT ROWID;",
+        ),
     ])
 }
 
