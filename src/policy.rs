@@ -304,6 +304,16 @@ pub fn mask(value: &str, normalize: Normalization) -> String {
         .collect()
 }
 
+/// True for a consent change's `source` note: short, and without spaces or
+/// `@`, so that it cannot carry a name or an address in any usual shape.
+pub fn valid_consent_source(source: &str) -> bool {
+    !source.is_empty()
+        && source.len() <= 64
+        && source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,11 +40,13 @@ pub enum Action {
     Forward,
     /// An access token issued by the CleverTap surface's token endpoint.
     IssueAccessToken,
+    /// A consent withdrawn or restored.
+    Consent,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -56,6 +58,7 @@ impl Action {
         Self::AuditRead,
         Self::Forward,
         Self::IssueAccessToken,
+        Self::Consent,
     ];
 
     /// The stored name.
@@ -72,6 +75,7 @@ impl Action {
             Self::AuditRead => "audit_read",
             Self::Forward => "forward",
             Self::IssueAccessToken => "issue_access_token",
+            Self::Consent => "consent",
         }
     }
 
@@ -379,7 +383,7 @@ pub struct FilterText {
     pub actor: Option<String>,
     /// Action: tokenize, detokenize, forget, init, client_create,
     /// config_load, key_unwrap, authenticate, audit_read, forward,
-    /// issue_access_token.
+    /// issue_access_token, consent.
     #[arg(long)]
     pub action: Option<String>,
     /// Namespace.

@@ -2,6 +2,7 @@
 
 mod audit;
 mod client;
+mod consent;
 mod config_check;
 mod init;
 mod serve;
@@ -46,6 +47,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Withdraw, restore and show consent for a purpose.
+    Consent {
+        #[command(subcommand)]
+        command: consent::ConsentCommand,
     },
     /// Check configuration.
     Config {
@@ -114,6 +120,7 @@ pub fn main() -> ExitCode {
             command: ClientCommand::New { name, role, config },
         } => client::new(&name, &role, config.as_deref()),
         Command::Audit { command } => audit::run(command),
+        Command::Consent { command } => consent::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),

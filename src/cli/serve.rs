@@ -100,7 +100,8 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
             )
         })?,
     );
-    let vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    vault.set_budgets(&config.clients);
     drop(keyring);
     let state = AppState {
         vault,

@@ -12,7 +12,7 @@ use super::context::{LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
 use super::AppState;
 use crate::pii::Pii;
-use crate::vault::{Detokenized, TokenizeItem};
+use crate::vault::{ConsentSubject, Detokenized, TokenizeItem};
 
 /// Registers every route.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -22,6 +22,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/v1/tokenize", web::post().to(tokenize))
         .route("/v1/detokenize", web::post().to(detokenize))
         .route("/v1/audit", web::get().to(audit_records))
+        .route("/v1/consent", web::put().to(consent))
         .route(
             "/v1/namespaces/{namespace}/tokens/{token}",
             web::delete().to(forget),
@@ -185,6 +186,12 @@ async fn detokenize(
                     code: "integrity_error",
                 },
             },
+            Detokenized::ConsentWithdrawn => ValueOut::Missing {
+                token,
+                error: ItemError {
+                    code: "consent_withdrawn",
+                },
+            },
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "values": values })))
@@ -210,6 +217,64 @@ async fn forget(
     } else {
         Err(ApiError::new(ErrorCode::NotFound, "no such token", &id))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentRequest {
+    namespace: String,
+    purpose: String,
+    withdrawn: bool,
+    token: Option<String>,
+    subject: Option<Pii>,
+    source: Option<String>,
+}
+
+/// `PUT /v1/consent`: withdraw (`withdrawn: true`) or restore a purpose (or
+/// `*`) for one token or for every token of a subject.
+async fn consent(
+    state: web::Data<AppState>,
+    Authenticated(caller, context): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: ConsentRequest = read_json(&state, &req, payload, &id).await?;
+    req.extensions_mut()
+        .insert(LoggedNamespace(request.namespace.clone()));
+    let invalid = |message: &str| ApiError::new(ErrorCode::InvalidRequest, message, &id);
+    if request.purpose.trim().is_empty() {
+        return Err(invalid("purpose must not be empty"));
+    }
+    let source = request.source.unwrap_or_else(|| "api".to_owned());
+    if !crate::policy::valid_consent_source(&source) {
+        return Err(invalid(
+            "source must be letters, digits and `_.:/-`, at most 64 (never personal data)",
+        ));
+    }
+    let subject = match (request.token, request.subject) {
+        (Some(token), None) => ConsentSubject::Token(token),
+        (None, Some(subject)) => ConsentSubject::Subject(subject),
+        _ => return Err(invalid("give exactly one of token and subject")),
+    };
+    state
+        .vault
+        .set_consent(
+            &context,
+            &caller,
+            &request.namespace,
+            subject,
+            &request.purpose,
+            request.withdrawn,
+            &source,
+        )
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "namespace": request.namespace,
+        "purpose": request.purpose,
+        "withdrawn": request.withdrawn,
+    })))
 }
 
 /// Query of `GET /v1/audit`: the filters of `tokenvault audit query`, plus

@@ -273,7 +273,7 @@ async fn detokenize_one(
     let value = revealed(&answer);
     let answer = DetokenizeOneAnswer {
         value,
-        exists: value.is_some(),
+        exists: exists(&answer),
         data_type: value.map(data_type),
     };
     Ok(respond(&answer, call.session.as_ref()))
@@ -304,12 +304,12 @@ async fn detokenize_batch(
             DetokenizeResult {
                 token,
                 value,
-                exists: value.is_some(),
+                exists: exists(answer),
                 data_type: value.map(data_type),
             }
         })
         .collect();
-    let found = results.iter().filter(|r| r.exists).count();
+    let found = results.iter().filter(|r| r.value.is_some()).count();
     let answer = DetokenizeBatchAnswer {
         summary: DetokenizeSummary {
             processed_count: results.len(),
@@ -324,13 +324,22 @@ async fn detokenize_batch(
 /// The revealed value of one answer. A token that does not exist, that the
 /// caller may not see, or whose row failed authentication (logged and
 /// audited by the engine) is `exists: false` here: the API has no per-item
-/// error.
+/// error. A withdrawn consent is `exists: true` with no value.
 fn revealed(answer: &Detokenized) -> Option<&str> {
     match answer {
         // The one place revealed values leave the engine's types.
         Detokenized::Value { value, .. } => Some(value.expose()),
-        Detokenized::NotFound | Detokenized::Integrity => None,
+        Detokenized::NotFound | Detokenized::Integrity | Detokenized::ConsentWithdrawn => None,
     }
+}
+
+/// `exists` of one answer: a token whose subject withdrew consent exists,
+/// but its value is withheld (`value: null`).
+fn exists(answer: &Detokenized) -> bool {
+    matches!(
+        answer,
+        Detokenized::Value { .. } | Detokenized::ConsentWithdrawn
+    )
 }
 
 async fn tokenize(

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     Internal,
     /// 503: the store is not available.
     Unavailable,
+    /// 429: the client's detokenization budget is spent.
+    TooManyRequests,
     /// 419: an encrypted CleverTap request could not be decrypted (the
     /// status the platform's SDKs expect, to fall back to plaintext).
     Undecryptable,
@@ -57,6 +59,7 @@ impl ErrorCode {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Invariant: 419 is within 100..=999, so from_u16 succeeds.
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Undecryptable => StatusCode::from_u16(419).expect("419 is a valid status"),
         }
     }
@@ -74,6 +77,7 @@ impl ErrorCode {
             Self::GatewayTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
             Self::Unavailable => "unavailable",
+            Self::TooManyRequests => "budget_exceeded",
             Self::Undecryptable => "decryption_failed",
         }
     }
@@ -121,6 +125,7 @@ impl ApiError {
             VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             VaultError::Store(_) => ErrorCode::Unavailable,
             VaultError::Exhausted => ErrorCode::Internal,
+            VaultError::BudgetExceeded => ErrorCode::TooManyRequests,
         };
         let message = match &error {
             VaultError::Denied(Denied::Class(index)) => {

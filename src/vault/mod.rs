@@ -1,6 +1,7 @@
 //! The engine: tokenize, detokenize, forget. The one place that joins
 //! crypto, store and policy; `http` and `cli` call only this.
 
+mod budget;
 pub mod classify;
 pub mod normalize;
 
@@ -15,7 +16,10 @@ use crate::crypto::tokens::{self, FormatError};
 use crate::crypto::wrapping::Keyring;
 use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
-use crate::store::{InsertOutcome, NewRow, Store, StoreError};
+use crate::store::{
+    ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget, InsertOutcome, NewRow, Store,
+    StoreError,
+};
 use normalize::NormalizeError;
 
 /// Largest value accepted for tokenization, in bytes.
@@ -58,6 +62,19 @@ pub enum Detokenized {
     /// The stored row failed authentication: edited, moved or its key is
     /// missing. Nothing is revealed.
     Integrity,
+    /// The token's subject or the token itself has withdrawn consent for
+    /// the purpose. Nothing is revealed.
+    ConsentWithdrawn,
+}
+
+/// Whom a consent change is about.
+#[derive(Debug)]
+pub enum ConsentSubject {
+    /// One token.
+    Token(String),
+    /// Every token stored with this subject (the `subject` given at
+    /// tokenization).
+    Subject(Pii),
 }
 
 /// Why an item was refused.
@@ -103,6 +120,9 @@ pub enum VaultError {
     /// Every minted token was already taken.
     #[error("could not mint an unused token")]
     Exhausted,
+    /// The client's detokenization budget would be exceeded.
+    #[error("detokenization budget exceeded")]
+    BudgetExceeded,
 }
 
 impl VaultError {
@@ -119,6 +139,7 @@ impl VaultError {
             Self::Store(StoreError::Audit(_)) => (Outcome::Error, "audit_unavailable"),
             Self::Store(_) => (Outcome::Error, "store_unavailable"),
             Self::Exhausted => (Outcome::Error, "token_space_exhausted"),
+            Self::BudgetExceeded => (Outcome::Denied, "budget_exceeded"),
         }
     }
 }
@@ -141,6 +162,7 @@ impl Namespace {
 pub struct Vault {
     store: Arc<Store>,
     namespaces: BTreeMap<String, Namespace>,
+    budgets: budget::Budgets,
 }
 
 struct Pending<'a> {
@@ -181,7 +203,21 @@ impl Vault {
                 )
             })
             .collect();
-        Self { store, namespaces }
+        Self {
+            store,
+            namespaces,
+            budgets: budget::Budgets::default(),
+        }
+    }
+
+    /// Sets the clients' detokenization budgets.
+    pub fn set_budgets(&mut self, clients: &BTreeMap<String, crate::policy::ClientSpec>) {
+        self.budgets = budget::Budgets::new(
+            clients
+                .iter()
+                .map(|(name, spec)| (name.clone(), spec.budget))
+                .collect(),
+        );
     }
 
     /// True when the store answers and the writer runs.
@@ -480,6 +516,11 @@ impl Vault {
             .any(|answer| matches!(answer, Detokenized::Integrity))
         {
             record = record.reason("integrity_error");
+        } else if answers
+            .iter()
+            .any(|answer| matches!(answer, Detokenized::ConsentWithdrawn))
+        {
+            record = record.reason("consent_withdrawn");
         }
         // Fail closed: if this append fails, the answers are dropped (and
         // zeroized) unrevealed.
@@ -499,19 +540,35 @@ impl Vault {
             return Err(Denied::Purpose.into());
         }
         let ns = self.namespace(namespace)?;
+        if !self.budgets.spend(&caller.client, tokens.len() as u64) {
+            return Err(VaultError::BudgetExceeded);
+        }
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
-        let (tokens, stored) = tokio::task::spawn_blocking(move || {
-            store
-                .fetch(&owned_namespace, &tokens)
-                .map(|stored| (tokens, stored))
+        let owned_purpose = purpose.to_owned();
+        let (tokens, stored, withdrawn) = tokio::task::spawn_blocking(move || {
+            let stored = store.fetch(&owned_namespace, &tokens)?;
+            let present: Vec<(&str, Option<&[u8]>)> = tokens
+                .iter()
+                .zip(&stored)
+                .map(|(token, row)| {
+                    (
+                        token.as_str(),
+                        row.as_ref().and_then(|r| r.subject_hash.as_deref()),
+                    )
+                })
+                .collect();
+            let withdrawn = store.consent_withdrawn(&owned_namespace, &owned_purpose, &present)?;
+            Ok::<_, StoreError>((tokens, stored, withdrawn))
         })
         .await
         .map_err(|_| StoreError::ReadTask)??;
+        let reveal = caller.role.reveal_for(purpose);
         let answers = tokens
             .iter()
             .zip(stored)
-            .map(|(token, stored)| {
+            .zip(withdrawn)
+            .map(|((token, stored), withdrawn)| {
                 let Some(stored) = stored else {
                     return Detokenized::NotFound;
                 };
@@ -520,6 +577,9 @@ impl Vault {
                 };
                 if !caller.role.classes.allows(&stored.class) {
                     return Detokenized::NotFound;
+                }
+                if withdrawn {
+                    return Detokenized::ConsentWithdrawn;
                 }
                 let opened = ns.keys.get(&stored.key_version).and_then(|keys| {
                     let binding = Binding {
@@ -540,7 +600,7 @@ impl Vault {
                     );
                     return Detokenized::Integrity;
                 };
-                let value = match caller.role.reveal {
+                let value = match reveal {
                     Reveal::Plain => Pii::new(plain),
                     Reveal::Masked => {
                         let plain = Pii::new(plain);
@@ -554,6 +614,112 @@ impl Vault {
             })
             .collect();
         Ok(answers)
+    }
+
+    /// Records that `purpose` (or `*`) is withdrawn or restored for a token
+    /// or a subject. Needs the `consent` operation on the namespace.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_consent(
+        &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        subject: ConsentSubject,
+        purpose: &str,
+        withdrawn: bool,
+        source: &str,
+    ) -> Result<(), VaultError> {
+        let mut record = context
+            .record(Action::Consent, Outcome::Ok)
+            .namespace(namespace)
+            .purpose(purpose)
+            .reason(if withdrawn { "withdrawn" } else { "restored" })
+            .items(1);
+        if let ConsentSubject::Token(token) = &subject {
+            record.tokens = vec![token.clone()];
+        }
+        let result = async {
+            caller.role.check(Operation::Consent, namespace)?;
+            let ns = self.namespace(namespace)?;
+            let target = match subject {
+                ConsentSubject::Token(token) => ConsentTarget::Token(token),
+                ConsentSubject::Subject(subject) => {
+                    ConsentTarget::Subject(ns.current_keys().subject_hash(subject.expose()))
+                }
+            };
+            let event = ConsentEvent {
+                namespace: namespace.to_owned(),
+                target,
+                purpose: purpose.to_owned(),
+                withdrawn,
+                changed_at: audit::now_us(),
+                source: format!("{}: {source}", caller.client),
+            };
+            self.store
+                .activation(ActivationWrite::Consent(event), vec![record.clone()])
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = &result {
+            self.record_failure(record, error).await;
+        }
+        result
+    }
+
+    /// The consent events about a token or subject, oldest first.
+    pub async fn consent_history(
+        &self,
+        namespace: &str,
+        subject: ConsentSubject,
+    ) -> Result<Vec<ConsentRecord>, VaultError> {
+        let ns = self.namespace(namespace)?;
+        let target = match subject {
+            ConsentSubject::Token(token) => ConsentTarget::Token(token),
+            ConsentSubject::Subject(subject) => {
+                ConsentTarget::Subject(ns.current_keys().subject_hash(subject.expose()))
+            }
+        };
+        let store = self.store.clone();
+        let namespace = namespace.to_owned();
+        Ok(
+            tokio::task::spawn_blocking(move || store.consent_history(&namespace, &target))
+                .await
+                .map_err(|_| StoreError::ReadTask)??,
+        )
+    }
+
+    /// Accepts a callback's message id, durably, with `audit`; false when it
+    /// was accepted before (a replay).
+    pub async fn claim_message(
+        &self,
+        callback: &str,
+        message_id: &str,
+        expires_at: i64,
+        audit: Vec<Record>,
+    ) -> Result<bool, VaultError> {
+        let write = ActivationWrite::Claim {
+            callback: callback.to_owned(),
+            message_id: message_id.to_owned(),
+            expires_at,
+        };
+        Ok(self.store.activation(write, audit).await?)
+    }
+
+    /// Forgets a claimed message id, so that a retry of an undelivered
+    /// callback is accepted.
+    pub async fn release_message(
+        &self,
+        callback: &str,
+        message_id: &str,
+        audit: Vec<Record>,
+    ) -> Result<(), VaultError> {
+        let write = ActivationWrite::Release {
+            callback: callback.to_owned(),
+            message_id: message_id.to_owned(),
+        };
+        self.store.activation(write, audit).await?;
+        Ok(())
     }
 
     /// Forgets one token: its row and sealed value are deleted. Answers
