@@ -55,6 +55,57 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// `[clevertap]`: the CleverTap Token Vault API surface, when enabled.
     pub clevertap: Option<ClevertapSpec>,
+    /// `[[callbacks]]`: signed activation callbacks.
+    pub callbacks: Vec<CallbackSpec>,
+}
+
+/// One field rule of a callback: a selector, and whether the field is a
+/// template holding `{{TOKEN}}` placeholders rather than a token.
+#[derive(Debug)]
+pub struct CallbackField {
+    /// Where the field is.
+    pub selector: crate::payload::Selector,
+    /// True: replace `{{TOKEN}}` occurrences; false: the whole field is a token.
+    pub placeholders: bool,
+}
+
+/// `[[callbacks]]`: a signed activation callback from the platform.
+#[derive(Debug)]
+pub struct CallbackSpec {
+    /// Name (in logs and audit records).
+    pub name: String,
+    /// Path on the vault, e.g. `/callbacks/sms`.
+    pub path: String,
+    /// Namespace the tokens belong to.
+    pub namespace: String,
+    /// Purpose the detokenization stands for.
+    pub purpose: String,
+    /// Role the callback acts with.
+    pub role: String,
+    /// HMAC secret (`whsec_<base64>` or raw text), from a file or variable.
+    pub secret: SecretRef,
+    /// Header carrying the message id.
+    pub id_header: String,
+    /// Header carrying the timestamp (unix seconds).
+    pub timestamp_header: String,
+    /// Header carrying the signatures (`v1,<base64>`, space-separated).
+    pub signature_header: String,
+    /// Largest accepted clock difference.
+    pub tolerance: std::time::Duration,
+    /// Source addresses allowed; empty allows any.
+    pub allow_from: Vec<IpNet>,
+    /// What to detokenize.
+    pub fields: Vec<CallbackField>,
+    /// Provider URL to forward the revealed body to; none: answer it.
+    pub forward: Option<String>,
+    /// Headers injected towards the provider.
+    pub headers: Vec<(String, SecretRef)>,
+    /// Time to connect to the provider.
+    pub connect_timeout: std::time::Duration,
+    /// Time for the whole provider exchange.
+    pub timeout: std::time::Duration,
+    /// Extra CA certificates (PEM) for the provider.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Default lifetime of an access token from the CleverTap surface's token
@@ -413,6 +464,7 @@ impl Config {
             roles: BTreeMap::from([("root".to_owned(), root)]),
             log: LogSettings::default(),
             routes: Vec::new(),
+            callbacks: Vec::new(),
             clevertap: Some(ClevertapSpec {
                 namespace: "default".to_owned(),
                 email_class: Some("email".to_owned()),
@@ -539,8 +591,187 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<RawRoute>,
     clevertap: Option<RawClevertap>,
+    #[serde(default)]
+    callbacks: Vec<RawCallback>,
     #[serde(flatten)]
     unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawCallback {
+    name: Option<String>,
+    path: Option<String>,
+    namespace: Option<String>,
+    purpose: Option<String>,
+    role: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    id_header: Option<String>,
+    timestamp_header: Option<String>,
+    signature_header: Option<String>,
+    tolerance_secs: Option<u64>,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    fields: Vec<RawCallbackField>,
+    forward: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, RawSecret>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    insecure_allow_http_upstream: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+#[derive(Deserialize)]
+struct RawCallbackField {
+    select: Option<String>,
+    #[serde(default)]
+    placeholders: bool,
+    #[serde(flatten)]
+    unknown: Unknown,
+}
+
+impl RawCallback {
+    fn validate(
+        self,
+        index: usize,
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+        roles: &BTreeMap<String, Role>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<CallbackSpec> {
+        let name = self.name.clone().unwrap_or_else(|| format!("#{index}"));
+        let section = format!("callbacks.{name}");
+        unknown_keys(problems, &section, &self.unknown);
+        let start = problems.len();
+        if self.name.as_deref().is_none_or(|n| !valid_name(n)) {
+            problems.push(Problem::new(
+                format!("{section}.name"),
+                "a callback needs a name of lower-case letters, digits, `_` or `-`",
+            ));
+        }
+        let path = self.path.unwrap_or_default();
+        let path_ok = path.starts_with('/')
+            && path.len() > 1
+            && !path.ends_with('/')
+            && !path.starts_with("/v1")
+            && !path.starts_with("/ct-vault")
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+        if !path_ok {
+            problems.push(
+                Problem::new(format!("{section}.path"), format!("`{path}` is not a usable path"))
+                    .hint("write it like \"/callbacks/sms\": a leading slash, not under /v1"),
+            );
+        }
+        let namespace = self.namespace.unwrap_or_default();
+        if !namespaces.contains_key(&namespace) {
+            problems.push(Problem::new(
+                format!("{section}.namespace"),
+                format!("namespace `{namespace}` is not defined"),
+            ));
+        }
+        let purpose = self.purpose.unwrap_or_default();
+        if purpose.trim().is_empty() {
+            problems.push(Problem::new(format!("{section}.purpose"), "missing"));
+        }
+        // Whether the role may detokenize for the purpose is checked per
+        // call, like every caller's, and refused with 403 and an audit record.
+        let role = self.role.unwrap_or_default();
+        if !roles.contains_key(&role) {
+            problems.push(
+                Problem::new(format!("{section}.role"), format!("role `{role}` is not defined"))
+                    .hint("name the [roles.X] the callback detokenizes with"),
+            );
+        }
+        let secret = match (self.secret_file, self.secret_env) {
+            (Some(file), None) => {
+                if let Err(problem) = check_secret_file(&format!("{section}.secret_file"), &file) {
+                    problems.push(problem);
+                }
+                Some(SecretRef::File(file))
+            }
+            (None, Some(env)) => Some(SecretRef::Env(env)),
+            _ => {
+                problems.push(Problem::new(
+                    format!("{section}.secret_file"),
+                    "give exactly one of secret_file and secret_env",
+                ));
+                None
+            }
+        };
+        let allow_from = parse_cidrs(&format!("{section}.allow_from"), &self.allow_from, problems);
+        if self.fields.is_empty() {
+            problems.push(Problem::new(
+                format!("{section}.fields"),
+                "a callback needs at least one field rule",
+            ));
+        }
+        let mut fields = Vec::new();
+        for (i, raw) in self.fields.into_iter().enumerate() {
+            let key = format!("{section}.fields[{i}]");
+            unknown_keys(problems, &key, &raw.unknown);
+            let text = raw.select.unwrap_or_default();
+            match crate::payload::Selector::parse(&text) {
+                Ok(selector) => fields.push(CallbackField {
+                    selector,
+                    placeholders: raw.placeholders,
+                }),
+                Err(reason) => problems.push(Problem::new(
+                    format!("{key}.select"),
+                    format!("`{text}` is not a valid selector: {reason}"),
+                )),
+            }
+        }
+        let forward = self.forward.map(|url| {
+            upstream_url(
+                &format!("{section}.forward"),
+                Some(url),
+                self.insecure_allow_http_upstream,
+                problems,
+            )
+        });
+        let headers = injected_headers(&section, self.headers, problems);
+        let header_name = |value: Option<String>, default: &str| {
+            value.unwrap_or_else(|| default.to_owned()).to_ascii_lowercase()
+        };
+        let millis = |value: Option<u64>, default: u64| {
+            std::time::Duration::from_millis(value.unwrap_or(default).max(1))
+        };
+        let tolerance = match self.tolerance_secs {
+            Some(0) => {
+                problems.push(Problem::new(format!("{section}.tolerance_secs"), "must be at least 1"));
+                std::time::Duration::from_secs(300)
+            }
+            value => std::time::Duration::from_secs(value.unwrap_or(300)),
+        };
+        if problems.len() > start {
+            return None;
+        }
+        Some(CallbackSpec {
+            name,
+            path,
+            namespace,
+            purpose,
+            role,
+            secret: secret?,
+            id_header: header_name(self.id_header, "webhook-id"),
+            timestamp_header: header_name(self.timestamp_header, "webhook-timestamp"),
+            signature_header: header_name(self.signature_header, "webhook-signature"),
+            tolerance,
+            allow_from,
+            fields,
+            forward,
+            headers,
+            connect_timeout: millis(self.connect_timeout_ms, 5_000),
+            timeout: millis(self.timeout_ms, 30_000),
+            ca_bundle: self.ca_bundle,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -1090,6 +1321,20 @@ impl RawConfig {
         let clevertap = self
             .clevertap
             .and_then(|raw| raw.validate(&namespaces, &mut problems));
+        let mut callbacks: Vec<CallbackSpec> = Vec::new();
+        for (index, raw) in self.callbacks.into_iter().enumerate() {
+            if let Some(callback) = raw.validate(index, &namespaces, &roles, &mut problems) {
+                let taken = callbacks.iter().any(|c| c.path == callback.path || c.name == callback.name)
+                    || routes.iter().any(|r| callback.path.starts_with(&r.path_prefix));
+                if taken {
+                    problems.push(Problem::new(
+                        format!("callbacks.{}.path", callback.name),
+                        "another callback or route has the same name or path",
+                    ));
+                }
+                callbacks.push(callback);
+            }
+        }
         match (server, keys) {
             (Some(server), Some(keys)) if problems.is_empty() => Ok(Config {
                 server,
@@ -1101,6 +1346,7 @@ impl RawConfig {
                 log,
                 routes,
                 clevertap,
+                callbacks,
             }),
             _ => Err(ConfigErrors(problems)),
         }
