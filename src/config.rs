@@ -664,8 +664,11 @@ impl RawCallback {
                 .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
         if !path_ok {
             problems.push(
-                Problem::new(format!("{section}.path"), format!("`{path}` is not a usable path"))
-                    .hint("write it like \"/callbacks/sms\": a leading slash, not under /v1"),
+                Problem::new(
+                    format!("{section}.path"),
+                    format!("`{path}` is not a usable path"),
+                )
+                .hint("write it like \"/callbacks/sms\": a leading slash, not under /v1"),
             );
         }
         let namespace = self.namespace.unwrap_or_default();
@@ -684,8 +687,11 @@ impl RawCallback {
         let role = self.role.unwrap_or_default();
         if !roles.contains_key(&role) {
             problems.push(
-                Problem::new(format!("{section}.role"), format!("role `{role}` is not defined"))
-                    .hint("name the [roles.X] the callback detokenizes with"),
+                Problem::new(
+                    format!("{section}.role"),
+                    format!("role `{role}` is not defined"),
+                )
+                .hint("name the [roles.X] the callback detokenizes with"),
             );
         }
         let secret = match (self.secret_file, self.secret_env) {
@@ -737,14 +743,19 @@ impl RawCallback {
         });
         let headers = injected_headers(&section, self.headers, problems);
         let header_name = |value: Option<String>, default: &str| {
-            value.unwrap_or_else(|| default.to_owned()).to_ascii_lowercase()
+            value
+                .unwrap_or_else(|| default.to_owned())
+                .to_ascii_lowercase()
         };
         let millis = |value: Option<u64>, default: u64| {
             std::time::Duration::from_millis(value.unwrap_or(default).max(1))
         };
         let tolerance = match self.tolerance_secs {
             Some(0) => {
-                problems.push(Problem::new(format!("{section}.tolerance_secs"), "must be at least 1"));
+                problems.push(Problem::new(
+                    format!("{section}.tolerance_secs"),
+                    "must be at least 1",
+                ));
                 std::time::Duration::from_secs(300)
             }
             value => std::time::Duration::from_secs(value.unwrap_or(300)),
@@ -1324,8 +1335,12 @@ impl RawConfig {
         let mut callbacks: Vec<CallbackSpec> = Vec::new();
         for (index, raw) in self.callbacks.into_iter().enumerate() {
             if let Some(callback) = raw.validate(index, &namespaces, &roles, &mut problems) {
-                let taken = callbacks.iter().any(|c| c.path == callback.path || c.name == callback.name)
-                    || routes.iter().any(|r| callback.path.starts_with(&r.path_prefix));
+                let taken = callbacks
+                    .iter()
+                    .any(|c| c.path == callback.path || c.name == callback.name)
+                    || routes
+                        .iter()
+                        .any(|r| callback.path.starts_with(&r.path_prefix));
                 if taken {
                     problems.push(Problem::new(
                         format!("callbacks.{}.path", callback.name),

@@ -110,7 +110,10 @@ fn target(args: &TargetArgs, keyring: &Keyring) -> Result<ConsentTarget, CliErro
         .context("cannot read the subject from standard input")?;
     let subject = line.trim_end_matches(['\n', '\r']);
     if subject.is_empty() {
-        return Err(anyhow!("no subject on standard input\nhint: echo the subject into the command").into());
+        return Err(anyhow!(
+            "no subject on standard input\nhint: echo the subject into the command"
+        )
+        .into());
     }
     let keys = keyring.current().namespace_keys(&args.namespace);
     Ok(ConsentTarget::Subject(keys.subject_hash(subject)))
@@ -172,13 +175,21 @@ fn show(args: &TargetArgs) -> Result<(), CliError> {
         println!("no consent changes recorded");
     }
     for event in events {
-        let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(event.changed_at) * 1000)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_else(|| event.changed_at.to_string());
+        let when =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(event.changed_at) * 1000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| event.changed_at.to_string());
         println!(
             "{when}  {:9}  purpose={}  by={}  ({})",
-            if event.withdrawn { "withdrawn" } else { "restored" },
+            if event.withdrawn {
+                "withdrawn"
+            } else {
+                "restored"
+            },
             event.purpose,
             event.scope,
             event.source

@@ -2,8 +2,8 @@
 
 mod audit;
 mod client;
-mod consent;
 mod config_check;
+mod consent;
 mod init;
 mod serve;
 

@@ -107,6 +107,9 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         vault,
         auth: Authenticator::new(&config.clients, &config.roles),
         clevertap: config.clevertap.as_ref().map(http::clevertap::Surface::new),
+        callbacks: http::callbacks::Callbacks::build(config.callbacks, &config.roles).map_err(
+            |e| anyhow!("{e}\nhint: check the callback's secret, headers and ca_bundle"),
+        )?,
         routes: http::egress::Routes::build(config.routes)
             .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
         limits: Limits {

@@ -65,41 +65,15 @@ impl Routes {
     pub fn build(specs: Vec<RouteSpec>) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(specs.len());
         for spec in specs {
-            let mut inject = Vec::new();
-            for (name, secret) in &spec.headers {
-                let value = secret
-                    .read()
-                    .map_err(|e| format!("route {}: header {name}: {e}", spec.name))?;
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                    format!(
-                        "route {}: header {name}: the value is not a valid header value",
-                        spec.name
-                    )
-                })?;
-                value.set_sensitive(true);
-                let name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("route {}: bad header name", spec.name))?;
-                inject.push((name, value));
-            }
-            let mut builder = reqwest::Client::builder()
-                .use_rustls_tls()
-                .https_only(spec.upstream.starts_with("https://"))
-                .connect_timeout(spec.connect_timeout)
-                .timeout(spec.timeout)
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .redirect(reqwest::redirect::Policy::none());
-            if let Some(bundle) = &spec.ca_bundle {
-                let pem = std::fs::read(bundle)
-                    .map_err(|e| format!("route {}: ca_bundle: {e}", spec.name))?;
-                for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| format!("route {}: ca_bundle: {e}", spec.name))?
-                {
-                    builder = builder.add_root_certificate(certificate);
-                }
-            }
-            let client = builder
-                .build()
-                .map_err(|e| format!("route {}: {e}", spec.name))?;
+            let label = format!("route {}", spec.name);
+            let inject = injected_headers(&label, &spec.headers)?;
+            let client = upstream_client(
+                &label,
+                &spec.upstream,
+                spec.connect_timeout,
+                spec.timeout,
+                spec.ca_bundle.as_deref(),
+            )?;
             routes.push(Route {
                 spec,
                 client,
@@ -116,6 +90,54 @@ impl Routes {
             (rest.is_empty() || rest.starts_with('/')).then_some((route, rest))
         })
     }
+}
+
+/// Reads the injected headers' secrets; values are marked sensitive.
+pub(super) fn injected_headers(
+    name: &str,
+    headers: &[(String, crate::config::SecretRef)],
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut inject = Vec::new();
+    for (header, secret) in headers {
+        let value = secret
+            .read()
+            .map_err(|e| format!("{name}: header {header}: {e}"))?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            format!("{name}: header {header}: the value is not a valid header value")
+        })?;
+        value.set_sensitive(true);
+        let header = HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| format!("{name}: bad header name"))?;
+        inject.push((header, value));
+    }
+    Ok(inject)
+}
+
+/// A pooled rustls client for one upstream: no redirects, https only unless
+/// the URL is http (allowed by configuration), the extra CA bundle trusted.
+pub(super) fn upstream_client(
+    name: &str,
+    url: &str,
+    connect_timeout: std::time::Duration,
+    timeout: std::time::Duration,
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(url.starts_with("https://"))
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(bundle) = ca_bundle {
+        let pem = std::fs::read(bundle).map_err(|e| format!("{name}: ca_bundle: {e}"))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{name}: ca_bundle: {e}"))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| format!("{name}: {e}"))
 }
 
 /// Handles every request that no API route matched: an egress route, or 404.
@@ -567,7 +589,7 @@ async fn reveal_in_response(
     Ok(answer.body(body.to_vec()))
 }
 
-fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {
+pub(super) fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {
     // reqwest's messages carry the URL; the route's URL is configuration,
     // but keep it in the log only.
     tracing::warn!(request_id = %id, route, error = %error, "upstream failed");

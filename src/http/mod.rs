@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+pub mod callbacks;
 pub mod clevertap;
 pub mod context;
 pub mod egress;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub routes: egress::Routes,
     /// The CleverTap Token Vault API surface, when `[clevertap]` enables it.
     pub clevertap: Option<clevertap::Surface>,
+    /// Activation callbacks.
+    pub callbacks: callbacks::Callbacks,
 }
 
 /// Why the server could not start.
@@ -94,6 +97,7 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> 
 pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
     let tls = settings.tls.as_ref().map(tls_config).transpose()?;
     let clevertap = state.clevertap.is_some();
+    let callback_paths = state.callbacks.paths();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -103,6 +107,9 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
             .configure(|config| {
                 if clevertap {
                     clevertap::routes(config);
+                }
+                for path in &callback_paths {
+                    config.route(path, web::post().to(callbacks::handle));
                 }
             })
             .default_service(web::to(egress::handle))

@@ -149,7 +149,10 @@ pub(super) fn withdrawn(
          ORDER BY id DESC LIMIT 1",
     )?;
     let token_withdrawn: Option<bool> = newest
-        .query_row(params![namespace, "token", token.as_bytes(), purpose], |row| row.get(0))
+        .query_row(
+            params![namespace, "token", token.as_bytes(), purpose],
+            |row| row.get(0),
+        )
         .optional()?;
     if token_withdrawn == Some(true) {
         return Ok(true);
@@ -158,7 +161,9 @@ pub(super) fn withdrawn(
         return Ok(false);
     };
     let subject_withdrawn: Option<bool> = newest
-        .query_row(params![namespace, "subject", subject, purpose], |row| row.get(0))
+        .query_row(params![namespace, "subject", subject, purpose], |row| {
+            row.get(0)
+        })
         .optional()?;
     Ok(subject_withdrawn == Some(true))
 }
@@ -173,18 +178,15 @@ pub(super) fn history(
         "SELECT scope, purpose, withdrawn, changed_at, source FROM consent_events
          WHERE namespace = ?1 AND scope = ?2 AND target = ?3 ORDER BY id",
     )?;
-    let rows = statement.query_map(
-        params![namespace, target.scope(), target.bytes()],
-        |row| {
-            Ok(ConsentRecord {
-                scope: row.get(0)?,
-                purpose: row.get(1)?,
-                withdrawn: row.get(2)?,
-                changed_at: row.get(3)?,
-                source: row.get(4)?,
-            })
-        },
-    )?;
+    let rows = statement.query_map(params![namespace, target.scope(), target.bytes()], |row| {
+        Ok(ConsentRecord {
+            scope: row.get(0)?,
+            purpose: row.get(1)?,
+            withdrawn: row.get(2)?,
+            changed_at: row.get(3)?,
+            source: row.get(4)?,
+        })
+    })?;
     rows.collect()
 }
 

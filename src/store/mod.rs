@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 pub mod activation;
 
 use crate::audit::{self, Head, Record};
-pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 use crate::crypto::keys::AuditKey;
+pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 
 /// Largest number of queued jobs committed in one transaction.
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
