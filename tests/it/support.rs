@@ -26,6 +26,8 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("office", "admin", "allow_from = [\"10.20.0.0/16\"]"),
     ("auditor", "auditor", ""),
     ("dispatcher", "dispatcher", ""),
+    ("consent", "consent_desk", ""),
+    ("budgeted", "sms_worker", "budget_per_minute = 5"),
 ];
 
 /// Roles and namespaces of the standard test configuration.
@@ -97,6 +99,10 @@ namespaces = ["retail"]
 purposes = ["email_dispatch", "sms_delivery"]
 reveal = "plain"
 clevertap_purpose = "email_dispatch"
+
+[roles.consent_desk]
+operations = ["consent"]
+namespaces = ["retail"]
 "#;
 
 /// API keys and hashes for the standard clients, minted once per test run
