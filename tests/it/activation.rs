@@ -424,7 +424,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
             "sms",
             "retail",
             "sms_delivery",
-            &[people.phone.clone()],
+            std::slice::from_ref(&people.phone),
         );
         values[0].clone()
     };
@@ -481,7 +481,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
         "admin",
         "retail",
         "support",
-        &[people.phone.clone()],
+        std::slice::from_ref(&people.phone),
     );
     assert_eq!(values[0]["value"], "+14155550109");
 
@@ -618,7 +618,7 @@ fn consent_through_the_api_needs_the_consent_operation() {
         "sms",
         "retail",
         "sms_delivery",
-        &[people.phone.clone()],
+        std::slice::from_ref(&people.phone),
     );
     assert_eq!(values[0]["error"]["code"], "consent_withdrawn");
     let (status, answer) = put_consent(
