@@ -355,6 +355,18 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     payload: web::Payload,
     id: &RequestId,
 ) -> Result<T, ApiError> {
+    let body = read_json_body(state, req, payload, id).await?;
+    parse_json(&body, id)
+}
+
+/// Reads a body declared as JSON (or not declared at all), of at most
+/// `max_body_bytes`, into a zeroizing buffer.
+pub async fn read_json_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    id: &RequestId,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     if req.headers().contains_key(CONTENT_TYPE) && !is_content_type(req, "application/json") {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
@@ -362,8 +374,16 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             id,
         ));
     }
-    let body = read_body(state, req, payload, id).await?;
-    serde_json::from_slice(&body).map_err(|error| {
+    read_body(state, req, payload, id).await
+}
+
+/// Parses a request body; the error names the line and column, never the
+/// content.
+pub fn parse_json<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    id: &RequestId,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
             ErrorCode::InvalidRequest,
             format!(

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderMap, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use actix_web::http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::api::{is_content_type, read_body};
+use super::api::{is_content_type, parse_json, read_body, read_json_body};
 use super::auth::{authenticate_with, Authenticated};
 use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
@@ -439,14 +439,7 @@ async fn open<'s, T: DeserializeOwned>(
     context.route = format!("clevertap:{}", req.path());
     req.extensions_mut()
         .insert(LoggedNamespace(surface.namespace.clone()));
-    if req.headers().contains_key(CONTENT_TYPE) && !is_content_type(req, "application/json") {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the body as application/json",
-            id,
-        ));
-    }
-    let body = read_body(state, req, payload, id).await?;
+    let body = read_json_body(state, req, payload, id).await?;
     let (plain, session) = if encrypted(req.headers()) {
         let (plain, key) = unseal(&body).map_err(|()| {
             ApiError::new(
@@ -459,17 +452,7 @@ async fn open<'s, T: DeserializeOwned>(
     } else {
         (body, None)
     };
-    let request = serde_json::from_slice(&plain).map_err(|error| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "body is not a valid request for this endpoint (line {}, column {})",
-                error.line(),
-                error.column()
-            ),
-            id,
-        )
-    })?;
+    let request = parse_json(&plain, id)?;
     let call = Call {
         surface,
         caller,

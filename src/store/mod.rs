@@ -317,15 +317,6 @@ impl Store {
         })
     }
 
-    /// Every consent event about `target`, oldest first. Blocking.
-    pub fn consent_history(
-        &self,
-        namespace: &str,
-        target: &ConsentTarget,
-    ) -> Result<Vec<ConsentRecord>, StoreError> {
-        self.with_reader(|db| activation::history(db, namespace, target))
-    }
-
     /// Appends audit records; answers once they are durably committed.
     pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.submit(|reply| Job::Audit { records, reply }).await

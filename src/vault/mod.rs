@@ -17,8 +17,7 @@ use crate::crypto::wrapping::Keyring;
 use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{
-    ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget, InsertOutcome, NewRow, Store,
-    StoreError,
+    ActivationWrite, ConsentEvent, ConsentTarget, InsertOutcome, NewRow, Store, StoreError,
 };
 use normalize::NormalizeError;
 
@@ -665,28 +664,6 @@ impl Vault {
             self.record_failure(record, error).await;
         }
         result
-    }
-
-    /// The consent events about a token or subject, oldest first.
-    pub async fn consent_history(
-        &self,
-        namespace: &str,
-        subject: ConsentSubject,
-    ) -> Result<Vec<ConsentRecord>, VaultError> {
-        let ns = self.namespace(namespace)?;
-        let target = match subject {
-            ConsentSubject::Token(token) => ConsentTarget::Token(token),
-            ConsentSubject::Subject(subject) => {
-                ConsentTarget::Subject(ns.current_keys().subject_hash(subject.expose()))
-            }
-        };
-        let store = self.store.clone();
-        let namespace = namespace.to_owned();
-        Ok(
-            tokio::task::spawn_blocking(move || store.consent_history(&namespace, &target))
-                .await
-                .map_err(|_| StoreError::ReadTask)??,
-        )
     }
 
     /// Accepts a callback's message id, durably, with `audit`; false when it
