@@ -485,7 +485,23 @@ impl Config {
     }
 }
 
+/// Where systemd puts the credentials of `LoadCredential=`.
+pub const SYSTEMD_CREDENTIALS: &str = "/run/credentials/";
+
 impl KeySettings {
+    /// The secret file, when it is a systemd credential that exists only
+    /// inside the running unit and this process is not that unit (so it
+    /// cannot be checked here).
+    pub fn unloaded_credential(&self) -> Option<&Path> {
+        let path = match self {
+            Self::Passphrase(SecretRef::File(path)) | Self::KeyFile(path) => path,
+            _ => return None,
+        };
+        let inside_unit = std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
+        (path.starts_with(SYSTEMD_CREDENTIALS) && !inside_unit && !path.exists())
+            .then_some(path.as_path())
+    }
+
     /// Reads the key-encryption material this setting points at.
     pub fn kek_source(&self) -> Result<KekSource, Problem> {
         match self {
@@ -1492,9 +1508,12 @@ impl RawKeys {
             }
         }?;
         // Read (and permission-check) the secret now, so that `config check`
-        // reports a bad secret file together with everything else.
-        if let Err(problem) = settings.kek_source() {
-            problems.push(problem);
+        // reports a bad secret file together with everything else; a systemd
+        // credential exists only inside the running unit and is read there.
+        if settings.unloaded_credential().is_none() {
+            if let Err(problem) = settings.kek_source() {
+                problems.push(problem);
+            }
         }
         Some(settings)
     }

@@ -19,5 +19,11 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             " (plain HTTP)"
         },
     );
+    if let Some(credential) = config.keys.unloaded_credential() {
+        println!(
+            "note: {} is a systemd credential (LoadCredential=); it is read and checked when the service starts",
+            credential.display()
+        );
+    }
     Ok(())
 }

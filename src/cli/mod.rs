@@ -4,6 +4,8 @@ mod audit;
 mod client;
 mod config_check;
 mod consent;
+mod generate;
+mod healthcheck;
 mod init;
 mod serve;
 
@@ -23,7 +25,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/tokenvault/vault.toml";
     version,
     about = "On-premises tokenization vault: PII stays in-country, tokens travel"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +59,24 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Exit 0 when the running vault answers ready on GET /readyz, 1 if not
+    /// (for container health checks and monitoring).
+    Healthcheck {
+        /// Configuration file of the running vault.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into a directory (used when packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write tokenvault.1 and the subcommand pages into.
+        dir: PathBuf,
     },
 }
 
@@ -124,6 +144,9 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),
+        Command::Healthcheck { config } => healthcheck::run(&config),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Manpages { dir } => generate::manpages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
