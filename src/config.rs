@@ -106,6 +106,9 @@ pub struct CallbackSpec {
     pub timeout: std::time::Duration,
     /// Extra CA certificates (PEM) for the provider.
     pub ca_bundle: Option<PathBuf>,
+    /// Only connections that presented a client certificate from
+    /// `tls_client_ca` may call.
+    pub require_client_cert: bool,
 }
 
 /// Default lifetime of an access token from the CleverTap surface's token
@@ -180,6 +183,8 @@ pub struct RouteSpec {
     pub timeout: std::time::Duration,
     /// Extra CA certificates (PEM) to trust for this upstream.
     pub ca_bundle: Option<PathBuf>,
+    /// Only callers authenticated by a client certificate may use the route.
+    pub require_client_cert: bool,
     /// Request content types the route accepts.
     pub content_types: Vec<String>,
     /// Purpose of the response rules' detokenization.
@@ -195,6 +200,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Certificate chain and key for HTTPS; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// CA certificates (PEM) that client certificates must chain to (mTLS).
+    pub client_ca: Option<PathBuf>,
     /// Allows plain HTTP on a non-loopback address.
     pub insecure_allow_plaintext: bool,
     /// Largest request body accepted, in bytes.
@@ -435,6 +442,7 @@ impl Config {
                 Operation::Forget,
                 Operation::AuditRead,
                 Operation::Consent,
+                Operation::MetricsRead,
             ]
             .into(),
             namespaces: Scope::Any,
@@ -448,6 +456,7 @@ impl Config {
             server: ServerSettings {
                 listen,
                 tls: None,
+                client_ca: None,
                 insecure_allow_plaintext: false,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
@@ -476,7 +485,8 @@ impl Config {
                 "root".to_owned(),
                 ClientSpec {
                     role: "root".to_owned(),
-                    api_key_hash: root_key_hash,
+                    api_key_hash: Some(root_key_hash),
+                    cert_identity: None,
                     allow_from: Vec::new(),
                     budget: crate::policy::Budget::default(),
                 },
@@ -638,6 +648,8 @@ struct RawCallback {
     ca_bundle: Option<PathBuf>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
+    #[serde(default)]
+    require_client_cert: bool,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -797,6 +809,7 @@ impl RawCallback {
             connect_timeout: millis(self.connect_timeout_ms, 5_000),
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
+            require_client_cert: self.require_client_cert,
         })
     }
 }
@@ -838,6 +851,8 @@ struct RawRoute {
     response_fields: Vec<RawField>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
+    #[serde(default)]
+    require_client_cert: bool,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1094,6 +1109,7 @@ impl RawRoute {
             connect_timeout: millis(self.connect_timeout_ms, 5_000),
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
+            require_client_cert: self.require_client_cert,
             content_types,
             purpose: self.purpose,
             response_fields,
@@ -1151,6 +1167,7 @@ struct RawServer {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     #[serde(default)]
     insecure_allow_plaintext: bool,
     max_body_bytes: Option<u64>,
@@ -1215,6 +1232,7 @@ struct RawRole {
 struct RawClient {
     role: Option<String>,
     api_key_hash: Option<String>,
+    cert_identity: Option<String>,
     #[serde(default)]
     allow_from: Vec<String>,
     budget_per_minute: Option<u64>,
@@ -1225,6 +1243,70 @@ struct RawClient {
 
 // ---------------------------------------------------------------------------
 // Validation
+
+/// A certificate name as compared: DNS names and common names are
+/// case-insensitive, URIs are kept as written.
+pub fn normalize_identity(name: &str) -> String {
+    if name.contains("://") {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    }
+}
+
+/// Client certificates need `tls_client_ca`, and one identity names one
+/// client.
+fn check_client_certificates(
+    mtls: bool,
+    clients: &BTreeMap<String, ClientSpec>,
+    routes: &[RouteSpec],
+    callbacks: &[CallbackSpec],
+    problems: &mut Vec<Problem>,
+) {
+    let hint = "set server.tls_client_ca to the CA that issues client certificates";
+    let mut identities: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, client) in clients {
+        let Some(identity) = &client.cert_identity else {
+            continue;
+        };
+        if !mtls {
+            problems.push(
+                Problem::new(
+                    format!("clients.{name}.cert_identity"),
+                    "needs client certificates",
+                )
+                .hint(hint),
+            );
+        }
+        if let Some(other) = identities.insert(identity, name) {
+            problems.push(Problem::new(
+                format!("clients.{name}.cert_identity"),
+                format!("client `{other}` has the same identity"),
+            ));
+        }
+    }
+    if mtls {
+        return;
+    }
+    for route in routes.iter().filter(|r| r.require_client_cert) {
+        problems.push(
+            Problem::new(
+                format!("routes.{}.require_client_cert", route.name),
+                "needs client certificates",
+            )
+            .hint(hint),
+        );
+    }
+    for callback in callbacks.iter().filter(|c| c.require_client_cert) {
+        problems.push(
+            Problem::new(
+                format!("callbacks.{}.require_client_cert", callback.name),
+                "needs client certificates",
+            )
+            .hint(hint),
+        );
+    }
+}
 
 /// True for names usable as namespace, class, role and client names: they
 /// appear in URLs, API keys and environment variable names.
@@ -1366,6 +1448,8 @@ impl RawConfig {
                 callbacks.push(callback);
             }
         }
+        let mtls = server.as_ref().is_some_and(|s| s.client_ca.is_some());
+        check_client_certificates(mtls, &clients, &routes, &callbacks, &mut problems);
         match (server, keys) {
             (Some(server), Some(keys)) if problems.is_empty() => Ok(Config {
                 server,
@@ -1426,6 +1510,19 @@ impl RawServer {
                 None
             }
         };
+        let client_ca = self.tls_client_ca.inspect(|ca| {
+            if tls.is_none() {
+                problems.push(
+                    Problem::new("server.tls_client_ca", "client certificates need TLS")
+                        .hint("set tls_cert and tls_key too"),
+                );
+            } else if !ca.is_file() {
+                problems.push(Problem::new(
+                    "server.tls_client_ca",
+                    format!("{} does not exist", ca.display()),
+                ));
+            }
+        });
         if let Ok(listen) = listen {
             if tls.is_none() && !listen.ip().is_loopback() && !self.insecure_allow_plaintext {
                 problems.push(
@@ -1460,6 +1557,7 @@ impl RawServer {
         Some(ServerSettings {
             listen: listen.ok()?,
             tls,
+            client_ca,
             insecure_allow_plaintext: self.insecure_allow_plaintext,
             max_body_bytes,
             max_batch_items,
@@ -1605,7 +1703,7 @@ impl RawRole {
                 problems,
                 &format!("{section}.operations"),
                 operation,
-                "tokenize, detokenize, forget, audit_read, consent",
+                "tokenize, detokenize, forget, audit_read, consent, metrics_read",
             );
             operations.extend(parsed);
         }
@@ -1629,7 +1727,9 @@ impl RawRole {
                 }
             }
         }
-        let data_operations = operations.iter().any(|op| *op != Operation::AuditRead);
+        let data_operations = operations
+            .iter()
+            .any(|op| !matches!(op, Operation::AuditRead | Operation::MetricsRead));
         if data_operations && self.namespaces.is_empty() {
             problems.push(
                 Problem::new(
@@ -1807,7 +1907,7 @@ impl RawClient {
             }
         };
         let hash = match self.api_key_hash {
-            Some(hash) if crate::policy::is_argon2id_hash(&hash) => Some(hash),
+            Some(hash) if crate::policy::is_argon2id_hash(&hash) => Some(Some(hash)),
             Some(_) => {
                 problems.push(
                     Problem::new(format!("{section}.api_key_hash"), "not an argon2id hash").hint(
@@ -1816,14 +1916,35 @@ impl RawClient {
                 );
                 None
             }
+            None if self.cert_identity.is_some() => Some(None),
             None => {
                 problems.push(
                     Problem::new(format!("{section}.api_key_hash"), "missing").hint(format!(
-                        "generate one with: tokenvault client new {name} --role ROLE"
+                        "generate one with: tokenvault client new {name} --role ROLE, or set cert_identity"
                     )),
                 );
                 None
             }
+        };
+        let cert_identity = match self.cert_identity {
+            Some(identity)
+                if !identity.is_empty()
+                    && identity.len() <= 253
+                    && identity.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(Some(normalize_identity(&identity)))
+            }
+            Some(_) => {
+                problems.push(
+                    Problem::new(
+                        format!("{section}.cert_identity"),
+                        "must be a DNS name, URI or common name without spaces",
+                    )
+                    .hint("e.g. cert_identity = \"sms-worker.corp.example\""),
+                );
+                None
+            }
+            None => Some(None),
         };
         let allow_from = parse_cidrs(&format!("{section}.allow_from"), &self.allow_from, problems);
         for (key, value) in [
@@ -1840,6 +1961,7 @@ impl RawClient {
         Some(ClientSpec {
             role: role?,
             api_key_hash: hash?,
+            cert_identity: cert_identity?,
             allow_from,
             budget: crate::policy::Budget {
                 per_minute: self.budget_per_minute,

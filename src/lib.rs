@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod harden;
 pub mod http;
+pub mod metrics;
 pub mod payload;
 pub mod pii;
 pub mod policy;

@@ -26,6 +26,8 @@ pub enum Operation {
     AuditRead,
     /// Record consent withdrawals and restorations.
     Consent,
+    /// Read `GET /metrics`.
+    MetricsRead,
 }
 
 /// How detokenized values are shown to a role.
@@ -120,8 +122,12 @@ impl Role {
 pub struct ClientSpec {
     /// Name of the role the client holds.
     pub role: String,
-    /// argon2id PHC hash of the client's API key.
-    pub api_key_hash: String,
+    /// argon2id PHC hash of the client's API key; `None` for a client that
+    /// authenticates only with a certificate.
+    pub api_key_hash: Option<String>,
+    /// The certificate name (DNS or URI subject alternative name, or subject
+    /// common name) that identifies the client over mTLS.
+    pub cert_identity: Option<String>,
     /// Source addresses the client may connect from; empty allows any.
     pub allow_from: Vec<IpNet>,
     /// Most values the client may have revealed.
@@ -252,7 +258,7 @@ impl Authenticator {
                 .await
                 .map_err(|_| AuthError::Invalid)?;
             let key = zeroize::Zeroizing::new(api_key.to_owned());
-            let hash = client.spec.api_key_hash.clone();
+            let hash = client.spec.api_key_hash.clone().ok_or(AuthError::Invalid)?;
             let valid = tokio::task::spawn_blocking(move || password::verify_api_key(&key, &hash))
                 .await
                 .unwrap_or(false);
@@ -262,6 +268,27 @@ impl Authenticator {
             self.cache.insert(cache_key, name.clone());
         }
         self.caller(&name, peer)
+    }
+
+    /// The client a verified client certificate identifies: the one whose
+    /// `cert_identity` is among the certificate's `names`. A certificate
+    /// naming no client, or more than one, identifies nobody.
+    pub fn by_certificate(
+        &self,
+        names: &[String],
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
+        let mut matching = self.clients.iter().filter(|(_, client)| {
+            client
+                .spec
+                .cert_identity
+                .as_ref()
+                .is_some_and(|identity| names.contains(identity))
+        });
+        match (matching.next(), matching.next()) {
+            (Some((name, _)), None) => self.caller(name, peer),
+            _ => Err(AuthError::Invalid),
+        }
     }
 
     /// The caller for `name`, a client already proven by other means (an

@@ -42,11 +42,14 @@ pub enum Action {
     IssueAccessToken,
     /// A consent withdrawn or restored.
     Consent,
+    /// A refused read of `/metrics` (successful scrapes carry no data and
+    /// are not recorded).
+    MetricsRead,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -59,6 +62,7 @@ impl Action {
         Self::Forward,
         Self::IssueAccessToken,
         Self::Consent,
+        Self::MetricsRead,
     ];
 
     /// The stored name.
@@ -76,6 +80,7 @@ impl Action {
             Self::Forward => "forward",
             Self::IssueAccessToken => "issue_access_token",
             Self::Consent => "consent",
+            Self::MetricsRead => "metrics_read",
         }
     }
 

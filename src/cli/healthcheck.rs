@@ -23,9 +23,9 @@ use super::CliError;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks the vault that `config` describes.
-pub fn run(config: &Path) -> Result<(), CliError> {
+pub fn run(config: &Path, listen: Option<SocketAddr>) -> Result<(), CliError> {
     let config = crate::config::load(config)?;
-    let address = local_address(config.server.listen);
+    let address = local_address(listen.unwrap_or(config.server.listen));
     let client = match &config.server.tls {
         Some(files) => {
             let leaf = CertificateDer::pem_file_iter(&files.cert)

@@ -66,6 +66,10 @@ enum Command {
         /// Configuration file of the running vault.
         #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Address the vault listens on, when `serve --listen` overrode the
+        /// configured one.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Print a shell completion script on stdout.
     Completions {
@@ -144,7 +148,7 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),
-        Command::Healthcheck { config } => healthcheck::run(&config),
+        Command::Healthcheck { config, listen } => healthcheck::run(&config, listen),
         Command::Completions { shell } => generate::completions(shell),
         Command::Manpages { dir } => generate::manpages(&dir),
     };

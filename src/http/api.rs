@@ -1,6 +1,7 @@
 //! `/v1` token API handlers and the health endpoints.
 
 use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -10,24 +11,32 @@ use zeroize::Zeroizing;
 use super::auth::Authenticated;
 use super::context::{LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
-use super::AppState;
+use super::{AppState, Endpoint};
+use crate::audit::{Action, Outcome};
 use crate::pii::Pii;
+use crate::policy::Operation;
 use crate::vault::{ConsentSubject, Detokenized, TokenizeItem};
 
 /// Registers every route.
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/v1/tokenize", web::post().to(tokenize))
-        .route("/v1/detokenize", web::post().to(detokenize))
-        .route("/v1/audit", web::get().to(audit_records))
-        .route("/v1/consent", web::put().to(consent))
-        .route(
-            "/v1/namespaces/{namespace}/tokens/{token}",
-            web::delete().to(forget),
-        );
-}
+pub(super) const ENDPOINTS: &[Endpoint] = &[
+    Endpoint::new(Method::GET, "/healthz", "health", |r| r.to(healthz)),
+    Endpoint::new(Method::GET, "/readyz", "health", |r| r.to(readyz)),
+    Endpoint::new(Method::GET, "/metrics", "metrics", |r| r.to(metrics)),
+    Endpoint::new(Method::POST, "/v1/tokenize", "tokenize", |r| r.to(tokenize)),
+    Endpoint::new(Method::POST, "/v1/detokenize", "detokenize", |r| {
+        r.to(detokenize)
+    }),
+    Endpoint::new(Method::GET, "/v1/audit", "audit_read", |r| {
+        r.to(audit_records)
+    }),
+    Endpoint::new(Method::PUT, "/v1/consent", "consent", |r| r.to(consent)),
+    Endpoint::new(
+        Method::DELETE,
+        "/v1/namespaces/{namespace}/tokens/{token}",
+        "forget",
+        |r| r.to(forget),
+    ),
+];
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
@@ -50,6 +59,34 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// `GET /metrics`, for clients whose role has `metrics_read`. A refusal is
+/// audited like any other.
+async fn metrics(
+    state: web::Data<AppState>,
+    Authenticated(caller, context): Authenticated,
+    id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    if !caller.role.operations.contains(&Operation::MetricsRead) {
+        let record = context
+            .record(Action::MetricsRead, Outcome::Denied)
+            .reason("operation_not_granted");
+        state
+            .vault
+            .record(vec![record])
+            .await
+            .map_err(|error| ApiError::from_vault(error, &id))?;
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "metrics_read not granted to this client",
+            &id,
+        ));
+    }
+    let body = crate::metrics::render(&state.data_files.0, &state.data_files.1);
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(body))
 }
 
 #[derive(Deserialize)]

@@ -9,11 +9,15 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use super::context::{request_id, LoggedClient};
 use super::error::ApiError;
+use super::tls::PeerCertificate;
 use super::AppState;
 use crate::audit::{Action, Context, Outcome};
 use crate::crypto::access::{AccessTokenError, AccessTokenKey, ACCESS_TOKEN_PREFIX};
 use crate::crypto::password::claimed_client;
 use crate::policy::{AuthError, Caller};
+
+/// The audit `auth` value of a caller identified by its client certificate.
+pub const CERTIFICATE_AUTH: &str = "client_certificate";
 
 /// Extractor: the request's authenticated caller and audit context, or a 401.
 pub struct Authenticated(pub Caller, pub Context);
@@ -65,12 +69,19 @@ pub async fn authenticate_with(
         .filter(|key| !key.is_empty())
         .map(|key| zeroize::Zeroizing::new(key.to_owned()));
     let peer = req.peer_addr().map(|addr| addr.ip());
+    // A verified client certificate identifies the caller when no key is
+    // presented; a presented key always decides on its own.
+    let certificate = req.conn_data::<PeerCertificate>();
     let access_token = |key: &str| key.starts_with(ACCESS_TOKEN_PREFIX);
-    let method = match &presented {
-        Some(key) if access.is_some() && access_token(key) => "access_token",
+    let method = match (&presented, certificate) {
+        (Some(key), _) if access.is_some() && access_token(key) => "access_token",
+        (None, Some(_)) => CERTIFICATE_AUTH,
         _ => "api_key",
     };
     let outcome = match (&presented, access) {
+        (None, _) if certificate.is_some() => certificate
+            .map(|c| state.auth.by_certificate(&c.names, peer))
+            .unwrap_or(Err(AuthError::Invalid)),
         (Some(key), Some(access)) if access_token(key) => {
             let now = u64::try_from(crate::audit::now_us() / 1_000_000).unwrap_or(0);
             match access.verify(key, now) {

@@ -22,7 +22,8 @@ use super::api::read_body;
 use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
 use super::egress::{injected_headers, upstream_client, upstream_error};
 use super::error::{ApiError, ErrorCode};
-use super::AppState;
+use super::tls::PeerCertificate;
+use super::{AppState, MetricRoute};
 use crate::audit::{Action, Context, Outcome};
 use crate::config::CallbackSpec;
 use crate::payload::{self, Selector};
@@ -127,6 +128,10 @@ pub async fn handle(
         return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id));
     };
     let spec = &callback.spec;
+    req.extensions_mut().insert(MetricRoute {
+        route: format!("callback:{}", spec.name),
+        operation: "callback",
+    });
     req.extensions_mut()
         .insert(LoggedClient(callback.caller.client.clone()));
     req.extensions_mut()
@@ -154,6 +159,14 @@ pub async fn handle(
         }
     };
 
+    if spec.require_client_cert && req.conn_data::<PeerCertificate>().is_none() {
+        refuse("client_certificate_required").await;
+        return Err(refusal(
+            ErrorCode::Forbidden,
+            "this callback requires a client certificate",
+            &id,
+        ));
+    }
     if !spec.allow_from.is_empty()
         && !peer.is_some_and(|ip| spec.allow_from.iter().any(|net| net.contains(&ip)))
     {
@@ -341,7 +354,11 @@ pub async fn handle(
             {
                 tracing::error!(request_id = %id, error = %release, "could not release a callback message id");
             }
-            return Err(upstream_error(&spec.name, error, &id));
+            return Err(upstream_error(
+                &format!("callback:{}", spec.name),
+                error,
+                &id,
+            ));
         }
     };
     let status =
@@ -355,7 +372,7 @@ pub async fn handle(
     let bytes = response
         .bytes()
         .await
-        .map_err(|error| upstream_error(&spec.name, error, &id))?;
+        .map_err(|error| upstream_error(&format!("callback:{}", spec.name), error, &id))?;
     tracing::info!(request_id = %id, callback = %spec.name, provider_status = status.as_u16(), "callback delivered");
     Ok(HttpResponse::build(status)
         .content_type(content_type)

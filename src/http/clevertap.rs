@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
+use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -20,7 +21,7 @@ use super::api::{is_content_type, parse_json, read_body, read_json_body};
 use super::auth::{authenticate_with, Authenticated};
 use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
-use super::AppState;
+use super::{AppState, Endpoint};
 use crate::audit::{Action, Context, Outcome};
 use crate::config::ClevertapSpec;
 use crate::crypto::access::AccessTokenKey;
@@ -58,31 +59,44 @@ impl Surface {
 }
 
 /// Registers the surface's paths (only when `[clevertap]` is enabled).
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route(
-            "/ct-vault/api/tokenization/getToken",
-            web::post().to(tokenize_one),
-        )
-        .route("/ct-vault/api/v2/tokenize", web::post().to(tokenize_one))
-        .route(
-            "/ct-vault/api/tokenization/getRawValue",
-            web::post().to(detokenize_one),
-        )
-        .route(
-            "/ct-vault/api/tokenization/tokens/batch",
-            web::post().to(tokenize_batch),
-        )
-        .route(
-            "/ct-vault/api/v2/tokenize/batch",
-            web::post().to(tokenize_batch),
-        )
-        .route(
-            "/ct-vault/api/tokenization/tokens/values/batch",
-            web::post().to(detokenize_batch),
-        )
-        .route(TOKEN_PATH, web::post().to(access_token));
-}
+pub(super) const ENDPOINTS: &[Endpoint] = &[
+    Endpoint::new(
+        Method::POST,
+        "/ct-vault/api/tokenization/getToken",
+        "tokenize",
+        |r| r.to(tokenize_one),
+    ),
+    Endpoint::new(Method::POST, "/ct-vault/api/v2/tokenize", "tokenize", |r| {
+        r.to(tokenize_one)
+    }),
+    Endpoint::new(
+        Method::POST,
+        "/ct-vault/api/tokenization/getRawValue",
+        "detokenize",
+        |r| r.to(detokenize_one),
+    ),
+    Endpoint::new(
+        Method::POST,
+        "/ct-vault/api/tokenization/tokens/batch",
+        "tokenize",
+        |r| r.to(tokenize_batch),
+    ),
+    Endpoint::new(
+        Method::POST,
+        "/ct-vault/api/v2/tokenize/batch",
+        "tokenize",
+        |r| r.to(tokenize_batch),
+    ),
+    Endpoint::new(
+        Method::POST,
+        "/ct-vault/api/tokenization/tokens/values/batch",
+        "detokenize",
+        |r| r.to(detokenize_batch),
+    ),
+    Endpoint::new(Method::POST, TOKEN_PATH, "access_token", |r| {
+        r.to(access_token)
+    }),
+];
 
 // ---------------------------------------------------------------------------
 // Requests and answers, as the spec names them

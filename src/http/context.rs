@@ -77,7 +77,8 @@ pub async fn request_context(
     req.extensions_mut().insert(id.clone());
     let started = Instant::now();
     let mut response = next.call(req).await?;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
     {
         let request = response.request();
@@ -85,6 +86,14 @@ pub async fn request_context(
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_owned());
         let extensions = request.extensions();
+        let (metric_route, operation) = match extensions.get::<super::MetricRoute>() {
+            Some(labelled) => (labelled.route.clone(), labelled.operation),
+            None => match super::endpoints(true).find(|e| e.path == route) {
+                Some(endpoint) => (route.clone(), endpoint.operation),
+                None => ("unmatched".to_owned(), "none"),
+            },
+        };
+        crate::metrics::request(metric_route, operation, status, elapsed);
         let client = extensions
             .get::<LoggedClient>()
             .map(|c| c.0.as_str())

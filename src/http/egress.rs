@@ -12,10 +12,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::api::read_body;
-use super::auth::{authenticate, Authenticated};
+use super::auth::{authenticate, Authenticated, CERTIFICATE_AUTH};
 use super::context::{LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
-use super::AppState;
+use super::{AppState, MetricRoute};
 use crate::audit::{Action, Context, Outcome};
 use crate::config::{RouteSpec, UnselectedPii};
 use crate::payload::{self, detect, PayloadError};
@@ -151,6 +151,10 @@ pub async fn handle(
     let Some((route, rest)) = state.routes.find(&path) else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id));
     };
+    actix_web::HttpMessage::extensions_mut(&req).insert(MetricRoute {
+        route: format!("route:{}", route.spec.name),
+        operation: "forward",
+    });
     let Authenticated(caller, mut context) = authenticate(&req).await?;
     context.route = format!("route:{}", route.spec.name);
     actix_web::HttpMessage::extensions_mut(&req)
@@ -161,6 +165,18 @@ pub async fn handle(
             .namespace(&route.spec.namespace)
             .reason(reason)
     };
+    if route.spec.require_client_cert && context.auth != CERTIFICATE_AUTH {
+        record(
+            &state,
+            refuse(Outcome::Denied, "client_certificate_required"),
+        )
+        .await;
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this route requires a client certificate",
+            &id,
+        ));
+    }
     if !route.spec.clients.contains(&caller.client) {
         record(&state, refuse(Outcome::Denied, "route_not_granted")).await;
         return Err(ApiError::new(
@@ -493,7 +509,13 @@ async fn send(
     request = request.header("x-request-id", id.as_str()).body(body);
     let response = match request.send().await {
         Ok(response) => response,
-        Err(error) => return Err(upstream_error(&route.spec.name, error, id)),
+        Err(error) => {
+            return Err(upstream_error(
+                &format!("route:{}", route.spec.name),
+                error,
+                id,
+            ))
+        }
     };
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -513,7 +535,7 @@ async fn send(
     let bytes = response
         .bytes()
         .await
-        .map_err(|error| upstream_error(&route.spec.name, error, id))?;
+        .map_err(|error| upstream_error(&format!("route:{}", route.spec.name), error, id))?;
     tracing::info!(request_id = %id, route = %route.spec.name, upstream_status = status.as_u16(), "forwarded");
     Ok(Relayed {
         answer,
@@ -589,10 +611,20 @@ async fn reveal_in_response(
     Ok(answer.body(body.to_vec()))
 }
 
+/// The answer to a failed forward; counted in metrics under `route`
+/// (`route:<name>` or `callback:<name>`, from the configuration).
 pub(super) fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {
     // reqwest's messages carry the URL; the route's URL is configuration,
     // but keep it in the log only.
     tracing::warn!(request_id = %id, route, error = %error, "upstream failed");
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else {
+        "transfer"
+    };
+    crate::metrics::upstream_error(route, kind);
     if error.is_timeout() {
         ApiError::new(
             ErrorCode::GatewayTimeout,

@@ -8,18 +8,16 @@ pub mod clevertap;
 pub mod context;
 pub mod egress;
 pub mod error;
+pub mod tls;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 
+use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ServerSettings, TlsFiles};
+use crate::config::ServerSettings;
 use crate::policy::Authenticator;
 use crate::vault::Vault;
 
@@ -49,6 +47,8 @@ pub struct AppState {
     pub clevertap: Option<clevertap::Surface>,
     /// Activation callbacks.
     pub callbacks: callbacks::Callbacks,
+    /// `vault.db` and `audit.db`, whose sizes `/metrics` reports.
+    pub data_files: (std::path::PathBuf, std::path::PathBuf),
 }
 
 /// Why the server could not start.
@@ -67,35 +67,69 @@ pub enum ServeError {
     Io(#[from] io::Error),
 }
 
-/// Loads the certificate chain and key and builds a rustls configuration
-/// offering TLS 1.3 and 1.2 only, on the ring provider.
-pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, ServeError> {
-    let tls_error = |path: &Path, reason: String| ServeError::Tls {
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| tls_error(&files.cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(&files.cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(tls_error(&files.cert, "no certificate found".to_owned()));
+/// One fixed endpoint of the server: its method, path pattern and the
+/// operation it performs (a metrics label). The server registers exactly
+/// these; `docs/openapi.yaml` documents exactly these (a test compares).
+pub struct Endpoint {
+    /// HTTP method.
+    pub method: Method,
+    /// Path pattern, `{name}` for a segment.
+    pub path: &'static str,
+    /// Operation, for metrics.
+    pub operation: &'static str,
+    /// Attaches the handler.
+    register: fn(actix_web::Route) -> actix_web::Route,
+}
+
+impl Endpoint {
+    const fn new(
+        method: Method,
+        path: &'static str,
+        operation: &'static str,
+        register: fn(actix_web::Route) -> actix_web::Route,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            operation,
+            register,
+        }
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| tls_error(&files.key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| tls_error(&files.cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_error(&files.key, e.to_string()))
+}
+
+/// The fixed endpoints: always the core API, and the CleverTap surface when
+/// `clevertap` is true. Egress routes and callbacks come from the
+/// configuration.
+pub fn endpoints(clevertap: bool) -> impl Iterator<Item = &'static Endpoint> {
+    let surface: &'static [Endpoint] = if clevertap { clevertap::ENDPOINTS } else { &[] };
+    api::ENDPOINTS.iter().chain(surface)
+}
+
+fn register(config: &mut web::ServiceConfig, endpoints: impl Iterator<Item = &'static Endpoint>) {
+    for endpoint in endpoints {
+        let route = (endpoint.register)(web::method(endpoint.method.clone()));
+        config.route(endpoint.path, route);
+    }
+}
+
+/// The metrics label of a request: the route (a fixed pattern, or the
+/// configured route or callback name) and its operation.
+#[derive(Debug, Clone)]
+pub struct MetricRoute {
+    /// `route:<name>`, `callback:<name>` or a path pattern.
+    pub route: String,
+    /// The operation.
+    pub operation: &'static str,
 }
 
 /// Binds and serves until SIGTERM or SIGINT, then drains in-flight requests.
 /// Prints `tokenvault listening on <url>` on stdout once bound.
 pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
-    let tls = settings.tls.as_ref().map(tls_config).transpose()?;
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|files| tls::server_config(files, settings.client_ca.as_deref()))
+        .transpose()?;
     let clevertap = state.clevertap.is_some();
     let callback_paths = state.callbacks.paths();
     let data = web::Data::new(state);
@@ -103,22 +137,25 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(context::request_context))
-            .configure(api::routes)
             .configure(|config| {
-                if clevertap {
-                    clevertap::routes(config);
-                }
+                register(config, endpoints(clevertap));
                 for path in &callback_paths {
                     config.route(path, web::post().to(callbacks::handle));
                 }
             })
             .default_service(web::to(egress::handle))
     })
+    .on_connect(tls::on_connect)
     .shutdown_timeout(SHUTDOWN_GRACE_SECS);
-    let (server, scheme) = match tls {
-        Some(tls) => (server.bind_rustls_0_23(settings.listen, tls)?, "https"),
-        None => (server.bind(settings.listen)?, "http"),
+    let (server, scheme, certificate) = match tls {
+        Some(tls) => (
+            server.bind_rustls_0_23(settings.listen, tls.config)?,
+            "https",
+            Some(tls.certificate),
+        ),
+        None => (server.bind(settings.listen)?, "http", None),
     };
+    actix_web::rt::spawn(tls::reload_on_sighup(certificate));
     let addresses: Vec<SocketAddr> = server.addrs();
     {
         let mut out = io::stdout().lock();

@@ -13,6 +13,7 @@
 
 mod schema;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -695,6 +696,7 @@ impl Writer {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let mut records = Vec::new();
+        let mut created: BTreeMap<String, u64> = BTreeMap::new();
         for (slot, item) in done.iter_mut().zip(work) {
             match (slot, item) {
                 (
@@ -707,6 +709,11 @@ impl Writer {
                 ) => {
                     *outcomes =
                         insert_rows(&vault_tx, &namespace, &rows, now).map_err(write_failure)?;
+                    let new = outcomes
+                        .iter()
+                        .filter(|o| **o == InsertOutcome::Inserted)
+                        .count();
+                    *created.entry(namespace.clone()).or_default() += new as u64;
                     if !outcomes.contains(&InsertOutcome::TokenTaken) {
                         let tokens: Vec<&String> = rows
                             .iter()
@@ -749,6 +756,7 @@ impl Writer {
                 _ => unreachable!("done and work are built in step"),
             }
         }
+        let audit_started = std::time::Instant::now();
         if !records.is_empty() {
             let head = audit::store::append(&audit_tx, key, &records).map_err(audit_failure)?;
             if let Some(head) = head {
@@ -756,7 +764,16 @@ impl Writer {
             }
         }
         audit_tx.commit().map_err(audit_failure)?;
-        vault_tx.commit().map_err(write_failure)
+        let audit_write = (!records.is_empty()).then(|| audit_started.elapsed());
+        vault_tx.commit().map_err(write_failure)?;
+        crate::metrics::batch_committed(
+            created
+                .iter()
+                .map(|(namespace, count)| (namespace.as_str(), *count)),
+            &records,
+            audit_write,
+        );
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ mod dev;
 mod durability;
 mod egress;
 mod leak;
+mod mtls;
 mod support;
 mod tamper;
 mod tls;
