@@ -13,6 +13,7 @@ mod dev;
 mod durability;
 mod egress;
 mod leak;
+mod metrics;
 mod mtls;
 mod support;
 mod tamper;

@@ -28,6 +28,7 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("dispatcher", "dispatcher", ""),
     ("consent", "consent_desk", ""),
     ("budgeted", "sms_worker", "budget_per_minute = 5"),
+    ("scraper", "monitoring", ""),
 ];
 
 /// Roles and namespaces of the standard test configuration.
@@ -103,6 +104,9 @@ clevertap_purpose = "email_dispatch"
 [roles.consent_desk]
 operations = ["consent"]
 namespaces = ["retail"]
+
+[roles.monitoring]
+operations = ["metrics_read"]
 "#;
 
 /// API keys and hashes for the standard clients, minted once per test run
