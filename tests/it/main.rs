@@ -15,6 +15,7 @@ mod egress;
 mod leak;
 mod metrics;
 mod mtls;
+mod openapi;
 mod support;
 mod tamper;
 mod tls;

@@ -18,9 +18,15 @@ struct Sample {
 /// Parses the OpenMetrics text format (comments skipped; label values with
 /// `\"` and `\\` escapes).
 fn parse(text: &str) -> Vec<Sample> {
-    assert!(text.trim_end().ends_with("# EOF"), "text format ends with # EOF");
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "text format ends with # EOF"
+    );
     let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, value) = line.rsplit_once(' ').unwrap();
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
         let (name, labels) = match series.split_once('{') {
@@ -61,7 +67,11 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -92,7 +102,9 @@ fields = [ {{ select = "$.email", class = "email" }} ]
     let canaries: Vec<String> = (0..20)
         .map(|i| format!("metrics-canary-{i:02}@example.com"))
         .collect();
-    let names: Vec<String> = (0..20).map(|i| format!("Canary Metricsson {i:02}")).collect();
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("Canary Metricsson {i:02}"))
+        .collect();
     let items: Vec<(&str, &str)> = canaries
         .iter()
         .map(|c| ("email", c.as_str()))
@@ -121,7 +133,12 @@ fields = [ {{ select = "$.email", class = "email" }} ]
     // value and a token.
     let (status, _) = post(&server, "/v1/tokenize", "tv.crm.not-the-key", &json!({}));
     assert_eq!(status, 401);
-    let (status, _) = post(&server, "/dead/upload", &key("crm"), &json!({"email": canaries[1]}));
+    let (status, _) = post(
+        &server,
+        "/dead/upload",
+        &key("crm"),
+        &json!({"email": canaries[1]}),
+    );
     assert_eq!(status, 502);
     let odd = http()
         .get(server.url(&format!("/{}/{}", canaries[2], tokens[3])))
@@ -155,12 +172,20 @@ fields = [ {{ select = "$.email", class = "email" }} ]
     let text = response.text().unwrap();
     let samples = parse(&text);
 
-    let created = value(&samples, "tokenvault_tokens_created_total", &[("namespace", "retail")]);
+    let created = value(
+        &samples,
+        "tokenvault_tokens_created_total",
+        &[("namespace", "retail")],
+    );
     assert_eq!(created, 40.0, "40 new tokens, the repeat made none");
     let tokenize_ok = value(
         &samples,
         "tokenvault_http_requests_total",
-        &[("route", "/v1/tokenize"), ("operation", "tokenize"), ("status", "200")],
+        &[
+            ("route", "/v1/tokenize"),
+            ("operation", "tokenize"),
+            ("status", "200"),
+        ],
     );
     assert_eq!(tokenize_ok, 2.0);
     assert_eq!(
@@ -175,12 +200,20 @@ fields = [ {{ select = "$.email", class = "email" }} ]
         value(
             &samples,
             "tokenvault_http_requests_total",
-            &[("route", "route:dead"), ("operation", "forward"), ("status", "502")]
+            &[
+                ("route", "route:dead"),
+                ("operation", "forward"),
+                ("status", "502")
+            ]
         ),
         1.0
     );
     assert_eq!(
-        value(&samples, "tokenvault_http_requests_total", &[("route", "unmatched")]),
+        value(
+            &samples,
+            "tokenvault_http_requests_total",
+            &[("route", "unmatched")]
+        ),
         1.0
     );
     assert!(value(&samples, "tokenvault_detokenize_denials_total", &[]) >= 1.0);
@@ -200,15 +233,43 @@ fields = [ {{ select = "$.email", class = "email" }} ]
             &[("route", "/v1/tokenize")]
         ) >= 2.0
     );
-    assert!(value(&samples, "tokenvault_audit_write_duration_seconds_count", &[]) >= 1.0);
-    assert!(value(&samples, "tokenvault_store_size_bytes", &[("file", "vault")]) > 0.0);
-    assert!(value(&samples, "tokenvault_store_size_bytes", &[("file", "audit")]) > 0.0);
+    assert!(
+        value(
+            &samples,
+            "tokenvault_audit_write_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &samples,
+            "tokenvault_store_size_bytes",
+            &[("file", "vault")]
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &samples,
+            "tokenvault_store_size_bytes",
+            &[("file", "audit")]
+        ) > 0.0
+    );
 
     // No label value is, or holds, a value, a token, a key or a client name.
     let mut forbidden: Vec<String> = canaries.clone();
     forbidden.extend(names.iter().cloned());
     forbidden.extend(tokens.iter().cloned());
-    forbidden.extend(["metrics-canary", "Canary", "not-the-key", "crm", "helpdesk", "admin"].map(String::from));
+    forbidden.extend(
+        [
+            "metrics-canary",
+            "Canary",
+            "not-the-key",
+            "crm",
+            "helpdesk",
+            "admin",
+        ]
+        .map(String::from),
+    );
     for sample in &samples {
         for (label, value) in &sample.labels {
             for bad in &forbidden {
