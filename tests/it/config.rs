@@ -269,3 +269,28 @@ colour = "blue"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_key_the_example_sets_is_in_the_configuration_reference() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = fs::read_to_string(root.join("vault.toml.example")).unwrap();
+    let reference = fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in example.lines() {
+        let line = line.trim_start_matches(['#', ' ']);
+        if let Some((key, _)) = line.split_once(" = ") {
+            if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                keys.insert(key.to_owned());
+            }
+        }
+    }
+    assert!(keys.len() > 50, "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| !reference.contains(&format!("`{key}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+}
