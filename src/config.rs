@@ -366,14 +366,29 @@ impl std::error::Error for ConfigErrors {}
 
 /// Loads `path`, applies `TOKENVAULT_…__…` overrides and validates the lot.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    if !path.is_file() {
-        return Err(ConfigErrors(vec![Problem::new(
-            "config",
-            format!("{} does not exist", path.display()),
-        )
-        .hint(
-            "copy vault.toml.example there and edit it, or pass --config PATH",
-        )]));
+    let unreadable = |message: String, hint: &str| {
+        ConfigErrors(vec![Problem::new("config", message).hint(hint)])
+    };
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => {
+            return Err(unreadable(
+                format!("{} is not a file", path.display()),
+                "pass --config PATH to the configuration file",
+            ))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unreadable(
+                format!("{} does not exist", path.display()),
+                "copy vault.toml.example there and edit it, or pass --config PATH",
+            ))
+        }
+        Err(error) => {
+            return Err(unreadable(
+                format!("cannot read {}: {error}", path.display()),
+                "run as root or as a member of the tokenvault group",
+            ))
+        }
     }
     // Only variables with `__` are config keys: every key lives in a section,
     // and this keeps TOKENVAULT_PASSPHRASE, TOKENVAULT_CONFIG and friends from
