@@ -1303,19 +1303,20 @@ fn check_client_certificates(
     if mtls {
         return;
     }
-    for route in routes.iter().filter(|r| r.require_client_cert) {
-        problems.push(
-            Problem::new(
-                format!("routes.{}.require_client_cert", route.name),
-                "needs client certificates",
-            )
-            .hint(hint),
+    let requiring = routes
+        .iter()
+        .filter(|r| r.require_client_cert)
+        .map(|r| format!("routes.{}", r.name))
+        .chain(
+            callbacks
+                .iter()
+                .filter(|c| c.require_client_cert)
+                .map(|c| format!("callbacks.{}", c.name)),
         );
-    }
-    for callback in callbacks.iter().filter(|c| c.require_client_cert) {
+    for section in requiring {
         problems.push(
             Problem::new(
-                format!("callbacks.{}.require_client_cert", callback.name),
+                format!("{section}.require_client_cert"),
                 "needs client certificates",
             )
             .hint(hint),

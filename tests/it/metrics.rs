@@ -79,10 +79,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn metrics_count_real_traffic_and_no_label_carries_a_value_or_token() {
     // A route whose upstream is a closed port: every forward fails.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let route = format!(
         r#"
 [[routes]]

@@ -471,11 +471,7 @@ fn healthcheck_fails_when_the_vault_is_down() {
     let cert = ServerCert::write(dir.path());
     let setup = Setup::new(&cert.server_extra());
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let closed = closed_port();
     let out = setup.run(&["healthcheck", "--listen", &closed, "--config"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -337,6 +337,15 @@ pub fn signal(pid: u32, name: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// An address on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
 /// A blocking HTTP client with a generous timeout.
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
