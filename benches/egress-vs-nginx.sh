@@ -4,7 +4,7 @@
 #   bash benches/egress-vs-nginx.sh            (needs: nginx, wrk; installs them with apt if missing)
 #
 # Both proxies sit in front of the same upstream (an nginx server block that
-# answers 200), get the same payload (shared/fixtures/clevertap-upload-profiles-10.json)
+# answers 200), get the same payload (tests/fixtures/clevertap-upload-profiles-10.json)
 # from wrk on 127.0.0.1, and are measured alternately. The vault's tokens
 # are already known (a warm-up request stores them first), so this measures
 # parse, tokenize (blind index hits), audit, re-serialize and forward.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 ROUNDS=${ROUNDS:-2}
-FIXTURE=${FIXTURE:-../shared/fixtures/clevertap-upload-profiles-10.json}
+FIXTURE=${FIXTURE:-tests/fixtures/clevertap-upload-profiles-10.json}
 # FIELDS=none measures the floor: a route with no field rules (the scan only
 # reports), so the vault does authentication, the audit record and the
 # forward, and nothing else. Use it with a small payload, e.g.

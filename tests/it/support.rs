@@ -455,9 +455,9 @@ pub fn audit_query(setup: &Setup, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Path of a shared fixture.
+/// Path of a fixture in `tests/fixtures/` (copied into this repository).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
+        .join("tests/fixtures")
         .join(name)
 }
