@@ -7,12 +7,12 @@
 //! revealed only after its record is durable. Records hold tokens, names and
 //! codes, never values.
 
-pub mod store;
-
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::crypto::keys::AuditKey;
 
 /// What was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,11 +45,14 @@ pub enum Action {
     /// A refused read of `/metrics` (successful scrapes carry no data and
     /// are not recorded).
     MetricsRead,
+    /// An operator acknowledged records missing from the trail
+    /// (`tokenvault audit acknowledge-gap`); the record names the range.
+    AuditGap,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -63,6 +66,7 @@ impl Action {
         Self::IssueAccessToken,
         Self::Consent,
         Self::MetricsRead,
+        Self::AuditGap,
     ];
 
     /// The stored name.
@@ -81,6 +85,7 @@ impl Action {
             Self::IssueAccessToken => "issue_access_token",
             Self::Consent => "consent",
             Self::MetricsRead => "metrics_read",
+            Self::AuditGap => "audit_gap",
         }
     }
 
@@ -174,6 +179,7 @@ impl Context {
             tokens: Vec::new(),
             outcome,
             reason: None,
+            gap: None,
         }
     }
 }
@@ -222,6 +228,26 @@ pub struct Record {
     pub outcome: Outcome,
     /// A fixed reason code (`class_not_granted`, `invalid_item`, …).
     pub reason: Option<String>,
+    /// For [`Action::AuditGap`] only: the sequence numbers the trail lost.
+    pub gap: Option<Gap>,
+}
+
+/// Records an operator acknowledged as lost: `first..=last`. The gap record
+/// itself takes sequence number `last + 1` and chains to the MAC of the
+/// record before `first`, so the hole stays visible and only a holder of the
+/// audit key can bridge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// First missing sequence number.
+    pub first: u64,
+    /// Last missing sequence number.
+    pub last: u64,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.first, self.last)
+    }
 }
 
 impl Record {
@@ -292,6 +318,13 @@ impl Record {
         }
         field(&mut out, Some(self.outcome.as_str()));
         field(&mut out, self.reason.as_deref());
+        // Appended only when present, so that records written before gaps
+        // existed keep their MACs.
+        if let Some(gap) = self.gap {
+            out.extend_from_slice(b"gap");
+            out.extend_from_slice(&gap.first.to_be_bytes());
+            out.extend_from_slice(&gap.last.to_be_bytes());
+        }
         out
     }
 }
@@ -311,7 +344,168 @@ impl fmt::Display for Head {
     }
 }
 
-impl store::Stored {
+/// A record as stored: sequence number, content, chain MAC.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Sequence number.
+    pub seq: u64,
+    /// Content.
+    pub record: Record,
+    /// Chain MAC.
+    pub mac: Vec<u8>,
+}
+
+/// Query filters; every one is optional and they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Records at or after this time (µs since the epoch).
+    pub since: Option<i64>,
+    /// Records before this time (µs since the epoch).
+    pub until: Option<i64>,
+    /// Actor name.
+    pub actor: Option<String>,
+    /// Action name.
+    pub action: Option<String>,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// A token among the record's tokens.
+    pub token: Option<String>,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+}
+
+/// A chain that verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Records checked.
+    pub count: u64,
+    /// The newest record.
+    pub head: Option<Head>,
+    /// Records newer than the head recorded in `vault.db` (left by a commit
+    /// interrupted between the two files); they verified too.
+    pub beyond_recorded_head: u64,
+    /// The gap records met on the way: records an operator acknowledged as
+    /// lost, with who did it and why.
+    pub gaps: Vec<Stored>,
+}
+
+/// Where and why verification failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The first bad sequence number.
+    pub seq: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// Walks a chain record by record, oldest first: sequence numbers follow
+/// each other except across an acknowledged gap, and every MAC is right given
+/// its predecessor. Used for `audit.db` and for export files alike.
+#[derive(Debug)]
+pub struct ChainCheck {
+    previous: [u8; 32],
+    next: Option<u64>,
+    count: u64,
+    head: Option<Head>,
+    gaps: Vec<Stored>,
+}
+
+impl ChainCheck {
+    /// A walk from the first record of a trail.
+    pub fn from_start() -> Self {
+        Self::after(GENESIS, Some(1))
+    }
+
+    /// A walk that starts after a record whose MAC is `previous`; `next` is
+    /// the sequence number expected first, when it is known.
+    pub fn after(previous: [u8; 32], next: Option<u64>) -> Self {
+        Self {
+            previous,
+            next,
+            count: 0,
+            head: None,
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Checks the next record.
+    pub fn check(&mut self, key: &AuditKey, stored: &Stored) -> Result<(), Broken> {
+        let seq = stored.seq;
+        let gap = stored.record.gap;
+        // Where the chain should pick up: the record itself, or for a gap
+        // record the first record it acknowledges as lost.
+        let resumes_at = match gap {
+            Some(gap) => {
+                let well_formed = stored.record.action == Action::AuditGap
+                    && gap.first <= gap.last
+                    && gap.last.checked_add(1) == Some(seq);
+                if !well_formed {
+                    return Err(Broken {
+                        seq,
+                        reason: "gap record does not name the records before it".to_owned(),
+                    });
+                }
+                gap.first
+            }
+            None => seq,
+        };
+        if let Some(next) = self.next.filter(|next| *next != resumes_at) {
+            return Err(Broken {
+                seq: next,
+                reason: format!("record {next} is missing (next is {seq})"),
+            });
+        }
+        if !key.verify(&stored.record.canonical(seq), &self.previous, &stored.mac) {
+            return Err(Broken {
+                seq,
+                reason: "MAC does not match: record edited, moved or forged".to_owned(),
+            });
+        }
+        self.previous = stored.mac.as_slice().try_into().map_err(|_| Broken {
+            seq,
+            reason: "MAC has the wrong length".to_owned(),
+        })?;
+        self.head = Some(Head {
+            seq,
+            mac: self.previous,
+        });
+        self.next = Some(seq + 1);
+        self.count += 1;
+        if gap.is_some() {
+            self.gaps.push(stored.clone());
+        }
+        Ok(())
+    }
+
+    /// Records checked so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The last record checked.
+    pub fn head(&self) -> Option<Head> {
+        self.head
+    }
+
+    /// Whether an acknowledged gap covers sequence number `seq`.
+    pub fn acknowledged(&self, seq: u64) -> bool {
+        self.gaps.iter().any(|stored| {
+            stored
+                .record
+                .gap
+                .is_some_and(|gap| (gap.first..=gap.last).contains(&seq))
+        })
+    }
+
+    /// The gap records met.
+    pub fn into_gaps(self) -> Vec<Stored> {
+        self.gaps
+    }
+}
+
+impl Stored {
     /// The record as a JSON object (for `audit query --format json`, exports
     /// and `GET /v1/audit`).
     pub fn to_json(&self) -> serde_json::Value {
@@ -332,13 +526,14 @@ impl store::Stored {
             "tokens": r.tokens,
             "outcome": r.outcome,
             "reason": r.reason,
+            "gap": r.gap.map(|g| serde_json::json!({"first": g.first, "last": g.last})),
             "mac": hex::encode(&self.mac),
         })
     }
 }
 
-impl store::Stored {
-    /// Reads back an object written by [`store::Stored::to_json`].
+impl Stored {
+    /// Reads back an object written by [`Stored::to_json`].
     pub fn from_json(value: &serde_json::Value) -> Option<Self> {
         let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
         let optional = |name: &str| match value.get(name) {
@@ -367,6 +562,13 @@ impl store::Stored {
                     .collect::<Option<Vec<_>>>()?,
                 outcome: Outcome::parse(&text("outcome")?)?,
                 reason: optional("reason")?,
+                gap: match value.get("gap") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(gap) => Some(Gap {
+                        first: gap.get("first")?.as_u64()?,
+                        last: gap.get("last")?.as_u64()?,
+                    }),
+                },
             },
             mac: hex::decode(text("mac")?).ok()?,
         })
@@ -388,7 +590,7 @@ pub struct FilterText {
     pub actor: Option<String>,
     /// Action: tokenize, detokenize, forget, init, client_create,
     /// config_load, key_unwrap, authenticate, audit_read, forward,
-    /// issue_access_token, consent.
+    /// issue_access_token, consent, metrics_read, audit_gap.
     #[arg(long)]
     pub action: Option<String>,
     /// Namespace.
@@ -407,7 +609,7 @@ pub struct FilterText {
 
 impl FilterText {
     /// Parses the filters, reporting every bad one.
-    pub fn parse(&self) -> Result<store::Filter, Vec<String>> {
+    pub fn parse(&self) -> Result<Filter, Vec<String>> {
         let mut problems = Vec::new();
         let mut time = |name: &str, value: &Option<String>| {
             value.as_deref().and_then(|text| {
@@ -441,7 +643,7 @@ impl FilterText {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(store::Filter {
+        Ok(Filter {
             since,
             until,
             actor: self.actor.clone(),
@@ -452,6 +654,17 @@ impl FilterText {
             outcome: self.outcome.clone(),
         })
     }
+}
+
+/// Whether `text` is a code fit for the trail: 1 to 64 lower-case ASCII
+/// letters, digits and `_`, starting with a letter. Codes come from the
+/// configuration or the operator, never from a request.
+pub fn is_code(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The MAC the first record chains to.
@@ -515,6 +728,8 @@ mod tests {
         edit(|r| r.tokens.push("TKN_a".into()));
         edit(|r| r.outcome = Outcome::Denied);
         edit(|r| r.reason = Some("x".into()));
+        edit(|r| r.gap = Some(Gap { first: 1, last: 2 }));
+        edit(|r| r.gap = Some(Gap { first: 1, last: 3 }));
         let encodings: std::collections::BTreeSet<Vec<u8>> =
             variants.iter().map(|r| r.canonical(1)).collect();
         assert_eq!(encodings.len(), variants.len());

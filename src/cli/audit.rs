@@ -1,6 +1,9 @@
 //! `tokenvault audit query | verify | export`: for auditors. All three open
 //! the data directory read-only, so they work on a stopped vault or on a copy
 //! of its data directory (`--data-dir`).
+//!
+//! `tokenvault audit acknowledge-gap`: for the operator, the one way past a
+//! trail whose tail was cut. It appends; it never erases.
 
 use std::fs;
 use std::io::Write;
@@ -11,10 +14,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use super::CliError;
-use crate::audit::store::{self, Filter, Stored};
-use crate::audit::{self as trail, FilterText, Head, GENESIS};
+use crate::audit::{self as trail, Action, ChainCheck, Context, FilterText, Outcome, Stored};
 use crate::config::ConfigErrors;
 use crate::crypto::wrapping::Keyring;
+use crate::store::trail::Reader;
 
 /// `audit` subcommands.
 #[derive(Subcommand)]
@@ -56,6 +59,19 @@ pub enum AuditCommand {
         /// Output file; refuses to overwrite.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// After `verify` reports records missing from the end of the trail,
+    /// record that loss so that the vault appends (and serves) again. Appends
+    /// a gap record naming the missing range, who acknowledged it and why;
+    /// erases nothing. Needs the key.
+    AcknowledgeGap {
+        /// Configuration file (for the data directory and the key).
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = super::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Why the records are gone, as a code: lower-case letters, digits
+        /// and `_` (e.g. `disk_failure`, `restored_from_backup`).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -111,6 +127,7 @@ pub fn run(command: AuditCommand) -> Result<(), CliError> {
             };
             export(&location, &filters, &out)
         }
+        AuditCommand::AcknowledgeGap { config, reason } => acknowledge_gap(&config, &reason),
     }
 }
 
@@ -121,7 +138,7 @@ fn data_dir(location: &Location) -> Result<PathBuf, CliError> {
     }
 }
 
-fn open_audit(dir: &Path) -> Result<rusqlite::Connection, CliError> {
+fn open_audit(dir: &Path) -> Result<Reader, CliError> {
     let path = dir.join("audit.db");
     if !path.is_file() {
         return Err(anyhow!(
@@ -130,7 +147,7 @@ fn open_audit(dir: &Path) -> Result<rusqlite::Connection, CliError> {
         )
         .into());
     }
-    Ok(store::open_read_only(&path).with_context(|| format!("cannot open {}", path.display()))?)
+    Ok(Reader::open(&path).with_context(|| format!("cannot open {}", path.display()))?)
 }
 
 fn query(
@@ -164,7 +181,8 @@ fn query(
         .context("writing output")?;
     }
     while written < limit {
-        let page = store::query(&connection, &filter, after, 1000.min(limit - written))
+        let page = connection
+            .query(&filter, after, 1000.min(limit - written))
             .context("reading audit.db")?;
         let Some(last) = page.last() else { break };
         after = last.seq;
@@ -240,12 +258,24 @@ fn verify(location: &Location) -> Result<(), CliError> {
     let connection = open_audit(&dir)?;
     let recorded = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
         .context("cannot read the audit head in vault.db")?;
-    match store::verify(&connection, &keyring.audit_key(), recorded) {
+    match connection.verify(&keyring.audit_key(), recorded) {
         Ok(verified) => {
             println!("audit trail OK: {} records verified", verified.count);
             match verified.head {
                 Some(head) => println!("head: {head}"),
                 None => println!("head: (empty)"),
+            }
+            for stored in &verified.gaps {
+                let r = &stored.record;
+                if let Some(gap) = r.gap {
+                    println!(
+                        "gap: records {gap} are missing, acknowledged by record {} ({} at {}, reason {})",
+                        stored.seq,
+                        r.actor,
+                        trail::format_time(r.time_us),
+                        r.reason.as_deref().unwrap_or("-"),
+                    );
+                }
             }
             if verified.beyond_recorded_head > 0 {
                 println!("note: {} record(s) after the head recorded in vault.db (a commit interrupted between the two files); they verify", verified.beyond_recorded_head);
@@ -278,28 +308,23 @@ fn export(location: &Location, args: &FilterText, out: &Path) -> Result<(), CliE
     }
     // An export is a contiguous run of the chain, so that it verifies on its
     // own: from the first record in the time range to the last.
-    let selected =
-        store::query(&connection, &filter, 0, usize::MAX >> 1).context("reading audit.db")?;
+    let selected = connection
+        .query(&filter, 0, usize::MAX >> 1)
+        .context("reading audit.db")?;
     let (first, last) = match (selected.first(), selected.last()) {
         (Some(first), Some(last)) => (first.seq, last.seq),
         _ => return Err(anyhow!("no records in that time range").into()),
     };
-    let run = store::query(
-        &connection,
-        &Filter::default(),
-        first - 1,
-        (last - first + 1) as usize,
-    )
-    .context("reading audit.db")?;
-    let previous = if first == 1 {
-        GENESIS.to_vec()
-    } else {
-        store::query(&connection, &Filter::default(), first - 2, 1)
-            .context("reading audit.db")?
-            .first()
-            .map(|s| s.mac.clone())
-            .unwrap_or_default()
-    };
+    let run = connection.range(first, last).context("reading audit.db")?;
+    // The MAC the first exported record chains to (across a gap, the record
+    // before the gap).
+    let chained_from = run
+        .first()
+        .and_then(|s| s.record.gap)
+        .map_or(first, |gap| gap.first);
+    let previous = connection
+        .previous_mac(chained_from)
+        .context("reading audit.db")?;
     let head = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
         .context("cannot read the audit head in vault.db")?;
     let document = json!({
@@ -338,43 +363,23 @@ fn verify_export(location: &Location, file: &Path) -> Result<(), CliError> {
     if document["format"] != EXPORT_FORMAT {
         return Err(anyhow!("{} is not a tokenvault audit export", file.display()).into());
     }
-    let mut previous: [u8; 32] = hex::decode(document["previous_mac"].as_str().unwrap_or_default())
+    let previous: [u8; 32] = hex::decode(document["previous_mac"].as_str().unwrap_or_default())
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| anyhow!("the export's previous_mac is malformed"))?;
     let records = document["records"]
         .as_array()
         .ok_or_else(|| anyhow!("the export has no records"))?;
-    let mut expected_seq = None;
-    let mut last = None;
+    let mut chain = ChainCheck::after(previous, None);
     for value in records {
         let stored = Stored::from_json(value)
-            .ok_or_else(|| anyhow!("export record after {last:?} is malformed"))?;
-        if expected_seq.is_some_and(|seq| seq != stored.seq) {
-            return Err(anyhow!(
-                "export BROKEN at record {}: records are not contiguous",
-                expected_seq.unwrap_or(0)
-            )
-            .into());
-        }
-        if !key.verify(&stored.record.canonical(stored.seq), &previous, &stored.mac) {
-            return Err(
-                anyhow!("export BROKEN at record {}: MAC does not match", stored.seq).into(),
-            );
-        }
-        previous = stored
-            .mac
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("bad MAC length"))?;
-        expected_seq = Some(stored.seq + 1);
-        last = Some(Head {
-            seq: stored.seq,
-            mac: previous,
-        });
+            .ok_or_else(|| anyhow!("export record after {:?} is malformed", chain.head()))?;
+        chain.check(&key, &stored).map_err(|broken| {
+            anyhow!("export BROKEN at record {}: {}", broken.seq, broken.reason)
+        })?;
     }
     println!("export OK: {} records verified", records.len());
-    if let Some(last) = last {
+    if let Some(last) = chain.head() {
         println!("last record: {last}");
     }
     if let Some(head) = document["vault_head"].as_object() {
@@ -384,5 +389,45 @@ fn verify_export(location: &Location, file: &Path) -> Result<(), CliError> {
             head["mac"].as_str().unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+fn acknowledge_gap(config_path: &Path, reason: &str) -> Result<(), CliError> {
+    if !trail::is_code(reason) {
+        return Err(anyhow!(
+            "--reason must be a code of lower-case letters, digits and `_`, at most 64 characters\nhint: e.g. --reason disk_failure; explain the details in your ticketing system, not in the trail"
+        )
+        .into());
+    }
+    let config = crate::config::load(config_path)?;
+    let dir = config.storage.data_dir.clone();
+    let location = Location {
+        config: config_path.to_owned(),
+        data_dir: None,
+    };
+    let keyring = load_keyring(&location, &dir)?;
+    let record = Context::cli("audit acknowledge-gap")
+        .record(Action::AuditGap, Outcome::Ok)
+        .reason(reason);
+    let done = crate::store::acknowledge_audit_gap(
+        &config.storage.database_path(),
+        &config.storage.audit_path(),
+        &keyring.audit_key(),
+        record,
+    )
+    .map_err(|error| {
+        let hint = match error {
+            crate::store::AcknowledgeError::NoGap => "nothing to do: `tokenvault audit verify` shows the trail",
+            crate::store::AcknowledgeError::ChainBroken { .. } => "records were edited or removed inside the chain; keep the data directory as evidence and restore audit.db from a backup",
+            crate::store::AcknowledgeError::NotATail(_) => "restore audit.db and vault.db from the same backup",
+            crate::store::AcknowledgeError::Store(_) => "check that the data directory is writable by this user",
+        };
+        anyhow!("{error}\nhint: {hint}")
+    })?;
+    println!(
+        "acknowledged: records {} are missing; gap record {} appended (reason {reason})",
+        done.gap, done.head.seq
+    );
+    println!("a running vault appends and serves again; `tokenvault audit verify` lists the gap");
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::crypto::wrapping::{Keyring, KeyringError};
 use crate::http::{self, AppState, Limits};
 use crate::policy::Authenticator;
 use crate::store::Store;
-use crate::vault::Vault;
+use crate::vault::{AuditState, Vault};
 
 /// Address of `serve --dev`.
 pub const DEV_LISTEN: &str = "127.0.0.1:8200";
@@ -132,10 +132,19 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         context.record(Action::KeyUnwrap, Outcome::Ok),
     ];
     let served = actix_web::rt::System::new().block_on(async {
-        // Fail closed from the start: a vault that cannot audit does not serve.
-        state.vault.record(startup).await.map_err(|error| {
-            anyhow!("cannot write to the audit trail: {error}\nhint: check that audit.db in the data directory is writable and not locked")
-        })?;
+        // Fail closed from the start: a vault that cannot audit does not
+        // serve. A trail whose tail was cut is the exception: the vault
+        // listens, so that /readyz can say why it refuses every reveal and
+        // write (503), until an operator runs `audit acknowledge-gap`.
+        if let Err(error) = state.vault.record(startup).await {
+            if state.vault.audit_state() != AuditState::Broken {
+                return Err(anyhow!("cannot write to the audit trail: {error}\nhint: check that audit.db in the data directory is writable and not locked"));
+            }
+            tracing::error!(
+                reason = "audit_chain_mismatch",
+                "serving with the audit trail broken: every reveal and write answers 503 until `tokenvault audit acknowledge-gap`"
+            );
+        }
         http::serve(state, &config.server).await.map_err(|error| anyhow!(error))
     });
     store.shutdown();

@@ -15,7 +15,7 @@ use super::{AppState, Endpoint};
 use crate::audit::{Action, Outcome};
 use crate::pii::Pii;
 use crate::policy::Operation;
-use crate::vault::{ConsentSubject, Detokenized, TokenizeItem};
+use crate::vault::{AuditState, ConsentSubject, Detokenized, TokenizeItem};
 
 /// Registers every route.
 pub(super) const ENDPOINTS: &[Endpoint] = &[
@@ -44,13 +44,17 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ready = state.vault.is_ready();
-    let audit_ready = state.vault.audit_healthy();
-    let ready = store_ready && audit_ready;
+    let audit = state.vault.audit_state();
+    let ready = store_ready && audit == AuditState::Ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "store": if store_ready { "ok" } else { "unavailable" },
-            "audit": if audit_ready { "ok" } else { "failing" },
+            "audit": match audit {
+                AuditState::Ok => "ok",
+                AuditState::Failing => "failing",
+                AuditState::Broken => "broken",
+            },
             "keys": "loaded",
         },
     });

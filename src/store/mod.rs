@@ -8,14 +8,20 @@
 //! The writer also owns the append connection of `audit.db`: every batch
 //! appends its audit records in the same rhythm, commits `audit.db` first and
 //! `vault.db` (token rows plus the audit head) second, and answers only after
-//! both. If the audit append fails, the token rows roll back too. Apart from
-//! `crate::audit::store`, this is the only module with SQL.
+//! both. If the audit append fails, the token rows roll back too.
+//!
+//! Before every append (the writer's and the CLI's alike) the trail's tail is
+//! checked against the head recorded in `vault.db`: if records were cut off
+//! or the file replaced, nothing is appended (so the cut is never papered
+//! over) and the store reports the audit trail as broken until an operator
+//! runs `audit acknowledge-gap`. This is the only module with SQL.
 
 mod schema;
+pub mod trail;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -25,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod activation;
 
-use crate::audit::{self, Head, Record};
+use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 
@@ -51,7 +57,8 @@ pub enum StoreError {
     /// read-only file, I/O error); nothing of it was committed.
     #[error("write transaction failed: {0}")]
     Write(String),
-    /// The audit records could not be written; nothing of the batch was
+    /// The audit records could not be written (or the trail's tail no
+    /// longer matches the recorded head); nothing of the batch was
     /// committed, and nothing may be revealed.
     #[error("audit trail write failed: {0}")]
     Audit(String),
@@ -112,6 +119,39 @@ pub struct StoredValue {
 enum Failure {
     Write(String),
     Audit(String),
+    /// The trail's tail does not match the recorded head.
+    Mismatch(String),
+}
+
+/// The audit trail's state, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditState {
+    /// The last append succeeded.
+    Ok,
+    /// The last append failed (locked, unwritable, disk full); the next
+    /// batch tries again.
+    Failing,
+    /// The trail does not end at the head recorded in `vault.db`; nothing
+    /// is appended until an operator runs `audit acknowledge-gap`.
+    Broken,
+}
+
+impl AuditState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Ok,
+            1 => Self::Failing,
+            _ => Self::Broken,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Failing => 1,
+            Self::Broken => 2,
+        }
+    }
 }
 
 /// Where the writer sends a job's committed result, or why its batch failed.
@@ -147,8 +187,9 @@ pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     writer_alive: Arc<AtomicBool>,
-    audit_healthy: Arc<AtomicBool>,
-    audit_reader: Mutex<Connection>,
+    audit_state: Arc<AtomicU8>,
+    audit_key: Arc<AuditKey>,
+    audit_reader: Mutex<trail::Reader>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -170,6 +211,7 @@ impl Store {
     /// at `audit_path`, runs migrations and starts the writer thread, which
     /// chains audit records under `audit_key`.
     pub fn open(path: &Path, audit_path: &Path, audit_key: AuditKey) -> Result<Self, StoreError> {
+        let audit_key = Arc::new(audit_key);
         let mut writer = open_connection(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -179,9 +221,8 @@ impl Store {
             return Err(StoreError::NotWal);
         }
         schema::migrations().to_latest(&mut writer)?;
-        let audit_connection =
-            audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
-        let audit_reader = Mutex::new(audit::store::open_read_only(audit_path)?);
+        let audit_connection = trail::open_for_append(audit_path).map_err(StoreError::Audit)?;
+        let audit_reader = Mutex::new(trail::Reader::open(audit_path)?);
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
             let reader = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -191,12 +232,23 @@ impl Store {
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
-        let audit_healthy = Arc::new(AtomicBool::new(true));
+        // Checked at start, before anything is appended: a trail cut while
+        // the vault was stopped (or deleted, and recreated empty above) is
+        // reported at once, not at the first request.
+        let state =
+            match trail::check_tail(&audit_connection, &audit_key, read_audit_head(&writer)?)? {
+                Ok(()) => AuditState::Ok,
+                Err(mismatch) => {
+                    log_mismatch(&mismatch.reason);
+                    AuditState::Broken
+                }
+            };
+        let audit_state = Arc::new(AtomicU8::new(state.as_u8()));
         let mut writer = Writer {
             db: writer,
             audit: audit_connection,
-            audit_key,
-            audit_healthy: audit_healthy.clone(),
+            audit_key: audit_key.clone(),
+            audit_state: audit_state.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -210,7 +262,8 @@ impl Store {
             jobs: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             writer_alive: alive,
-            audit_healthy,
+            audit_state,
+            audit_key,
             audit_reader,
             readers,
             next_reader: AtomicUsize::new(0),
@@ -238,9 +291,34 @@ impl Store {
             .ok_or(StoreError::WriterGone)
     }
 
-    /// True unless the last write batch failed to append its audit records.
-    pub fn audit_healthy(&self) -> bool {
-        self.audit_healthy.load(Ordering::SeqCst)
+    /// The audit trail's state. While it is [`AuditState::Broken`], each
+    /// call checks the tail again (read-only), so that `/readyz` turns ready
+    /// as soon as an operator has acknowledged the gap, without waiting for
+    /// traffic that a load balancer would not send to an unready node.
+    pub fn audit_state(&self) -> AuditState {
+        let state = AuditState::from_u8(self.audit_state.load(Ordering::SeqCst));
+        if state != AuditState::Broken {
+            return state;
+        }
+        let consistent = self.recorded_audit_head().ok().and_then(|recorded| {
+            let reader = self
+                .audit_reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            reader.check_tail(&self.audit_key, recorded).ok()
+        });
+        if let Some(Ok(())) = consistent {
+            // Only from Broken: a concurrent batch may have set another state.
+            let _ = self.audit_state.compare_exchange(
+                AuditState::Broken.as_u8(),
+                AuditState::Ok.as_u8(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            tracing::info!("audit trail matches its recorded head again");
+            return AuditState::Ok;
+        }
+        AuditState::Broken
     }
 
     /// Inserts rows in one namespace; answers once they are durably committed.
@@ -327,15 +405,15 @@ impl Store {
     /// `limit`. Blocking.
     pub fn query_audit(
         &self,
-        filter: &audit::store::Filter,
+        filter: &Filter,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<audit::store::Stored>, StoreError> {
-        let connection = self
+    ) -> Result<Vec<Stored>, StoreError> {
+        let reader = self
             .audit_reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(audit::store::query(&connection, filter, after, limit)?)
+        Ok(reader.query(filter, after, limit)?)
     }
 
     /// The audit head recorded in `vault.db`. Blocking.
@@ -353,10 +431,7 @@ impl Store {
         answer
             .await
             .map_err(|_| StoreError::WriterGone)?
-            .map_err(|failure| match failure {
-                Failure::Write(detail) => StoreError::Write(detail),
-                Failure::Audit(detail) => StoreError::Audit(detail),
-            })
+            .map_err(StoreError::from)
     }
 
     fn with_reader<T>(
@@ -476,15 +551,103 @@ pub fn append_audit_offline(
 ) -> Result<Head, StoreError> {
     let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     schema::migrations().to_latest(&mut db)?;
-    let mut audit_db = audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
+    let mut audit_db = trail::open_for_append(audit_path).map_err(StoreError::Audit)?;
     let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let head = audit::store::append(&audit_tx, key, records)?
+    let head = append_checked(&audit_tx, &vault_tx, key, records)?
+        .ok_or(StoreError::Audit("nothing to append".into()))?;
+    audit_tx.commit()?;
+    vault_tx.commit()?;
+    Ok(head)
+}
+
+/// What `audit acknowledge-gap` appended.
+#[derive(Debug, Clone, Copy)]
+pub struct GapAcknowledged {
+    /// The records acknowledged as lost.
+    pub gap: Gap,
+    /// The gap record, now the head.
+    pub head: Head,
+}
+
+/// Why `audit acknowledge-gap` appended nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AcknowledgeError {
+    /// The trail ends at the recorded head.
+    #[error(
+        "the audit trail ends at the head recorded in vault.db: there is no gap to acknowledge"
+    )]
+    NoGap,
+    /// Records are edited, reordered or missing inside the chain, not at its
+    /// end: that is evidence of tampering, not a lost tail.
+    #[error("the audit chain is broken at record {seq}: {reason}")]
+    ChainBroken {
+        /// First bad record.
+        seq: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// The trail does not end in a run of missing records (it was replaced
+    /// by another chain, or vault.db records no head at all).
+    #[error("{0}; acknowledge-gap only bridges records missing from the end")]
+    NotATail(String),
+    /// The files could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for AcknowledgeError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// Appends a gap record for the records missing from the end of `audit.db`
+/// (those between its last record and the head `vault.db` records), so that
+/// the vault may append again. Nothing is deleted or rewritten: the gap
+/// record names the missing range, chains to the last record present and
+/// takes the sequence number after the recorded head, so `audit verify`
+/// keeps showing the hole, and who acknowledged it and why. Waits for a
+/// running server's writer through SQLite's locks.
+pub fn acknowledge_audit_gap(
+    database: &Path,
+    audit_path: &Path,
+    key: &AuditKey,
+    mut record: Record,
+) -> Result<GapAcknowledged, AcknowledgeError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations()
+        .to_latest(&mut db)
+        .map_err(StoreError::from)?;
+    let mut audit_db = trail::open_for_append(audit_path).map_err(StoreError::Audit)?;
+    let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let recorded = read_audit_head(&vault_tx)?;
+    let mismatch = match trail::check_tail(&audit_tx, key, recorded)? {
+        Ok(()) => return Err(AcknowledgeError::NoGap),
+        Err(mismatch) => mismatch,
+    };
+    let chain = trail::walk(&audit_tx, key).map_err(|broken| AcknowledgeError::ChainBroken {
+        seq: broken.seq,
+        reason: broken.reason,
+    })?;
+    let last = chain.head().map_or(0, |head| head.seq);
+    let recorded = match recorded {
+        Some(recorded) if recorded.seq > last => recorded,
+        _ => return Err(AcknowledgeError::NotATail(mismatch.reason)),
+    };
+    let gap = Gap {
+        first: last + 1,
+        last: recorded.seq,
+    };
+    record.gap = Some(gap);
+    record.item_count = gap.last - gap.first + 1;
+    let head = trail::append(&audit_tx, key, std::slice::from_ref(&record))?
         .ok_or(StoreError::Audit("nothing to append".into()))?;
     write_audit_head(&vault_tx, &head)?;
     audit_tx.commit()?;
     vault_tx.commit()?;
-    Ok(head)
+    Ok(GapAcknowledged { gap, head })
 }
 
 /// Records a consent change outside the server (`tokenvault consent set`):
@@ -498,13 +661,12 @@ pub fn record_consent_offline(
 ) -> Result<(), StoreError> {
     let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     schema::migrations().to_latest(&mut db)?;
-    let mut audit_db = audit::store::open_for_append(audit_path).map_err(StoreError::Audit)?;
+    let mut audit_db = trail::open_for_append(audit_path).map_err(StoreError::Audit)?;
     let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     activation::apply(&vault_tx, &ActivationWrite::Consent(event.clone()), 0)?;
-    let head = audit::store::append(&audit_tx, key, std::slice::from_ref(record))?
+    append_checked(&audit_tx, &vault_tx, key, std::slice::from_ref(record))?
         .ok_or(StoreError::Audit("nothing to append".into()))?;
-    write_audit_head(&vault_tx, &head)?;
     audit_tx.commit()?;
     vault_tx.commit()?;
     Ok(())
@@ -553,8 +715,50 @@ pub fn recorded_audit_head_offline(database: &Path) -> Result<Option<Head>, Stor
 struct Writer {
     db: Connection,
     audit: Connection,
-    audit_key: AuditKey,
-    audit_healthy: Arc<AtomicBool>,
+    audit_key: Arc<AuditKey>,
+    audit_state: Arc<AtomicU8>,
+}
+
+/// Logs a tail mismatch: sequence numbers only, never record content.
+fn log_mismatch(detail: &str) {
+    tracing::error!(
+        detail,
+        reason = "audit_chain_mismatch",
+        "audit trail does not end at the head recorded in vault.db; refusing reveals and writes (run `tokenvault audit verify`, then `tokenvault audit acknowledge-gap`)"
+    );
+}
+
+/// Appends `records` inside the two open transactions, after checking that
+/// the trail still ends at the head `vault.db` records; writes the new head.
+/// The one append path of the writer and of every CLI command.
+fn append_checked(
+    audit_tx: &Connection,
+    vault_tx: &Connection,
+    key: &AuditKey,
+    records: &[Record],
+) -> Result<Option<Head>, Failure> {
+    let audit_failure = |error: rusqlite::Error| Failure::Audit(error.to_string());
+    let recorded = read_audit_head(vault_tx).map_err(|e| Failure::Write(e.to_string()))?;
+    if let Err(mismatch) = trail::check_tail(audit_tx, key, recorded).map_err(audit_failure)? {
+        return Err(Failure::Mismatch(mismatch.reason));
+    }
+    if records.is_empty() {
+        return Ok(recorded);
+    }
+    let head = trail::append(audit_tx, key, records).map_err(audit_failure)?;
+    if let Some(head) = head {
+        write_audit_head(vault_tx, &head).map_err(|e| Failure::Write(e.to_string()))?;
+    }
+    Ok(head)
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Write(detail) => StoreError::Write(detail),
+            Failure::Audit(detail) | Failure::Mismatch(detail) => StoreError::Audit(detail),
+        }
+    }
 }
 
 enum Done {
@@ -611,21 +815,38 @@ impl Writer {
             batch,
             &mut done,
         );
+        let set = |state: AuditState| self.audit_state.store(state.as_u8(), Ordering::SeqCst);
         match result {
             Ok(()) => {
-                self.audit_healthy.store(true, Ordering::SeqCst);
+                set(AuditState::Ok);
                 done.into_iter().for_each(Done::succeed);
             }
             Err(failure) => {
-                if let Failure::Audit(detail) = &failure {
-                    self.audit_healthy.store(false, Ordering::SeqCst);
-                    tracing::error!(
-                        detail,
-                        jobs = done.len(),
-                        "audit append failed; batch rolled back"
-                    );
-                } else if let Failure::Write(detail) = &failure {
-                    tracing::error!(detail, jobs = done.len(), "write batch failed; rolled back");
+                match &failure {
+                    Failure::Audit(detail) => {
+                        set(AuditState::Failing);
+                        tracing::error!(
+                            detail,
+                            jobs = done.len(),
+                            "audit append failed; batch rolled back"
+                        );
+                    }
+                    Failure::Mismatch(detail) => {
+                        // Logged once per change of state, not once per batch.
+                        let was = self
+                            .audit_state
+                            .swap(AuditState::Broken.as_u8(), Ordering::SeqCst);
+                        if was != AuditState::Broken.as_u8() {
+                            log_mismatch(detail);
+                        }
+                    }
+                    Failure::Write(detail) => {
+                        tracing::error!(
+                            detail,
+                            jobs = done.len(),
+                            "write batch failed; rolled back"
+                        );
+                    }
                 }
                 done.into_iter().for_each(|job| job.fail(&failure));
             }
@@ -757,12 +978,9 @@ impl Writer {
             }
         }
         let audit_started = std::time::Instant::now();
-        if !records.is_empty() {
-            let head = audit::store::append(&audit_tx, key, &records).map_err(audit_failure)?;
-            if let Some(head) = head {
-                write_audit_head(&vault_tx, &head).map_err(write_failure)?;
-            }
-        }
+        // Even a batch with nothing to record checks the tail: while the
+        // trail is broken, nothing at all is committed.
+        append_checked(&audit_tx, &vault_tx, key, &records)?;
         audit_tx.commit().map_err(audit_failure)?;
         let audit_write = (!records.is_empty()).then(|| audit_started.elapsed());
         vault_tx.commit().map_err(write_failure)?;
@@ -924,14 +1142,14 @@ mod tests {
         assert!(fetched[1].is_none());
         assert!(store.delete("ns", "T2", record()).await.unwrap());
         assert!(!store.delete("ns", "T2", record()).await.unwrap());
-        assert!(store.is_ready() && store.audit_healthy());
+        assert!(store.is_ready() && store.audit_state() == AuditState::Ok);
         // Audited: the first insert (its tokens filled in), both deletes; the
         // second insert had a taken token, so its record waits for the retry.
         let recorded = store.recorded_audit_head().unwrap();
-        let audit_db = crate::audit::store::open_read_only(&dir.path().join("audit.db")).unwrap();
-        let verified = crate::audit::store::verify(&audit_db, &key.audit_key(), recorded).unwrap();
+        let audit_db = trail::Reader::open(&dir.path().join("audit.db")).unwrap();
+        let verified = audit_db.verify(&key.audit_key(), recorded).unwrap();
         assert_eq!(verified.count, 3);
-        let all = crate::audit::store::query(&audit_db, &Default::default(), 0, 10).unwrap();
+        let all = audit_db.query(&Default::default(), 0, 10).unwrap();
         assert_eq!(all[0].record.tokens, vec!["T1", "T2"]);
         assert_eq!(all[1].record.outcome, crate::audit::Outcome::Ok);
         assert_eq!(all[2].record.reason.as_deref(), Some("not_found"));

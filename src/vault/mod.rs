@@ -21,6 +21,8 @@ use crate::store::{
 };
 use normalize::NormalizeError;
 
+pub use crate::store::AuditState;
+
 /// Largest value accepted for tokenization, in bytes.
 pub const MAX_VALUE_BYTES: usize = 4096;
 /// Times a taken token is re-minted before the request fails.
@@ -247,10 +249,10 @@ impl Vault {
         &self,
         context: &Context,
         caller: &Caller,
-        filter: audit::store::Filter,
+        filter: audit::Filter,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<audit::store::Stored>, VaultError> {
+    ) -> Result<Vec<audit::Stored>, VaultError> {
         let record = context.record(Action::AuditRead, Outcome::Ok);
         if !caller.role.operations.contains(&Operation::AuditRead) {
             let error = VaultError::Denied(Denied::Operation);
@@ -267,9 +269,10 @@ impl Vault {
         Ok(found)
     }
 
-    /// True unless the last write batch could not append its audit records.
-    pub fn audit_healthy(&self) -> bool {
-        self.store.audit_healthy()
+    /// The audit trail's state: appending, failing to append, or broken
+    /// (its tail does not match the recorded head).
+    pub fn audit_state(&self) -> crate::store::AuditState {
+        self.store.audit_state()
     }
 
     /// Records a failed request; a failure to record it is logged (the

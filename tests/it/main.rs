@@ -7,6 +7,7 @@
 mod activation;
 mod api;
 mod audit;
+mod audit_gap;
 mod clevertap;
 mod config;
 mod dev;

@@ -1,0 +1,649 @@
+//! `audit.db`: the audit chain's own SQLite file. Appends run inside the
+//! store writer's group commit (or the CLI's offline append, in the same
+//! order); queries and verification open the file read-only, so they work on
+//! a stopped vault or a copy of its data directory. The chain's rules (what
+//! follows what, which MAC is right) live in `crate::audit`; this file reads
+//! and writes rows.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+use crate::audit::{
+    Action, Broken, ChainCheck, Filter, Gap, Head, Outcome, Record, Stored, Verified, GENESIS,
+};
+use crate::crypto::keys::AuditKey;
+
+/// How long an append waits for a lock held by someone else before the
+/// batch fails (and its requests get 503).
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Every column of `records`, in the order `read_row` expects.
+const COLUMNS: &str = "seq, time_us, request_id, actor, auth, source, action, namespace, route,
+     purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last";
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE records (
+             seq        INTEGER PRIMARY KEY,
+             time_us    INTEGER NOT NULL,
+             request_id TEXT    NOT NULL,
+             actor      TEXT    NOT NULL,
+             auth       TEXT    NOT NULL,
+             source     TEXT,
+             action     TEXT    NOT NULL,
+             namespace  TEXT,
+             route      TEXT,
+             purpose    TEXT,
+             item_count INTEGER NOT NULL,
+             tokens     TEXT    NOT NULL,
+             outcome    TEXT    NOT NULL,
+             reason     TEXT,
+             mac        BLOB    NOT NULL
+         );
+         CREATE INDEX records_by_time ON records (time_us);",
+        ),
+        // Acknowledged gaps (`audit acknowledge-gap`): the range a gap record
+        // bridges. NULL on every other record.
+        M::up(
+            "ALTER TABLE records ADD COLUMN gap_first INTEGER;
+             ALTER TABLE records ADD COLUMN gap_last INTEGER;",
+        ),
+    ])
+}
+
+/// Opens (creating if needed) `audit.db` for appending.
+pub fn open_for_append(path: &Path) -> Result<Connection, String> {
+    let open = || -> Result<Connection, Box<dyn std::error::Error>> {
+        let mut connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        connection.busy_timeout(LOCK_WAIT)?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        let mode: String = connection.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err("audit.db could not be put in WAL mode".into());
+        }
+        migrations().to_latest(&mut connection)?;
+        Ok(connection)
+    };
+    open().map_err(|error| format!("cannot open {}: {error}", path.display()))
+}
+
+/// `audit.db` opened read-only, for queries and verification (a running
+/// vault's reader, `audit query`, `audit verify`, `audit export`).
+pub struct Reader(Connection);
+
+impl Reader {
+    /// Opens the file at `path`; it must exist.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        connection.busy_timeout(LOCK_WAIT)?;
+        // A copy written before gaps existed has no gap columns, and a
+        // read-only connection cannot migrate it: a temporary view (the temp
+        // schema is searched first) gives it empty ones.
+        let has_gaps: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name = 'gap_first')",
+            [],
+            |row| row.get(0),
+        )?;
+        let has_table: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records')",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_table && !has_gaps {
+            connection.execute_batch(
+                "CREATE TEMP VIEW records AS
+                 SELECT *, NULL AS gap_first, NULL AS gap_last FROM main.records",
+            )?;
+        }
+        Ok(Self(connection))
+    }
+
+    /// Records matching `filter` with `seq > after`, oldest first, at most
+    /// `limit`.
+    pub fn query(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Stored>> {
+        query(&self.0, filter, after, limit)
+    }
+
+    /// Every record with `first <= seq <= last`, oldest first.
+    pub fn range(&self, first: u64, last: u64) -> rusqlite::Result<Vec<Stored>> {
+        let mut statement = self.0.prepare(&format!(
+            "SELECT {COLUMNS} FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq"
+        ))?;
+        let rows = statement.query_map(params![to_sql(first), to_sql(last)], read_row)?;
+        rows.collect()
+    }
+
+    /// The MAC the record `seq` chains to: its predecessor's, or the genesis
+    /// value for the first record of the trail.
+    pub fn previous_mac(&self, seq: u64) -> rusqlite::Result<Vec<u8>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT mac FROM records WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+                params![to_sql(seq)],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or_else(|| GENESIS.to_vec()))
+    }
+
+    /// Checks the whole chain against the head recorded in `vault.db`.
+    pub fn verify(&self, key: &AuditKey, recorded_head: Option<Head>) -> Result<Verified, Broken> {
+        verify(&self.0, key, recorded_head)
+    }
+
+    /// Whether the trail still ends where `vault.db` says it does.
+    pub fn check_tail(
+        &self,
+        key: &AuditKey,
+        recorded_head: Option<Head>,
+    ) -> rusqlite::Result<Result<(), TailMismatch>> {
+        check_tail(&self.0, key, recorded_head)
+    }
+}
+
+/// Sequence numbers are stored as SQLite's signed integers.
+fn to_sql(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The newest record, if any.
+pub fn head(connection: &Connection) -> rusqlite::Result<Option<Head>> {
+    connection
+        .query_row(
+            "SELECT seq, mac FROM records ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()
+        .map(|found| {
+            found.and_then(|(seq, mac)| {
+                Some(Head {
+                    seq: u64::try_from(seq).ok()?,
+                    mac: mac.try_into().ok()?,
+                })
+            })
+        })
+}
+
+/// Chains and inserts `records` inside the caller's transaction; returns the
+/// new head. The head is read inside the same transaction, so appends by
+/// another process (the CLI) are chained in, never forked. A gap record
+/// takes the sequence number after its gap and chains to the last record
+/// present.
+pub fn append(
+    connection: &Connection,
+    key: &AuditKey,
+    records: &[Record],
+) -> rusqlite::Result<Option<Head>> {
+    let mut head = head(connection)?;
+    let mut insert = connection.prepare_cached(
+        "INSERT INTO records (seq, time_us, request_id, actor, auth, source, action, namespace, route,
+                              purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )?;
+    for record in records {
+        let (next, previous) = head.map_or((1, GENESIS), |h| (h.seq + 1, h.mac));
+        let seq = match record.gap {
+            Some(gap) if gap.first == next && gap.first <= gap.last => gap.last + 1,
+            Some(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "a gap record must start right after the last record".into(),
+                ))
+            }
+            None => next,
+        };
+        let mac = key.mac(&record.canonical(seq), &previous);
+        // Invariant: a list of strings always serializes.
+        let tokens = serde_json::to_string(&record.tokens).expect("tokens serialize");
+        insert.execute(params![
+            to_sql(seq),
+            record.time_us,
+            record.request_id,
+            record.actor,
+            record.auth,
+            record.source,
+            record.action.as_str(),
+            record.namespace,
+            record.route,
+            record.purpose,
+            to_sql(record.item_count),
+            tokens,
+            record.outcome.as_str(),
+            record.reason,
+            &mac[..],
+            record.gap.map(|g| to_sql(g.first)),
+            record.gap.map(|g| to_sql(g.last)),
+        ])?;
+        head = Some(Head { seq, mac });
+    }
+    Ok(head)
+}
+
+/// Records matching `filter` with `seq > after`, oldest first, at most `limit`.
+pub fn query(
+    connection: &Connection,
+    filter: &Filter,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Stored>> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {COLUMNS}
+         FROM records
+         WHERE seq > ?1
+           AND (?2 IS NULL OR time_us >= ?2)
+           AND (?3 IS NULL OR time_us < ?3)
+           AND (?4 IS NULL OR actor = ?4)
+           AND (?5 IS NULL OR action = ?5)
+           AND (?6 IS NULL OR namespace = ?6)
+           AND (?7 IS NULL OR EXISTS (SELECT 1 FROM json_each(records.tokens) WHERE value = ?7))
+           AND (?8 IS NULL OR purpose = ?8)
+           AND (?9 IS NULL OR outcome = ?9)
+         ORDER BY seq
+         LIMIT ?10"
+    ))?;
+    let rows = statement.query_map(
+        params![
+            to_sql(after),
+            filter.since,
+            filter.until,
+            filter.actor,
+            filter.action,
+            filter.namespace,
+            filter.token,
+            filter.purpose,
+            filter.outcome,
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        ],
+        read_row,
+    )?;
+    rows.collect()
+}
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    let bad = |index: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            what.to_owned().into(),
+        )
+    };
+    let action: String = row.get(6)?;
+    let outcome: String = row.get(12)?;
+    let tokens: String = row.get(11)?;
+    let gap = match (
+        row.get::<_, Option<i64>>(15)?,
+        row.get::<_, Option<i64>>(16)?,
+    ) {
+        (None, None) => None,
+        (Some(first), Some(last)) => Some(Gap {
+            first: u64::try_from(first).map_err(|_| bad(15, "negative gap"))?,
+            last: u64::try_from(last).map_err(|_| bad(16, "negative gap"))?,
+        }),
+        _ => return Err(bad(15, "half a gap")),
+    };
+    Ok(Stored {
+        seq: u64::try_from(row.get::<_, i64>(0)?).map_err(|_| bad(0, "negative seq"))?,
+        record: Record {
+            time_us: row.get(1)?,
+            request_id: row.get(2)?,
+            actor: row.get(3)?,
+            auth: row.get(4)?,
+            source: row.get(5)?,
+            action: Action::parse(&action).ok_or_else(|| bad(6, "unknown action"))?,
+            namespace: row.get(7)?,
+            route: row.get(8)?,
+            purpose: row.get(9)?,
+            item_count: u64::try_from(row.get::<_, i64>(10)?)
+                .map_err(|_| bad(10, "negative count"))?,
+            tokens: serde_json::from_str(&tokens)
+                .map_err(|_| bad(11, "tokens are not a JSON list"))?,
+            outcome: Outcome::parse(&outcome).ok_or_else(|| bad(12, "unknown outcome"))?,
+            reason: row.get(13)?,
+            gap,
+        },
+        mac: row.get(14)?,
+    })
+}
+
+fn stored_at(connection: &Connection, seq: u64) -> rusqlite::Result<Option<Stored>> {
+    connection
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE seq = ?1"))?
+        .query_row(params![to_sql(seq)], read_row)
+        .optional()
+}
+
+/// Checks the whole chain: sequence numbers contiguous from 1 (except across
+/// acknowledged gaps), every MAC right given its predecessor, and the end
+/// matching `recorded_head` (kept in `vault.db`), so that records cut off
+/// the end are detected too.
+pub fn verify(
+    connection: &Connection,
+    key: &AuditKey,
+    recorded_head: Option<Head>,
+) -> Result<Verified, Broken> {
+    let io = io_broken;
+    let chain = walk(connection, key)?;
+    let count = chain.count();
+    let last = chain.head().map_or(0, |head| head.seq);
+    let mut beyond_recorded_head = 0;
+    if let Some(recorded) = recorded_head {
+        if recorded.seq > last {
+            return Err(Broken {
+                seq: last + 1,
+                reason: format!(
+                    "records {}..={} are missing: vault.db records the head at {}",
+                    last + 1,
+                    recorded.seq,
+                    recorded.seq
+                ),
+            });
+        }
+        let at_recorded = stored_at(connection, recorded.seq).map_err(io)?;
+        match at_recorded {
+            Some(stored) if stored.mac == recorded.mac => {}
+            // A gap acknowledged after the head was recorded, whose commit to
+            // vault.db was interrupted: the gap record covers the head.
+            None if chain.acknowledged(recorded.seq) => {}
+            _ => {
+                return Err(Broken {
+                    seq: recorded.seq,
+                    reason: "does not match the head recorded in vault.db".to_owned(),
+                })
+            }
+        }
+        let rows_beyond: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM records WHERE seq > ?1",
+                params![to_sql(recorded.seq)],
+                |row| row.get(0),
+            )
+            .map_err(io)?;
+        beyond_recorded_head = u64::try_from(rows_beyond).unwrap_or(0);
+    } else if count > 0 {
+        return Err(Broken {
+            seq: 1,
+            reason: "vault.db records no audit head, but audit.db has records".to_owned(),
+        });
+    }
+    let head = chain.head();
+    Ok(Verified {
+        count,
+        head,
+        beyond_recorded_head,
+        gaps: chain.into_gaps(),
+    })
+}
+
+fn io_broken(error: rusqlite::Error) -> Broken {
+    Broken {
+        seq: 0,
+        reason: format!("cannot read audit.db: {error}"),
+    }
+}
+
+/// Checks every record's place and MAC, oldest first, without looking at
+/// the recorded head.
+pub fn walk(connection: &Connection, key: &AuditKey) -> Result<ChainCheck, Broken> {
+    let io = io_broken;
+    let mut statement = connection
+        .prepare(&format!("SELECT {COLUMNS} FROM records ORDER BY seq"))
+        .map_err(io)?;
+    let mut rows = statement.query([]).map_err(io)?;
+    let mut chain = ChainCheck::from_start();
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(error) => return Err(io(error)),
+        };
+        let seq = row.get::<_, i64>(0).map_err(io)?;
+        let stored = read_row(row).map_err(|_| Broken {
+            seq: u64::try_from(seq).unwrap_or(0),
+            reason: "record is unreadable".to_owned(),
+        })?;
+        chain.check(key, &stored)?;
+    }
+    Ok(chain)
+}
+
+/// The trail does not end where `vault.db` says it does: records were cut
+/// off, the file was replaced, or the recorded head's record was forged.
+/// Appending now would hide it, so nothing is appended until an operator
+/// runs `audit acknowledge-gap`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailMismatch {
+    /// The head `vault.db` records.
+    pub recorded: Option<Head>,
+    /// The last record `audit.db` holds.
+    pub last: Option<u64>,
+    /// What is wrong, for the operator (sequence numbers only).
+    pub reason: String,
+}
+
+impl std::fmt::Display for TailMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Whether `audit.db` still holds the head recorded in `vault.db`, with a
+/// MAC that is right given its predecessor (so a row copied in with the
+/// recorded MAC but other content does not pass). Cheap: a few indexed rows
+/// and one HMAC, so the writer runs it before every append.
+pub fn check_tail(
+    connection: &Connection,
+    key: &AuditKey,
+    recorded: Option<Head>,
+) -> rusqlite::Result<Result<(), TailMismatch>> {
+    let last = head(connection)?.map(|h| h.seq);
+    let mismatch = |reason: String| {
+        Ok(Err(TailMismatch {
+            recorded,
+            last,
+            reason,
+        }))
+    };
+    let Some(recorded) = recorded else {
+        return match last {
+            None => Ok(Ok(())),
+            Some(_) => mismatch("vault.db records no audit head, but audit.db has records".into()),
+        };
+    };
+    let Some(stored) = stored_at(connection, recorded.seq)? else {
+        let covered: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE gap_first <= ?1 AND seq > ?1)",
+            params![to_sql(recorded.seq)],
+            |row| row.get(0),
+        )?;
+        if covered {
+            return Ok(Ok(()));
+        }
+        return mismatch(match last {
+            None => format!(
+                "audit.db is empty, but vault.db records the head at {}",
+                recorded.seq
+            ),
+            Some(last) if last < recorded.seq => format!(
+                "records {}..={} are missing: vault.db records the head at {}",
+                last + 1,
+                recorded.seq,
+                recorded.seq
+            ),
+            Some(_) => format!("record {} (the recorded head) is missing", recorded.seq),
+        });
+    };
+    if stored.mac != recorded.mac {
+        return mismatch(format!(
+            "record {} does not match the head recorded in vault.db",
+            recorded.seq
+        ));
+    }
+    let chained_from = stored.record.gap.map_or(stored.seq, |gap| gap.first) - 1;
+    let previous = if chained_from == 0 {
+        Some(GENESIS.to_vec())
+    } else {
+        stored_at(connection, chained_from)?.map(|s| s.mac)
+    };
+    let linked = previous
+        .and_then(|mac| <[u8; 32]>::try_from(mac.as_slice()).ok())
+        .is_some_and(|previous| {
+            key.verify(&stored.record.canonical(stored.seq), &previous, &stored.mac)
+        });
+    if !linked {
+        return mismatch(format!(
+            "record {} (the recorded head) does not chain to its predecessor",
+            recorded.seq
+        ));
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Context;
+    use crate::crypto::keys::MasterKey;
+
+    fn chain(records: usize) -> (tempfile::TempDir, Connection, AuditKey, Option<Head>) {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = open_for_append(&dir.path().join("audit.db")).unwrap();
+        let key = MasterKey::generate(1).audit_key();
+        let batch: Vec<Record> = (0..records)
+            .map(|i| {
+                Context::cli("test")
+                    .record(Action::Tokenize, Outcome::Ok)
+                    .items(i)
+            })
+            .collect();
+        let head = append(&connection, &key, &batch).unwrap();
+        (dir, connection, key, head)
+    }
+
+    #[test]
+    fn verify_accepts_an_intact_chain_and_names_the_first_bad_record() {
+        let (_dir, connection, key, head) = chain(50);
+        let verified = verify(&connection, &key, head).unwrap();
+        assert_eq!((verified.count, verified.head), (50, head));
+
+        connection
+            .execute("UPDATE records SET item_count = 99 WHERE seq = 20", [])
+            .unwrap();
+        assert_eq!(verify(&connection, &key, head).unwrap_err().seq, 20);
+        connection
+            .execute("UPDATE records SET item_count = 19 WHERE seq = 20", [])
+            .unwrap();
+        assert!(verify(&connection, &key, head).is_ok());
+
+        let other = MasterKey::generate(1).audit_key();
+        assert_eq!(verify(&connection, &other, head).unwrap_err().seq, 1);
+
+        connection
+            .execute("DELETE FROM records WHERE seq > 45", [])
+            .unwrap();
+        let broken = verify(&connection, &key, head).unwrap_err();
+        assert_eq!(broken.seq, 46, "{}", broken.reason);
+    }
+
+    #[test]
+    fn query_filters() {
+        let (_dir, connection, key, _) = chain(3);
+        let mut record = Context::cli("test")
+            .record(Action::Detokenize, Outcome::Denied)
+            .namespace("retail");
+        record.tokens = vec!["TKN_one".into(), "TKN_two".into()];
+        append(&connection, &key, &[record]).unwrap();
+        let by_token = Filter {
+            token: Some("TKN_two".into()),
+            ..Filter::default()
+        };
+        let found = query(&connection, &by_token, 0, 100).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].seq, 4);
+        let by_outcome = Filter {
+            outcome: Some("ok".into()),
+            ..Filter::default()
+        };
+        assert_eq!(query(&connection, &by_outcome, 0, 100).unwrap().len(), 3);
+        assert_eq!(query(&connection, &by_outcome, 1, 1).unwrap()[0].seq, 2);
+    }
+
+    #[test]
+    fn a_cut_tail_fails_the_tail_check_until_a_gap_bridges_it() {
+        let (_dir, connection, key, head) = chain(10);
+        assert_eq!(check_tail(&connection, &key, head).unwrap(), Ok(()));
+        connection
+            .execute("DELETE FROM records WHERE seq > 7", [])
+            .unwrap();
+        let mismatch = check_tail(&connection, &key, head).unwrap().unwrap_err();
+        assert!(
+            mismatch.reason.contains("records 8..=10 are missing"),
+            "{mismatch}"
+        );
+
+        // A row put back at the head with the recorded MAC but other content
+        // does not chain to its predecessor.
+        connection
+            .execute(
+                "INSERT INTO records SELECT 10, time_us, request_id, 'mallory', auth, source, action,
+                        namespace, route, purpose, item_count, tokens, outcome, reason, ?1, NULL, NULL
+                 FROM records WHERE seq = 7",
+                params![&head.unwrap().mac[..]],
+            )
+            .unwrap();
+        let mismatch = check_tail(&connection, &key, head).unwrap().unwrap_err();
+        assert!(mismatch.reason.contains("does not chain"), "{mismatch}");
+        connection
+            .execute("DELETE FROM records WHERE seq = 10", [])
+            .unwrap();
+
+        // A gap record must start right after the last record present.
+        let mut gap = Context::cli("test").record(Action::AuditGap, Outcome::Ok);
+        gap.gap = Some(Gap { first: 9, last: 10 });
+        assert!(append(&connection, &key, std::slice::from_ref(&gap)).is_err());
+        gap.gap = Some(Gap { first: 8, last: 10 });
+        let bridged = append(&connection, &key, &[gap]).unwrap().unwrap();
+        assert_eq!(bridged.seq, 11);
+        // Before vault.db learns the new head, the old one lies inside the
+        // acknowledged gap: consistent.
+        assert_eq!(check_tail(&connection, &key, head).unwrap(), Ok(()));
+        assert_eq!(
+            check_tail(&connection, &key, Some(bridged)).unwrap(),
+            Ok(())
+        );
+        let verified = verify(&connection, &key, Some(bridged)).unwrap();
+        assert_eq!((verified.count, verified.gaps.len()), (8, 1));
+        let more = Context::cli("test").record(Action::Tokenize, Outcome::Ok);
+        let head = append(&connection, &key, &[more]).unwrap();
+        assert_eq!(head.unwrap().seq, 12);
+        assert!(verify(&connection, &key, head).is_ok());
+
+        // Without the key, nobody bridges a hole: a forged gap row fails.
+        connection
+            .execute("DELETE FROM records WHERE seq > 5 AND seq < 8", [])
+            .unwrap();
+        let broken = verify(&connection, &key, head).unwrap_err();
+        assert_eq!(broken.seq, 6, "{}", broken.reason);
+    }
+
+    #[test]
+    fn an_empty_trail_under_a_recorded_head_is_a_mismatch() {
+        let (_dir, connection, key, head) = chain(3);
+        connection.execute("DELETE FROM records", []).unwrap();
+        let mismatch = check_tail(&connection, &key, head).unwrap().unwrap_err();
+        assert!(mismatch.reason.contains("empty"), "{mismatch}");
+        assert_eq!(check_tail(&connection, &key, None).unwrap(), Ok(()));
+    }
+}
