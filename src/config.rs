@@ -59,6 +59,24 @@ pub struct Config {
     pub callbacks: Vec<CallbackSpec>,
 }
 
+impl Config {
+    /// Every purpose the configuration names: in roles (their purposes,
+    /// per-purpose reveal modes and CleverTap purpose) and callbacks. The
+    /// audit trail records a purpose by name only when it is one of these.
+    pub fn purpose_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for role in self.roles.values() {
+            if let crate::policy::Scope::Only(purposes) = &role.purposes {
+                names.extend(purposes.iter().cloned());
+            }
+            names.extend(role.reveal_by_purpose.keys().cloned());
+            names.extend(role.clevertap_purpose.iter().cloned());
+        }
+        names.extend(self.callbacks.iter().map(|c| c.purpose.clone()));
+        names
+    }
+}
+
 /// One field rule of a callback: a selector, and whether the field is a
 /// template holding `{{TOKEN}}` placeholders rather than a token.
 #[derive(Debug)]

@@ -173,6 +173,18 @@ pub enum AuthError {
     Expired,
 }
 
+impl AuthError {
+    /// The fixed code the audit trail and the log record.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_credentials",
+            Self::Invalid => "invalid_credentials",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::Expired => "expired_credentials",
+        }
+    }
+}
+
 struct Client {
     spec: ClientSpec,
     role: Arc<Role>,

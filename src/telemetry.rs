@@ -4,8 +4,9 @@
 //! `elapsed_ms`). A value reaches a log only through
 //! [`crate::policy::mask`].
 
-use std::io::IsTerminal;
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder, Rotation};
@@ -45,6 +46,65 @@ pub enum LogFormat {
     Json,
 }
 
+/// Set when the server's log lines go to stdout as JSON: then nothing else
+/// may be written there (see [`stdout_is_json_log`]).
+static JSON_ON_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// True when stdout carries JSON log lines, so that a human-readable line
+/// (such as "tokenvault listening on …") belongs on stderr instead.
+pub fn stdout_is_json_log() -> bool {
+    JSON_ON_STDOUT.load(Ordering::SeqCst)
+}
+
+/// A log writer that escapes every control character of a formatted line
+/// except its final newline: C0 controls (newline, carriage return, escape,
+/// …), DEL, C1 controls and the Unicode line and paragraph separators become
+/// `\u00XX` / `\u2028`. Whatever a field holds, one event stays one line and
+/// cannot move the cursor of a terminal, in the plain format and the JSON
+/// one alike (inside a JSON string, `\u00XX` is a valid escape of the same
+/// character). The formatter hands each event to one `write` call.
+pub struct Escaping<W>(pub W);
+
+impl<W: Write> Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(&escape_controls(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// See [`Escaping`].
+pub fn escape_controls(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut i = 0;
+    while i < line.len() {
+        let byte = line[i];
+        let last = i + 1 == line.len();
+        match byte {
+            b'\n' if last => out.push(byte),
+            0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+            // C1 controls, U+0080..=U+009F, are C2 80..=C2 9F in UTF-8.
+            0xc2 if matches!(line.get(i + 1), Some(0x80..=0x9f)) => {
+                out.extend_from_slice(format!("\\u{:04x}", line[i + 1]).as_bytes());
+                i += 1;
+            }
+            // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
+            0xe2 if line.get(i + 1) == Some(&0x80)
+                && matches!(line.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                out.extend_from_slice(format!("\\u20{:02x}", line[i + 2] - 0xa8 + 0x28).as_bytes());
+                i += 2;
+            }
+            _ => out.push(byte),
+        }
+        i += 1;
+    }
+    out
+}
+
 fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
 }
@@ -54,8 +114,8 @@ fn filter(level: &str) -> EnvFilter {
 pub fn init_command() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| Escaping(io::stderr()))
+        .with_ansi(false)
         .try_init();
 }
 
@@ -66,8 +126,12 @@ pub fn init_server(settings: &LogSettings) -> Result<Option<WorkerGuard>, String
     let builder = tracing_subscriber::fmt().with_env_filter(filter(&settings.level));
     match &settings.directory {
         None => {
-            let ansi = std::io::stdout().is_terminal() && settings.format == LogFormat::Plain;
-            let builder = builder.with_writer(std::io::stdout).with_ansi(ansi);
+            // No colours: their escape sequences would be escaped too, and a
+            // caller's would be indistinguishable from them.
+            let builder = builder
+                .with_writer(|| Escaping(io::stdout()))
+                .with_ansi(false);
+            JSON_ON_STDOUT.store(settings.format == LogFormat::Json, Ordering::SeqCst);
             let _ = match settings.format {
                 LogFormat::Plain => builder.try_init(),
                 LogFormat::Json => builder.json().try_init(),
@@ -91,12 +155,42 @@ pub fn init_server(settings: &LogSettings) -> Result<Option<WorkerGuard>, String
                     format!("cannot open a log file in {}: {error}", directory.display())
                 })?;
             let (writer, guard) = tracing_appender::non_blocking(appender);
-            let builder = builder.with_writer(writer).with_ansi(false);
+            let builder = builder
+                .with_writer(move || Escaping(writer.clone()))
+                .with_ansi(false);
             let _ = match settings.format {
                 LogFormat::Plain => builder.try_init(),
                 LogFormat::Json => builder.json().try_init(),
             };
             Ok(Some(guard))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_line_stays_one_escaped_line() {
+        let line =
+            "WARN path=/d/0/x\n2026-12-01T00:00:00Z ERROR forged \x1b[2J\r\u{85}\u{2028}end\n";
+        let escaped = String::from_utf8(escape_controls(line.as_bytes())).unwrap();
+        assert_eq!(
+            escaped,
+            "WARN path=/d/0/x\\u000a2026-12-01T00:00:00Z ERROR forged \\u001b[2J\\u000d\\u0085\\u2028end\n"
+        );
+        assert_eq!(escaped.matches('\n').count(), 1);
+        // Inside JSON, the escapes decode to the same characters.
+        let json = format!(
+            "{{\"f\":\"{}\"}}",
+            String::from_utf8(escape_controls("a\u{1b}b\u{2029}".as_bytes())).unwrap()
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["f"], "a\u{1b}b\u{2029}");
+        assert_eq!(
+            escape_controls("café ☕ ok".as_bytes()),
+            "café ☕ ok".as_bytes()
+        );
     }
 }

@@ -180,6 +180,7 @@ impl Context {
             outcome,
             reason: None,
             gap: None,
+            unrecognized: Vec::new(),
         }
     }
 }
@@ -230,6 +231,65 @@ pub struct Record {
     pub reason: Option<String>,
     /// For [`Action::AuditGap`] only: the sequence numbers the trail lost.
     pub gap: Option<Gap>,
+    /// Text the caller sent that names nothing the vault knows (a token
+    /// that does not exist, an unconfigured purpose or namespace), as
+    /// [`Unrecognized`] fingerprints: never the text itself.
+    pub unrecognized: Vec<Unrecognized>,
+}
+
+/// What kind of caller text an [`Unrecognized`] fingerprint stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// A token that does not exist in the namespace.
+    Token,
+    /// A purpose no configuration names.
+    Purpose,
+    /// A namespace that is not configured.
+    Namespace,
+}
+
+impl TextKind {
+    /// The stored prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Purpose => "purpose",
+            Self::Namespace => "namespace",
+        }
+    }
+}
+
+/// A keyed fingerprint of caller text, as the trail stores it:
+/// `<kind>:<32 hex digits>` (see `AuditKey::fingerprint`). The only way to
+/// make one from text is [`Unrecognized::of`], so a record cannot hold the
+/// text by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Unrecognized(String);
+
+impl Unrecognized {
+    /// The fingerprint of `text` under the audit key.
+    pub fn of(key: &AuditKey, kind: TextKind, text: &str) -> Self {
+        Self(format!(
+            "{}:{}",
+            kind.as_str(),
+            hex::encode(key.fingerprint(kind.as_str(), text.as_bytes()))
+        ))
+    }
+
+    /// Reads back a stored fingerprint; `None` unless it has the stored shape.
+    pub fn parse(stored: &str) -> Option<Self> {
+        let (kind, digits) = stored.split_once(':')?;
+        let known = [TextKind::Token, TextKind::Purpose, TextKind::Namespace]
+            .iter()
+            .any(|k| k.as_str() == kind);
+        (known && digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(stored.to_owned()))
+    }
+
+    /// The stored form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Records an operator acknowledged as lost: `first..=last`. The gap record
@@ -324,6 +384,13 @@ impl Record {
             out.extend_from_slice(b"gap");
             out.extend_from_slice(&gap.first.to_be_bytes());
             out.extend_from_slice(&gap.last.to_be_bytes());
+        }
+        if !self.unrecognized.is_empty() {
+            out.extend_from_slice(b"unrecognized");
+            out.extend_from_slice(&(self.unrecognized.len() as u64).to_be_bytes());
+            for text in &self.unrecognized {
+                field(&mut out, Some(text.as_str()));
+            }
         }
         out
     }
@@ -527,6 +594,7 @@ impl Stored {
             "outcome": r.outcome,
             "reason": r.reason,
             "gap": r.gap.map(|g| serde_json::json!({"first": g.first, "last": g.last})),
+            "unrecognized": r.unrecognized.iter().map(Unrecognized::as_str).collect::<Vec<_>>(),
             "mac": hex::encode(&self.mac),
         })
     }
@@ -562,6 +630,14 @@ impl Stored {
                     .collect::<Option<Vec<_>>>()?,
                 outcome: Outcome::parse(&text("outcome")?)?,
                 reason: optional("reason")?,
+                unrecognized: match value.get("unrecognized") {
+                    None | Some(serde_json::Value::Null) => Vec::new(),
+                    Some(list) => list
+                        .as_array()?
+                        .iter()
+                        .map(|t| t.as_str().and_then(Unrecognized::parse))
+                        .collect::<Option<Vec<_>>>()?,
+                },
                 gap: match value.get("gap") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(gap) => Some(Gap {
@@ -730,6 +806,12 @@ mod tests {
         edit(|r| r.reason = Some("x".into()));
         edit(|r| r.gap = Some(Gap { first: 1, last: 2 }));
         edit(|r| r.gap = Some(Gap { first: 1, last: 3 }));
+        let key = crate::crypto::keys::MasterKey::generate(1).audit_key();
+        for kind in [TextKind::Token, TextKind::Purpose] {
+            let mut r = base.clone();
+            r.unrecognized = vec![Unrecognized::of(&key, kind, "a")];
+            variants.push(r);
+        }
         let encodings: std::collections::BTreeSet<Vec<u8>> =
             variants.iter().map(|r| r.canonical(1)).collect();
         assert_eq!(encodings.len(), variants.len());

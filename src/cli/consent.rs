@@ -127,7 +127,23 @@ fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result
         return Err(anyhow!("--purpose must not be empty").into());
     }
     let opened = open(args)?;
+    // The same rules as the API: the trail and consent_events hold names the
+    // configuration uses and tokens that exist, never text typed by mistake.
+    if purpose != "*" && !opened.config.purpose_names().contains(purpose) {
+        return Err(anyhow!("--purpose names no purpose the configuration uses\nhint: use a purpose from [roles] or [[callbacks]], or `*` for every purpose").into());
+    }
     let target = target(args, &opened.keyring)?;
+    if let ConsentTarget::Token(token) = &target {
+        let exists = crate::store::token_exists_offline(
+            &opened.config.storage.database_path(),
+            &args.namespace,
+            token,
+        )
+        .context("cannot read vault.db")?;
+        if !exists {
+            return Err(anyhow!("no such token in namespace {}\nhint: copy the token exactly as the vault issued it; to act on a customer, use --subject-stdin", args.namespace).into());
+        }
+    }
     let context = Context::cli("consent set");
     let mut record = context
         .record(Action::Consent, Outcome::Ok)

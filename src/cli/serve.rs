@@ -102,6 +102,7 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     );
     let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
     vault.set_budgets(&config.clients);
+    vault.set_purpose_names(config.purpose_names());
     drop(keyring);
     let state = AppState {
         vault,

@@ -27,6 +27,9 @@ pub mod labels {
     pub const SUBJECT: &str = "tokenvault/v1/subject";
     /// Key of the audit chain's HMAC.
     pub const AUDIT_CHAIN: &str = "tokenvault/v1/audit-chain";
+    /// Domain of the audit key's fingerprints of caller text (a separate
+    /// first input under the same key, so a fingerprint is never a MAC).
+    pub const AUDIT_FINGERPRINT: &str = "tokenvault/v1/audit-fingerprint";
 }
 
 /// The 256-bit master key of one key version. Zeroized on drop; no `Clone`,
@@ -97,6 +100,20 @@ impl AuditKey {
     /// MAC of one record's canonical bytes, chained to `previous`.
     pub fn mac(&self, canonical: &[u8], previous: &[u8; 32]) -> [u8; 32] {
         keyed_hash(&self.0, &[canonical, previous])
+    }
+
+    /// A keyed, irreversible fingerprint of text a caller sent that the
+    /// trail may not hold (an unknown token, purpose or namespace): the same
+    /// text always gives the same fingerprint, so repeated probing shows,
+    /// and nobody without the key can test a guess against it. 128 bits.
+    pub fn fingerprint(&self, kind: &str, text: &[u8]) -> [u8; 16] {
+        let full = keyed_hash(
+            &self.0,
+            &[labels::AUDIT_FINGERPRINT.as_bytes(), kind.as_bytes(), text],
+        );
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
     }
 
     /// Constant-time check of a stored MAC.

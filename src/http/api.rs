@@ -38,6 +38,17 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
     ),
 ];
 
+/// Names the request's namespace in its log line: the configured name, or
+/// `unknown` (the caller's text never reaches the log).
+fn log_namespace(state: &AppState, req: &HttpRequest, namespace: &str) {
+    let logged = if state.vault.namespace_spec(namespace).is_some() {
+        namespace.to_owned()
+    } else {
+        "unknown".to_owned()
+    };
+    req.extensions_mut().insert(LoggedNamespace(logged));
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -123,8 +134,7 @@ async fn tokenize(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: TokenizeRequest = read_json(&state, &req, payload, &id).await?;
-    req.extensions_mut()
-        .insert(LoggedNamespace(request.namespace.clone()));
+    log_namespace(&state, &req, &request.namespace);
     check_batch(&state, request.items.len(), "items", &id)?;
     let items = request
         .items
@@ -185,8 +195,7 @@ async fn detokenize(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: DetokenizeRequest = read_json(&state, &req, payload, &id).await?;
-    req.extensions_mut()
-        .insert(LoggedNamespace(request.namespace.clone()));
+    log_namespace(&state, &req, &request.namespace);
     check_batch(&state, request.tokens.len(), "tokens", &id)?;
     if request.purpose.trim().is_empty() {
         return Err(ApiError::new(
@@ -246,8 +255,7 @@ async fn forget(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (namespace, token) = path.into_inner();
-    req.extensions_mut()
-        .insert(LoggedNamespace(namespace.clone()));
+    log_namespace(&state, &req, &namespace);
     let existed = state
         .vault
         .forget(&context, &caller, &namespace, &token)
@@ -281,8 +289,7 @@ async fn consent(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let request: ConsentRequest = read_json(&state, &req, payload, &id).await?;
-    req.extensions_mut()
-        .insert(LoggedNamespace(request.namespace.clone()));
+    log_namespace(&state, &req, &request.namespace);
     let invalid = |message: &str| ApiError::new(ErrorCode::InvalidRequest, message, &id);
     if request.purpose.trim().is_empty() {
         return Err(invalid("purpose must not be empty"));

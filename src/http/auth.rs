@@ -29,9 +29,11 @@ fn context(req: &HttpRequest, actor: String, auth: &'static str) -> Context {
         actor,
         auth,
         source: req.peer_addr().map(|addr| addr.ip().to_string()),
+        // The pattern, never the path: a path segment is the caller's text
+        // (a token, or an email sent as one).
         route: req
             .match_pattern()
-            .unwrap_or_else(|| req.path().split('/').take(2).collect::<Vec<_>>().join("/")),
+            .unwrap_or_else(|| "unmatched".to_owned()),
     }
 }
 
@@ -109,12 +111,7 @@ pub async fn authenticate_with(
                 .filter(|name| state.auth.knows(name))
                 .unwrap_or("unknown")
                 .to_owned();
-            let code = match reason {
-                AuthError::Missing => "missing_credentials",
-                AuthError::Invalid => "invalid_credentials",
-                AuthError::SourceNotAllowed => "source_not_allowed",
-                AuthError::Expired => "expired_credentials",
-            };
+            let code = reason.code();
             let record = context(req, actor, method)
                 .record(Action::Authenticate, Outcome::Denied)
                 .reason(code);
@@ -122,7 +119,7 @@ pub async fn authenticate_with(
                 tracing::error!(request_id = %id, %error, "could not record an authentication failure");
             }
             let source = peer.map(|ip| ip.to_string()).unwrap_or_default();
-            tracing::warn!(request_id = %id, %reason, source, "authentication failed");
+            tracing::warn!(request_id = %id, reason = code, source, "authentication failed");
             Err(ApiError::unauthorized(&id))
         }
     }

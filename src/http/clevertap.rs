@@ -604,16 +604,18 @@ async fn access_token(
     let caller = match outcome {
         Ok(caller) => caller,
         Err(reason) => {
+            // A missing or expired secret is, here, just a wrong one.
+            let code = match reason {
+                AuthError::SourceNotAllowed => reason.code(),
+                _ => AuthError::Invalid.code(),
+            };
             let record = context
                 .record(Action::Authenticate, Outcome::Denied)
-                .reason(match reason {
-                    AuthError::SourceNotAllowed => "source_not_allowed",
-                    _ => "invalid_credentials",
-                });
+                .reason(code);
             if let Err(error) = state.vault.record(vec![record]).await {
                 tracing::error!(request_id = %id, %error, "could not record an authentication failure");
             }
-            tracing::warn!(request_id = %id, %reason, "access token refused");
+            tracing::warn!(request_id = %id, reason = code, "access token refused");
             return oauth_error(401, "invalid_client", "client authentication failed", &id);
         }
     };

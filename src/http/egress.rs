@@ -53,6 +53,9 @@ pub struct Route {
     spec: RouteSpec,
     client: reqwest::Client,
     inject: Vec<(HeaderName, HeaderValue)>,
+    /// Member names the route's rules spell out: the only ones a log line
+    /// or an error shows.
+    names: payload::KnownNames,
 }
 
 /// Every route, longest prefix first.
@@ -74,10 +77,17 @@ impl Routes {
                 spec.timeout,
                 spec.ca_bundle.as_deref(),
             )?;
+            let names = payload::KnownNames::of(
+                spec.fields
+                    .iter()
+                    .map(|rule| &rule.selector)
+                    .chain(&spec.response_fields),
+            );
             routes.push(Route {
                 spec,
                 client,
                 inject,
+                names,
             });
         }
         routes.sort_by_key(|route| std::cmp::Reverse(route.spec.path_prefix.len()));
@@ -353,14 +363,14 @@ async fn prepare(
     }
     for (pointer, detectors, _) in &findings {
         let detectors: Vec<&str> = detectors.iter().map(|d| d.as_str()).collect();
-        tracing::warn!(request_id = %id, route = %route.spec.name, path = %payload::safe_pointer(pointer), detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
+        tracing::warn!(request_id = %id, route = %route.spec.name, path = %route.names.safe_pointer(pointer), detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
     }
     if !findings.is_empty() {
         match route.spec.unselected_pii {
             UnselectedPii::Block => {
                 let paths: Vec<String> = findings
                     .iter()
-                    .map(|(p, _, _)| payload::safe_pointer(p))
+                    .map(|(p, _, _)| route.names.safe_pointer(p))
                     .collect();
                 return Err(refuse(
                     ErrorCode::Unprocessable,
@@ -414,7 +424,7 @@ async fn prepare(
                             "field {} cannot be tokenized: {problem}",
                             places
                                 .get(*index)
-                                .map(|p| payload::safe_pointer(p))
+                                .map(|p| route.names.safe_pointer(p))
                                 .unwrap_or_default()
                         ),
                         id,
@@ -434,7 +444,7 @@ async fn prepare(
                 ErrorCode::Unprocessable,
                 format!(
                     "the token for {} exceeds {MAX_UPSTREAM_TOKEN_BYTES} bytes",
-                    payload::safe_pointer(pointer)
+                    route.names.safe_pointer(pointer)
                 ),
                 "token_too_long",
             ));
@@ -442,7 +452,7 @@ async fn prepare(
         if !payload::replace(&mut document, pointer, token.clone()) {
             return Err(refuse(
                 ErrorCode::Unprocessable,
-                format!("field {} vanished", payload::safe_pointer(pointer)),
+                format!("field {} vanished", route.names.safe_pointer(pointer)),
                 "rewrite_failed",
             ));
         }
@@ -614,9 +624,8 @@ async fn reveal_in_response(
 /// The answer to a failed forward; counted in metrics under `route`
 /// (`route:<name>` or `callback:<name>`, from the configuration).
 pub(super) fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId) -> ApiError {
-    // reqwest's messages carry the URL; the route's URL is configuration,
-    // but keep it in the log only.
-    tracing::warn!(request_id = %id, route, error = %error, "upstream failed");
+    // reqwest's messages carry the URL, and the URL carries the caller's
+    // path and query (which may hold PII): log the route and a fixed kind.
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {
@@ -624,6 +633,7 @@ pub(super) fn upstream_error(route: &str, error: reqwest::Error, id: &RequestId)
     } else {
         "transfer"
     };
+    tracing::warn!(request_id = %id, route, reason = kind, "upstream failed");
     crate::metrics::upstream_error(route, kind);
     if error.is_timeout() {
         ApiError::new(

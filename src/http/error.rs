@@ -120,7 +120,8 @@ impl ApiError {
     pub fn from_vault(error: VaultError, request_id: &RequestId) -> Self {
         let code = match &error {
             VaultError::Denied(_) => ErrorCode::Forbidden,
-            VaultError::UnknownNamespace => ErrorCode::NotFound,
+            VaultError::UnknownNamespace | VaultError::UnknownToken => ErrorCode::NotFound,
+            VaultError::UnknownPurpose => ErrorCode::InvalidRequest,
             VaultError::Item { .. } => ErrorCode::InvalidRequest,
             VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             VaultError::Store(_) => ErrorCode::Unavailable,

@@ -157,14 +157,19 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
     };
     actix_web::rt::spawn(tls::reload_on_sighup(certificate));
     let addresses: Vec<SocketAddr> = server.addrs();
-    {
-        let mut out = io::stdout().lock();
-        for address in &addresses {
-            writeln!(out, "tokenvault listening on {scheme}://{address}")?;
-            tracing::info!(%address, scheme, "listening");
-        }
-        out.flush()?;
+    // The human-readable line goes to stdout, unless stdout carries JSON
+    // log lines: then every line there must be JSON, and it goes to stderr.
+    let mut out: Box<dyn Write> = if crate::telemetry::stdout_is_json_log() {
+        Box::new(io::stderr().lock())
+    } else {
+        Box::new(io::stdout().lock())
+    };
+    for address in &addresses {
+        writeln!(out, "tokenvault listening on {scheme}://{address}")?;
+        tracing::info!(%address, scheme, "listening");
     }
+    out.flush()?;
+    drop(out);
     server.run().await?;
     tracing::info!("server stopped; in-flight requests drained");
     Ok(())

@@ -36,6 +36,71 @@ impl Selector {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The member names the selector spells out (`.name`, `['name']`,
+    /// `..name`): names from the configuration, which a log line may show.
+    pub fn member_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = self.text.as_str();
+        while let Some(at) = rest.find(['.', '[']) {
+            let after = &rest[at + 1..];
+            if rest.as_bytes()[at] == b'.' {
+                let after = after.trim_start_matches('.');
+                let end = after
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                if end > 0 {
+                    names.push(after[..end].to_owned());
+                }
+                rest = &after[end..];
+            } else if let Some(quoted) = after.strip_prefix('\'') {
+                let end = quoted.find('\'').unwrap_or(quoted.len());
+                names.push(quoted[..end].to_owned());
+                rest = &quoted[(end + 1).min(quoted.len())..];
+            } else {
+                rest = after;
+            }
+        }
+        names
+    }
+}
+
+/// Member names a log line or error message may show: those the
+/// configuration's selectors spell out. Every other member name is the
+/// caller's text (an email used as a key, a key holding a newline and a fake
+/// log line) and is shown as `*`.
+#[derive(Debug, Clone, Default)]
+pub struct KnownNames(BTreeSet<String>);
+
+impl KnownNames {
+    /// The names `selectors` spell out.
+    pub fn of<'a>(selectors: impl IntoIterator<Item = &'a Selector>) -> Self {
+        Self(
+            selectors
+                .into_iter()
+                .flat_map(Selector::member_names)
+                .collect(),
+        )
+    }
+
+    /// A JSON pointer fit for a log line or an error message: array indices
+    /// and configured names as they are, every other segment `*`.
+    pub fn safe_pointer(&self, pointer: &str) -> String {
+        pointer
+            .split('/')
+            .enumerate()
+            .map(|(i, segment)| {
+                let name = segment.replace("~1", "/").replace("~0", "~");
+                let index = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+                if i == 0 || index || self.0.contains(&name) {
+                    segment
+                } else {
+                    "*"
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
 }
 
 impl fmt::Debug for Selector {
@@ -258,7 +323,8 @@ pub fn select(document: &Value, selectors: &[&Selector]) -> Result<Vec<Selected>
                 Value::Number(number) => (number.to_string(), true),
                 Value::Bool(flag) => (flag.to_string(), false),
                 Value::Object(_) | Value::Array(_) => {
-                    return Err(PayloadError::NotScalar(safe_pointer(&pointer)))
+                    let names = KnownNames::of(selectors.iter().copied());
+                    return Err(PayloadError::NotScalar(names.safe_pointer(&pointer)));
                 }
             };
             selected.push(Selected {
@@ -281,23 +347,6 @@ pub fn replace(document: &mut Value, pointer: &str, replacement: String) -> bool
         }
         None => false,
     }
-}
-
-/// A JSON pointer fit for a log line or an error message: member names come
-/// from the payload, so a segment that itself looks like PII (an email
-/// address used as a key, say) is replaced by `*`.
-pub fn safe_pointer(pointer: &str) -> String {
-    pointer
-        .split('/')
-        .map(|segment| {
-            if detect::scan(segment).is_empty() {
-                segment
-            } else {
-                "*"
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Every string value not at one of `skip`, with its JSON pointer.
@@ -412,14 +461,31 @@ mod tests {
             Err(PayloadError::NotScalar(_))
         ));
         assert!(Selector::parse("$.d[").is_err());
+        let rules = [
+            Selector::parse("$.d[*].profiles.*.Phone").unwrap(),
+            Selector::parse("$..evtData['Delivery Email']").unwrap(),
+            Selector::parse("$['a/b']").unwrap(),
+        ];
         assert_eq!(
-            safe_pointer("/d/0/profiles/alice@example.com/Phone"),
+            rules[0].member_names(),
+            ["d", "profiles", "Phone"].map(String::from)
+        );
+        let names = KnownNames::of(&rules);
+        assert_eq!(
+            names.safe_pointer("/d/0/profiles/alice@example.com/Phone"),
             "/d/0/profiles/*/Phone"
         );
         assert_eq!(
-            safe_pointer("/d/1/evtData/Delivery Email"),
+            names.safe_pointer("/d/1/evtData/Delivery Email"),
             "/d/1/evtData/Delivery Email"
         );
+        // A caller's key that would forge a log line, and one that merely is
+        // not configured, are both masked; configured names with escapes stay.
+        assert_eq!(
+            names.safe_pointer("/d/2/x\n2026-12-01T00:00:00Z ERROR forged/Nickname"),
+            "/d/2/*/*"
+        );
+        assert_eq!(names.safe_pointer("/a~1b"), "/a~1b");
         let skip: BTreeSet<String> = ["/d/0/identity".to_owned()].into();
         let strings: Vec<String> = unselected_strings(&doc, &skip)
             .into_iter()

@@ -469,6 +469,19 @@ impl Store {
         })
     }
 
+    /// Whether each token exists in `namespace`. Blocking.
+    pub fn existing(&self, namespace: &str, tokens: &[String]) -> Result<Vec<bool>, StoreError> {
+        self.with_reader(|db| {
+            let mut statement = db.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE namespace = ?1 AND token = ?2)",
+            )?;
+            tokens
+                .iter()
+                .map(|token| statement.query_row(params![namespace, token], |row| row.get(0)))
+                .collect()
+        })
+    }
+
     /// Fetches sealed values by token. Blocking: call from a blocking context.
     pub fn fetch(
         &self,
@@ -648,6 +661,21 @@ pub fn acknowledge_audit_gap(
     audit_tx.commit()?;
     vault_tx.commit()?;
     Ok(GapAcknowledged { gap, head })
+}
+
+/// Whether `token` exists in `namespace` of the `vault.db` at `database`
+/// (for commands that take a token from the operator).
+pub fn token_exists_offline(
+    database: &Path,
+    namespace: &str,
+    token: &str,
+) -> Result<bool, StoreError> {
+    let db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE namespace = ?1 AND token = ?2)",
+        params![namespace, token],
+        |row| row.get(0),
+    )?)
 }
 
 /// Records a consent change outside the server (`tokenvault consent set`):

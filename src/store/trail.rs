@@ -12,7 +12,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
 use crate::audit::{
-    Action, Broken, ChainCheck, Filter, Gap, Head, Outcome, Record, Stored, Verified, GENESIS,
+    Action, Broken, ChainCheck, Filter, Gap, Head, Outcome, Record, Stored, Unrecognized, Verified,
+    GENESIS,
 };
 use crate::crypto::keys::AuditKey;
 
@@ -22,7 +23,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Every column of `records`, in the order `read_row` expects.
 const COLUMNS: &str = "seq, time_us, request_id, actor, auth, source, action, namespace, route,
-     purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last";
+     purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last, unrecognized";
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -52,6 +53,9 @@ fn migrations() -> Migrations<'static> {
             "ALTER TABLE records ADD COLUMN gap_first INTEGER;
              ALTER TABLE records ADD COLUMN gap_last INTEGER;",
         ),
+        // Keyed fingerprints of caller text that names nothing the vault
+        // knows (a JSON list; NULL when there is none).
+        M::up("ALTER TABLE records ADD COLUMN unrecognized TEXT;"),
     ])
 }
 
@@ -83,24 +87,36 @@ impl Reader {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         connection.busy_timeout(LOCK_WAIT)?;
-        // A copy written before gaps existed has no gap columns, and a
+        // A copy written by an older version lacks the newer columns, and a
         // read-only connection cannot migrate it: a temporary view (the temp
         // schema is searched first) gives it empty ones.
-        let has_gaps: bool = connection.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name = 'gap_first')",
-            [],
-            |row| row.get(0),
-        )?;
+        let has_column = |name: &str| -> rusqlite::Result<bool> {
+            connection.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name = ?1)",
+                [name],
+                |row| row.get(0),
+            )
+        };
+        let (has_gaps, has_unrecognized) = (has_column("gap_first")?, has_column("unrecognized")?);
         let has_table: bool = connection.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records')",
             [],
             |row| row.get(0),
         )?;
-        if has_table && !has_gaps {
-            connection.execute_batch(
-                "CREATE TEMP VIEW records AS
-                 SELECT *, NULL AS gap_first, NULL AS gap_last FROM main.records",
-            )?;
+        if has_table && !(has_gaps && has_unrecognized) {
+            let gaps = if has_gaps {
+                ""
+            } else {
+                ", NULL AS gap_first, NULL AS gap_last"
+            };
+            let unrecognized = if has_unrecognized {
+                ""
+            } else {
+                ", NULL AS unrecognized"
+            };
+            connection.execute_batch(&format!(
+                "CREATE TEMP VIEW records AS SELECT *{gaps}{unrecognized} FROM main.records"
+            ))?;
         }
         Ok(Self(connection))
     }
@@ -191,8 +207,9 @@ pub fn append(
     let mut head = head(connection)?;
     let mut insert = connection.prepare_cached(
         "INSERT INTO records (seq, time_us, request_id, actor, auth, source, action, namespace, route,
-                              purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                              purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last,
+                              unrecognized)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
     for record in records {
         let (next, previous) = head.map_or((1, GENESIS), |h| (h.seq + 1, h.mac));
@@ -208,6 +225,11 @@ pub fn append(
         let mac = key.mac(&record.canonical(seq), &previous);
         // Invariant: a list of strings always serializes.
         let tokens = serde_json::to_string(&record.tokens).expect("tokens serialize");
+        let unrecognized = (!record.unrecognized.is_empty()).then(|| {
+            let list: Vec<&str> = record.unrecognized.iter().map(|u| u.as_str()).collect();
+            // Invariant: a list of strings always serializes.
+            serde_json::to_string(&list).expect("fingerprints serialize")
+        });
         insert.execute(params![
             to_sql(seq),
             record.time_us,
@@ -226,6 +248,7 @@ pub fn append(
             &mac[..],
             record.gap.map(|g| to_sql(g.first)),
             record.gap.map(|g| to_sql(g.last)),
+            unrecognized,
         ])?;
         head = Some(Head { seq, mac });
     }
@@ -294,6 +317,13 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
         }),
         _ => return Err(bad(15, "half a gap")),
     };
+    let unrecognized = match row.get::<_, Option<String>>(17)? {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str::<Vec<String>>(&text)
+            .ok()
+            .and_then(|list| list.iter().map(|t| Unrecognized::parse(t)).collect())
+            .ok_or_else(|| bad(17, "unrecognized is not a list of fingerprints"))?,
+    };
     Ok(Stored {
         seq: u64::try_from(row.get::<_, i64>(0)?).map_err(|_| bad(0, "negative seq"))?,
         record: Record {
@@ -313,6 +343,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
             outcome: Outcome::parse(&outcome).ok_or_else(|| bad(12, "unknown outcome"))?,
             reason: row.get(13)?,
             gap,
+            unrecognized,
         },
         mac: row.get(14)?,
     })
@@ -598,7 +629,8 @@ mod tests {
         connection
             .execute(
                 "INSERT INTO records SELECT 10, time_us, request_id, 'mallory', auth, source, action,
-                        namespace, route, purpose, item_count, tokens, outcome, reason, ?1, NULL, NULL
+                        namespace, route, purpose, item_count, tokens, outcome, reason, ?1, NULL, NULL,
+                        NULL
                  FROM records WHERE seq = 7",
                 params![&head.unwrap().mac[..]],
             )

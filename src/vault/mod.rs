@@ -8,8 +8,9 @@ pub mod normalize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::audit::{self, Action, Context, Outcome, Record};
+use crate::audit::{self, Action, Context, Outcome, Record, TextKind, Unrecognized};
 use crate::config::{ClassSpec, NamespaceSpec};
+use crate::crypto::keys::AuditKey;
 use crate::crypto::keys::NamespaceKeys;
 use crate::crypto::seal::Binding;
 use crate::crypto::tokens::{self, FormatError};
@@ -101,6 +102,12 @@ pub enum VaultError {
     /// The namespace is not configured.
     #[error("unknown namespace")]
     UnknownNamespace,
+    /// A consent change names a purpose no configuration names.
+    #[error("unknown purpose: name one the configuration uses, or `*`")]
+    UnknownPurpose,
+    /// A consent change names a token that does not exist.
+    #[error("no such token in this namespace")]
+    UnknownToken,
     /// One item is invalid.
     #[error("item {index}: {problem}")]
     Item {
@@ -135,6 +142,8 @@ impl VaultError {
             Self::Denied(Denied::Class(_)) => (Outcome::Denied, "class_not_granted"),
             Self::Denied(Denied::Purpose) => (Outcome::Denied, "purpose_not_granted"),
             Self::UnknownNamespace => (Outcome::Error, "unknown_namespace"),
+            Self::UnknownPurpose => (Outcome::Error, "unknown_purpose"),
+            Self::UnknownToken => (Outcome::Error, "not_found"),
             Self::Item { .. } => (Outcome::Error, "invalid_item"),
             Self::ValueTooLarge { .. } => (Outcome::Error, "value_too_large"),
             Self::Store(StoreError::Audit(_)) => (Outcome::Error, "audit_unavailable"),
@@ -164,6 +173,11 @@ pub struct Vault {
     store: Arc<Store>,
     namespaces: BTreeMap<String, Namespace>,
     budgets: budget::Budgets,
+    /// Fingerprints caller text that the audit trail may not hold.
+    audit_key: AuditKey,
+    /// Purposes the configuration names; any other purpose a caller sends
+    /// is recorded as a fingerprint.
+    purposes: std::collections::BTreeSet<String>,
 }
 
 struct Pending<'a> {
@@ -208,7 +222,72 @@ impl Vault {
             store,
             namespaces,
             budgets: budget::Budgets::default(),
+            audit_key: keyring.audit_key(),
+            purposes: Default::default(),
         }
+    }
+
+    /// Sets the purposes the configuration names (see
+    /// `Config::purpose_names`): the only purposes recorded by name.
+    pub fn set_purpose_names(&mut self, purposes: std::collections::BTreeSet<String>) {
+        self.purposes = purposes;
+    }
+
+    /// A record of `action` in `namespace`: by name when it is configured,
+    /// otherwise as a fingerprint. Every record the engine writes about a
+    /// data request starts here, so that no caller text reaches the trail.
+    fn start_record(&self, context: &Context, action: Action, namespace: &str) -> Record {
+        let record = context.record(action, Outcome::Ok);
+        if self.namespaces.contains_key(namespace) {
+            record.namespace(namespace)
+        } else {
+            self.unrecognized(record, TextKind::Namespace, namespace)
+        }
+    }
+
+    /// Adds `purpose`: by name when the configuration names it, otherwise as
+    /// a fingerprint.
+    fn with_purpose(&self, record: Record, purpose: &str) -> Record {
+        if self.purposes.contains(purpose) {
+            record.purpose(purpose)
+        } else {
+            self.unrecognized(record, TextKind::Purpose, purpose)
+        }
+    }
+
+    /// Adds the caller's `tokens`: those that exist by name, the others as
+    /// fingerprints (an email sent as a token must not land in the trail).
+    fn with_tokens(&self, mut record: Record, tokens: &[String], exists: &[bool]) -> Record {
+        for (token, exists) in tokens.iter().zip(exists) {
+            if *exists {
+                record.tokens.push(token.clone());
+            } else {
+                record = self.unrecognized(record, TextKind::Token, token);
+            }
+        }
+        record
+    }
+
+    fn unrecognized(&self, mut record: Record, kind: TextKind, text: &str) -> Record {
+        record
+            .unrecognized
+            .push(Unrecognized::of(&self.audit_key, kind, text));
+        record
+    }
+
+    /// Which of `tokens` exist in `namespace`; on any failure, none (so
+    /// that the record holds fingerprints, never text it could not check).
+    async fn existing(&self, namespace: &str, tokens: &[String]) -> Vec<bool> {
+        if !self.namespaces.contains_key(namespace) {
+            return vec![false; tokens.len()];
+        }
+        let store = self.store.clone();
+        let (owned_namespace, owned_tokens) = (namespace.to_owned(), tokens.to_vec());
+        tokio::task::spawn_blocking(move || store.existing(&owned_namespace, &owned_tokens))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| vec![false; tokens.len()])
     }
 
     /// Sets the clients' detokenization budgets.
@@ -312,9 +391,8 @@ impl Vault {
         items: Vec<TokenizeItem>,
         also: Vec<Record>,
     ) -> Result<Vec<Tokenized>, VaultError> {
-        let record = context
-            .record(Action::Tokenize, Outcome::Ok)
-            .namespace(namespace)
+        let record = self
+            .start_record(context, Action::Tokenize, namespace)
             .items(items.len());
         let mut records = vec![record.clone()];
         records.extend(also);
@@ -497,22 +575,24 @@ impl Vault {
         purpose: &str,
         tokens: Vec<String>,
     ) -> Result<Vec<Detokenized>, VaultError> {
-        let mut record = context
-            .record(Action::Detokenize, Outcome::Ok)
-            .namespace(namespace)
-            .purpose(purpose)
+        let record = self
+            .start_record(context, Action::Detokenize, namespace)
             .items(tokens.len());
-        record.tokens = tokens.clone();
-        let answers = match self
+        let record = self.with_purpose(record, purpose);
+        let asked = tokens.clone();
+        let (answers, exists) = match self
             .detokenize_unaudited(caller, namespace, purpose, tokens)
             .await
         {
-            Ok(answers) => answers,
+            Ok(found) => found,
             Err(error) => {
-                self.record_failure(record, &error).await;
+                let exists = self.existing(namespace, &asked).await;
+                self.record_failure(self.with_tokens(record, &asked, &exists), &error)
+                    .await;
                 return Err(error);
             }
         };
+        let mut record = self.with_tokens(record, &asked, &exists);
         if answers
             .iter()
             .any(|answer| matches!(answer, Detokenized::Integrity))
@@ -536,7 +616,7 @@ impl Vault {
         namespace: &str,
         purpose: &str,
         tokens: Vec<String>,
-    ) -> Result<Vec<Detokenized>, VaultError> {
+    ) -> Result<(Vec<Detokenized>, Vec<bool>), VaultError> {
         caller.role.check(Operation::Detokenize, namespace)?;
         if !caller.role.purposes.allows(purpose) {
             return Err(Denied::Purpose.into());
@@ -566,6 +646,7 @@ impl Vault {
         .await
         .map_err(|_| StoreError::ReadTask)??;
         let reveal = caller.role.reveal_for(purpose);
+        let exists = stored.iter().map(Option::is_some).collect();
         let answers = tokens
             .iter()
             .zip(stored)
@@ -615,7 +696,7 @@ impl Vault {
                 }
             })
             .collect();
-        Ok(answers)
+        Ok((answers, exists))
     }
 
     /// Records that `purpose` (or `*`) is withdrawn or restored for a token
@@ -631,18 +712,35 @@ impl Vault {
         withdrawn: bool,
         source: &str,
     ) -> Result<(), VaultError> {
-        let mut record = context
-            .record(Action::Consent, Outcome::Ok)
-            .namespace(namespace)
-            .purpose(purpose)
+        let record = self
+            .start_record(context, Action::Consent, namespace)
             .reason(if withdrawn { "withdrawn" } else { "restored" })
             .items(1);
+        // `*` (every purpose) is a configuration word, not caller text.
+        let mut record = if purpose == "*" {
+            record.purpose(purpose)
+        } else {
+            self.with_purpose(record, purpose)
+        };
+        let mut token_exists = true;
         if let ConsentSubject::Token(token) = &subject {
-            record.tokens = vec![token.clone()];
+            let token = std::slice::from_ref(token);
+            let exists = self.existing(namespace, token).await;
+            token_exists = exists.iter().all(|e| *e);
+            record = self.with_tokens(record, token, &exists);
         }
         let result = async {
             caller.role.check(Operation::Consent, namespace)?;
             let ns = self.namespace(namespace)?;
+            // Consent events are kept in vault.db in the clear (they are
+            // names and keyed hashes): caller text that names nothing the
+            // vault knows is refused rather than stored.
+            if purpose != "*" && !self.purposes.contains(purpose) {
+                return Err(VaultError::UnknownPurpose);
+            }
+            if !token_exists {
+                return Err(VaultError::UnknownToken);
+            }
             let target = match subject {
                 ConsentSubject::Token(token) => ConsentTarget::Token(token),
                 ConsentSubject::Subject(subject) => {
@@ -711,11 +809,11 @@ impl Vault {
         namespace: &str,
         token: &str,
     ) -> Result<bool, VaultError> {
-        let mut record = context
-            .record(Action::Forget, Outcome::Ok)
-            .namespace(namespace)
+        let record = self
+            .start_record(context, Action::Forget, namespace)
             .items(1);
-        record.tokens = vec![token.to_owned()];
+        let asked = [token.to_owned()];
+        let record = self.with_tokens(record, &asked, &self.existing(namespace, &asked).await);
         match self
             .forget_audited(record.clone(), caller, namespace, token)
             .await

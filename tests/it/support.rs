@@ -261,7 +261,8 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = fs::read_to_string(&server.stdout).unwrap_or_default();
+            // On stdout, or on stderr when stdout carries JSON log lines.
+            let text = server.logs();
             if let Some(url) = text
                 .lines()
                 .find_map(|l| l.strip_prefix("tokenvault listening on "))
@@ -460,4 +461,31 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A Standard Webhooks `webhook-signature` value: `v1,` and the base64
+/// HMAC-SHA256 of `<id>.<timestamp>.<body>` under `secret`.
+pub fn webhook_signature(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let signed = [
+        id.as_bytes(),
+        b".",
+        timestamp.to_string().as_bytes(),
+        b".",
+        body,
+    ]
+    .concat();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &signed).as_ref())
+    )
 }
