@@ -76,31 +76,32 @@ impl<W: Write> Write for Escaping<W> {
     }
 }
 
-/// See [`Escaping`].
+/// See [`Escaping`]: a formatted line (UTF-8; anything else is shown
+/// lossily) with every control character but the final newline escaped.
 pub fn escape_controls(line: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len() + 16);
-    let mut i = 0;
-    while i < line.len() {
-        let byte = line[i];
-        let last = i + 1 == line.len();
-        match byte {
-            b'\n' if last => out.push(byte),
-            0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
-            // C1 controls, U+0080..=U+009F, are C2 80..=C2 9F in UTF-8.
-            0xc2 if matches!(line.get(i + 1), Some(0x80..=0x9f)) => {
-                out.extend_from_slice(format!("\\u{:04x}", line[i + 1]).as_bytes());
-                i += 1;
-            }
-            // U+2028 and U+2029 are E2 80 A8 and E2 80 A9.
-            0xe2 if line.get(i + 1) == Some(&0x80)
-                && matches!(line.get(i + 2), Some(0xa8 | 0xa9)) =>
-            {
-                out.extend_from_slice(format!("\\u20{:02x}", line[i + 2] - 0xa8 + 0x28).as_bytes());
-                i += 2;
-            }
-            _ => out.push(byte),
+    let text = String::from_utf8_lossy(line);
+    match text.strip_suffix('\n') {
+        Some(body) => {
+            let mut out = escape_control_chars(body);
+            out.push('\n');
+            out.into_bytes()
         }
-        i += 1;
+        None => escape_control_chars(&text).into_bytes(),
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1) and the Unicode line
+/// and paragraph separators written as `\u00XX` / `\u2028`: safe to print on
+/// a terminal or in a log, where such characters could start a fake line or
+/// move the cursor. Used for log lines and for the CLI's table output.
+pub fn escape_control_chars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
     }
     out
 }

@@ -18,6 +18,7 @@ use crate::audit::{self as trail, Action, ChainCheck, Context, FilterText, Outco
 use crate::config::ConfigErrors;
 use crate::crypto::wrapping::Keyring;
 use crate::store::trail::Reader;
+use crate::telemetry::escape_control_chars;
 
 /// `audit` subcommands.
 #[derive(Subcommand)]
@@ -199,24 +200,45 @@ fn query(
     Ok(())
 }
 
+/// One aligned line. Every text cell has its control characters escaped:
+/// names come from the configuration and the operator's environment, and a
+/// terminal must not act on an escape sequence hidden in one.
 fn table_line(stored: &Stored) -> String {
     let r = &stored.record;
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let safe = |v: Option<&str>| escape_control_chars(v.unwrap_or("-"));
     format!(
         "{:>7}  {:<27}  {:<16}  {:<13}  {:<10}  {:<14}  {:>6}  {:<7}  {}",
         stored.seq,
         trail::format_time(r.time_us),
-        r.actor,
+        safe(Some(&r.actor)),
         r.action.as_str(),
-        dash(&r.namespace),
-        dash(&r.purpose),
+        safe(r.namespace.as_deref()),
+        safe(r.purpose.as_deref()),
         r.item_count,
         r.outcome.as_str(),
-        dash(&r.reason),
+        safe(r.reason.as_deref()),
     )
 }
 
-/// One RFC 4180 line: every field quoted, quotes doubled.
+/// A CSV cell that a spreadsheet shows as text and a terminal prints
+/// harmlessly: a cell starting with `=`, `+`, `-`, `@`, tab or carriage
+/// return (which a spreadsheet would run as a formula) gets a leading `'`,
+/// and control characters are escaped. So a phone-shaped token `+9190…`
+/// reads `'+9190…` in CSV; `--format json` gives every field exactly.
+fn csv_cell(text: &str) -> String {
+    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    format!(
+        "\"{}\"",
+        escape_control_chars(&neutral).replace('"', "\"\"")
+    )
+}
+
+/// One RFC 4180 line: every field quoted, quotes doubled, every cell
+/// neutralised (see [`csv_cell`]).
 fn csv_line(stored: &Stored) -> String {
     let r = &stored.record;
     let fields = [
@@ -238,7 +260,7 @@ fn csv_line(stored: &Stored) -> String {
     ];
     fields
         .iter()
-        .map(|f| format!("\"{}\"", f.replace('"', "\"\"")))
+        .map(|f| csv_cell(f))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -271,9 +293,9 @@ fn verify(location: &Location) -> Result<(), CliError> {
                     println!(
                         "gap: records {gap} are missing, acknowledged by record {} ({} at {}, reason {})",
                         stored.seq,
-                        r.actor,
+                        escape_control_chars(&r.actor),
                         trail::format_time(r.time_us),
-                        r.reason.as_deref().unwrap_or("-"),
+                        escape_control_chars(r.reason.as_deref().unwrap_or("-")),
                     );
                 }
             }
@@ -430,4 +452,19 @@ fn acknowledge_gap(config_path: &Path, reason: &str) -> Result<(), CliError> {
     );
     println!("a running vault appends and serves again; `tokenvault audit verify` lists the gap");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_neutralised() {
+        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        for lead in ["+", "-", "@", "\t", "\r"] {
+            assert!(csv_cell(&format!("{lead}1")).starts_with("\"'"), "{lead:?}");
+        }
+        assert_eq!(csv_cell("crm"), "\"crm\"");
+        assert_eq!(csv_cell("a\u{1b}[2Jb"), "\"a\\u001b[2Jb\"");
+    }
 }

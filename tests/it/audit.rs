@@ -524,3 +524,90 @@ fn queries_filter_and_format_and_the_api_paginates() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("export BROKEN at record"));
 }
+
+#[test]
+fn exports_for_auditors_are_safe_to_open() {
+    // Hostile strings that reach the trail legitimately: purposes the
+    // configuration names, and the operator's user name.
+    let hostile = [
+        "=HYPERLINK(\"http://evil.invalid/\",\"open me\")",
+        "@SUM(1+1)",
+        "-2+3",
+        "+cmd",
+        "x\u{1b}[2Jy",
+    ];
+    let purposes: Vec<String> = hostile
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    let setup = Setup::new_with(
+        "",
+        &format!(
+            "[roles.hostile]\noperations = [\"detokenize\"]\nnamespaces = [\"retail\"]\npurposes = [{}]\n",
+            purposes.join(", ")
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["client", "new", "extra", "--role", "backend", "--config"])
+        .arg(&setup.config)
+        .env("USER", "ops\u{1b}]0;pwned\u{7}\ninjected")
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut server = setup.serve();
+    let tokens = tokenize(&server, "crm", "retail", &[("phone", "+14155550123")]);
+    for purpose in hostile {
+        detokenize(&server, "admin", "retail", purpose, &tokens);
+    }
+    assert!(server.stop().success());
+    // The purposes are configuration names, so they are recorded as such.
+    let json = audit_query(&setup, &["--action", "detokenize"]);
+    let recorded: Vec<&str> = json.iter().filter_map(|r| r["purpose"].as_str()).collect();
+    assert_eq!(recorded, hostile);
+
+    let csv_out = audit_cli(&setup, &["query", "--format", "csv"]);
+    assert!(csv_out.status.success());
+    let text = String::from_utf8(csv_out.stdout.clone()).unwrap();
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in CSV: {text:?}"
+    );
+    let mut reader = csv::Reader::from_reader(csv_out.stdout.as_slice());
+    let mut cells = 0;
+    for row in reader.records() {
+        for cell in row.unwrap().iter() {
+            cells += 1;
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a spreadsheet would run {cell:?}"
+            );
+        }
+    }
+    assert!(cells > 100);
+    assert!(text.contains("'=HYPERLINK"), "{text}");
+    // A phone-shaped token is neutralised too; JSON keeps it exact.
+    assert!(text.contains(&format!("'{}", tokens[0])), "{text}");
+
+    let table = audit_cli(&setup, &["query"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in the table: {table:?}"
+    );
+    assert!(table.contains("x\\u001b[2Jy"), "{table}");
+    assert!(
+        table.contains("cli:ops\\u001b]0;pwned\\u0007\\u000ainjected"),
+        "{table}"
+    );
+    let all = audit_records(&setup).len();
+    assert_eq!(
+        table.lines().count(),
+        all + 1,
+        "a header and one line per record"
+    );
+}
