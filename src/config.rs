@@ -127,6 +127,10 @@ pub struct CallbackSpec {
     /// Only connections that presented a client certificate from
     /// `tls_client_ca` may call.
     pub require_client_cert: bool,
+    /// The callback answers revealed values to its caller instead of
+    /// forwarding them (`reveal_to_caller = true`, required when there is
+    /// no `forward`).
+    pub reveal_to_caller: bool,
 }
 
 /// Default lifetime of an access token from the CleverTap surface's token
@@ -602,6 +606,49 @@ impl KeySettings {
     }
 }
 
+/// Refuses two callbacks that share a secret (the same file or variable, or
+/// the same text): the Standard Webhooks signature covers the message id,
+/// timestamp and body, not the path, so a message signed for one callback
+/// would be genuine at the other. A secret that cannot be read here (a
+/// systemd credential) is compared when the server builds its callbacks.
+fn check_callback_secrets(callbacks: &[CallbackSpec], problems: &mut Vec<Problem>) {
+    let read: Vec<Option<Zeroizing<String>>> = callbacks
+        .iter()
+        .map(|spec| spec.secret.read().ok())
+        .collect();
+    for (i, spec) in callbacks.iter().enumerate() {
+        let shared = callbacks[..i].iter().enumerate().find(|(j, earlier)| {
+            let same_source = match (&spec.secret, &earlier.secret) {
+                (SecretRef::File(a), SecretRef::File(b)) => {
+                    a == b
+                        || a.canonicalize()
+                            .ok()
+                            .is_some_and(|a| b.canonicalize().ok() == Some(a))
+                }
+                (SecretRef::Env(a), SecretRef::Env(b)) => a == b,
+                _ => false,
+            };
+            same_source || (read[i].is_some() && read[i] == read[*j])
+        });
+        if let Some((_, earlier)) = shared {
+            let key = match spec.secret {
+                SecretRef::File(_) => "secret_file",
+                SecretRef::Env(_) => "secret_env",
+            };
+            problems.push(
+                Problem::new(
+                    format!("callbacks.{}.{key}", spec.name),
+                    format!(
+                        "shares its secret with callback `{}`: the signature does not cover the path, so a message signed for one is genuine at the other",
+                        earlier.name
+                    ),
+                )
+                .hint("give every callback its own secret (and the platform each endpoint's)"),
+            );
+        }
+    }
+}
+
 /// Refuses a secret file that is missing or readable by group or others.
 fn check_secret_file(key: &str, path: &Path) -> Result<(), Problem> {
     let metadata = std::fs::metadata(path).map_err(|error| {
@@ -683,6 +730,8 @@ struct RawCallback {
     insecure_allow_http_upstream: bool,
     #[serde(default)]
     require_client_cert: bool,
+    #[serde(default)]
+    reveal_to_caller: bool,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -802,6 +851,20 @@ impl RawCallback {
                 problems,
             )
         });
+        match (&forward, self.reveal_to_caller) {
+            (None, false) => problems.push(
+                Problem::new(
+                    format!("{section}.forward"),
+                    "without forward, the callback answers the revealed values to whoever called it",
+                )
+                .hint("set forward to the provider's URL, or set reveal_to_caller = true if the caller is the sender"),
+            ),
+            (Some(_), true) => problems.push(Problem::new(
+                format!("{section}.reveal_to_caller"),
+                "give one of forward and reveal_to_caller = true",
+            )),
+            _ => {}
+        }
         let headers = injected_headers(&section, self.headers, problems);
         let header_name = |value: Option<String>, default: &str| {
             value
@@ -843,6 +906,7 @@ impl RawCallback {
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
             require_client_cert: self.require_client_cert,
+            reveal_to_caller: self.reveal_to_caller,
         })
     }
 }
@@ -1482,6 +1546,7 @@ impl RawConfig {
                 callbacks.push(callback);
             }
         }
+        check_callback_secrets(&callbacks, &mut problems);
         let mtls = server.as_ref().is_some_and(|s| s.client_ca.is_some());
         check_client_certificates(mtls, &clients, &routes, &callbacks, &mut problems);
         match (server, keys) {

@@ -19,6 +19,12 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             " (plain HTTP)"
         },
     );
+    for callback in config.callbacks.iter().filter(|c| c.reveal_to_caller) {
+        println!(
+            "warning: callback {} answers revealed values to whoever calls it (reveal_to_caller = true); make sure only the sender can reach {}",
+            callback.name, callback.path
+        );
+    }
     if let Some(credential) = config.keys.unloaded_credential() {
         println!(
             "note: {} is a systemd credential (LoadCredential=); it is read and checked when the service starts",

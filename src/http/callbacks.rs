@@ -51,7 +51,8 @@ impl Callbacks {
         specs: Vec<CallbackSpec>,
         roles: &std::collections::BTreeMap<String, Role>,
     ) -> Result<Self, String> {
-        let mut callbacks = Vec::with_capacity(specs.len());
+        let mut callbacks: Vec<Callback> = Vec::with_capacity(specs.len());
+        let mut keys: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(specs.len());
         for spec in specs {
             let label = format!("callback {}", spec.name);
             let secret = Zeroizing::new(
@@ -62,6 +63,25 @@ impl Callbacks {
             let key_bytes = secret_bytes(&secret).ok_or_else(|| {
                 format!("{label}: secret: a whsec_ secret must be Base64 after the prefix")
             })?;
+            // `config check` compares the secrets' text; this compares the
+            // keys they decode to (a `whsec_` secret and a raw one can agree),
+            // and the systemd credentials it could not read.
+            if let Some(index) = keys
+                .iter()
+                .position(|k| k.as_slice() == key_bytes.as_slice())
+            {
+                return Err(format!(
+                    "{label}: shares its signing key with callback {}; a message signed for one would be genuine at the other",
+                    callbacks[index].spec.name
+                ));
+            }
+            keys.push(key_bytes.clone());
+            if spec.reveal_to_caller {
+                tracing::warn!(
+                    callback = %spec.name,
+                    "callback answers revealed values to its caller (reveal_to_caller = true)"
+                );
+            }
             let key = hmac::Key::new(hmac::HMAC_SHA256, &key_bytes);
             let role = roles
                 .get(&spec.role)

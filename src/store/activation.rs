@@ -66,7 +66,8 @@ pub struct ConsentRecord {
 pub enum ActivationWrite {
     /// Append a consent event.
     Consent(ConsentEvent),
-    /// Accept a callback message id; answers false if it was seen before.
+    /// Accept a callback message id; answers false if it was seen before,
+    /// at this callback or any other.
     Claim {
         /// Callback name.
         callback: String,
@@ -110,22 +111,24 @@ pub(super) fn apply(db: &Connection, write: &ActivationWrite, now: i64) -> rusql
             message_id,
             expires_at,
         } => {
-            db.prepare_cached("DELETE FROM callback_messages WHERE expires_at < ?1")?
+            db.prepare_cached("DELETE FROM callback_message_ids WHERE expires_at < ?1")?
                 .execute(params![now])?;
+            // One id, one acceptance, whichever callback it arrives at.
             let inserted = db
                 .prepare_cached(
-                    "INSERT INTO callback_messages (callback, message_id, expires_at)
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    "INSERT INTO callback_message_ids (message_id, callback, expires_at)
+                     VALUES (?1, ?2, ?3) ON CONFLICT (message_id) DO NOTHING",
                 )?
-                .execute(params![callback, message_id, expires_at])?;
+                .execute(params![message_id, callback, expires_at])?;
             Ok(inserted == 1)
         }
         ActivationWrite::Release {
             callback,
             message_id,
         } => {
+            // Only the callback that claimed the id releases it.
             db.prepare_cached(
-                "DELETE FROM callback_messages WHERE callback = ?1 AND message_id = ?2",
+                "DELETE FROM callback_message_ids WHERE callback = ?1 AND message_id = ?2",
             )?
             .execute(params![callback, message_id])?;
             Ok(true)

@@ -53,6 +53,20 @@ pub fn migrations() -> Migrations<'static> {
                  PRIMARY KEY (callback, message_id)
              ) WITHOUT ROWID;",
         ),
+        // Message ids are accepted once across every callback, not once per
+        // callback: the signature does not cover the path, so a message
+        // accepted at one callback must not reveal again at another.
+        M::up(
+            "CREATE TABLE callback_message_ids (
+                 message_id TEXT    NOT NULL PRIMARY KEY,
+                 callback   TEXT    NOT NULL,
+                 expires_at INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             INSERT OR IGNORE INTO callback_message_ids (message_id, callback, expires_at)
+                 SELECT message_id, callback, max(expires_at) FROM callback_messages
+                 GROUP BY message_id;
+             DROP TABLE callback_messages;",
+        ),
     ])
 }
 

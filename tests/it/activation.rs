@@ -11,11 +11,15 @@ use serde_json::{json, Value};
 use crate::support::*;
 use crate::upstream::{Behaviour, Upstream};
 
-const SECRET_BYTES: &[u8] = b"callback secret: 32 random bytes";
+/// Each callback's own signing secret: callbacks never share one.
+fn secret_of(callback: &str) -> Vec<u8> {
+    format!("callback secret of {callback:>13}").into_bytes()
+}
 const PROVIDER_KEY: &str = "provider-api-key-from-env";
 
 struct Rig {
     provider: Upstream,
+    _secrets: tempfile::TempDir,
     setup: Setup,
     server: Server,
 }
@@ -54,10 +58,13 @@ fields = [
 
 fn rig_with(extra_sections: &str) -> Rig {
     let provider = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("callback.secret");
-    fs::write(&secret, format!("whsec_{}\n", B64.encode(SECRET_BYTES))).unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = |name: &str| {
+        let path = secrets.path().join(format!("{name}.secret"));
+        fs::write(&path, format!("whsec_{}\n", B64.encode(secret_of(name)))).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
     let sections = format!(
         r#"
 [roles.sms_callback]
@@ -80,41 +87,34 @@ default_class = "name"
 {}{}{}{}
 {extra_sections}
 "#,
-        callback("sms", "sms_callback", "", &provider.url, &secret),
+        callback("sms", "sms_callback", "", &provider.url, &secret("sms")),
         callback(
             "office",
             "sms_callback",
             "allow_from = [\"10.20.0.0/16\"]",
             &provider.url,
-            &secret
+            &secret("office")
         ),
         callback(
             "wrongpurpose",
             "support_callback",
             "",
             &provider.url,
-            &secret
+            &secret("wrongpurpose")
         ),
         callback(
             "short",
             "sms_callback",
             "tolerance_secs = 5",
             &provider.url,
-            &secret
+            &secret("short")
         ),
     );
     let setup = Setup::new_with("", &sections);
-    // The secret file must outlive the rig: keep it inside the setup's directory.
-    let kept = setup.dir.path().join("callback.secret");
-    fs::copy(&secret, &kept).unwrap();
-    fs::set_permissions(&kept, fs::Permissions::from_mode(0o600)).unwrap();
-    let config = fs::read_to_string(&setup.config)
-        .unwrap()
-        .replace(&secret.display().to_string(), &kept.display().to_string());
-    fs::write(&setup.config, config).unwrap();
     let server = setup.serve_with_env(&[("TV_TEST_PROVIDER_KEY", PROVIDER_KEY)]);
     Rig {
         provider,
+        _secrets: secrets,
         setup,
         server,
     }
@@ -177,12 +177,12 @@ fn send(rig: &Rig, name: &str, body: &[u8], signed: Option<(&str, u64, String)>)
     (response.status().as_u16(), response.text().unwrap())
 }
 
-fn signed<'a>(id: &'a str, body: &[u8]) -> Option<(&'a str, u64, String)> {
+fn signed<'a>(callback: &str, id: &'a str, body: &[u8]) -> Option<(&'a str, u64, String)> {
     let timestamp = unix_now();
     Some((
         id,
         timestamp,
-        webhook_signature(SECRET_BYTES, id, timestamp, body),
+        webhook_signature(&secret_of(callback), id, timestamp, body),
     ))
 }
 
@@ -207,7 +207,7 @@ fn a_signed_callback_reaches_the_provider_with_real_values() {
     rig.provider.behave(Behaviour::Fail(202));
     let people = person(&rig.server, "+14155550199", "Priya Raman", "user-7781");
     let body = callback_body(&people);
-    let (status, answer) = send(&rig, "sms", &body, signed("msg_001", &body));
+    let (status, answer) = send(&rig, "sms", &body, signed("sms", "msg_001", &body));
     assert_eq!(
         status, 202,
         "the caller gets the provider's status: {answer}"
@@ -273,7 +273,7 @@ fn a_callback_changed_after_signing_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550103", "Changed Body", "user-3");
     let body = callback_body(&people);
-    let signed = signed("msg_c", &body);
+    let signed = signed("sms", "msg_c", &body);
     let changed = String::from_utf8(body)
         .unwrap()
         .replace("EXMPL", "EVIL1")
@@ -291,7 +291,7 @@ fn a_callback_outside_the_timestamp_tolerance_is_refused() {
         ("sms", unix_now() + 301),
         ("short", unix_now() - 6),
     ] {
-        let sig = webhook_signature(SECRET_BYTES, "msg_t", timestamp, &body);
+        let sig = webhook_signature(&secret_of(name), "msg_t", timestamp, &body);
         assert_refused(
             &rig,
             send(&rig, name, &body, Some(("msg_t", timestamp, sig))),
@@ -300,7 +300,7 @@ fn a_callback_outside_the_timestamp_tolerance_is_refused() {
     }
     // Within the tolerance it goes through.
     let timestamp = unix_now() - 200;
-    let sig = webhook_signature(SECRET_BYTES, "msg_t2", timestamp, &body);
+    let sig = webhook_signature(&secret_of("sms"), "msg_t2", timestamp, &body);
     assert_eq!(
         send(&rig, "sms", &body, Some(("msg_t2", timestamp, sig))).0,
         200
@@ -312,7 +312,7 @@ fn a_replayed_message_id_is_refused_even_after_a_restart() {
     let mut rig = rig();
     let people = person(&rig.server, "+14155550105", "Replay Person", "user-5");
     let body = callback_body(&people);
-    let first = signed("msg_replay", &body);
+    let first = signed("sms", "msg_replay", &body);
     let (status, _) = send(&rig, "sms", &body, first.clone());
     assert_eq!(status, 200);
     assert_eq!(rig.provider.take().len(), 1);
@@ -336,7 +336,7 @@ fn a_callback_from_outside_its_allow_list_is_refused() {
     let body = callback_body(&people);
     assert_refused(
         &rig,
-        send(&rig, "office", &body, signed("msg_s", &body)),
+        send(&rig, "office", &body, signed("office", "msg_s", &body)),
         403,
     );
 }
@@ -350,7 +350,11 @@ fn a_token_from_another_namespace_is_refused() {
         .unwrap()
         .replace(&people.name, &health[0])
         .into_bytes();
-    assert_refused(&rig, send(&rig, "sms", &body, signed("msg_ns", &body)), 403);
+    assert_refused(
+        &rig,
+        send(&rig, "sms", &body, signed("sms", "msg_ns", &body)),
+        403,
+    );
 }
 
 #[test]
@@ -360,7 +364,12 @@ fn a_purpose_the_callbacks_role_lacks_is_refused() {
     let body = callback_body(&people);
     assert_refused(
         &rig,
-        send(&rig, "wrongpurpose", &body, signed("msg_p", &body)),
+        send(
+            &rig,
+            "wrongpurpose",
+            &body,
+            signed("wrongpurpose", "msg_p", &body),
+        ),
         403,
     );
     drop(rig.server);
@@ -455,7 +464,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
     );
     assert_refused(
         &rig,
-        send(&rig, "sms", &body, signed("msg_consent_1", &body)),
+        send(&rig, "sms", &body, signed("sms", "msg_consent_1", &body)),
         403,
     );
     // Another purpose is unaffected.
@@ -487,7 +496,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
     assert_eq!(v1()["value"], "+14155550109");
     assert_eq!(ct()["value"], "+14155550109");
     assert_eq!(
-        send(&rig, "sms", &body, signed("msg_consent_2", &body)).0,
+        send(&rig, "sms", &body, signed("sms", "msg_consent_2", &body)).0,
         200
     );
     assert_eq!(rig.provider.take().len(), 1);
@@ -518,7 +527,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
     assert_eq!(v1()["error"]["code"], "consent_withdrawn");
     assert_refused(
         &rig,
-        send(&rig, "sms", &body, signed("msg_consent_3", &body)),
+        send(&rig, "sms", &body, signed("sms", "msg_consent_3", &body)),
         403,
     );
 
@@ -663,4 +672,65 @@ fn a_worker_over_its_budget_gets_429_and_nothing_more() {
         .filter(|r| r["actor"] == "budgeted" && r["reason"] == "budget_exceeded")
         .count();
     assert_eq!(hits, 2);
+}
+
+#[test]
+fn a_message_accepted_at_one_callback_is_refused_at_another() {
+    let secrets = tempfile::tempdir().unwrap();
+    let echo_secret = secrets.path().join("echo.secret");
+    fs::write(
+        &echo_secret,
+        format!("whsec_{}", B64.encode(secret_of("echo"))),
+    )
+    .unwrap();
+    fs::set_permissions(&echo_secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let rig = rig_with(&format!(
+        r#"
+[[callbacks]]
+name = "echo"
+path = "/callbacks/echo"
+namespace = "retail"
+purpose = "sms_delivery"
+role = "sms_callback"
+secret_file = "{}"
+reveal_to_caller = true
+fields = [ {{ select = "$.to" }} ]
+"#,
+        echo_secret.display()
+    ));
+    let people = person(&rig.server, "+14155550177", "Once Only", "user-77");
+    let body = callback_body(&people);
+    let (status, _) = send(&rig, "sms", &body, signed("sms", "msg_once", &body));
+    assert_eq!(status, 200);
+    assert_eq!(rig.provider.take().len(), 1);
+
+    // The same message id, genuinely signed for the echo callback (as a
+    // platform that holds both secrets would sign it): refused, revealing
+    // nothing to the caller.
+    let echo_body = serde_json::to_vec(&json!({"to": people.phone})).unwrap();
+    let (status, answer) = send(
+        &rig,
+        "echo",
+        &echo_body,
+        signed("echo", "msg_once", &echo_body),
+    );
+    assert_eq!(status, 401, "{answer}");
+    assert!(!answer.contains("4155550177"), "{answer}");
+    // A fresh id at the echo callback reveals to its caller, as configured.
+    let (status, answer) = send(
+        &rig,
+        "echo",
+        &echo_body,
+        signed("echo", "msg_fresh", &echo_body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("+14155550177"), "{answer}");
+    let mut server = rig.server;
+    assert!(server.stop().success());
+    let replays: Vec<Value> = audit_records(&rig.setup)
+        .into_iter()
+        .filter(|r| r["reason"] == "replayed_message")
+        .collect();
+    assert_eq!(replays.len(), 1, "{replays:?}");
+    assert_eq!(replays[0]["route"], "callback:echo");
 }

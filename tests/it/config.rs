@@ -294,3 +294,95 @@ fn every_key_the_example_sets_is_in_the_configuration_reference() {
         "not in docs/configuration.md: {missing:?}"
     );
 }
+
+/// A `[[callbacks]]` section signing with the secret in `secret`.
+fn callback_section(name: &str, secret: &std::path::Path, tail: &str) -> String {
+    format!(
+        "\n[[callbacks]]\nname = \"{name}\"\npath = \"/callbacks/{name}\"\nnamespace = \"retail\"\npurpose = \"sms_delivery\"\nrole = \"sms_worker\"\nsecret_file = \"{}\"\nfields = [ {{ select = \"$.to\" }} ]\n{tail}\n",
+        secret.display()
+    )
+}
+
+fn secret_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn callbacks_that_share_a_secret_or_reveal_silently_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let forward = "forward = \"https://sms.example.net/send\"";
+    let one = secret_file(dir.path(), "one", "whsec_c2VjcmV0IG9uZQ==\n");
+    let copy = secret_file(dir.path(), "copy", "whsec_c2VjcmV0IG9uZQ==");
+    let two = secret_file(dir.path(), "two", "whsec_c2VjcmV0IHR3bw==");
+    let check = |sections: &str| {
+        let setup = Setup::configure("", &format!("{STANDARD}{sections}"));
+        let out = setup.run(&["config", "check", "--config"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // The same file, and another file with the same text.
+    for shared in [&one, &copy] {
+        let (code, text) = check(
+            &[
+                callback_section("sms", &one, forward),
+                callback_section("echo", shared, forward),
+            ]
+            .concat(),
+        );
+        assert_eq!(code, Some(78), "{text}");
+        assert!(
+            text.contains("callbacks.echo.secret_file: shares its secret with callback `sms`"),
+            "{text}"
+        );
+    }
+    // Neither forward nor reveal_to_caller; and both.
+    let (code, text) = check(&callback_section("echo", &two, ""));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("callbacks.echo.forward"), "{text}");
+    assert!(text.contains("reveal_to_caller = true"), "{text}");
+    let (code, text) = check(&callback_section(
+        "echo",
+        &two,
+        &format!("{forward}\nreveal_to_caller = true"),
+    ));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("callbacks.echo.reveal_to_caller"), "{text}");
+    // Said explicitly: accepted, with a warning.
+    let (code, text) = check(
+        &[
+            callback_section("sms", &one, forward),
+            callback_section("echo", &two, "reveal_to_caller = true"),
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: callback echo answers revealed values to whoever calls it"),
+        "{text}"
+    );
+
+    // Texts that differ but decode to one key: `serve` compares the keys.
+    let raw = secret_file(dir.path(), "raw", "secret one");
+    let setup = Setup::new_with(
+        "",
+        &[
+            callback_section("sms", &one, forward),
+            callback_section("echo", &raw, forward),
+        ]
+        .concat(),
+    );
+    let out = setup.run(&["serve", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("callback echo: shares its signing key with callback sms"),
+        "{stderr}"
+    );
+}

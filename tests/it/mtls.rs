@@ -151,6 +151,7 @@ purpose = "sms_delivery"
 role = "sms_worker"
 secret_file = "{}"
 require_client_cert = true
+reveal_to_caller = true
 fields = [ {{ select = "$.to" }} ]
 "#,
         secret.display()
