@@ -27,8 +27,14 @@ for tool in nginx wrk; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked --quiet
-BIN=target/release/tokenvault
+# TOKENVAULT_BIN measures another build (say, the commit before a change,
+# built in a git worktree) against the same nginx in the same way.
+if [ -n "${TOKENVAULT_BIN:-}" ]; then
+  BIN=$TOKENVAULT_BIN
+else
+  cargo build --release --locked --quiet
+  BIN=target/release/tokenvault
+fi
 WORK=$(mktemp -d)
 cleanup() {
   [ -n "${VAULT_PID:-}" ] && kill "$VAULT_PID" 2>/dev/null || true

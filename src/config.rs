@@ -176,6 +176,16 @@ pub struct FieldRule {
     pub class: String,
 }
 
+/// A field rule on the query string: the parameter's value is tokenized as
+/// `class` (`{ query = "email", class = "email" }`).
+#[derive(Debug, Clone)]
+pub struct QueryRule {
+    /// Parameter name, as decoded.
+    pub name: String,
+    /// The class its value is tokenized as.
+    pub class: String,
+}
+
 /// `[[routes]]`: an egress route.
 #[derive(Debug)]
 pub struct RouteSpec {
@@ -191,8 +201,14 @@ pub struct RouteSpec {
     pub clients: BTreeSet<String>,
     /// Headers injected upstream, with values from files or variables.
     pub headers: Vec<(String, SecretRef)>,
-    /// Field rules.
+    /// Field rules on the body.
     pub fields: Vec<FieldRule>,
+    /// Field rules on the query string.
+    pub query_fields: Vec<QueryRule>,
+    /// The request header that carries the vault API key, for backends
+    /// whose platform library cannot send `Authorization` (lower-case; one
+    /// of `headers`, so the key is replaced before anything goes upstream).
+    pub client_key_header: Option<String>,
     /// What to do with unselected PII.
     pub unselected_pii: UnselectedPii,
     /// Class for `unselected_pii = "tokenize"`.
@@ -946,6 +962,7 @@ struct RawRoute {
     purpose: Option<String>,
     #[serde(default)]
     response_fields: Vec<RawField>,
+    client_key_header: Option<String>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
     #[serde(default)]
@@ -1031,6 +1048,7 @@ struct RawSecret {
 #[derive(Deserialize)]
 struct RawField {
     select: Option<String>,
+    query: Option<String>,
     class: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
@@ -1095,17 +1113,10 @@ impl RawRoute {
         let headers = injected_headers(&section, self.headers, problems);
         let class_known = |class: &str| spec.is_some_and(|ns| ns.classes.contains_key(class));
         let mut fields = Vec::new();
+        let mut query_fields = Vec::new();
         for (i, raw) in self.fields.into_iter().enumerate() {
             let key = format!("{section}.fields[{i}]");
             unknown_keys(problems, &key, &raw.unknown);
-            let selector =
-                match crate::payload::Selector::parse(raw.select.as_deref().unwrap_or("")) {
-                    Ok(selector) => Some(selector),
-                    Err(message) => {
-                        problems.push(Problem::new(format!("{key}.select"), message));
-                        None
-                    }
-                };
             let class = raw.class.unwrap_or_default();
             if spec.is_some() && !class_known(&class) {
                 problems.push(Problem::new(
@@ -1113,8 +1124,33 @@ impl RawRoute {
                     format!("class `{class}` is not defined in namespace `{namespace}`"),
                 ));
             }
-            if let Some(selector) = selector {
-                fields.push(FieldRule { selector, class });
+            match (raw.select, raw.query) {
+                (None, Some(name)) if !name.is_empty() => {
+                    query_fields.push(QueryRule { name, class });
+                }
+                (Some(select), None) => match crate::payload::Selector::parse(&select) {
+                    Ok(selector) => fields.push(FieldRule { selector, class }),
+                    Err(message) => problems.push(Problem::new(format!("{key}.select"), message)),
+                },
+                _ => problems.push(Problem::new(
+                    format!("{key}.select"),
+                    "give exactly one of select (a body selector) and query (a query parameter)",
+                )),
+            }
+        }
+        let client_key_header = self.client_key_header.map(|name| name.to_ascii_lowercase());
+        if let Some(name) = &client_key_header {
+            let injected = headers
+                .iter()
+                .any(|(header, _)| header.eq_ignore_ascii_case(name));
+            if !injected {
+                problems.push(
+                    Problem::new(
+                        format!("{section}.client_key_header"),
+                        format!("`{name}` is not one of the route's injected headers"),
+                    )
+                    .hint("the header that carries the vault key must be replaced by one from `headers`, so that the key never travels upstream"),
+                );
             }
         }
         let unselected_pii = parse_enum::<UnselectedPii>(
@@ -1169,10 +1205,10 @@ impl RawRoute {
         for (i, raw) in self.response_fields.into_iter().enumerate() {
             let key = format!("{section}.response_fields[{i}]");
             unknown_keys(problems, &key, &raw.unknown);
-            if raw.class.is_some() {
+            if raw.class.is_some() || raw.query.is_some() {
                 problems.push(Problem::new(
                     format!("{key}.class"),
-                    "response fields take no class: a token knows its class",
+                    "response fields take only select: a token knows its class",
                 ));
             }
             match crate::payload::Selector::parse(raw.select.as_deref().unwrap_or("")) {
@@ -1200,6 +1236,8 @@ impl RawRoute {
             clients: self.clients.into_iter().collect(),
             headers,
             fields,
+            query_fields,
+            client_key_header,
             unselected_pii,
             unselected_class: self.unselected_class,
             max_depth,

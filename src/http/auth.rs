@@ -58,18 +58,40 @@ pub async fn authenticate_with(
     req: &HttpRequest,
     access: Option<&AccessTokenKey>,
 ) -> Result<Authenticated, ApiError> {
+    authenticate_presented(req, access, None).await
+}
+
+/// Like [`authenticate`]; without an `Authorization` header, the API key may
+/// come in `key_header` (a route's `client_key_header`, for platform
+/// libraries that send their credential in a header of their own).
+pub async fn authenticate_with_key_header(
+    req: &HttpRequest,
+    key_header: Option<&str>,
+) -> Result<Authenticated, ApiError> {
+    authenticate_presented(req, None, key_header).await
+}
+
+async fn authenticate_presented(
+    req: &HttpRequest,
+    access: Option<&AccessTokenKey>,
+    key_header: Option<&str>,
+) -> Result<Authenticated, ApiError> {
     let id = request_id(req);
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Err(ApiError::unauthorized(&id));
     };
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.to_owned())
+    };
+    let presented = header(AUTHORIZATION.as_str())
+        .and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned))
+        .or_else(|| key_header.and_then(header))
+        .map(|key| key.trim().to_owned())
         .filter(|key| !key.is_empty())
-        .map(|key| zeroize::Zeroizing::new(key.to_owned()));
+        .map(zeroize::Zeroizing::new);
     let peer = req.peer_addr().map(|addr| addr.ip());
     // A verified client certificate identifies the caller when no key is
     // presented; a presented key always decides on its own.

@@ -1,6 +1,9 @@
 //! Detectors of PII in fields no rule selected: email addresses, phone
-//! numbers (E.164 and common national formats), and payment card numbers
-//! (Luhn-valid). They report the detector, never the text.
+//! numbers (international numbers that libphonenumber's metadata calls
+//! valid, and common national formats), and payment card numbers (a known
+//! card prefix and Luhn-valid). They report the detector, never the text.
+//! [`scan`] reads text (string values, member names, form and query
+//! parameters); [`scan_number`] reads a JSON number as written.
 
 /// Which detector fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,10 +129,36 @@ fn next_digit_within(chars: &[char], at: usize, gap: usize) -> bool {
         .is_some_and(char::is_ascii_digit)
 }
 
+/// The detectors that fire on a JSON number as written: its digits as an
+/// international number without the `+` (as backends send phones), or as a
+/// card number. Integers only; a timestamp or an order id is neither a
+/// valid number plan entry nor a card with a known prefix.
+pub fn scan_number(written: &str) -> Vec<Detector> {
+    let mut found = Vec::new();
+    if written.is_empty() || !written.bytes().all(|b| b.is_ascii_digit()) {
+        return found;
+    }
+    if is_international(written) {
+        found.push(Detector::Phone);
+    }
+    if is_card(written) {
+        found.push(Detector::Card);
+    }
+    found
+}
+
+/// `digits` (no `+`) is a valid international number per libphonenumber.
+fn is_international(digits: &str) -> bool {
+    (8..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && phonenumber::parse(None, format!("+{digits}"))
+            .is_ok_and(|number| phonenumber::is_valid(&number))
+}
+
 fn is_phone(run: &DigitRun) -> bool {
     let n = run.digits.len();
     if run.plus {
-        return (8..=15).contains(&n) && !run.digits.starts_with('0');
+        return is_international(&run.digits);
     }
     // National formats: 10 or 11 digits written the way people write
     // numbers (grouped, or with a trunk 0 or an area code in brackets);
@@ -138,7 +167,25 @@ fn is_phone(run: &DigitRun) -> bool {
 }
 
 fn is_card(digits: &str) -> bool {
-    (13..=19).contains(&digits.len()) && luhn(digits)
+    (13..=19).contains(&digits.len()) && known_card_prefix(digits) && luhn(digits)
+}
+
+/// Issuer prefixes of the card networks in common use (Visa, Mastercard,
+/// American Express, Discover, JCB, Diners Club, UnionPay, RuPay, Maestro):
+/// without one, a Luhn-valid digit run (one id in ten) is not a card.
+fn known_card_prefix(digits: &str) -> bool {
+    let prefix = |n: usize| digits.get(..n).and_then(|p| p.parse::<u32>().ok());
+    matches!(prefix(1), Some(4))
+        || matches!(
+            prefix(2),
+            Some(34 | 36 | 37 | 38 | 39 | 51..=55 | 60 | 62 | 64 | 65 | 81 | 82)
+        )
+        || matches!(prefix(3), Some(300..=305 | 508 | 353..=358))
+        || matches!(
+            prefix(4),
+            Some(2221..=2720 | 6011 | 6304 | 6759 | 6761..=6763 | 3528..=3589)
+        )
+        || matches!(prefix(2), Some(50 | 56..=59 | 63 | 67))
 }
 
 fn luhn(digits: &str) -> bool {
@@ -184,6 +231,19 @@ mod tests {
             Vec::<Detector>::new(),
             "fails Luhn"
         );
+        for (number, expected) in [
+            ("919000700001", vec![Detector::Phone]),
+            ("14155550123", vec![Detector::Phone]),
+            ("4111111111111111", vec![Detector::Card]),
+            ("1767225600", vec![]),
+            ("1767225600123", vec![]),
+            ("100000123", vec![]),
+            ("20260105", vec![]),
+            ("9000000000000001", vec![]),
+        ] {
+            assert_eq!(scan_number(number), expected, "{number}");
+        }
+        assert!(scan_number("1.5e3").is_empty() && scan_number("-14155550123").is_empty());
         for clean in [
             "CUST-100000",
             "Bengaluru",

@@ -3,6 +3,7 @@
 //! the detectors of unselected PII.
 
 pub mod detect;
+pub mod splice;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -276,20 +277,6 @@ pub fn parse_form(body: &[u8]) -> Result<Value, PayloadError> {
         }
     }
     Ok(Value::Object(object))
-}
-
-/// Re-encodes a form body: the fields of `original`, in their order, with
-/// the (rewritten) values of `document`.
-pub fn encode_form(original: &[u8], document: &Value) -> Vec<u8> {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (name, _) in form_urlencoded::parse(original) {
-        let value = document
-            .get(name.as_ref())
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        out.append_pair(&name, value);
-    }
-    out.finish().into_bytes()
 }
 
 /// One selected field: where it is, the class to tokenize it as, its text.

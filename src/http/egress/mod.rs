@@ -4,24 +4,19 @@
 //! a field that cannot be tokenized, or an audit record that cannot be
 //! written means nothing is forwarded.
 
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
+mod rewrite;
 
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::api::read_body;
-use super::auth::{authenticate, Authenticated, CERTIFICATE_AUTH};
+use super::auth::{authenticate_with_key_header, Authenticated, CERTIFICATE_AUTH};
 use super::context::{LoggedNamespace, RequestId};
 use super::error::{ApiError, ErrorCode};
 use super::{AppState, MetricRoute};
 use crate::audit::{Action, Context, Outcome};
-use crate::config::{RouteSpec, UnselectedPii};
-use crate::payload::{self, detect, PayloadError};
-use crate::pii::Pii;
-use crate::vault::normalize::Normalization;
-use crate::vault::{TokenizeItem, VaultError};
+use crate::config::RouteSpec;
+use crate::payload;
 
 /// The form content type; form fields are selected by name (`$.Email`).
 pub const FORM: &str = "application/x-www-form-urlencoded";
@@ -45,7 +40,50 @@ const NOT_FORWARDED: &[&str] = &[
     "authorization",
     "content-length",
     "content-encoding",
+    // Who the client is, as the caller claims it: never passed on as sent.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
 ];
+
+/// The rest of the path after a route's prefix, if it stays inside the
+/// route: decoded once, it has no `.` or `..` segment, no encoded slash or
+/// backslash, and no control character. A URL library would resolve dot
+/// segments after the upstream's base and so leave it (`/route/../../admin`
+/// reaching `/admin`); refusing them keeps the upstream's base path too.
+fn contained_path(rest: &str) -> Option<&str> {
+    let decoded = percent_decode(rest.as_bytes())?;
+    let encoded_separator = rest
+        .to_ascii_lowercase()
+        .split('%')
+        .skip(1)
+        .any(|hex| hex.starts_with("2f") || hex.starts_with("5c"));
+    let safe = !encoded_separator
+        && !decoded.iter().any(|b| b.is_ascii_control() || *b == b'\\')
+        && decoded
+            .split(|b| *b == b'/')
+            .all(|segment| segment != b"." && segment != b"..");
+    safe.then_some(rest)
+}
+
+/// Percent-decodes once; `None` for a malformed escape.
+fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
 
 /// An egress route ready to serve: its specification, its HTTP client and
 /// the headers it injects (marked sensitive).
@@ -165,7 +203,8 @@ pub async fn handle(
         route: format!("route:{}", route.spec.name),
         operation: "forward",
     });
-    let Authenticated(caller, mut context) = authenticate(&req).await?;
+    let Authenticated(caller, mut context) =
+        authenticate_with_key_header(&req, route.spec.client_key_header.as_deref()).await?;
     context.route = format!("route:{}", route.spec.name);
     actix_web::HttpMessage::extensions_mut(&req)
         .insert(LoggedNamespace(route.spec.namespace.clone()));
@@ -195,8 +234,16 @@ pub async fn handle(
             &id,
         ));
     }
-    let prepared = prepare(&state, route, &caller, &context, &req, payload, &id).await;
-    let (body, gzip, forwarded_already_recorded) = match prepared {
+    let Some(rest) = contained_path(rest) else {
+        record(&state, refuse(Outcome::Denied, "path_outside_route")).await;
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the path leaves the route (dot segments, encoded slashes or control characters)",
+            &id,
+        ));
+    };
+    let prepared = rewrite::prepare(&state, route, &caller, &context, &req, payload, &id).await;
+    let prepared = match prepared {
         Ok(prepared) => prepared,
         Err((error, reason)) => {
             if let Some(reason) = reason {
@@ -207,7 +254,7 @@ pub async fn handle(
     };
     // Fail closed: the forward is recorded before anything leaves (with the
     // tokenization when there was one, in the same commit).
-    if !forwarded_already_recorded {
+    if !prepared.forward_recorded {
         let forward = context
             .record(Action::Forward, Outcome::Ok)
             .namespace(&route.spec.namespace);
@@ -217,7 +264,7 @@ pub async fn handle(
             .await
             .map_err(|error| ApiError::from_vault(error, &id))?;
     }
-    let relayed = send(route, &req, rest, body, gzip, &id).await?;
+    let relayed = send(route, &req, rest, prepared, &id).await?;
     reveal_in_response(&state, route, &caller, &context, relayed, &id).await
 }
 
@@ -227,266 +274,21 @@ async fn record(state: &AppState, record: crate::audit::Record) {
     }
 }
 
-type Refusal = (ApiError, Option<&'static str>);
-
-/// Reads, checks and tokenizes the body. Returns the rewritten body, whether
-/// it was gzip, and whether the forward record was already committed (with
-/// the tokenization).
-async fn prepare(
-    state: &AppState,
-    route: &Route,
-    caller: &crate::policy::Caller,
-    context: &Context,
-    req: &HttpRequest,
-    payload: web::Payload,
-    id: &RequestId,
-) -> Result<(Vec<u8>, bool, bool), Refusal> {
-    let refuse = |code: ErrorCode, message: String, reason: &'static str| {
-        (ApiError::new(code, message, id), Some(reason))
-    };
-    let mime = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let form = mime == FORM;
-    if !route.spec.content_types.contains(&mime) {
-        return Err(refuse(
-            ErrorCode::UnsupportedMediaType,
-            format!(
-                "this route takes {} bodies",
-                route.spec.content_types.join(" or ")
-            ),
-            "unsupported_media_type",
-        ));
-    }
-    let raw = read_body(state, req, payload, id)
-        .await
-        .map_err(|error| (error, Some("body_rejected")))?;
-    let gzip = match req
-        .headers()
-        .get(CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-    {
-        None | Some("identity") => false,
-        Some(encoding) if encoding.eq_ignore_ascii_case("gzip") => true,
-        Some(_) => {
-            return Err(refuse(
-                ErrorCode::UnsupportedMediaType,
-                "only gzip content encoding is accepted".into(),
-                "unsupported_encoding",
-            ))
-        }
-    };
-    let body = if gzip {
-        let limit = state.limits.max_body_bytes;
-        let mut decoded = zeroize::Zeroizing::new(Vec::new());
-        let read = flate2::read::GzDecoder::new(raw.as_slice())
-            .take(limit as u64 + 1)
-            .read_to_end(&mut decoded);
-        if read.is_err() {
-            return Err(refuse(
-                ErrorCode::InvalidRequest,
-                "the gzip body does not decode".into(),
-                "malformed_body",
-            ));
-        }
-        if decoded.len() > limit {
-            return Err(refuse(
-                ErrorCode::PayloadTooLarge,
-                format!("the decoded body is larger than {limit} bytes"),
-                "body_too_large",
-            ));
-        }
-        decoded
-    } else {
-        raw
-    };
-    let parsed = if form {
-        payload::parse_form(&body)
-    } else {
-        payload::parse_strict(&body, route.spec.max_depth)
-    };
-    let mut document = parsed.map_err(|error| {
-        let code = if matches!(error, PayloadError::NotScalar(_)) {
-            ErrorCode::Unprocessable
-        } else {
-            ErrorCode::InvalidRequest
-        };
-        refuse(code, error.to_string(), "malformed_body")
-    })?;
-    let selectors: Vec<&payload::Selector> = route
-        .spec
-        .fields
-        .iter()
-        .map(|rule| &rule.selector)
-        .collect();
-    let selected = payload::select(&document, &selectors).map_err(|error| {
-        refuse(
-            ErrorCode::Unprocessable,
-            error.to_string(),
-            "selected_field_not_a_value",
-        )
-    })?;
-    let namespace = &route.spec.namespace;
-    let spec = state.vault.namespace_spec(namespace);
-    let mut places: Vec<String> = Vec::with_capacity(selected.len());
-    let mut items: Vec<TokenizeItem> = Vec::with_capacity(selected.len());
-    for field in selected {
-        let class = route.spec.fields[field.rule].class.clone();
-        let e164 = spec
-            .and_then(|ns| ns.classes.get(&class))
-            .is_some_and(|c| c.normalize == Normalization::E164);
-        // Phones sent as JSON numbers carry no `+`: the digits are the
-        // international number.
-        let value = if field.was_number && e164 {
-            Pii::new(format!("+{}", field.value.expose()))
-        } else {
-            field.value
-        };
-        places.push(field.pointer);
-        items.push(TokenizeItem {
-            class,
-            value,
-            subject: None,
-        });
-    }
-    let skip: BTreeSet<String> = places.iter().cloned().collect();
-    let mut findings = Vec::new();
-    for (pointer, text) in payload::unselected_strings(&document, &skip) {
-        let found = detect::scan(text);
-        if !found.is_empty() {
-            findings.push((pointer, found, Pii::new(text.to_owned())));
-        }
-    }
-    for (pointer, detectors, _) in &findings {
-        let detectors: Vec<&str> = detectors.iter().map(|d| d.as_str()).collect();
-        tracing::warn!(request_id = %id, route = %route.spec.name, path = %route.names.safe_pointer(pointer), detectors = ?detectors, mode = ?route.spec.unselected_pii, "PII found in a field no rule selects");
-    }
-    if !findings.is_empty() {
-        match route.spec.unselected_pii {
-            UnselectedPii::Block => {
-                let paths: Vec<String> = findings
-                    .iter()
-                    .map(|(p, _, _)| route.names.safe_pointer(p))
-                    .collect();
-                return Err(refuse(
-                    ErrorCode::Unprocessable,
-                    format!(
-                        "personal data in fields no rule selects: {}",
-                        paths.join(", ")
-                    ),
-                    "unselected_pii",
-                ));
-            }
-            UnselectedPii::Tokenize => {
-                let class = route.spec.unselected_class.clone().unwrap_or_default();
-                for (pointer, _, value) in findings {
-                    places.push(pointer);
-                    items.push(TokenizeItem {
-                        class: class.clone(),
-                        value,
-                        subject: None,
-                    });
-                }
-            }
-            UnselectedPii::Report => {
-                let mut record = context
-                    .record(Action::Forward, Outcome::Ok)
-                    .namespace(namespace)
-                    .reason("unselected_pii_reported");
-                record.item_count = findings.len() as u64;
-                state
-                    .vault
-                    .record(vec![record])
-                    .await
-                    .map_err(|error| (ApiError::from_vault(error, id), None))?;
-            }
-        }
-    }
-    let mut tokens = Vec::new();
-    let forward_recorded = !items.is_empty();
-    if forward_recorded {
-        let forward = context
-            .record(Action::Forward, Outcome::Ok)
-            .namespace(namespace);
-        tokens = state
-            .vault
-            .tokenize_and_record(context, caller, namespace, items, vec![forward])
-            .await
-            .map_err(|error| {
-                let api = match &error {
-                    VaultError::Item { index, problem } => ApiError::new(
-                        ErrorCode::Unprocessable,
-                        format!(
-                            "field {} cannot be tokenized: {problem}",
-                            places
-                                .get(*index)
-                                .map(|p| route.names.safe_pointer(p))
-                                .unwrap_or_default()
-                        ),
-                        id,
-                    ),
-                    _ => ApiError::from_vault(error, id),
-                };
-                // The engine has recorded the failure itself.
-                (api, None)
-            })?
-            .into_iter()
-            .map(|t| t.token)
-            .collect();
-    }
-    for (pointer, token) in places.iter().zip(&tokens) {
-        if token.len() > MAX_UPSTREAM_TOKEN_BYTES {
-            return Err(refuse(
-                ErrorCode::Unprocessable,
-                format!(
-                    "the token for {} exceeds {MAX_UPSTREAM_TOKEN_BYTES} bytes",
-                    route.names.safe_pointer(pointer)
-                ),
-                "token_too_long",
-            ));
-        }
-        if !payload::replace(&mut document, pointer, token.clone()) {
-            return Err(refuse(
-                ErrorCode::Unprocessable,
-                format!("field {} vanished", route.names.safe_pointer(pointer)),
-                "rewrite_failed",
-            ));
-        }
-    }
-    let mut out = if form {
-        payload::encode_form(&body, &document)
-    } else {
-        // Invariant: a serde_json::Value always serializes.
-        serde_json::to_vec(&document).expect("JSON value serializes")
-    };
-    drop(body);
-    if gzip {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder
-            .write_all(&out)
-            .and_then(|_| encoder.finish().map(|bytes| out = bytes))
-            .map_err(|_| refuse(ErrorCode::Internal, "internal error".into(), "gzip_failed"))?;
-    }
-    Ok((out, gzip, forward_recorded))
-}
-
 /// Forwards the rewritten request and relays the answer.
 async fn send(
     route: &Route,
     req: &HttpRequest,
     rest: &str,
-    body: Vec<u8>,
-    gzip: bool,
+    prepared: rewrite::Prepared,
     id: &RequestId,
 ) -> Result<Relayed, ApiError> {
+    let rewrite::Prepared {
+        body, gzip, query, ..
+    } = prepared;
     let mut url = format!("{}{}", route.spec.upstream, rest);
-    if !req.query_string().is_empty() {
+    if !query.is_empty() {
         url.push('?');
-        url.push_str(req.query_string());
+        url.push_str(&query);
     }
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "unsupported method", id))?;

@@ -1,0 +1,323 @@
+//! Byte-exact rewriting: where each value and member name sits in the
+//! original body, so that tokens are spliced into those spans and every
+//! other byte (numbers as written, key order, whitespace, escapes) goes out
+//! as it came in.
+//!
+//! The layout scanner runs only on a body that `parse_strict` accepted
+//! (valid UTF-8 JSON, no duplicate keys, bounded depth), so it can be a
+//! small, trusting scanner; it still never indexes past the end.
+
+use std::collections::HashMap;
+
+/// A byte range `start..end` of the original body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+}
+
+/// The kind of a scalar leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaf {
+    /// A string (the span includes the quotes).
+    String,
+    /// A number, as written.
+    Number,
+    /// `true`, `false` or `null`.
+    Literal,
+}
+
+/// One object member name: the pointer of the member it names, and the span
+/// of the name (with its quotes).
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// JSON pointer of the member.
+    pub pointer: String,
+    /// Span of the quoted name.
+    pub span: Span,
+}
+
+/// Where every scalar and every member name of a JSON body is.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// Scalar leaves by JSON pointer (RFC 6901, as `serde_json_path` writes
+    /// them).
+    pub leaves: HashMap<String, (Leaf, Span)>,
+    /// Every member name, in document order.
+    pub keys: Vec<Key>,
+}
+
+impl Layout {
+    /// Scans a body that `parse_strict` accepted.
+    pub fn scan(body: &[u8]) -> Self {
+        let mut scanner = Scanner {
+            bytes: body,
+            pos: 0,
+            pointer: String::new(),
+            layout: Layout::default(),
+        };
+        scanner.value();
+        scanner.layout
+    }
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    pointer: String,
+    layout: Layout,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> u8 {
+        self.bytes.get(self.pos).copied().unwrap_or(0)
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
+            self.pos += 1;
+        }
+    }
+
+    fn value(&mut self) {
+        self.whitespace();
+        let start = self.pos;
+        let leaf = match self.peek() {
+            b'{' => return self.object(),
+            b'[' => return self.array(),
+            b'"' => {
+                self.string();
+                Leaf::String
+            }
+            b't' | b'f' | b'n' => {
+                while self.peek().is_ascii_alphabetic() {
+                    self.pos += 1;
+                }
+                Leaf::Literal
+            }
+            _ => {
+                while matches!(self.peek(), b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    self.pos += 1;
+                }
+                Leaf::Number
+            }
+        };
+        let span = Span {
+            start,
+            end: self.pos,
+        };
+        self.layout
+            .leaves
+            .insert(self.pointer.clone(), (leaf, span));
+    }
+
+    /// Consumes a string, quotes included.
+    fn string(&mut self) {
+        self.pos += 1;
+        while self.pos < self.bytes.len() {
+            match self.bytes[self.pos] {
+                b'\\' => self.pos += 2,
+                b'"' => {
+                    self.pos += 1;
+                    return;
+                }
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    fn object(&mut self) {
+        self.pos += 1;
+        let base = self.pointer.len();
+        loop {
+            self.whitespace();
+            match self.peek() {
+                b'}' => {
+                    self.pos += 1;
+                    return;
+                }
+                b',' => {
+                    self.pos += 1;
+                    continue;
+                }
+                b'"' => {}
+                // Only a body parse_strict accepted gets here.
+                _ => return,
+            }
+            let start = self.pos;
+            self.string();
+            let span = Span {
+                start,
+                end: self.pos,
+            };
+            let name = unquote(&self.bytes[span.start..span.end]);
+            self.pointer.push('/');
+            self.pointer
+                .push_str(&name.replace('~', "~0").replace('/', "~1"));
+            self.layout.keys.push(Key {
+                pointer: self.pointer.clone(),
+                span,
+            });
+            self.whitespace();
+            if self.peek() == b':' {
+                self.pos += 1;
+            }
+            self.value();
+            self.pointer.truncate(base);
+        }
+    }
+
+    fn array(&mut self) {
+        self.pos += 1;
+        let base = self.pointer.len();
+        let mut index = 0usize;
+        loop {
+            self.whitespace();
+            match self.peek() {
+                b']' => {
+                    self.pos += 1;
+                    return;
+                }
+                b',' => {
+                    self.pos += 1;
+                    continue;
+                }
+                0 => return,
+                _ => {}
+            }
+            self.pointer.push('/');
+            self.pointer.push_str(&index.to_string());
+            self.value();
+            self.pointer.truncate(base);
+            index += 1;
+        }
+    }
+}
+
+/// The text of a quoted JSON string (escapes decoded).
+pub fn unquote(quoted: &[u8]) -> String {
+    let inner = &quoted[1.min(quoted.len())..quoted.len().saturating_sub(1).max(1)];
+    if !inner.contains(&b'\\') {
+        return String::from_utf8_lossy(inner).into_owned();
+    }
+    serde_json::from_slice::<String>(quoted).unwrap_or_default()
+}
+
+/// `body` with each span replaced by its bytes; spans must not overlap.
+pub fn splice(body: &[u8], mut edits: Vec<(Span, Vec<u8>)>) -> Vec<u8> {
+    edits.sort_by_key(|(span, _)| span.start);
+    let added: usize = edits.iter().map(|(_, bytes)| bytes.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    let mut at = 0;
+    for (span, bytes) in edits {
+        out.extend_from_slice(&body[at..span.start]);
+        out.extend_from_slice(&bytes);
+        at = span.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    out
+}
+
+/// A JSON string literal of `text`.
+pub fn json_string(text: &str) -> Vec<u8> {
+    // Invariant: a string always serializes.
+    serde_json::to_vec(text).expect("a string serializes")
+}
+
+/// One `name=value` pair of a form body, as spans of the original bytes.
+#[derive(Debug, Clone)]
+pub struct FormPair {
+    /// The decoded name.
+    pub name: String,
+    /// The encoded name's span.
+    pub name_span: Span,
+    /// The encoded value's span (empty when there is no `=`).
+    pub value_span: Span,
+}
+
+/// The pairs of a form body (or a query string), in order.
+pub fn form_pairs(body: &[u8]) -> Vec<FormPair> {
+    let mut pairs = Vec::new();
+    let mut start = 0;
+    while start <= body.len() {
+        let end = body[start..]
+            .iter()
+            .position(|b| *b == b'&')
+            .map_or(body.len(), |i| start + i);
+        if end > start {
+            let pair = &body[start..end];
+            let (name_end, value_start) = match pair.iter().position(|b| *b == b'=') {
+                Some(eq) => (start + eq, start + eq + 1),
+                None => (end, end),
+            };
+            let name = form_urlencoded::parse(&body[start..name_end])
+                .next()
+                .map(|(name, _)| name.into_owned())
+                .unwrap_or_default();
+            pairs.push(FormPair {
+                name,
+                name_span: Span {
+                    start,
+                    end: name_end,
+                },
+                value_span: Span {
+                    start: value_start,
+                    end,
+                },
+            });
+        }
+        start = end + 1;
+    }
+    pairs
+}
+
+/// The form encoding of `text`.
+pub fn form_encode(text: &str) -> Vec<u8> {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_locate_leaves_and_keys_exactly() {
+        let body = br#" { "a" : [ 1e2 , -0, "x\"y" ], "b~/c": {"d": true}, "\u0065": null } "#;
+        let layout = Layout::scan(body);
+        let text = |pointer: &str| {
+            let (_, span) = layout.leaves[pointer];
+            std::str::from_utf8(&body[span.start..span.end]).unwrap()
+        };
+        assert_eq!(text("/a/0"), "1e2");
+        assert_eq!(text("/a/1"), "-0");
+        assert_eq!(text("/a/2"), r#""x\"y""#);
+        assert_eq!(text("/b~0~1c/d"), "true");
+        assert_eq!(text("/e"), "null");
+        let names: Vec<&str> = layout.keys.iter().map(|k| k.pointer.as_str()).collect();
+        assert_eq!(names, ["/a", "/b~0~1c", "/b~0~1c/d", "/e"]);
+        let spliced = splice(body, vec![(layout.leaves["/a/0"].1, json_string("TKN"))]);
+        assert_eq!(
+            spliced,
+            br#" { "a" : [ "TKN" , -0, "x\"y" ], "b~/c": {"d": true}, "\u0065": null } "#
+        );
+    }
+
+    #[test]
+    fn form_pairs_keep_their_bytes() {
+        let body = b"b=1&email=a%40b.example&&flag&x=%2B1+2";
+        let pairs = form_pairs(body);
+        let names: Vec<&str> = pairs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b", "email", "flag", "x"]);
+        let email = &pairs[1];
+        assert_eq!(
+            &body[email.value_span.start..email.value_span.end],
+            b"a%40b.example"
+        );
+        let out = splice(body, vec![(email.value_span, form_encode("t@k.invalid"))]);
+        assert_eq!(out, b"b=1&email=t%40k.invalid&&flag&x=%2B1+2");
+    }
+}
