@@ -164,8 +164,12 @@ impl Scanner<'_> {
             if self.peek() == b':' {
                 self.pos += 1;
             }
+            let before = self.pos;
             self.value();
             self.pointer.truncate(base);
+            if self.pos == before {
+                return;
+            }
         }
     }
 
@@ -189,9 +193,15 @@ impl Scanner<'_> {
             }
             self.pointer.push('/');
             self.pointer.push_str(&index.to_string());
+            let before = self.pos;
             self.value();
             self.pointer.truncate(base);
             index += 1;
+            // Never loop on bytes that are not JSON (only a body that
+            // parse_strict accepted gets here, but stay total anyway).
+            if self.pos == before {
+                return;
+            }
         }
     }
 }
@@ -319,5 +329,151 @@ mod tests {
         );
         let out = splice(body, vec![(email.value_span, form_encode("t@k.invalid"))]);
         assert_eq!(out, b"b=1&email=t%40k.invalid&&flag&x=%2B1+2");
+    }
+
+    mod property {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::super::*;
+
+        fn whitespace() -> impl Strategy<Value = &'static str> {
+            prop_oneof![Just(""), Just(" "), Just("\n  "), Just("\t"), Just("\r\n")]
+        }
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("-0".to_owned()),
+                Just("1e2".to_owned()),
+                Just("1E+2".to_owned()),
+                Just("123456789012345678901234567890".to_owned()),
+                Just("919000700001".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                (any::<u32>(), 0u32..1000, -20i32..20).prop_map(|(a, b, e)| format!("{a}.{b}e{e}")),
+            ]
+        }
+
+        fn string() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z0-9 @.+/~-]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just('"'),
+                        Just('\\'),
+                        Just('\n'),
+                        Just('é'),
+                        Just('😀'),
+                        Just('a')
+                    ],
+                    0..6
+                )
+                .prop_map(
+                    |chars| serde_json::to_string(&chars.into_iter().collect::<String>()).unwrap()
+                ),
+                Just(r#""\u0041\u00e9\ud83d\ude00""#.to_owned()),
+            ]
+        }
+
+        fn document() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                number(),
+                string(),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                Just("null".to_owned()),
+            ];
+            leaf.prop_recursive(4, 48, 5, |inner| {
+                prop_oneof![
+                    proptest::collection::vec((inner.clone(), whitespace()), 0..5).prop_map(
+                        |items| {
+                            let items: Vec<String> =
+                                items.iter().map(|(v, w)| format!("{w}{v}{w}")).collect();
+                            format!("[{}]", items.join(","))
+                        }
+                    ),
+                    proptest::collection::vec(("[a-z/~]{0,3}", inner, whitespace()), 0..5)
+                        .prop_map(|members| {
+                            // Unique names, in whatever order they came.
+                            let members: Vec<String> = members
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (key, value, w))| {
+                                    let name = serde_json::to_string(&format!("{key}{i}")).unwrap();
+                                    format!("{w}{name}{w}:{w}{value}{w}")
+                                })
+                                .collect();
+                            format!("{{{}}}", members.join(","))
+                        }),
+                ]
+            })
+        }
+
+        /// Every scalar's JSON pointer in a parsed value.
+        fn leaves(value: &Value, pointer: String, out: &mut Vec<String>) {
+            match value {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        leaves(item, format!("{pointer}/{i}"), out);
+                    }
+                }
+                Value::Object(members) => {
+                    for (name, item) in members {
+                        let escaped = name.replace('~', "~0").replace('/', "~1");
+                        leaves(item, format!("{pointer}/{escaped}"), out);
+                    }
+                }
+                _ => out.push(pointer),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn splicing_changes_only_the_selected_values(
+                (outer, text) in (whitespace(), document()),
+                mask in proptest::collection::vec(any::<bool>(), 64),
+            ) {
+                let body = format!("{outer}{text}{outer}").into_bytes();
+                let parsed = crate::payload::parse_strict(&body, 100);
+                prop_assume!(parsed.is_ok());
+                let mut expected = parsed.unwrap();
+                let mut pointers = Vec::new();
+                leaves(&expected, String::new(), &mut pointers);
+                let layout = Layout::scan(&body);
+                let mut edits = Vec::new();
+                for (i, pointer) in pointers.iter().enumerate() {
+                    let (_, span) = layout.leaves[pointer];
+                    // Each span holds exactly the value at its pointer.
+                    let at: Value = serde_json::from_slice(&body[span.start..span.end]).unwrap();
+                    prop_assert_eq!(&at, expected.pointer(pointer).unwrap());
+                    if mask.get(i).copied().unwrap_or(false) {
+                        let token = format!("TKN_{i}");
+                        edits.push((span, json_string(&token)));
+                        *expected.pointer_mut(pointer).unwrap() = Value::String(token);
+                    }
+                }
+                let spans: Vec<Span> = edits.iter().map(|(span, _)| *span).collect();
+                let out = splice(&body, edits);
+                // The output parses, and equals the input with only the
+                // selected values replaced.
+                let reparsed: Value = serde_json::from_slice(&out).unwrap();
+                prop_assert_eq!(reparsed, expected);
+                // Every byte outside the selected spans is unchanged.
+                let mut sorted = spans.clone();
+                sorted.sort_by_key(|s| s.start);
+                let (mut at, mut out_at) = (0usize, 0usize);
+                for span in sorted {
+                    let kept = span.start - at;
+                    prop_assert_eq!(&out[out_at..out_at + kept], &body[at..span.start]);
+                    out_at += kept;
+                    // Skip the token the span became.
+                    let token_len = out[out_at..].iter().skip(1).position(|b| *b == b'"').unwrap() + 2;
+                    out_at += token_len;
+                    at = span.end;
+                }
+                prop_assert_eq!(&out[out_at..], &body[at..]);
+            }
+        }
     }
 }
