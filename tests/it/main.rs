@@ -13,6 +13,7 @@ mod config;
 mod dev;
 mod durability;
 mod egress;
+mod fidelity;
 mod leak;
 mod logs;
 mod metrics;
