@@ -332,7 +332,7 @@ pub struct NamespaceSpec {
 }
 
 /// `[namespaces.NAME.classes.CLASS]`
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClassSpec {
     /// Normalization applied before indexing and sealing.
     pub normalize: Normalization,
@@ -340,6 +340,9 @@ pub struct ClassSpec {
     pub format: TokenFormat,
     /// Same value, same token (through the blind index).
     pub deterministic: bool,
+    /// Number blocks (E.164 prefixes) phone tokens are drawn from; empty:
+    /// any number of the value's country.
+    pub token_prefixes: Vec<String>,
 }
 
 /// One configuration problem: the key it is about, what is wrong, what to do.
@@ -461,6 +464,7 @@ impl Config {
             normalize,
             format,
             deterministic,
+            token_prefixes: Vec::new(),
         };
         let classes = BTreeMap::from([
             (
@@ -1342,6 +1346,8 @@ struct RawClass {
     normalize: Option<String>,
     format: Option<String>,
     deterministic: Option<bool>,
+    #[serde(default)]
+    token_prefixes: Vec<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1808,12 +1814,33 @@ impl RawNamespace {
                         "format = \"phone\" needs normalize = \"e164\" to find the country code",
                     ));
                 }
+                if !raw.token_prefixes.is_empty() && format != TokenFormat::Phone {
+                    problems.push(Problem::new(
+                        format!("{key}.token_prefixes"),
+                        "number blocks apply to format = \"phone\" only",
+                    ));
+                }
+                for prefix in &raw.token_prefixes {
+                    if !crate::crypto::tokens::valid_block(prefix) {
+                        problems.push(
+                            Problem::new(
+                                format!("{key}.token_prefixes"),
+                                format!("`{prefix}` is not a usable number block"),
+                            )
+                            .hint(format!(
+                                "write `+`, a country calling code and more digits, leaving at least {} digits of the 15 an E.164 number may have, e.g. \"+447700900\"",
+                                crate::crypto::tokens::MIN_BLOCK_RANDOM_DIGITS
+                            )),
+                        );
+                    }
+                }
                 classes.insert(
                     class_name,
                     ClassSpec {
                         normalize,
                         format,
                         deterministic: raw.deterministic.unwrap_or(true),
+                        token_prefixes: raw.token_prefixes,
                     },
                 );
             }

@@ -74,6 +74,7 @@ struct Metrics {
     audit_write: Histogram,
     store_bytes: Family<FileLabels, Gauge>,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    phone_token_collisions: Counter,
 }
 
 fn request_histogram() -> Histogram {
@@ -139,8 +140,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Certificate reloads on SIGHUP, by outcome",
         tls_reloads.clone(),
     );
+    let phone_token_collisions = Counter::default();
+    registry.register(
+        "phone_token_collisions",
+        "Minted phone tokens that equalled a stored number of their class and were minted again",
+        phone_token_collisions.clone(),
+    );
     Metrics {
         registry,
+        phone_token_collisions,
         requests,
         latency,
         tokens_created,
@@ -237,6 +245,12 @@ pub fn upstream_error(route: &str, kind: &'static str) {
             kind,
         })
         .inc();
+}
+
+/// Counts a minted phone token that equalled a stored number and was
+/// minted again.
+pub fn phone_token_collision() {
+    METRICS.phone_token_collisions.inc();
 }
 
 /// Counts a SIGHUP certificate reload.

@@ -55,6 +55,74 @@ pub enum FormatError {
     /// A length-preserving format needs enough letters or digits to randomize.
     #[error("value is too short for a length-preserving token")]
     TooShort,
+    /// No configured number block is short enough for the value's length.
+    #[error("no token block of the class fits a number of this length")]
+    NoBlockFits,
+}
+
+/// Fewest random digits a phone token drawn from a configured number block
+/// keeps after the block's prefix. The prefix, not the value, decides the
+/// rest, so the value's shape is not the concern here; a block of 100
+/// numbers is the smallest that still serves a site.
+pub const MIN_BLOCK_RANDOM_DIGITS: usize = 2;
+
+/// Mints a fresh token for `normalized` in `format`; phone tokens come from
+/// one of `blocks` (E.164 prefixes such as `+447700900`) when any are given.
+pub fn mint_in_blocks(
+    format: TokenFormat,
+    normalized: &str,
+    token_domain: &str,
+    blocks: &[String],
+) -> Result<String, FormatError> {
+    if format == TokenFormat::Phone && !blocks.is_empty() {
+        return block_phone_token(&mut rand::thread_rng(), normalized, blocks);
+    }
+    mint(format, normalized, token_domain)
+}
+
+/// A phone token of `normalized`'s length from one of `blocks`: blocks of
+/// the value's own country first, any block that fits the length otherwise.
+fn block_phone_token(
+    rng: &mut impl Rng,
+    normalized: &str,
+    blocks: &[String],
+) -> Result<String, FormatError> {
+    let digits = normalized
+        .strip_prefix('+')
+        .ok_or(FormatError::UnknownCountryCode)?;
+    let code = country_code(digits).ok_or(FormatError::UnknownCountryCode)?;
+    let fits = |block: &&String| block.len() - 1 + MIN_BLOCK_RANDOM_DIGITS <= digits.len();
+    let same_country: Vec<&String> = blocks
+        .iter()
+        .filter(fits)
+        .filter(|block| block[1..].starts_with(code))
+        .collect();
+    let candidates: Vec<&String> = if same_country.is_empty() {
+        blocks.iter().filter(fits).collect()
+    } else {
+        same_country
+    };
+    if candidates.is_empty() {
+        return Err(FormatError::NoBlockFits);
+    }
+    let block = candidates[rng.gen_range(0..candidates.len())];
+    let mut token = String::with_capacity(normalized.len());
+    token.push_str(block);
+    token
+        .extend((block.len() - 1..digits.len()).map(|_| char::from(b'0' + rng.gen_range(0..10u8))));
+    Ok(token)
+}
+
+/// Whether `prefix` can be a number block: `+`, a known country calling
+/// code and more digits, leaving room for [`MIN_BLOCK_RANDOM_DIGITS`] in the
+/// longest E.164 number (15 digits).
+pub fn valid_block(prefix: &str) -> bool {
+    prefix.strip_prefix('+').is_some_and(|digits| {
+        !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.len() + MIN_BLOCK_RANDOM_DIGITS <= 15
+            && country_code(&format!("{digits}00")).is_some_and(|code| code.len() <= digits.len())
+    })
 }
 
 /// Mints a fresh token for `normalized` in `format`.

@@ -28,6 +28,9 @@ pub use crate::store::AuditState;
 pub const MAX_VALUE_BYTES: usize = 4096;
 /// Times a taken token is re-minted before the request fails.
 const MINT_ATTEMPTS: usize = 8;
+/// Times a phone token that equals a stored number is re-minted before the
+/// request fails (a small number block can be nearly full).
+const PHONE_MINT_ATTEMPTS: usize = 64;
 
 /// One value to tokenize.
 #[derive(Debug)]
@@ -182,7 +185,7 @@ pub struct Vault {
 
 struct Pending<'a> {
     class_name: &'a str,
-    class: ClassSpec,
+    class: &'a ClassSpec,
     normalized: Pii,
     blind_index: Option<[u8; 32]>,
     subject_hash: Option<[u8; 32]>,
@@ -436,7 +439,7 @@ impl Vault {
                 .map_err(|e| item_error(e.into()))?;
             pending.push(Pending {
                 class_name,
-                class: *class,
+                class,
                 blind_index: class
                     .deterministic
                     .then(|| keys.blind_index(class_name, normalized.expose())),
@@ -500,32 +503,38 @@ impl Vault {
             if open.is_empty() {
                 break;
             }
-            let rows =
-                open.iter()
-                    .map(|&i| {
-                        let p = &mut pending[i];
-                        p.candidate = mint(&p.class, &p.normalized, &ns.spec.token_domain)
-                            .map_err(|e| VaultError::Item {
-                                index: i,
-                                problem: e.into(),
-                            })?;
-                        let binding = Binding {
-                            namespace,
-                            class: p.class_name,
-                            token: &p.candidate,
-                        };
-                        Ok(NewRow {
-                            token: p.candidate.clone(),
-                            class: p.class_name.to_owned(),
-                            key_version: keys.sealer().version(),
-                            sealed: keys
-                                .sealer()
-                                .seal(binding, p.normalized.expose().as_bytes()),
-                            blind_index: p.blind_index,
-                            subject_hash: p.subject_hash,
-                        })
+            for &i in &open {
+                let p = &mut pending[i];
+                p.candidate = mint(p.class, &p.normalized, &ns.spec.token_domain).map_err(|e| {
+                    VaultError::Item {
+                        index: i,
+                        problem: e.into(),
+                    }
+                })?;
+            }
+            self.avoid_stored_numbers(namespace, keys, &mut pending, &open)
+                .await?;
+            let rows = open
+                .iter()
+                .map(|&i| {
+                    let p = &pending[i];
+                    let binding = Binding {
+                        namespace,
+                        class: p.class_name,
+                        token: &p.candidate,
+                    };
+                    Ok(NewRow {
+                        token: p.candidate.clone(),
+                        class: p.class_name.to_owned(),
+                        key_version: keys.sealer().version(),
+                        sealed: keys
+                            .sealer()
+                            .seal(binding, p.normalized.expose().as_bytes()),
+                        blind_index: p.blind_index,
+                        subject_hash: p.subject_hash,
                     })
-                    .collect::<Result<Vec<_>, VaultError>>()?;
+                })
+                .collect::<Result<Vec<_>, VaultError>>()?;
             let outcomes = self.store.insert(namespace, rows, records.clone()).await?;
             let mut taken = Vec::new();
             let mut round_tokens = Vec::new();
@@ -560,6 +569,77 @@ impl Vault {
             return Err(VaultError::Exhausted);
         }
         Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Re-mints every phone-format candidate among `open` that equals a
+    /// number stored in its class, or one being stored by this request: a
+    /// message sent to a token by mistake must not reach a real person whose
+    /// number the vault holds. Deterministic classes only (a random class
+    /// keeps no index to look a number up by).
+    async fn avoid_stored_numbers(
+        &self,
+        namespace: &str,
+        keys: &NamespaceKeys,
+        pending: &mut [Pending<'_>],
+        open: &[usize],
+    ) -> Result<(), VaultError> {
+        let in_request: std::collections::HashSet<[u8; 32]> =
+            pending.iter().filter_map(|p| p.blind_index).collect();
+        let mut check: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| {
+                pending[i].class.format == tokens::TokenFormat::Phone
+                    && pending[i].class.deterministic
+            })
+            .collect();
+        for _attempt in 0..PHONE_MINT_ATTEMPTS {
+            if check.is_empty() {
+                return Ok(());
+            }
+            let lookups: Vec<(String, [u8; 32])> = check
+                .iter()
+                .map(|&i| {
+                    let p = &pending[i];
+                    (
+                        p.class_name.to_owned(),
+                        keys.blind_index(p.class_name, &p.candidate),
+                    )
+                })
+                .collect();
+            let store = self.store.clone();
+            let owned_namespace = namespace.to_owned();
+            let (lookups, found) = tokio::task::spawn_blocking(move || {
+                let keys: Vec<(&str, [u8; 32])> = lookups
+                    .iter()
+                    .map(|(class, index)| (class.as_str(), *index))
+                    .collect();
+                store
+                    .find_by_blind_index(&owned_namespace, &keys)
+                    .map(|found| (lookups, found))
+            })
+            .await
+            .map_err(|_| StoreError::ReadTask)??;
+            let mut again = Vec::new();
+            for ((&i, (_, index)), stored) in check.iter().zip(&lookups).zip(found) {
+                if stored.is_some() || in_request.contains(index) {
+                    crate::metrics::phone_token_collision();
+                    let p = &mut pending[i];
+                    p.candidate = mint(
+                        p.class,
+                        &p.normalized,
+                        &self.namespace(namespace)?.spec.token_domain,
+                    )
+                    .map_err(|e| VaultError::Item {
+                        index: i,
+                        problem: e.into(),
+                    })?;
+                    again.push(i);
+                }
+            }
+            check = again;
+        }
+        Err(VaultError::Exhausted)
     }
 
     /// Reveals the values of `tokens` for `purpose`, in order, as the caller's
@@ -860,7 +940,12 @@ impl Vault {
 /// by chance, reproduce its input).
 fn mint(class: &ClassSpec, normalized: &Pii, token_domain: &str) -> Result<String, FormatError> {
     loop {
-        let token = tokens::mint(class.format, normalized.expose(), token_domain)?;
+        let token = tokens::mint_in_blocks(
+            class.format,
+            normalized.expose(),
+            token_domain,
+            &class.token_prefixes,
+        )?;
         if token != normalized.expose() {
             return Ok(token);
         }

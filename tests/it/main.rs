@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod mtls;
 mod openapi;
+mod phone_tokens;
 mod scan;
 mod support;
 mod tamper;
