@@ -87,6 +87,7 @@ impl InProcess {
                 normalize: Normalization::Email,
                 format: TokenFormat::Email,
                 deterministic: true,
+                token_prefixes: Vec::new(),
             },
         )]);
         let namespaces = BTreeMap::from([(
