@@ -18,6 +18,7 @@ mod leak;
 mod logs;
 mod metrics;
 mod mtls;
+mod node_library;
 mod openapi;
 mod phone_tokens;
 mod scan;
