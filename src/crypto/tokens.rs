@@ -167,10 +167,57 @@ pub fn country_code(digits: &str) -> Option<&str> {
     })
 }
 
+/// Whether a national number of `length` digits can exist after calling
+/// code `code`: some number type of some region of that code allows the
+/// length (libphonenumber's possible lengths). A cheap test to run before
+/// a full parse, which costs microseconds per region.
+pub fn possible_national_length(code: &str, length: usize) -> bool {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::LazyLock;
+    static LENGTHS: LazyLock<BTreeMap<u16, BTreeSet<u16>>> = LazyLock::new(|| {
+        use phonenumber::metadata::DATABASE;
+        use phonenumber::Type;
+        let kinds = [
+            Type::FixedLine,
+            Type::Mobile,
+            Type::TollFree,
+            Type::PremiumRate,
+            Type::SharedCost,
+            Type::PersonalNumber,
+            Type::Voip,
+            Type::Pager,
+            Type::Uan,
+            Type::Voicemail,
+        ];
+        (1..=999u16)
+            .filter_map(|code| {
+                let regions = DATABASE.by_code(&code)?;
+                let lengths = regions
+                    .iter()
+                    .flat_map(|region| {
+                        kinds
+                            .iter()
+                            .filter_map(|kind| region.descriptors().get(*kind))
+                    })
+                    .flat_map(|descriptor| descriptor.possible_length().iter().copied())
+                    .collect();
+                Some((code, lengths))
+            })
+            .collect()
+    });
+    let (Ok(code), Ok(length)) = (code.parse::<u16>(), u16::try_from(length)) else {
+        return false;
+    };
+    LENGTHS
+        .get(&code)
+        .is_some_and(|lengths| lengths.is_empty() || lengths.contains(&length))
+}
+
 /// Loads the country-code table now rather than on the first phone token (it
 /// is deserialized lazily and takes a noticeable moment).
 pub fn warm_up() {
     let _ = country_code("15550100000");
+    let _ = possible_national_length("1", 10);
 }
 
 fn phone_token(rng: &mut impl Rng, normalized: &str) -> Result<String, FormatError> {

@@ -336,47 +336,6 @@ pub fn replace(document: &mut Value, pointer: &str, replacement: String) -> bool
     }
 }
 
-/// Every string value not at one of `skip`, with its JSON pointer.
-pub fn unselected_strings<'a>(
-    document: &'a Value,
-    skip: &BTreeSet<String>,
-) -> Vec<(String, &'a str)> {
-    fn walk<'a>(
-        value: &'a Value,
-        pointer: &mut String,
-        skip: &BTreeSet<String>,
-        out: &mut Vec<(String, &'a str)>,
-    ) {
-        match value {
-            Value::String(text) if !skip.contains(pointer.as_str()) => {
-                out.push((pointer.clone(), text))
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&i.to_string());
-                    walk(item, pointer, skip, out);
-                    pointer.truncate(len);
-                }
-            }
-            Value::Object(map) => {
-                for (key, item) in map {
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    walk(item, pointer, skip, out);
-                    pointer.truncate(len);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(document, &mut String::new(), skip, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,14 +432,5 @@ mod tests {
             "/d/2/*/*"
         );
         assert_eq!(names.safe_pointer("/a~1b"), "/a~1b");
-        let skip: BTreeSet<String> = ["/d/0/identity".to_owned()].into();
-        let strings: Vec<String> = unselected_strings(&doc, &skip)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
-        assert!(
-            strings.contains(&"/d/1/identity".to_owned())
-                && !strings.contains(&"/d/0/identity".to_owned())
-        );
     }
 }

@@ -52,25 +52,54 @@ pub struct Layout {
 impl Layout {
     /// Scans a body that `parse_strict` accepted.
     pub fn scan(body: &[u8]) -> Self {
-        let mut scanner = Scanner {
-            bytes: body,
-            pos: 0,
-            pointer: String::new(),
-            layout: Layout::default(),
-        };
-        scanner.value();
-        scanner.layout
+        struct Collect(Layout);
+        impl Visit for Collect {
+            fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
+                self.0.leaves.insert(pointer.to_owned(), (leaf, span));
+            }
+            fn key(&mut self, pointer: &str, span: Span) {
+                self.0.keys.push(Key {
+                    pointer: pointer.to_owned(),
+                    span,
+                });
+            }
+        }
+        let mut collect = Collect(Layout::default());
+        walk(body, &mut collect);
+        collect.0
     }
 }
 
-struct Scanner<'a> {
+/// What [`walk`] reports, with the JSON pointer of the place (valid only
+/// during the call: it is one buffer, reused).
+pub trait Visit {
+    /// A scalar value.
+    fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span);
+    /// A member name; `pointer` is the member's.
+    fn key(&mut self, pointer: &str, span: Span);
+}
+
+/// Walks a body that `parse_strict` accepted, reporting every scalar and
+/// member name with its span, in document order, allocating nothing per
+/// place (one pointer buffer is grown and cut as the walk goes).
+pub fn walk(body: &[u8], visit: &mut impl Visit) {
+    let mut scanner = Scanner {
+        bytes: body,
+        pos: 0,
+        pointer: String::new(),
+        visit,
+    };
+    scanner.value();
+}
+
+struct Scanner<'a, V> {
     bytes: &'a [u8],
     pos: usize,
     pointer: String,
-    layout: Layout,
+    visit: &'a mut V,
 }
 
-impl Scanner<'_> {
+impl<V: Visit> Scanner<'_, V> {
     fn peek(&self) -> u8 {
         self.bytes.get(self.pos).copied().unwrap_or(0)
     }
@@ -108,9 +137,7 @@ impl Scanner<'_> {
             start,
             end: self.pos,
         };
-        self.layout
-            .leaves
-            .insert(self.pointer.clone(), (leaf, span));
+        self.visit.leaf(&self.pointer, leaf, span);
     }
 
     /// Consumes a string, quotes included.
@@ -124,6 +151,22 @@ impl Scanner<'_> {
                     return;
                 }
                 _ => self.pos += 1,
+            }
+        }
+    }
+
+    /// Appends a member name to the pointer, escaped as RFC 6901 says.
+    fn push_name(&mut self, quoted: Span) {
+        let raw = &self.bytes[quoted.start + 1..quoted.end.saturating_sub(1).max(quoted.start + 1)];
+        self.pointer.push('/');
+        match std::str::from_utf8(raw) {
+            Ok(name) if !raw.iter().any(|b| matches!(b, b'\\' | b'~' | b'/')) => {
+                self.pointer.push_str(name)
+            }
+            _ => {
+                let name = unquote(&self.bytes[quoted.start..quoted.end]);
+                self.pointer
+                    .push_str(&name.replace('~', "~0").replace('/', "~1"));
             }
         }
     }
@@ -152,14 +195,8 @@ impl Scanner<'_> {
                 start,
                 end: self.pos,
             };
-            let name = unquote(&self.bytes[span.start..span.end]);
-            self.pointer.push('/');
-            self.pointer
-                .push_str(&name.replace('~', "~0").replace('/', "~1"));
-            self.layout.keys.push(Key {
-                pointer: self.pointer.clone(),
-                span,
-            });
+            self.push_name(span);
+            self.visit.key(&self.pointer, span);
             self.whitespace();
             if self.peek() == b':' {
                 self.pos += 1;
@@ -192,7 +229,9 @@ impl Scanner<'_> {
                 _ => {}
             }
             self.pointer.push('/');
-            self.pointer.push_str(&index.to_string());
+            // Invariant: writing to a String cannot fail.
+            std::fmt::Write::write_fmt(&mut self.pointer, format_args!("{index}"))
+                .expect("write to String");
             let before = self.pos;
             self.value();
             self.pointer.truncate(base);
@@ -206,13 +245,14 @@ impl Scanner<'_> {
     }
 }
 
-/// The text of a quoted JSON string (escapes decoded).
-pub fn unquote(quoted: &[u8]) -> String {
+/// The text of a quoted JSON string (escapes decoded), borrowed when it
+/// has no escapes.
+pub fn unquote(quoted: &[u8]) -> std::borrow::Cow<'_, str> {
     let inner = &quoted[1.min(quoted.len())..quoted.len().saturating_sub(1).max(1)];
     if !inner.contains(&b'\\') {
-        return String::from_utf8_lossy(inner).into_owned();
+        return String::from_utf8_lossy(inner);
     }
-    serde_json::from_slice::<String>(quoted).unwrap_or_default()
+    std::borrow::Cow::Owned(serde_json::from_slice::<String>(quoted).unwrap_or_default())
 }
 
 /// `body` with each span replaced by its bytes; spans must not overlap.

@@ -47,13 +47,17 @@ fn rig() -> Rig {
         fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
     }
     let log_dir = setup.dir.path().join("logs");
+    // The dead route reports rather than blocks, so that a canary in its
+    // query reaches the failing forward (whose URL must not be logged).
     let route = |name: &str, prefix: &str, upstream: &str| {
+        let mode = if name == "down" { "report" } else { "block" };
         format!(
             r#"
 [[routes]]
 name = "{name}"
 path_prefix = "{prefix}"
 upstream = "{upstream}"
+unselected_pii = "{mode}"
 insecure_allow_http_upstream = true
 namespace = "retail"
 clients = ["crm"]

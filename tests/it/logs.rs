@@ -49,7 +49,14 @@ fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
             "unselected_pii = \"report\"",
         ),
         route("blocking", "/block", &upstream.url, ""),
-        route("down", "/down", &format!("http://{}", closed_port()), ""),
+        // Report, not block: the query's email must reach the failing
+        // forward, so that its URL would be logged if anything logged it.
+        route(
+            "down",
+            "/down",
+            &format!("http://{}", closed_port()),
+            "unselected_pii = \"report\"",
+        ),
     ]
     .concat();
     let setup = Setup::new_with("", &sections);

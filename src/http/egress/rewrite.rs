@@ -4,7 +4,7 @@
 //! the tokens into the original bytes, so that everything else reaches the
 //! platform exactly as the backend wrote it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -17,7 +17,7 @@ use crate::http::api::read_body;
 use crate::http::context::RequestId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::AppState;
-use crate::payload::splice::{self, FormPair, Leaf, Span};
+use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
 use crate::payload::{self, detect, PayloadError};
 use crate::pii::Pii;
 use crate::vault::normalize::Normalization;
@@ -43,10 +43,16 @@ pub(super) struct Prepared {
 /// Where a value to tokenize sits.
 #[derive(Debug, Clone)]
 enum Place {
-    /// A JSON scalar, by pointer.
-    Json(String),
-    /// A JSON member name, by its index in the layout's keys.
-    JsonKey(usize),
+    /// A JSON scalar.
+    Json {
+        pointer: String,
+        span: Span,
+    },
+    /// A JSON member name.
+    JsonKey {
+        pointer: String,
+        span: Span,
+    },
     /// A form value or name, by pair index.
     FormValue(usize),
     FormName(usize),
@@ -55,9 +61,9 @@ enum Place {
     QueryName(usize),
 }
 
-/// The parsed body and where everything in it is.
+/// What kind of body, and for a form where its pairs are.
 enum Body {
-    Json(splice::Layout),
+    Json,
     Form(Vec<FormPair>),
 }
 
@@ -91,7 +97,7 @@ pub(super) async fn prepare(
     let layout = if form {
         Body::Form(splice::form_pairs(&body))
     } else {
-        Body::Json(splice::Layout::scan(&body))
+        Body::Json
     };
     let query = req.query_string().as_bytes();
     let query_pairs = splice::form_pairs(query);
@@ -118,28 +124,47 @@ pub(super) async fn prepare(
             .and_then(|ns| ns.classes.get(class))
             .is_some_and(|c| c.normalize == Normalization::E164)
     };
+    // One walk over a JSON body: the spans of the selected values, and the
+    // findings in everything else.
+    let json_walk = match layout {
+        Body::Json => {
+            let pointers: Vec<&str> = selected.iter().map(|f| f.pointer.as_str()).collect();
+            Some(JsonWalk::run(&body, &pointers))
+        }
+        Body::Form(_) => None,
+    };
     let mut places: Vec<Place> = Vec::with_capacity(selected.len());
     let mut items: Vec<TokenizeItem> = Vec::with_capacity(selected.len());
     let mut skip = BTreeSet::new();
-    for field in selected {
+    for (index, field) in selected.into_iter().enumerate() {
         let class = route.spec.fields[field.rule].class.clone();
-        let (place, text) = match &layout {
-            Body::Json(layout) => {
+        let (place, text) = match (&layout, &json_walk) {
+            (Body::Json, Some(walked)) => {
+                let Some((leaf, span)) = walked.spans[index] else {
+                    continue;
+                };
                 // A number's digits as written (serde_json would round a
                 // big one).
-                let text = match layout.leaves.get(&field.pointer) {
-                    Some((Leaf::Number, span)) => Pii::new(written(&body, *span)),
+                let text = match leaf {
+                    Leaf::Number => Pii::new(written(&body, span)),
                     _ => field.value,
                 };
-                (Place::Json(field.pointer.clone()), text)
+                (
+                    Place::Json {
+                        pointer: field.pointer.clone(),
+                        span,
+                    },
+                    text,
+                )
             }
-            Body::Form(pairs) => {
+            (Body::Form(pairs), _) => {
                 let name = unescape_pointer(&field.pointer);
                 let Some(index) = pairs.iter().position(|p| p.name == name) else {
                     continue;
                 };
                 (Place::FormValue(index), field.value)
             }
+            _ => continue,
         };
         // Phones sent as JSON numbers carry no `+`: the digits are the
         // international number.
@@ -172,7 +197,7 @@ pub(super) async fn prepare(
     // Everything else that could hold personal data.
     let findings = scan(
         &body,
-        &document,
+        json_walk,
         &layout,
         &skip,
         query,
@@ -273,14 +298,9 @@ pub(super) async fn prepare(
             ));
         }
         let edit = match (place, &layout) {
-            (Place::Json(pointer), Body::Json(layout)) => layout
-                .leaves
-                .get(pointer)
-                .map(|(_, span)| (*span, splice::json_string(token))),
-            (Place::JsonKey(index), Body::Json(layout)) => layout
-                .keys
-                .get(*index)
-                .map(|key| (key.span, splice::json_string(token))),
+            (Place::Json { span, .. }, Body::Json) | (Place::JsonKey { span, .. }, Body::Json) => {
+                Some((*span, splice::json_string(token)))
+            }
             (Place::FormValue(index), Body::Form(pairs)) => pairs
                 .get(*index)
                 .map(|pair| (pair.value_span, splice::form_encode(token))),
@@ -421,67 +441,120 @@ async fn read(
 
 type Finding = (Place, Vec<detect::Detector>, Pii);
 
-/// Every unselected place that a detector flags: string values, numbers as
-/// written, member names; form names and values; query names and values.
+/// One walk over a JSON body: where the selected values are, and what the
+/// detectors flag everywhere else (string values, numbers as written,
+/// member names). Nothing is allocated for a place that is neither.
+struct JsonWalk<'a> {
+    body: &'a [u8],
+    wanted: HashMap<&'a str, usize>,
+    spans: Vec<Option<(Leaf, Span)>>,
+    findings: Vec<(usize, Finding)>,
+}
+
+/// What a [`JsonWalk`] found, by then free of the borrows it walked with.
+struct JsonFound {
+    /// The span of each selected value, in the order of the selection.
+    spans: Vec<Option<(Leaf, Span)>>,
+    /// Flagged places, with their offset (for document order).
+    findings: Vec<(usize, Finding)>,
+}
+
+impl<'a> JsonWalk<'a> {
+    fn run(body: &'a [u8], selected: &[&'a str]) -> JsonFound {
+        let mut walk = Self {
+            body,
+            wanted: selected.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+            spans: vec![None; selected.len()],
+            findings: Vec::new(),
+        };
+        splice::walk(body, &mut walk);
+        JsonFound {
+            spans: walk.spans,
+            findings: walk.findings,
+        }
+    }
+}
+
+impl Visit for JsonWalk<'_> {
+    fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
+        if let Some(&index) = self.wanted.get(pointer) {
+            self.spans[index] = Some((leaf, span));
+            return;
+        }
+        let bytes = &self.body[span.start..span.end];
+        let (text, found) = match leaf {
+            Leaf::String => {
+                let text = splice::unquote(bytes);
+                let found = detect::scan(&text);
+                (text, found)
+            }
+            Leaf::Number => {
+                let text = String::from_utf8_lossy(bytes);
+                let found = detect::scan_number(&text);
+                (text, found)
+            }
+            Leaf::Literal => return,
+        };
+        if !found.is_empty() {
+            let place = Place::Json {
+                pointer: pointer.to_owned(),
+                span,
+            };
+            self.findings
+                .push((span.start, (place, found, Pii::new(text.into_owned()))));
+        }
+    }
+
+    fn key(&mut self, pointer: &str, span: Span) {
+        let name = splice::unquote(&self.body[span.start..span.end]);
+        let found = detect::scan(&name);
+        if !found.is_empty() {
+            let place = Place::JsonKey {
+                pointer: pointer.to_owned(),
+                span,
+            };
+            self.findings
+                .push((span.start, (place, found, Pii::new(name.into_owned()))));
+        }
+    }
+}
+
+/// Every unselected place that a detector flags: in a JSON body (found by
+/// the walk); form names and values; query names and values.
 fn scan(
     body: &[u8],
-    document: &serde_json::Value,
+    json_walk: Option<JsonFound>,
     layout: &Body,
     skip: &BTreeSet<String>,
     query: &[u8],
     query_pairs: &[FormPair],
     query_selected: &BTreeSet<usize>,
 ) -> Vec<Finding> {
-    let mut findings: Vec<(usize, Finding)> = Vec::new();
+    let mut findings: Vec<(usize, Finding)> = json_walk.map(|w| w.findings).unwrap_or_default();
     let mut flag = |order: usize, place: Place, text: String, detectors: Vec<detect::Detector>| {
         if !detectors.is_empty() {
             findings.push((order, (place, detectors, Pii::new(text))));
         }
     };
-    match layout {
-        Body::Json(layout) => {
-            for (pointer, text) in payload::unselected_strings(document, skip) {
-                let order = layout.leaves.get(&pointer).map_or(0, |(_, s)| s.start);
+    if let Body::Form(pairs) = layout {
+        for (index, pair) in pairs.iter().enumerate() {
+            let found = detect::scan(&pair.name);
+            flag(
+                pair.name_span.start,
+                Place::FormName(index),
+                pair.name.clone(),
+                found,
+            );
+            let pointer = format!("/{}", pair.name.replace('~', "~0").replace('/', "~1"));
+            if !skip.contains(&pointer) {
+                let value = decoded_value(body, pair);
+                let found = detect::scan(value.expose());
                 flag(
-                    order,
-                    Place::Json(pointer),
-                    text.to_owned(),
-                    detect::scan(text),
-                );
-            }
-            for (pointer, (leaf, span)) in &layout.leaves {
-                if *leaf == Leaf::Number && !skip.contains(pointer) {
-                    let text = written(body, *span);
-                    let found = detect::scan_number(&text);
-                    flag(span.start, Place::Json(pointer.clone()), text, found);
-                }
-            }
-            for (index, key) in layout.keys.iter().enumerate() {
-                let name = splice::unquote(&body[key.span.start..key.span.end]);
-                let found = detect::scan(&name);
-                flag(key.span.start, Place::JsonKey(index), name, found);
-            }
-        }
-        Body::Form(pairs) => {
-            for (index, pair) in pairs.iter().enumerate() {
-                let found = detect::scan(&pair.name);
-                flag(
-                    pair.name_span.start,
-                    Place::FormName(index),
-                    pair.name.clone(),
+                    pair.value_span.start,
+                    Place::FormValue(index),
+                    value.expose().to_owned(),
                     found,
                 );
-                let pointer = format!("/{}", pair.name.replace('~', "~0").replace('/', "~1"));
-                if !skip.contains(&pointer) {
-                    let value = decoded_value(body, pair);
-                    let found = detect::scan(value.expose());
-                    flag(
-                        pair.value_span.start,
-                        Place::FormValue(index),
-                        value.expose().to_owned(),
-                        found,
-                    );
-                }
             }
         }
     }
@@ -549,12 +622,10 @@ fn describe(route: &Route, layout: &Body, query: &[FormPair], place: &Place) -> 
             .unwrap_or_else(|| "*".to_owned())
     };
     match (place, layout) {
-        (Place::Json(pointer), _) => route.names.safe_pointer(pointer),
-        (Place::JsonKey(index), Body::Json(layout)) => layout
-            .keys
-            .get(*index)
-            .map(|key| format!("{} (member name)", route.names.safe_pointer(&key.pointer)))
-            .unwrap_or_default(),
+        (Place::Json { pointer, .. }, _) => route.names.safe_pointer(pointer),
+        (Place::JsonKey { pointer, .. }, _) => {
+            format!("{} (member name)", route.names.safe_pointer(pointer))
+        }
         (Place::FormValue(index), Body::Form(pairs))
         | (Place::FormName(index), Body::Form(pairs)) => {
             let name = pairs
