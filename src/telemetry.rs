@@ -67,7 +67,18 @@ pub struct Escaping<W>(pub W);
 
 impl<W: Write> Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(&escape_controls(buf))?;
+        // Most lines hold nothing to escape: no control byte before the
+        // final newline, and no byte that could start a C1 control or a
+        // line separator.
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        if body
+            .iter()
+            .all(|b| !(b.is_ascii_control() || *b == 0xc2 || *b == 0xe2))
+        {
+            self.0.write_all(buf)?;
+        } else {
+            self.0.write_all(&escape_controls(buf))?;
+        }
         Ok(buf.len())
     }
 

@@ -30,6 +30,12 @@ impl Detector {
 /// The detectors that fire on `text`.
 pub fn scan(text: &str) -> Vec<Detector> {
     let mut found = Vec::new();
+    // Most member names and values hold no `@` and fewer digits than the
+    // shortest phone number (8): nothing to look for.
+    let bytes = text.as_bytes();
+    if !bytes.contains(&b'@') && bytes.iter().filter(|b| b.is_ascii_digit()).count() < 8 {
+        return found;
+    }
     if has_email(text) {
         found.push(Detector::Email);
     }
