@@ -204,5 +204,13 @@ mod tests {
             escape_controls("café ☕ ok".as_bytes()),
             "café ☕ ok".as_bytes()
         );
+        // Through the writer: a clean line as it is, a dirty one escaped.
+        let mut writer = Escaping(Vec::new());
+        writer.write_all(b"clean line\n").unwrap();
+        writer.write_all("two\nlines \u{85}\n".as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(writer.0).unwrap(),
+            "clean line\ntwo\\u000alines \\u0085\n"
+        );
     }
 }
