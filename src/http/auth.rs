@@ -137,12 +137,25 @@ async fn authenticate_presented(
             let record = context(req, actor, method)
                 .record(Action::Authenticate, Outcome::Denied)
                 .reason(code);
-            if let Err(error) = state.vault.record(vec![record]).await {
-                tracing::error!(request_id = %id, %error, "could not record an authentication failure");
-            }
+            let first = match state.vault.record_refused_authentication(record).await {
+                Ok(first) => first,
+                Err(error) => {
+                    tracing::error!(request_id = %id, %error, "could not record an authentication failure");
+                    true
+                }
+            };
+            // A flood is one warning per source and reason per interval
+            // (the audit trail counts the rest); each refusal is a debug line.
             let source = peer.map(|ip| ip.to_string()).unwrap_or_default();
-            tracing::warn!(request_id = %id, reason = code, source, "authentication failed");
-            Err(ApiError::unauthorized(&id))
+            if first {
+                tracing::warn!(request_id = %id, reason = code, source, "authentication failed");
+            } else {
+                tracing::debug!(request_id = %id, reason = code, source, "authentication failed");
+            }
+            match reason {
+                AuthError::Throttled(seconds) => Err(ApiError::throttled(seconds, &id)),
+                _ => Err(ApiError::unauthorized(&id)),
+            }
         }
     }
 }

@@ -172,7 +172,7 @@ pub async fn handle(
                 .record(Action::Authenticate, Outcome::Denied)
                 .namespace(&spec.namespace)
                 .reason(reason);
-            if let Err(error) = state.vault.record(vec![record]).await {
+            if let Err(error) = state.vault.record_refused_authentication(record).await {
                 tracing::error!(request_id = %context.request_id, %error, "could not record a refused callback");
             }
             tracing::warn!(request_id = %context.request_id, callback = %spec.name, reason, "callback refused");

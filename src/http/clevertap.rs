@@ -520,7 +520,7 @@ fn respond<T: Serialize>(answer: &T, session: Option<&SessionKey>) -> HttpRespon
 
 /// An OAuth error answer (RFC 6749 section 5.2), with the request id.
 fn oauth_error(status: u16, error: &str, description: &str, id: &RequestId) -> HttpResponse {
-    // Invariant: only 400, 401 and 503 are passed in.
+    // Invariant: only 400, 401, 429 and 503 are passed in.
     let status = actix_web::http::StatusCode::from_u16(status).expect("a valid status");
     HttpResponse::build(status)
         .insert_header((CACHE_CONTROL, "no-store"))
@@ -612,10 +612,26 @@ async fn access_token(
             let record = context
                 .record(Action::Authenticate, Outcome::Denied)
                 .reason(code);
-            if let Err(error) = state.vault.record(vec![record]).await {
+            if let Err(error) = state.vault.record_refused_authentication(record).await {
                 tracing::error!(request_id = %id, %error, "could not record an authentication failure");
             }
             tracing::warn!(request_id = %id, reason = code, "access token refused");
+            if let AuthError::Throttled(seconds) = reason {
+                let mut answer = oauth_error(
+                    429,
+                    "invalid_client",
+                    "too many failed authentications; retry later",
+                    &id,
+                );
+                if let Ok(value) =
+                    actix_web::http::header::HeaderValue::from_str(&seconds.to_string())
+                {
+                    answer
+                        .headers_mut()
+                        .insert(actix_web::http::header::RETRY_AFTER, value);
+                }
+                return answer;
+            }
             return oauth_error(401, "invalid_client", "client authentication failed", &id);
         }
     };

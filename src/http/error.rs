@@ -39,6 +39,8 @@ pub enum ErrorCode {
     Unavailable,
     /// 429: the client's detokenization budget is spent.
     TooManyRequests,
+    /// 429: too many failed authentications; comes with `Retry-After`.
+    Throttled,
     /// 419: an encrypted CleverTap request could not be decrypted (the
     /// status the platform's SDKs expect, to fall back to plaintext).
     Undecryptable,
@@ -59,7 +61,7 @@ impl ErrorCode {
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Invariant: 419 is within 100..=999, so from_u16 succeeds.
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests | Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
             Self::Undecryptable => StatusCode::from_u16(419).expect("419 is a valid status"),
         }
     }
@@ -78,6 +80,7 @@ impl ErrorCode {
             Self::Internal => "internal_error",
             Self::Unavailable => "unavailable",
             Self::TooManyRequests => "budget_exceeded",
+            Self::Throttled => "too_many_failures",
             Self::Undecryptable => "decryption_failed",
         }
     }
@@ -90,6 +93,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     request_id: RequestId,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -99,6 +103,20 @@ impl ApiError {
             code,
             message: message.into(),
             request_id: request_id.clone(),
+            retry_after: None,
+        }
+    }
+
+    /// The answer to a caller throttled after failed authentications: 429
+    /// with `Retry-After`.
+    pub fn throttled(retry_after_secs: u64, request_id: &RequestId) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                ErrorCode::Throttled,
+                "too many failed authentications; retry later",
+                request_id,
+            )
         }
     }
 
@@ -159,7 +177,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.retry_after {
+            response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            response.insert_header(("WWW-Authenticate", "Bearer realm=\"tokenvault\""));
+        }
+        response.json(json!({
             "error": {
                 "code": self.code.as_str(),
                 "message": self.message,

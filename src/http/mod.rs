@@ -122,6 +122,9 @@ pub struct MetricRoute {
     pub operation: &'static str,
 }
 
+/// How often counted authentication refusals are recorded.
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Binds and serves until SIGTERM or SIGINT, then drains in-flight requests.
 /// Prints `tokenvault listening on <url>` on stdout once bound.
 pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
@@ -133,6 +136,7 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
     let clevertap = state.clevertap.is_some();
     let callback_paths = state.callbacks.paths();
     let data = web::Data::new(state);
+    let kept = data.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -156,6 +160,19 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
         None => (server.bind(settings.listen)?, "http", None),
     };
     actix_web::rt::spawn(tls::reload_on_sighup(certificate));
+    // Counted authentication refusals go to the audit trail once a minute,
+    // and once more when the server stops.
+    let flusher = kept.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(REFUSAL_INTERVAL);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(error) = flusher.vault.flush_refusals().await {
+                tracing::error!(%error, "could not record counted authentication refusals");
+            }
+        }
+    });
     let addresses: Vec<SocketAddr> = server.addrs();
     // The human-readable line goes to stdout, unless stdout carries JSON
     // log lines: then every line there must be JSON, and it goes to stderr.
@@ -171,6 +188,9 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
     out.flush()?;
     drop(out);
     server.run().await?;
+    if let Err(error) = kept.vault.flush_refusals().await {
+        tracing::error!(%error, "could not record counted authentication refusals");
+    }
     tracing::info!("server stopped; in-flight requests drained");
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod budget;
 pub mod classify;
 pub mod normalize;
+mod refusals;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,6 +182,8 @@ pub struct Vault {
     /// Purposes the configuration names; any other purpose a caller sends
     /// is recorded as a fingerprint.
     purposes: std::collections::BTreeSet<String>,
+    /// Refused authentications, aggregated per interval.
+    refusals: refusals::Refusals,
 }
 
 struct Pending<'a> {
@@ -227,6 +230,7 @@ impl Vault {
             budgets: budget::Budgets::default(),
             audit_key: keyring.audit_key(),
             purposes: Default::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -323,6 +327,33 @@ impl Vault {
     /// reads); answers once they are durable.
     pub async fn record(&self, records: Vec<Record>) -> Result<(), VaultError> {
         Ok(self.store.append_audit(records).await?)
+    }
+
+    /// Records a refused authentication (no credentials, wrong ones, a
+    /// throttled or disallowed source, a bad callback signature): the first
+    /// of its kind in an interval at once, the rest as one counted record
+    /// at the next [`Vault::flush_refusals`].
+    ///
+    /// Answers whether this refusal was the first of its kind in the
+    /// interval (the one worth a warning in the log).
+    pub async fn record_refused_authentication(&self, record: Record) -> Result<bool, VaultError> {
+        match self.refusals.add(record) {
+            refusals::Refusal::Record(record) => self.record(vec![record]).await.map(|_| true),
+            refusals::Refusal::Counted => Ok(false),
+            refusals::Refusal::Flush(record) => {
+                self.flush_refusals().await?;
+                self.record(vec![record]).await.map(|_| true)
+            }
+        }
+    }
+
+    /// Appends the counted refusals of the interval that ends now.
+    pub async fn flush_refusals(&self) -> Result<(), VaultError> {
+        let records = self.refusals.drain();
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.record(records).await
     }
 
     /// Reads the audit trail for a caller whose role has `audit_read`. The

@@ -8,6 +8,7 @@ mod activation;
 mod api;
 mod audit;
 mod audit_gap;
+mod auth_abuse;
 mod clevertap;
 mod config;
 mod dev;

@@ -1,6 +1,8 @@
 //! Who may do what: roles, clients, authentication of API keys, purposes and
 //! masking.
 
+pub mod throttle;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -171,6 +173,10 @@ pub enum AuthError {
     /// An access token that was genuine but is past its expiry.
     #[error("access token expired")]
     Expired,
+    /// Too many failed attempts for this client (from this source): refused
+    /// without verifying, for this many seconds.
+    #[error("too many failed authentications; retry after {0} s")]
+    Throttled(u64),
 }
 
 impl AuthError {
@@ -181,6 +187,7 @@ impl AuthError {
             Self::Invalid => "invalid_credentials",
             Self::SourceNotAllowed => "source_not_allowed",
             Self::Expired => "expired_credentials",
+            Self::Throttled(_) => "too_many_failures",
         }
     }
 }
@@ -200,7 +207,18 @@ pub struct Authenticator {
     // Each verification takes 64 MiB: bound how many run at once, so a flood
     // of bad keys cannot exhaust memory.
     verifications: tokio::sync::Semaphore,
+    throttle: throttle::Throttle,
 }
+
+/// What a wrong key for an unknown client is verified against, so that it
+/// costs what a wrong key for a known client costs (same argon2id
+/// parameters): answer times do not tell which client names exist.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| password::hash_api_key(&password::new_api_key("none")));
+
+/// The throttle's key for a claimed client name that is not configured:
+/// random names share it, so they cannot grow the throttle's maps.
+const UNKNOWN_CLIENT: &str = "<unknown>";
 
 /// How long a verified key stays cached.
 pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(600);
@@ -234,6 +252,7 @@ impl Authenticator {
                 .build(),
             cache_key: CacheKey::random(),
             verifications: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            throttle: throttle::Throttle::default(),
         }
     }
 
@@ -242,7 +261,10 @@ impl Authenticator {
         self.clients.contains_key(name)
     }
 
-    /// Authenticates a presented API key from `peer`.
+    /// Authenticates a presented API key from `peer`. A key verified before
+    /// is answered from the cache; otherwise, unless the claimed client is
+    /// throttled, one argon2id verification runs, against a dummy hash when
+    /// the client does not exist.
     pub async fn authenticate(
         &self,
         api_key: &str,
@@ -252,34 +274,46 @@ impl Authenticator {
         // only belong to the single client of a one-client vault (the dev
         // root key from TOKENVAULT_DEV_API_KEY); never try every hash.
         let name = match password::claimed_client(api_key) {
-            Some(name) => name.to_owned(),
-            None if self.clients.len() == 1 => self
-                .clients
-                .keys()
-                .next()
-                .cloned()
-                .ok_or(AuthError::Invalid)?,
-            None => return Err(AuthError::Invalid),
+            Some(name) => Some(name.to_owned()),
+            None if self.clients.len() == 1 => self.clients.keys().next().cloned(),
+            None => None,
         };
-        let client = self.clients.get(&name).ok_or(AuthError::Invalid)?;
+        let client = name.as_ref().and_then(|name| self.clients.get(name));
         let cache_key = self.cache_key.hash(api_key);
-        if self.cache.get(&cache_key).as_deref() != Some(name.as_str()) {
+        if let (Some(name), Some(_)) = (&name, client) {
+            if self.cache.get(&cache_key).as_deref() == Some(name.as_str()) {
+                return self.caller(name, peer);
+            }
+        }
+        let throttled_as = match (&name, client) {
+            (Some(name), Some(_)) => name.clone(),
+            _ => UNKNOWN_CLIENT.to_owned(),
+        };
+        let _attempt = self
+            .throttle
+            .begin(peer, &throttled_as)
+            .map_err(|wait| AuthError::Throttled(wait.as_secs().max(1)))?;
+        let hash = client
+            .and_then(|client| client.spec.api_key_hash.clone())
+            .unwrap_or_else(|| DUMMY_HASH.clone());
+        let valid = {
             let _permit = self
                 .verifications
                 .acquire()
                 .await
                 .map_err(|_| AuthError::Invalid)?;
             let key = zeroize::Zeroizing::new(api_key.to_owned());
-            let hash = client.spec.api_key_hash.clone().ok_or(AuthError::Invalid)?;
-            let valid = tokio::task::spawn_blocking(move || password::verify_api_key(&key, &hash))
+            tokio::task::spawn_blocking(move || password::verify_api_key(&key, &hash))
                 .await
-                .unwrap_or(false);
-            if !valid {
-                return Err(AuthError::Invalid);
+                .unwrap_or(false)
+        };
+        match (name, client) {
+            (Some(name), Some(_)) if valid => {
+                self.cache.insert(cache_key, name.clone());
+                self.caller(&name, peer)
             }
-            self.cache.insert(cache_key, name.clone());
+            _ => Err(AuthError::Invalid),
         }
-        self.caller(&name, peer)
     }
 
     /// The client a verified client certificate identifies: the one whose
