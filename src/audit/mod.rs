@@ -655,10 +655,11 @@ impl Stored {
 /// (`GET /v1/audit`); they combine with AND.
 #[derive(Debug, Clone, Default, serde::Deserialize, clap::Args)]
 pub struct FilterText {
-    /// Records at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+    /// Records at or after this time (RFC 3339, YYYY-MM-DD in UTC, or a
+    /// duration back from now such as 1h or 7d).
     #[arg(long)]
     pub since: Option<String>,
-    /// Records before this time (RFC 3339 or YYYY-MM-DD, UTC).
+    /// Records before this time (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
     /// Actor: a client name or `cli:<user>`.
@@ -692,7 +693,7 @@ impl FilterText {
                 let parsed = parse_time(text);
                 if parsed.is_none() {
                     problems.push(format!(
-                        "{name} `{text}` is not a time (RFC 3339, e.g. 2026-11-23T10:00:00Z, or 2026-11-23)"
+                        "{name} `{text}` is not a time (RFC 3339, e.g. 2026-11-23T10:00:00Z; a date, 2026-11-23; or a duration back from now, 1h or 7d)"
                     ));
                 }
                 parsed
@@ -758,9 +759,15 @@ pub fn format_time(time_us: i64) -> String {
         .unwrap_or_else(|| time_us.to_string())
 }
 
-/// Parses an RFC 3339 time (or a bare `YYYY-MM-DD`, meaning midnight UTC)
-/// into microseconds since the epoch.
+/// Parses an RFC 3339 time, a bare `YYYY-MM-DD` (midnight UTC), or a
+/// duration back from now (`1h`, `24h`, `7d`, `30min`) into microseconds
+/// since the epoch.
 pub fn parse_time(text: &str) -> Option<i64> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return i64::try_from(ago.as_micros())
+            .ok()
+            .map(|ago| now_us().saturating_sub(ago));
+    }
     let full = if text.len() == 10 {
         format!("{text}T00:00:00Z")
     } else {
@@ -824,5 +831,12 @@ mod tests {
         assert_eq!(format_time(t), "2026-11-23T10:00:00.123456Z");
         assert_eq!(parse_time("2026-11-23"), parse_time("2026-11-23T00:00:00Z"));
         assert_eq!(parse_time("yesterday"), None);
+        let hour_ago = parse_time("1h").unwrap();
+        let expected = now_us() - 3_600_000_000;
+        assert!(
+            (hour_ago - expected).abs() < 5_000_000,
+            "{hour_ago} {expected}"
+        );
+        assert!(parse_time("24h").unwrap() < hour_ago);
     }
 }

@@ -170,16 +170,20 @@ fn query(
     let mut written = 0;
     let limit = limit.unwrap_or(usize::MAX);
     if let Format::Csv = format {
-        writeln!(out, "seq,time,request_id,actor,auth,source,action,namespace,route,purpose,item_count,tokens,outcome,reason,mac")
-            .context("writing output")?;
+        let header = writeln!(out, "seq,time,request_id,actor,auth,source,action,namespace,route,purpose,item_count,tokens,outcome,reason,mac");
+        if header.is_err() {
+            return super::quiet_on_closed_pipe(header);
+        }
     }
     if let Format::Table = format {
-        writeln!(
+        let header = writeln!(
             out,
             "{:>7}  {:<27}  {:<16}  {:<13}  {:<10}  {:<14}  {:>6}  {:<7}  REASON",
             "SEQ", "TIME (UTC)", "ACTOR", "ACTION", "NAMESPACE", "PURPOSE", "ITEMS", "OUTCOME",
-        )
-        .context("writing output")?;
+        );
+        if header.is_err() {
+            return super::quiet_on_closed_pipe(header);
+        }
     }
     while written < limit {
         let page = connection
@@ -188,16 +192,19 @@ fn query(
         let Some(last) = page.last() else { break };
         after = last.seq;
         for stored in &page {
-            match format {
+            let line = match format {
                 Format::Json => writeln!(out, "{}", stored.to_json()),
                 Format::Csv => writeln!(out, "{}", csv_line(stored)),
                 Format::Table => writeln!(out, "{}", table_line(stored)),
+            };
+            // A reader that went away (`| head -1`) ends the output quietly.
+            if line.is_err() {
+                return super::quiet_on_closed_pipe(line);
             }
-            .context("writing output")?;
         }
         written += page.len();
     }
-    Ok(())
+    super::quiet_on_closed_pipe(out.flush())
 }
 
 /// One aligned line. Every text cell has its control characters escaped:

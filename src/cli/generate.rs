@@ -9,11 +9,13 @@ use clap::CommandFactory;
 
 use super::{Cli, CliError};
 
-/// Prints the completion script for `shell` on stdout.
+/// Prints the completion script for `shell` on stdout (quietly stopping
+/// when the reader goes away, as with `| head -1`).
 pub fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "tokenvault", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "tokenvault", &mut script);
+    super::write_stdout(&script)
 }
 
 /// Writes `tokenvault.1` and one page per visible subcommand

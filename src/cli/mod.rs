@@ -131,6 +131,23 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
+/// Writes `bytes` to stdout; a reader that went away (`| head -1`) ends the
+/// output quietly, as for any Unix tool.
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    quiet_on_closed_pipe(out.write_all(bytes).and_then(|()| out.flush()))
+}
+
+/// Maps a write error to the command's result: a closed pipe is success.
+pub(crate) fn quiet_on_closed_pipe(result: std::io::Result<()>) -> Result<(), CliError> {
+    match result {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context("writing output").into()),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Runs the command line; the process exit status comes back.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -611,3 +611,46 @@ fn exports_for_auditors_are_safe_to_open() {
         "a header and one line per record"
     );
 }
+
+#[test]
+fn since_takes_durations_and_output_to_a_closed_pipe_ends_quietly() {
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    tokenize(&server, "crm", "retail", &[("name", "Since Person")]);
+    // `?since=24h` over the API.
+    let page: Value = http()
+        .get(server.url("/v1/audit?since=24h"))
+        .bearer_auth(key("auditor"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(!page["records"].as_array().unwrap().is_empty(), "{page}");
+    assert!(server.stop().success());
+    // `--since 1h` and `--until 1h` on the command line.
+    assert!(!audit_query(&setup, &["--since", "1h"]).is_empty());
+    assert!(audit_query(&setup, &["--until", "1h"]).is_empty());
+
+    // A reader that is gone before anything is written: the command ends
+    // with success and says nothing (no panic, no error).
+    let closed = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: {stderr}"
+        );
+    };
+    closed(&["completions", "zsh"]);
+    let config = setup.config.to_str().unwrap();
+    closed(&["audit", "query", "--config", config]);
+    closed(&["audit", "query", "--format", "json", "--config", config]);
+}

@@ -386,3 +386,19 @@ fn callbacks_that_share_a_secret_or_reveal_silently_are_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn config_check_refuses_a_short_passphrase_as_init_does() {
+    let setup = Setup::configure("", STANDARD);
+    let passphrase = setup.dir.path().join("passphrase");
+    fs::write(&passphrase, "too short").unwrap();
+    let out = setup.run(&["config", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("keys.passphrase_file: the passphrase is shorter than 12 characters"),
+        "{stderr}"
+    );
+    let out = setup.run(&["init", "--config"]);
+    assert!(!out.status.success());
+}
