@@ -16,6 +16,9 @@ use crate::crypto::access::{AccessTokenError, AccessTokenKey, ACCESS_TOKEN_PREFI
 use crate::crypto::password::claimed_client;
 use crate::policy::{AuthError, Caller};
 
+/// How long a throttled caller waits for its 429.
+pub const THROTTLED_ANSWER_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The audit `auth` value of a caller identified by its client certificate.
 pub const CERTIFICATE_AUTH: &str = "client_certificate";
 
@@ -153,7 +156,14 @@ async fn authenticate_presented(
                 tracing::debug!(request_id = %id, reason = code, source, "authentication failed");
             }
             match reason {
-                AuthError::Throttled(seconds) => Err(ApiError::throttled(seconds, &id)),
+                AuthError::Throttled(seconds) => {
+                    // A throttled caller waits for its answer: a connection
+                    // that floods gets a few answers a second instead of
+                    // thousands, at no cost to the vault (the wait holds no
+                    // thread), so good clients keep the CPU.
+                    actix_web::rt::time::sleep(THROTTLED_ANSWER_DELAY).await;
+                    Err(ApiError::throttled(seconds, &id))
+                }
                 _ => Err(ApiError::unauthorized(&id)),
             }
         }

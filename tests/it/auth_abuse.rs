@@ -39,8 +39,10 @@ fn a_flood_of_wrong_keys_is_throttled_and_good_clients_stay_fast() {
     let setup = Setup::new("");
     let server = Arc::new(setup.serve());
     // crm's key is verified once, before the flood: cached keys are never
-    // throttled.
+    // throttled. Its time is the first-request time without a flood.
+    let started = Instant::now();
     assert_eq!(tokenize_with(&server, &key("crm")).0, 200);
+    let quiet = started.elapsed();
     let stop = Arc::new(AtomicBool::new(false));
     let throttled = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -88,7 +90,7 @@ fn a_flood_of_wrong_keys_is_throttled_and_good_clients_stay_fast() {
         throttled.load(Ordering::SeqCst),
         refused.load(Ordering::SeqCst),
     );
-    eprintln!("flood: {refused} verified and refused, {throttled} throttled; good client's first request {first:?}");
+    eprintln!("flood: {refused} verified and refused, {throttled} throttled; good client's first request {first:?} (without a flood: {quiet:?})");
     assert!(
         first < Duration::from_secs(1),
         "the good client waited {first:?}"
@@ -131,8 +133,10 @@ fn ten_thousand_refusals_add_a_few_dozen_audit_records() {
     std::thread::scope(|scope| {
         for t in 0..8 {
             scope.spawn(move || {
+                // Mostly no key at all (cheap for the vault too), and some
+                // wrong keys, which are soon throttled (and made to wait).
                 for i in 0..1250 {
-                    let key = match i % 3 {
+                    let key = match i % 100 {
                         0 => format!("tv.nobody{t}.bad-{i}"),
                         1 => format!("tv.crm.bad-{t}-{i}"),
                         _ => String::new(),
