@@ -217,14 +217,26 @@ fn table_line(stored: &Stored) -> String {
         "{:>7}  {:<27}  {:<16}  {:<13}  {:<10}  {:<14}  {:>6}  {:<7}  {}",
         stored.seq,
         trail::format_time(r.time_us),
-        safe(Some(&r.actor)),
+        fit(&safe(Some(&r.actor)), 16),
         r.action.as_str(),
-        safe(r.namespace.as_deref()),
-        safe(r.purpose.as_deref()),
+        fit(&safe(r.namespace.as_deref()), 10),
+        fit(&safe(r.purpose.as_deref()), 14),
         r.item_count,
         r.outcome.as_str(),
         safe(r.reason.as_deref()),
     )
+}
+
+/// `text` cut to `width` characters (the last one `…` when cut), so that a
+/// long name cannot push the columns after it out of line; `--format json`
+/// and `csv` give it whole.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// A CSV cell that a spreadsheet shows as text and a terminal prints
@@ -464,6 +476,13 @@ fn acknowledge_gap(config_path: &Path, reason: &str) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_cells_fit_their_columns() {
+        assert_eq!(fit("crm", 16), "crm");
+        assert_eq!(fit("a-very-long-client-name", 10), "a-very-lo…");
+        assert_eq!(fit("a-very-long-client-name", 10).chars().count(), 10);
+    }
 
     #[test]
     fn csv_cells_are_neutralised() {

@@ -28,8 +28,11 @@ pub fn new(name: &str, role: &str, config_path: Option<&Path>) -> Result<(), Cli
         )
         .into());
     }
-    if let Some(path) = config_path {
-        record_creation(path, name, role)?;
+    match config_path {
+        Some(path) => record_creation(path, name, role)?,
+        None => eprintln!(
+            "note: role `{role}` was not checked against a configuration\nhint: pass --config /etc/tokenvault/vault.toml to check the role and record the creation in the audit trail"
+        ),
     }
     let key = new_api_key(name);
     let hash = hash_api_key(&key);
