@@ -408,11 +408,20 @@ async fn detokenize(
         .map_err(|error| ApiError::from_vault(error, id))
 }
 
+/// An empty batch is a bad request (400); an oversized one is too large
+/// (413), as on `/v1`.
 fn check_count(count: usize, limit: usize, field: &str, id: &RequestId) -> Result<(), ApiError> {
-    if count == 0 || count > limit {
+    if count == 0 {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            format!("{field} must hold 1 to {limit} entries; it holds {count}"),
+            format!("{field} must not be empty"),
+            id,
+        ));
+    }
+    if count > limit {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{field} holds {count} entries; the limit is {limit}"),
             id,
         ));
     }

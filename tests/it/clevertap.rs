@@ -319,15 +319,23 @@ fn plaintext_operations_answer_as_the_spec_says() {
         json!({"token": "TKN_unknownunknownunknown00", "value": null, "exists": false, "dataType": null})
     );
 
-    // Limits: 0 and 1,001 values, 10,001 tokens (400); a value over 4 KiB (413).
+    // Limits: 1,001 values and 10,001 tokens are too large (413, as on /v1);
+    // empty batches and wrong shapes are bad requests (400); a value over
+    // 4 KiB is 413.
     let over: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
     for (path, body) in [
         (TOKENS_BATCH, json!({"values": over})),
-        (TOKENIZE_BATCH_V2, json!({"values": []})),
         (
             VALUES_BATCH,
             json!({"tokens": vec!["TKN_x"; 10_001], "metadata": {"purpose": "email_dispatch"}}),
         ),
+    ] {
+        let (status, raw, body) = call(&server, path, &key("admin"), &body);
+        assert_eq!(status, 413, "{path}: {raw}");
+        assert_eq!(body["error"]["code"], "payload_too_large");
+    }
+    for (path, body) in [
+        (TOKENIZE_BATCH_V2, json!({"values": []})),
         (
             VALUES_BATCH,
             json!({"tokens": [], "metadata": {"purpose": "email_dispatch"}}),
