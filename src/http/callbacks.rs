@@ -118,6 +118,11 @@ impl Callbacks {
         self.0.iter().map(|c| c.spec.path.clone()).collect()
     }
 
+    /// The name of the callback at `path`.
+    pub fn name_of(&self, path: &str) -> Option<String> {
+        self.find(path).map(|c| c.spec.name.clone())
+    }
+
     fn find(&self, path: &str) -> Option<&Callback> {
         self.0.iter().find(|c| c.spec.path == path)
     }

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404: no such namespace, token or route.
     NotFound,
+    /// 405: a known path, another method; comes with `Allow`.
+    MethodNotAllowed,
     /// 413: body, batch or value over its limit.
     PayloadTooLarge,
     /// 415: the body is not JSON.
@@ -53,6 +55,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
@@ -72,6 +75,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unprocessable => "unprocessable",
@@ -94,6 +98,7 @@ pub struct ApiError {
     message: String,
     request_id: RequestId,
     retry_after: Option<u64>,
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -104,6 +109,20 @@ impl ApiError {
             message: message.into(),
             request_id: request_id.clone(),
             retry_after: None,
+            allow: None,
+        }
+    }
+
+    /// 405 for a known path asked with another method: `Allow` lists the
+    /// methods it takes.
+    pub fn method_not_allowed(allow: &[&str], request_id: &RequestId) -> Self {
+        Self {
+            allow: Some(allow.join(", ")),
+            ..Self::new(
+                ErrorCode::MethodNotAllowed,
+                "this endpoint does not take this method",
+                request_id,
+            )
         }
     }
 
@@ -180,6 +199,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let Some(seconds) = self.retry_after {
             response.insert_header(("Retry-After", seconds.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            response.insert_header(("Allow", allow.clone()));
         }
         if self.code == ErrorCode::Unauthorized {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"tokenvault\""));

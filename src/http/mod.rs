@@ -112,6 +112,38 @@ fn register(config: &mut web::ServiceConfig, endpoints: impl Iterator<Item = &'s
     }
 }
 
+/// The pattern `path` matches among the fixed endpoints and callbacks, and
+/// the methods it takes there (this request's method was not one of them,
+/// or it would have been routed).
+fn allowed_methods(state: &AppState, path: &str) -> Option<(String, Vec<&'static str>)> {
+    let matches = |pattern: &str| {
+        let (mut want, mut have) = (pattern.split('/'), path.split('/'));
+        loop {
+            match (want.next(), have.next()) {
+                (None, None) => return true,
+                (Some(w), Some(h)) if w.starts_with('{') && !h.is_empty() => {}
+                (Some(w), Some(h)) if w == h => {}
+                _ => return false,
+            }
+        }
+    };
+    let mut pattern = None;
+    let mut allow = Vec::new();
+    for endpoint in endpoints(state.clevertap.is_some()) {
+        if matches(endpoint.path) {
+            pattern.get_or_insert_with(|| endpoint.path.to_owned());
+            allow.push(endpoint.method.as_str());
+        }
+    }
+    if pattern.is_none() && state.callbacks.paths().iter().any(|p| p == path) {
+        let name = state.callbacks.name_of(path).unwrap_or_default();
+        return Some((format!("callback:{name}"), vec!["POST"]));
+    }
+    allow.sort_unstable();
+    allow.dedup();
+    pattern.map(|pattern| (pattern, allow))
+}
+
 /// The metrics label of a request: the route (a fixed pattern, or the
 /// configured route or callback name) and its operation.
 #[derive(Debug, Clone)]

@@ -404,3 +404,58 @@ fn sigterm_drains_in_flight_requests() {
     assert!(server.stop().success());
     assert!(server.logs().contains("in-flight requests drained"));
 }
+
+#[test]
+fn a_wrong_method_on_a_known_path_is_405_with_allow() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    let client = http();
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/v1/tokenize", "POST"),
+        (reqwest::Method::POST, "/readyz", "GET"),
+        (
+            reqwest::Method::GET,
+            "/v1/namespaces/retail/tokens/TKN_x",
+            "DELETE",
+        ),
+        (reqwest::Method::POST, "/v1/consent", "PUT"),
+    ] {
+        let response = client
+            .request(method.clone(), server.url(path))
+            .bearer_auth(key("admin"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        let header = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(header.as_deref(), Some(allow), "{method} {path}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        assert!(body["error"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_"));
+    }
+    let missing = client.get(server.url("/v1/nothing-here")).send().unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    // Counted under the path's pattern and a fixed operation.
+    let metrics = client
+        .get(server.url("/metrics"))
+        .bearer_auth(key("scraper"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tokenvault_http_requests_total{")
+                && l.contains("route=\"/v1/tokenize\"")
+                && l.contains("operation=\"method_not_allowed\"")
+                && l.contains("status=\"405\"")),
+        "{metrics}"
+    );
+}

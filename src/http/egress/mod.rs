@@ -197,6 +197,15 @@ pub async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let path = req.path().to_owned();
     let Some((route, rest)) = state.routes.find(&path) else {
+        // A known path asked with another method: 405 with `Allow`, counted
+        // under the path's pattern and a fixed operation.
+        if let Some((pattern, allow)) = super::allowed_methods(&state, &path) {
+            actix_web::HttpMessage::extensions_mut(&req).insert(MetricRoute {
+                route: pattern,
+                operation: "method_not_allowed",
+            });
+            return Err(ApiError::method_not_allowed(&allow, &id));
+        }
         return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint", &id));
     };
     actix_web::HttpMessage::extensions_mut(&req).insert(MetricRoute {
