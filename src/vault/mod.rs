@@ -487,30 +487,18 @@ impl Vault {
 
         let mut results: Vec<Option<Tokenized>> = vec![None; pending.len()];
         // Known values are answered from a read connection, without the writer.
-        let lookups: Vec<(usize, String, [u8; 32])> = pending
+        let (positions, lookups): (Vec<usize>, Vec<(String, [u8; 32])>) = pending
             .iter()
             .enumerate()
             .filter_map(|(i, p)| {
                 p.blind_index
-                    .map(|index| (i, p.class_name.to_owned(), index))
+                    .map(|index| (i, (p.class_name.to_owned(), index)))
             })
-            .collect();
+            .unzip();
         if !lookups.is_empty() {
-            let store = self.store.clone();
-            let owned_namespace = namespace.to_owned();
-            let found = tokio::task::spawn_blocking(move || {
-                let keys: Vec<(&str, [u8; 32])> = lookups
-                    .iter()
-                    .map(|(_, class, index)| (class.as_str(), *index))
-                    .collect();
-                store
-                    .find_by_blind_index(&owned_namespace, &keys)
-                    .map(|found| (lookups, found))
-            })
-            .await
-            .map_err(|_| StoreError::ReadTask)??;
-            for ((i, _, _), token) in found.0.iter().zip(found.1) {
-                results[*i] = token.map(|token| Tokenized {
+            let found = self.find_by_blind_index(namespace, lookups).await?;
+            for (i, token) in positions.into_iter().zip(found) {
+                results[i] = token.map(|token| Tokenized {
                     token,
                     created: false,
                 });
@@ -602,6 +590,26 @@ impl Vault {
         Ok(results.into_iter().flatten().collect())
     }
 
+    /// The tokens stored under each `(class, blind index)`, read on a
+    /// blocking thread.
+    async fn find_by_blind_index(
+        &self,
+        namespace: &str,
+        lookups: Vec<(String, [u8; 32])>,
+    ) -> Result<Vec<Option<String>>, VaultError> {
+        let store = self.store.clone();
+        let owned_namespace = namespace.to_owned();
+        Ok(tokio::task::spawn_blocking(move || {
+            let keys: Vec<(&str, [u8; 32])> = lookups
+                .iter()
+                .map(|(class, index)| (class.as_str(), *index))
+                .collect();
+            store.find_by_blind_index(&owned_namespace, &keys)
+        })
+        .await
+        .map_err(|_| StoreError::ReadTask)??)
+    }
+
     /// Re-mints every phone-format candidate among `open` that equals a
     /// number stored in its class, or one being stored by this request: a
     /// message sent to a token by mistake must not reach a real person whose
@@ -638,21 +646,10 @@ impl Vault {
                     )
                 })
                 .collect();
-            let store = self.store.clone();
-            let owned_namespace = namespace.to_owned();
-            let (lookups, found) = tokio::task::spawn_blocking(move || {
-                let keys: Vec<(&str, [u8; 32])> = lookups
-                    .iter()
-                    .map(|(class, index)| (class.as_str(), *index))
-                    .collect();
-                store
-                    .find_by_blind_index(&owned_namespace, &keys)
-                    .map(|found| (lookups, found))
-            })
-            .await
-            .map_err(|_| StoreError::ReadTask)??;
+            let indexes: Vec<[u8; 32]> = lookups.iter().map(|(_, index)| *index).collect();
+            let found = self.find_by_blind_index(namespace, lookups).await?;
             let mut again = Vec::new();
-            for ((&i, (_, index)), stored) in check.iter().zip(&lookups).zip(found) {
+            for ((&i, index), stored) in check.iter().zip(&indexes).zip(found) {
                 if stored.is_some() || in_request.contains(index) {
                     crate::metrics::phone_token_collision();
                     let p = &mut pending[i];

@@ -133,6 +133,26 @@ fn send(server: &Server, method: reqwest::Method, path: &str, key: &str, body: &
         .as_u16()
 }
 
+/// Sends `body` to the sms callback, signed now under message id `id`;
+/// answers the status.
+fn send_callback(server: &Server, id: &str, body: Vec<u8>) -> u16 {
+    let timestamp = unix_now();
+    http()
+        .post(server.url("/callbacks/sms"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            webhook_signature(CALLBACK_SECRET, id, timestamp, &body),
+        )
+        .body(body)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Sends caller text where a token, a purpose or a namespace belongs, on
 /// every surface that takes one: /v1 detokenize, DELETE paths, consent, the
 /// CleverTap surface's getRawValue and values/batch, and a signed callback.
@@ -229,21 +249,7 @@ fn probe(rig: &Rig, values: &[String], real: &str) {
             &json!({"to": value, "message": {"template": format!("Hi {{{{{value}}}}}")}}),
         )
         .unwrap();
-        let id = format!("msg_probe_{i}");
-        let timestamp = unix_now();
-        let response = http()
-            .post(server.url("/callbacks/sms"))
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                webhook_signature(CALLBACK_SECRET, &id, timestamp, &body),
-            )
-            .body(body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 403);
+        assert_eq!(send_callback(server, &format!("msg_probe_{i}"), body), 403);
     }
     assert!(
         rig.provider.take().is_empty(),
@@ -503,21 +509,7 @@ fn canaries_never_reach_disk_or_logs() {
             "message": {"template": format!("Hello {{{{{}}}}}", people[1])},
         }))
         .unwrap();
-        let id = format!("msg_canary_{i}");
-        let timestamp = unix_now();
-        let response = http()
-            .post(server.url("/callbacks/sms"))
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                webhook_signature(CALLBACK_SECRET, &id, timestamp, &body),
-            )
-            .body(body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(send_callback(server, &format!("msg_canary_{i}"), body), 200);
         delivered.extend(rig.provider.take());
     }
     let delivered: String = delivered
