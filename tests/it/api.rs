@@ -442,13 +442,7 @@ fn a_wrong_method_on_a_known_path_is_405_with_allow() {
     let missing = client.get(server.url("/v1/nothing-here")).send().unwrap();
     assert_eq!(missing.status().as_u16(), 404);
     // Counted under the path's pattern and a fixed operation.
-    let metrics = client
-        .get(server.url("/metrics"))
-        .bearer_auth(key("scraper"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = scrape_metrics(&server);
     assert!(
         metrics
             .lines()

@@ -65,15 +65,7 @@ fn rig() -> Rig {
         route("library", "client_key_header = \"X-CleverTap-Passcode\""),
     ]
     .concat();
-    let mut config = fs::read_to_string(&setup.config).unwrap();
-    config.push_str(&sections);
-    fs::write(&setup.config, config).unwrap();
-    let out = setup.run(&["init", "--config"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    setup.append_and_init(&sections);
     let server = setup.serve();
     Rig {
         upstream,

@@ -102,15 +102,7 @@ directory = "{}"
         route("down", "/down", &format!("http://{}", closed_port())),
         log_dir.display(),
     );
-    let mut config = fs::read_to_string(&setup.config).unwrap();
-    config.push_str(&sections);
-    fs::write(&setup.config, config).unwrap();
-    let out = setup.run(&["init", "--config"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    setup.append_and_init(&sections);
     let server = setup.serve();
     Rig {
         setup,

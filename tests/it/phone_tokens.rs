@@ -40,13 +40,7 @@ fn phone_tokens_avoid_stored_numbers_and_stay_in_their_block() {
     // The same numbers again: the same tokens, no new rows.
     assert_eq!(tokenize(&server, "crm", "retail", &items), tokens);
     // The collision path was taken, and retried to success.
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .bearer_auth(key("scraper"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = scrape_metrics(&server);
     let collisions: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tokenvault_phone_token_collisions_total "))

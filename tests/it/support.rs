@@ -201,6 +201,21 @@ impl Setup {
         }
     }
 
+    /// Appends `sections` to a configuration written by [`Setup::configure`]
+    /// (sections that name files inside `dir`, so they are written after it)
+    /// and runs `tokenvault init`.
+    pub fn append_and_init(&self, sections: &str) {
+        let mut config = fs::read_to_string(&self.config).unwrap();
+        config.push_str(sections);
+        fs::write(&self.config, config).unwrap();
+        let out = self.run(&["init", "--config"]);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `tokenvault ARGS… <config>` to completion.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
@@ -488,4 +503,16 @@ pub fn webhook_signature(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &signed).as_ref())
     )
+}
+
+/// The Prometheus exposition of `/metrics`, read as the standard `scraper`
+/// client (role `metrics_read`).
+pub fn scrape_metrics(server: &Server) -> String {
+    http()
+        .get(server.url("/metrics"))
+        .bearer_auth(key("scraper"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }
