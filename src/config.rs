@@ -13,6 +13,10 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+mod limits;
+
+pub use limits::Limits;
+
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use ipnet::IpNet;
@@ -57,6 +61,8 @@ pub struct Config {
     pub clevertap: Option<ClevertapSpec>,
     /// `[[callbacks]]`: signed activation callbacks.
     pub callbacks: Vec<CallbackSpec>,
+    /// `[limits]`
+    pub limits: Limits,
 }
 
 impl Config {
@@ -431,29 +437,63 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             ))
         }
     }
-    // Only variables with `__` are config keys: every key lives in a section,
-    // and this keeps TOKENVAULT_PASSPHRASE, TOKENVAULT_CONFIG and friends from
-    // being read as unknown keys.
-    let env = Env::prefixed(ENV_PREFIX)
-        .filter(|key| key.as_str().contains("__"))
-        .split("__");
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
-    let raw: RawConfig = figment.extract().map_err(|errors| {
-        ConfigErrors(
-            errors
-                .into_iter()
-                .map(|error| {
-                    let key = if error.path.is_empty() {
-                        "config".to_owned()
-                    } else {
-                        error.path.join(".")
-                    };
-                    Problem::new(key, error.kind.to_string())
-                })
-                .collect(),
-        )
-    })?;
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(config_env());
+    let raw: RawConfig = figment.extract().map_err(extraction_problems)?;
     raw.validate()
+}
+
+/// `TOKENVAULT_SECTION__KEY` variables. Only variables with `__` are config
+/// keys: every key lives in a section, and this keeps TOKENVAULT_PASSPHRASE,
+/// TOKENVAULT_CONFIG and friends from being read as unknown keys.
+fn config_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+fn extraction_problems(errors: figment::Error) -> ConfigErrors {
+    ConfigErrors(
+        errors
+            .into_iter()
+            .map(|error| {
+                let key = if error.path.is_empty() {
+                    "config".to_owned()
+                } else {
+                    error.path.join(".")
+                };
+                Problem::new(key, error.kind.to_string())
+            })
+            .collect(),
+    )
+}
+
+impl Limits {
+    /// `[limits]` from `TOKENVAULT_LIMITS__*` alone, for `serve --dev`,
+    /// which reads no file.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        #[derive(Deserialize, Default)]
+        struct OnlyLimits {
+            #[serde(default)]
+            limits: limits::RawLimits,
+        }
+        let raw: OnlyLimits = Figment::new()
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| key.as_str().to_ascii_lowercase().starts_with("limits__"))
+                    .split("__"),
+            )
+            .extract()
+            .map_err(extraction_problems)?;
+        let mut problems = Vec::new();
+        let limits = raw.limits.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(limits)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
 }
 
 impl Config {
@@ -507,7 +547,8 @@ impl Config {
             purposes: Scope::Any,
             reveal: Reveal::Plain,
             reveal_by_purpose: BTreeMap::new(),
-            clevertap_purpose: None,
+            // The CleverTap SDKs send no purpose unless told to.
+            clevertap_purpose: Some("support".to_owned()),
         };
         Self {
             server: ServerSettings {
@@ -538,6 +579,7 @@ impl Config {
                 default_class: "name".to_owned(),
                 access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
             }),
+            limits: Limits::default(),
             clients: BTreeMap::from([(
                 "root".to_owned(),
                 ClientSpec {
@@ -719,6 +761,8 @@ struct RawConfig {
     clevertap: Option<RawClevertap>,
     #[serde(default)]
     callbacks: Vec<RawCallback>,
+    #[serde(default)]
+    limits: limits::RawLimits,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1549,6 +1593,7 @@ impl RawConfig {
             }
         }
         let log = self.log.validate(&mut problems);
+        let limits = self.limits.validate(&mut problems);
         let routes_raw = self.routes;
         let mut clients = BTreeMap::new();
         for (name, raw) in self.clients {
@@ -1605,6 +1650,7 @@ impl RawConfig {
                 routes,
                 clevertap,
                 callbacks,
+                limits,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -759,14 +759,14 @@ pub fn format_time(time_us: i64) -> String {
         .unwrap_or_else(|| time_us.to_string())
 }
 
-/// Parses an RFC 3339 time, a bare `YYYY-MM-DD` (midnight UTC), or a
-/// duration back from now (`1h`, `24h`, `7d`, `30min`) into microseconds
-/// since the epoch.
+/// Parses an RFC 3339 time, a bare `YYYY-MM-DD` (midnight UTC), or an age
+/// back from now (1 to 6 digits and a unit: `90s`, `15m`, `24h`, `7d`) into
+/// microseconds since the epoch. The grammar is exactly the one
+/// docs/openapi.yaml describes, so nothing else is taken for an age (`0`,
+/// `1 h`, `yesterday`).
 pub fn parse_time(text: &str) -> Option<i64> {
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return i64::try_from(ago.as_micros())
-            .ok()
-            .map(|ago| now_us().saturating_sub(ago));
+    if let Some(ago) = parse_age(text) {
+        return Some(now_us().saturating_sub(ago));
     }
     let full = if text.len() == 10 {
         format!("{text}T00:00:00Z")
@@ -776,6 +776,26 @@ pub fn parse_time(text: &str) -> Option<i64> {
     let parsed =
         time::OffsetDateTime::parse(&full, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(parsed.unix_timestamp_nanos() / 1000).ok()
+}
+
+/// `<digits><unit>` in microseconds.
+fn parse_age(text: &str) -> Option<i64> {
+    let digits = text.len().checked_sub(1)?;
+    if !text.is_char_boundary(digits) {
+        return None;
+    }
+    let (number, unit) = text.split_at(digits);
+    if !(1..=6).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(number.parse::<i64>().ok()? * seconds * 1_000_000)
 }
 
 #[cfg(test)]
@@ -830,7 +850,23 @@ mod tests {
         let t = parse_time("2026-11-23T10:00:00.123456Z").unwrap();
         assert_eq!(format_time(t), "2026-11-23T10:00:00.123456Z");
         assert_eq!(parse_time("2026-11-23"), parse_time("2026-11-23T00:00:00Z"));
-        assert_eq!(parse_time("yesterday"), None);
+        for not_a_time in [
+            "yesterday",
+            "0",
+            "1 h",
+            "1h\n",
+            "1w",
+            "1234567d",
+            "\u{661}h",
+            "1\u{e9}",
+            "h",
+        ] {
+            assert_eq!(parse_time(not_a_time), None, "{not_a_time:?}");
+        }
+        assert!(
+            parse_time("999999d").unwrap() < 0,
+            "before the epoch, not an error"
+        );
         let hour_ago = parse_time("1h").unwrap();
         let expected = now_us() - 3_600_000_000;
         assert!(

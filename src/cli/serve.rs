@@ -106,7 +106,7 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     drop(keyring);
     let state = AppState {
         vault,
-        auth: Authenticator::new(&config.clients, &config.roles),
+        auth: Authenticator::new(&config.clients, &config.roles, &config.limits),
         clevertap: config.clevertap.as_ref().map(http::clevertap::Surface::new),
         callbacks: http::callbacks::Callbacks::build(config.callbacks, &config.roles).map_err(
             |e| anyhow!("{e}\nhint: check the callback's secret, headers and ca_bundle"),
@@ -168,7 +168,8 @@ fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
         .ok()
         .filter(|key| !key.is_empty())
         .unwrap_or_else(|| new_api_key("root"));
-    let config = Config::dev(listen, data_dir.path().to_owned(), hash_api_key(&api_key));
+    let mut config = Config::dev(listen, data_dir.path().to_owned(), hash_api_key(&api_key));
+    config.limits = crate::config::Limits::from_env().map_err(|errors| anyhow!("{errors}"))?;
     debug_assert!(matches!(config.keys, KeySettings::Ephemeral));
     let banner = "=".repeat(76);
     println!("{banner}");

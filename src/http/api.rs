@@ -358,10 +358,27 @@ async fn audit_records(
         .filter
         .parse()
         .map_err(|problems| ApiError::new(ErrorCode::InvalidRequest, problems.join("; "), &id))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, AUDIT_PAGE_MAX);
+    // Out-of-range numbers are refused, never clamped, as the
+    // description's bounds say.
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=AUDIT_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit must be from 1 to {AUDIT_PAGE_MAX}"),
+            &id,
+        ));
+    }
+    let after = query.after.unwrap_or(0);
+    if i64::try_from(after).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "after is not a sequence number",
+            &id,
+        ));
+    }
     let records = state
         .vault
-        .audit_records(&context, &caller, filter, query.after.unwrap_or(0), limit)
+        .audit_records(&context, &caller, filter, after, limit)
         .await
         .map_err(|error| ApiError::from_vault(error, &id))?;
     let next = (records.len() == limit)

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::context::RequestId;
 use crate::policy::Denied;
-use crate::vault::VaultError;
+use crate::vault::{ItemProblem, VaultError};
 
 /// Stable error codes of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +157,15 @@ impl ApiError {
     pub fn from_vault(error: VaultError, request_id: &RequestId) -> Self {
         let code = match &error {
             VaultError::Denied(_) => ErrorCode::Forbidden,
-            VaultError::UnknownNamespace | VaultError::UnknownToken => ErrorCode::NotFound,
-            VaultError::UnknownPurpose => ErrorCode::InvalidRequest,
+            // Names the configuration does not define are missing
+            // resources, as an unknown namespace always was.
+            VaultError::UnknownNamespace
+            | VaultError::UnknownToken
+            | VaultError::UnknownPurpose
+            | VaultError::Item {
+                problem: ItemProblem::UnknownClass,
+                ..
+            } => ErrorCode::NotFound,
             VaultError::Item { .. } => ErrorCode::InvalidRequest,
             VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             VaultError::Store(_) => ErrorCode::Unavailable,

@@ -226,7 +226,11 @@ const CONCURRENT_VERIFICATIONS: usize = 2;
 
 impl Authenticator {
     /// Builds the authenticator from validated clients and roles.
-    pub fn new(clients: &BTreeMap<String, ClientSpec>, roles: &BTreeMap<String, Role>) -> Self {
+    pub fn new(
+        clients: &BTreeMap<String, ClientSpec>,
+        roles: &BTreeMap<String, Role>,
+        limits: &crate::config::Limits,
+    ) -> Self {
         let roles: BTreeMap<&String, Arc<Role>> = roles
             .iter()
             .map(|(name, role)| (name, Arc::new(role.clone())))
@@ -252,7 +256,10 @@ impl Authenticator {
                 .build(),
             cache_key: CacheKey::random(),
             verifications: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
-            throttle: throttle::Throttle::default(),
+            throttle: throttle::Throttle::new(
+                limits.auth_failures_per_source,
+                limits.auth_failures_per_client,
+            ),
         }
     }
 

@@ -10,7 +10,8 @@
 //!
 //! The source dimension is combined with the claimed client, so that one
 //! address shared by many clients (a NAT, a sidecar) that floods with one
-//! client's name does not lock the others out.
+//! client's name does not lock the others out. The rates are `[limits]`
+//! settings (`auth_failures_per_source`, `auth_failures_per_client`).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -19,11 +20,6 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// Failures one source may make for one claimed client, per minute (and in
-/// a burst).
-pub const FAILURES_PER_SOURCE_AND_CLIENT: u32 = 10;
-/// Failures for one claimed client from all sources together, per minute.
-pub const FAILURES_PER_CLIENT: u32 = 60;
 /// Distinct keys the blocked list holds (memory bound).
 const BLOCKED_CAPACITY: u64 = 100_000;
 
@@ -54,12 +50,6 @@ impl Drop for Attempt<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.pair);
-    }
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self::new(FAILURES_PER_SOURCE_AND_CLIENT, FAILURES_PER_CLIENT)
     }
 }
 

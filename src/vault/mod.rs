@@ -26,7 +26,7 @@ use normalize::NormalizeError;
 pub use crate::store::AuditState;
 
 /// Largest value accepted for tokenization, in bytes.
-pub const MAX_VALUE_BYTES: usize = 4096;
+pub const MAX_VALUE_CHARS: usize = 4096;
 /// Times a taken token is re-minted before the request fails.
 const MINT_ATTEMPTS: usize = 8;
 /// Times a phone token that equals a stored number is re-minted before the
@@ -120,8 +120,8 @@ pub enum VaultError {
         /// What is wrong with it.
         problem: ItemProblem,
     },
-    /// One value is over [`MAX_VALUE_BYTES`].
-    #[error("item {index}: value is larger than {MAX_VALUE_BYTES} bytes")]
+    /// One value is longer than [`MAX_VALUE_CHARS`].
+    #[error("item {index}: value is longer than {MAX_VALUE_CHARS} characters")]
     ValueTooLarge {
         /// Position of the item in the request.
         index: usize,
@@ -463,7 +463,7 @@ impl Vault {
             if !caller.role.classes.allows(class_name) {
                 return Err(Denied::Class(index).into());
             }
-            if item.value.expose().len() > MAX_VALUE_BYTES {
+            if item.value.expose().chars().count() > MAX_VALUE_CHARS {
                 return Err(VaultError::ValueTooLarge { index });
             }
             let normalized = normalize::normalize(class.normalize, item.value.expose())

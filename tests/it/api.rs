@@ -247,15 +247,28 @@ fn token_api_behaviour_and_authorization() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
 
-    // 400: bad JSON, unknown class, invalid value, empty purpose, empty batch; never echoing the value.
+    // 404: a class the namespace does not define, like an unknown namespace.
     let canary = "canary.7.0003.zq@example.com";
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": [{"class": "email", "value": canary}, {"class": "fax", "value": canary}]}),
+    );
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("item 1"));
+    assert!(!body.to_string().contains("canary"), "value echoed: {body}");
+
+    // 400: bad JSON, invalid value, empty purpose, empty batch; never echoing the value.
     let bad_inputs = [
-        json!({"namespace": "retail", "items": [{"class": "email", "value": canary}, {"class": "fax", "value": canary}]}),
         json!({"namespace": "retail", "items": [{"class": "phone", "value": "+919000700001"}, {"class": "email", "value": canary}, {"class": "phone", "value": canary}]}),
         json!({"namespace": "retail", "items": []}),
         json!({"namespace": "retail", "items": [{"class": "email", "value": 12345, "note": canary}]}),
     ];
-    let expected_index = ["item 1", "item 2", "items", "line"];
+    let expected_index = ["item 2", "items", "line"];
     for (request, expected) in bad_inputs.iter().zip(expected_index) {
         let (status, body) = post(&server, "/v1/tokenize", &key("crm"), request);
         assert_eq!(
@@ -315,6 +328,17 @@ fn token_api_behaviour_and_authorization() {
         .as_str()
         .unwrap()
         .contains("item 0"));
+    // The limit counts characters, as the description's maxLength does:
+    // 4096 three-byte characters fit, one more does not.
+    for (length, expected) in [(4096, 200), (4097, 413)] {
+        let (status, _) = post(
+            &server,
+            "/v1/tokenize",
+            &key("crm"),
+            &json!({"namespace": "retail", "items": [{"class": "name", "value": "\u{20ac}".repeat(length)}]}),
+        );
+        assert_eq!(status, expected, "{length} characters");
+    }
 
     // 415 for a body that is not declared as JSON.
     let response = http()

@@ -172,3 +172,15 @@ fn ten_thousand_refusals_add_a_few_dozen_audit_records() {
     assert_eq!(counted, 10_000);
     assert_chain_verifies(&setup);
 }
+
+#[test]
+fn the_failure_limit_is_a_setting() {
+    let setup = Setup::new_with("", "[limits]\nauth_failures_per_source = 2\n");
+    let server = setup.serve();
+    let wrong = "tv.crm.wrong-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let answers: Vec<u16> = (0..3).map(|_| tokenize_with(&server, wrong).0).collect();
+    assert_eq!(answers, [401, 401, 429]);
+    // Another claimed client from the same address is counted apart.
+    let other = tokenize_with(&server, "tv.nobody.wrong-key-bbbbbbbbbbbbbbbbbbbbbbbbb").0;
+    assert_eq!(other, 401);
+}

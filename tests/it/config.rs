@@ -89,6 +89,9 @@ format = "emale"
 operations = ["detokenize", "fly"]
 namespaces = ["nowhere"]
 reveal = "sometimes"
+[limits]
+auth_failures_per_source = 0
+auth_failures_per_client = 5000000000
 "#;
     let setup = Setup::configure("", body);
     let text = fs::read_to_string(&setup.config)
@@ -108,6 +111,8 @@ reveal = "sometimes"
         "clients.crm.role: role `ghost` is not defined",
         "clients.broken.api_key_hash: not an argon2id hash",
         "clients.broken.allow_from: `10.0.0.300/8` is not an IP address or CIDR block",
+        "limits.auth_failures_per_source: must be from 1 to",
+        "limits.auth_failures_per_client: must be from 1 to",
     ] {
         assert!(
             stderr.contains(expected),

@@ -182,7 +182,8 @@ fn probe(rig: &Rig, values: &[String], real: &str) {
                 &key("consent"),
                 &consent
             ),
-            400
+            404,
+            "a purpose no configuration names is not found"
         );
     }
     // As namespaces.

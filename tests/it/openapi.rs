@@ -1,39 +1,124 @@
-//! `docs/openapi.yaml` and the server's routes are the same set, checked
-//! against the route table the server registers and against a live server.
+//! `docs/openapi.yaml` is a valid OpenAPI 3.1 document (parsed whole by the
+//! `oas3` crate, every `$ref` resolved), and its operations and the server's
+//! routes are the same set, checked against the route table the server
+//! registers and against a live server. `.ci/run` also holds a live dev
+//! server to the document with schemathesis (`.ci/schemathesis`).
 
 use std::collections::BTreeSet;
 
 use crate::support::*;
 
-/// `(METHOD, path)` of every operation under `paths:` in the document.
-/// The document is written with two-space indentation: paths at two spaces,
-/// methods at four.
-fn documented() -> BTreeSet<(String, String)> {
+fn document() -> oas3::Spec {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    let mut operations = BTreeSet::new();
-    let mut in_paths = false;
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        if !line.starts_with(' ') && !line.trim().is_empty() && !line.starts_with('#') {
-            in_paths = line == "paths:";
-            current = None;
-            continue;
-        }
-        if !in_paths {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("  ").filter(|r| r.starts_with('/')) {
-            current = Some(rest.trim_end().trim_end_matches(':').to_owned());
-        } else if let Some(rest) = line.strip_prefix("    ").filter(|r| !r.starts_with(' ')) {
-            let method = rest.trim_end().trim_end_matches(':');
-            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&method) {
-                let path = current.clone().expect("a method under a path");
-                operations.insert((method.to_uppercase(), path));
+    oas3::from_yaml(text).unwrap_or_else(|error| panic!("docs/openapi.yaml: {error}"))
+}
+
+/// `(METHOD, path)` of every operation under `paths:` in the document.
+fn documented() -> BTreeSet<(String, String)> {
+    document()
+        .operations()
+        .map(|(path, method, _)| (method.as_str().to_owned(), path))
+        .collect()
+}
+
+/// Every `$ref` under `value`, with where it was found.
+fn references(value: &serde_json::Value, at: &str, found: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                match (key.as_str(), child) {
+                    ("$ref", serde_json::Value::String(target)) => {
+                        found.push((at.to_owned(), target.clone()))
+                    }
+                    _ => references(child, &format!("{at}/{key}"), found),
+                }
             }
         }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                references(child, &format!("{at}/{index}"), found);
+            }
+        }
+        _ => {}
     }
-    operations
+}
+
+#[test]
+fn the_description_is_valid_openapi_and_every_reference_resolves() {
+    let spec = document();
+    assert!(spec.openapi.starts_with("3.1."), "{}", spec.openapi);
+    let whole = serde_json::to_value(&spec).unwrap();
+    let mut found = Vec::new();
+    references(&whole, "", &mut found);
+    assert!(
+        found.len() > 50,
+        "the walk finds the references: {}",
+        found.len()
+    );
+    let dangling: Vec<_> = found
+        .iter()
+        .filter(|(_, target)| {
+            target
+                .strip_prefix('#')
+                .is_none_or(|pointer| whole.pointer(pointer).is_none())
+        })
+        .collect();
+    assert!(dangling.is_empty(), "references to nothing: {dangling:?}");
+    for (path, method, operation) in spec.operations() {
+        let name = format!("{method} {path}");
+        assert!(
+            operation.operation_id.is_some(),
+            "{name} has no operationId"
+        );
+        let responses = operation.responses.as_ref().expect("responses");
+        assert!(!responses.is_empty(), "{name} documents no response");
+        for (status, response) in responses {
+            let response = response
+                .resolve(&spec)
+                .unwrap_or_else(|error| panic!("{name} {status}: {error}"));
+            // Every error answer is JSON with a stable code.
+            if status.starts_with('4') || status.starts_with('5') {
+                assert!(
+                    response.content.contains_key("application/json"),
+                    "{name} {status} is not JSON"
+                );
+            }
+        }
+        operation
+            .request_body(&spec)
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        for parameter in &operation.parameters {
+            parameter
+                .resolve(&spec)
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+    }
+}
+
+/// The audit actions the description lists are the ones the trail has.
+#[test]
+fn the_audit_action_filter_lists_every_action() {
+    let whole = serde_json::to_value(document()).unwrap();
+    let parameters = whole
+        .pointer("/paths/~1v1~1audit/get/parameters")
+        .and_then(|p| p.as_array())
+        .expect("GET /v1/audit has parameters");
+    let action = parameters
+        .iter()
+        .find(|p| p["name"] == "action")
+        .expect("an action parameter");
+    let listed: BTreeSet<&str> = action["schema"]["enum"]
+        .as_array()
+        .expect("an enum")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let actions: BTreeSet<&str> = tokenvault::audit::Action::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
+    assert_eq!(listed, actions);
 }
 
 fn served() -> BTreeSet<(String, String)> {
