@@ -309,14 +309,29 @@ cert_identity = "worker.mtls.test"
     assert!(stderr.contains("clients.worker.cert_identity"), "{stderr}");
 }
 
-/// A ClientHello offering only `version` (no supported_versions extension),
-/// with suites and extensions a TLS 1.2 server could accept.
-fn client_hello(version: [u8; 2]) -> Vec<u8> {
+/// The two kinds of old-version hello.
+#[derive(Clone, Copy, Debug)]
+enum Hello {
+    /// TLS 1.2 suites and signature_algorithms, at an old version.
+    Tls12Suites,
+    /// What OpenSSL 3's `s_client -tls1_1` sends: CBC suites only (none of
+    /// which rustls implements) and no signature_algorithms.
+    RealLegacyClient,
+}
+
+/// A ClientHello offering only `version` (no supported_versions extension).
+fn client_hello(version: [u8; 2], kind: Hello) -> Vec<u8> {
+    let suites: &[u8] = match kind {
+        Hello::Tls12Suites => &[0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x09, 0xc0, 0x13, 0x00, 0x2f],
+        Hello::RealLegacyClient => &[
+            0xc0, 0x0a, 0xc0, 0x14, 0x00, 0x39, 0xc0, 0x09, 0xc0, 0x13, 0x00, 0x33, 0x00, 0x35,
+            0x00, 0x2f, 0x00, 0xff,
+        ],
+    };
     let mut body = Vec::new();
     body.extend_from_slice(&version);
     body.extend_from_slice(&[7u8; 32]); // random
     body.push(0); // no session id
-    let suites: &[u8] = &[0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x09, 0xc0, 0x13, 0x00, 0x2f];
     body.extend_from_slice(&(suites.len() as u16).to_be_bytes());
     body.extend_from_slice(suites);
     body.extend_from_slice(&[1, 0]); // null compression
@@ -326,9 +341,11 @@ fn client_hello(version: [u8; 2]) -> Vec<u8> {
     // ec_point_formats: uncompressed
     extensions.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
     // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, rsa_pkcs1_sha256
-    extensions.extend_from_slice(&[
-        0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
-    ]);
+    if let Hello::Tls12Suites = kind {
+        extensions.extend_from_slice(&[
+            0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01,
+        ]);
+    }
     body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
     body.extend_from_slice(&extensions);
     let mut handshake = vec![0x01];
@@ -369,7 +386,7 @@ fn tls_1_0_and_1_1_handshakes_are_refused() {
 
     // Control: the same hello at TLS 1.2 gets a ServerHello, so the hello
     // itself is acceptable and only the version decides.
-    let tls12 = answer_to(&server, &client_hello([0x03, 0x03]));
+    let tls12 = answer_to(&server, &client_hello([0x03, 0x03], Hello::Tls12Suites));
     assert!(tls12.len() >= 6, "{tls12:?}");
     assert_eq!(
         (tls12[0], tls12[5]),
@@ -377,16 +394,16 @@ fn tls_1_0_and_1_1_handshakes_are_refused() {
         "handshake record with ServerHello"
     );
 
+    // As docs/operations.md says: a real TLS 1.0/1.1 client, offering the
+    // CBC suites of its version, gets handshake_failure (40); a hello that
+    // offers TLS 1.2 suites at the old version gets protocol_version (70).
     for (name, version) in [("TLS 1.0", [0x03, 0x01]), ("TLS 1.1", [0x03, 0x02])] {
-        let answer = answer_to(&server, &client_hello(version));
-        // An alert record: fatal protocol_version (70).
-        assert!(answer.len() >= 7, "{name}: {answer:?}");
-        assert_eq!(answer[0], 0x15, "{name} gets an alert, not a ServerHello");
-        assert_eq!(
-            (answer[5], answer[6]),
-            (2, 70),
-            "{name}: fatal protocol_version"
-        );
+        for (kind, alert) in [(Hello::RealLegacyClient, 40), (Hello::Tls12Suites, 70)] {
+            let answer = answer_to(&server, &client_hello(version, kind));
+            assert!(answer.len() >= 7, "{name}: {answer:?}");
+            assert_eq!(answer[0], 0x15, "{name} gets an alert, not a ServerHello");
+            assert_eq!((answer[5], answer[6]), (2, alert), "{name} {kind:?}");
+        }
     }
 }
 
