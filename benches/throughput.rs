@@ -78,6 +78,7 @@ impl InProcess {
                 &dir.path().join("vault.db"),
                 &dir.path().join("audit.db"),
                 keyring.audit_key(),
+                tokenvault::config::Limits::default().sqlite_cache_mib,
             )
             .unwrap(),
         );

@@ -51,7 +51,12 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         other => anyhow!(other),
     })?;
     let (database, audit_path) = (config.storage.database_path(), config.storage.audit_path());
-    let store = Store::open(&database, &audit_path, keyring.audit_key())
+    let store = Store::open(
+        &database,
+        &audit_path,
+        keyring.audit_key(),
+        crate::config::Limits::default().sqlite_cache_mib,
+    )
         .context("cannot create vault.db")?;
     store.shutdown();
     let context = audit::Context::cli("init");

@@ -92,6 +92,7 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
             &config.storage.database_path(),
             &config.storage.audit_path(),
             keyring.audit_key(),
+            config.limits.sqlite_cache_mib,
         )
         .with_context(|| {
             format!(

@@ -15,6 +15,12 @@ pub struct Limits {
     /// Failed authentications for one claimed client from all sources
     /// together per minute.
     pub auth_failures_per_client: u32,
+    /// Page cache of each of the server's connections to `vault.db` (one
+    /// writer and four readers), in MiB.
+    pub sqlite_cache_mib: u32,
+    /// Verified API keys remembered (for ten minutes each), so that a
+    /// client's next request skips the argon2id verification.
+    pub auth_cache_entries: u32,
 }
 
 impl Default for Limits {
@@ -22,6 +28,8 @@ impl Default for Limits {
         Self {
             auth_failures_per_source: 10,
             auth_failures_per_client: 60,
+            sqlite_cache_mib: 16,
+            auth_cache_entries: 10_000,
         }
     }
 }
@@ -30,6 +38,8 @@ impl Default for Limits {
 pub(super) struct RawLimits {
     auth_failures_per_source: Option<u64>,
     auth_failures_per_client: Option<u64>,
+    sqlite_cache_mib: Option<u64>,
+    auth_cache_entries: Option<u64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -61,6 +71,16 @@ impl RawLimits {
                 "auth_failures_per_client",
                 self.auth_failures_per_client,
                 defaults.auth_failures_per_client,
+            ),
+            sqlite_cache_mib: count(
+                "sqlite_cache_mib",
+                self.sqlite_cache_mib,
+                defaults.sqlite_cache_mib,
+            ),
+            auth_cache_entries: count(
+                "auth_cache_entries",
+                self.auth_cache_entries,
+                defaults.auth_cache_entries,
             ),
         }
     }

@@ -251,7 +251,7 @@ impl Authenticator {
         Self {
             clients,
             cache: moka::sync::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(u64::from(limits.auth_cache_entries))
                 .time_to_live(AUTH_CACHE_TTL)
                 .build(),
             cache_key: CacheKey::random(),

@@ -39,8 +39,8 @@ pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
 /// Read connections in the pool.
 const READ_CONNECTIONS: usize = 4;
-/// Page cache per connection, in KiB.
-const CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of a connection the CLI opens for one command, in MiB.
+const COMMAND_CACHE_MIB: u32 = 16;
 /// Jobs that may wait for the writer before callers are held back.
 const WRITE_QUEUE: usize = 1024;
 
@@ -195,26 +195,44 @@ pub struct Store {
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    open_connection_cached(path, flags, COMMAND_CACHE_MIB)
+}
+
+/// Opens a connection whose page cache holds at most `cache_mib` MiB (the
+/// `limits.sqlite_cache_mib` setting for the server's connections).
+fn open_connection_cached(
+    path: &Path,
+    flags: OpenFlags,
+    cache_mib: u32,
+) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(Duration::from_secs(5))?;
     // FULL: a token handed to a caller survives power loss, not only a crash.
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     // Tokens and blind indexes are random keys, so inserts touch pages all
-    // over both B-trees: keep far more of them cached than the 2 MiB default.
-    connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // over both B-trees: keep more of them cached than the 2 MiB default,
+    // but a bounded amount (a negative cache_size is in KiB).
+    connection.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))?;
     Ok(connection)
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and the audit trail
     /// at `audit_path`, runs migrations and starts the writer thread, which
-    /// chains audit records under `audit_key`.
-    pub fn open(path: &Path, audit_path: &Path, audit_key: AuditKey) -> Result<Self, StoreError> {
+    /// chains audit records under `audit_key`. Each of its connections to
+    /// `path` caches at most `cache_mib` MiB of pages.
+    pub fn open(
+        path: &Path,
+        audit_path: &Path,
+        audit_key: AuditKey,
+        cache_mib: u32,
+    ) -> Result<Self, StoreError> {
         let audit_key = Arc::new(audit_key);
-        let mut writer = open_connection(
+        let mut writer = open_connection_cached(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            cache_mib,
         )?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -225,7 +243,7 @@ impl Store {
         let audit_reader = Mutex::new(trail::Reader::open(audit_path)?);
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
-            let reader = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let reader = open_connection_cached(path, OpenFlags::SQLITE_OPEN_READ_ONLY, cache_mib)?;
             reader.pragma_update(None, "query_only", "ON")?;
             readers.push(Mutex::new(reader));
         }
@@ -1122,6 +1140,7 @@ mod tests {
             &dir.path().join("vault.db"),
             &dir.path().join("audit.db"),
             key.audit_key(),
+            8,
         )
         .unwrap();
         let first = store
