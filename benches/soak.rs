@@ -255,7 +255,10 @@ fn main() {
                 n += 1;
                 let _ = http
                     .post(format!("{base}/v1/tokenize"))
-                    .bearer_auth(format!("tv.intruder{}.wrong-key-aaaaaaaaaaaaaaaaaaaaaaaa", n % 50))
+                    .bearer_auth(format!(
+                        "tv.intruder{}.wrong-key-aaaaaaaaaaaaaaaaaaaaaaaa",
+                        n % 50
+                    ))
                     .json(&json!({"namespace": "default", "items": []}))
                     .send();
                 std::thread::sleep(Duration::from_millis(500));

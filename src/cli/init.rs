@@ -57,7 +57,7 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         keyring.audit_key(),
         crate::config::Limits::default().sqlite_cache_mib,
     )
-        .context("cannot create vault.db")?;
+    .context("cannot create vault.db")?;
     store.shutdown();
     let context = audit::Context::cli("init");
     let records = [

@@ -136,14 +136,14 @@ pub(super) fn apply(db: &Connection, write: &ActivationWrite, now: i64) -> rusql
     }
 }
 
-/// True when the newest event for the token, or for its subject, about
-/// `purpose` or `*`, withdrew it. Token events and subject events are
-/// separate: a withdrawal of either blocks.
+/// True when the newest event for the token, or for any subject linked to
+/// it, about `purpose` or `*`, withdrew it. Token events and subject events
+/// are separate, and a withdrawal by any of them blocks: a shared value is
+/// every linked subject's data.
 pub(super) fn withdrawn(
     db: &Connection,
     namespace: &str,
     token: &str,
-    subject_hash: Option<&[u8]>,
     purpose: &str,
 ) -> rusqlite::Result<bool> {
     let mut newest = db.prepare_cached(
@@ -160,15 +160,17 @@ pub(super) fn withdrawn(
     if token_withdrawn == Some(true) {
         return Ok(true);
     }
-    let Some(subject) = subject_hash else {
-        return Ok(false);
-    };
-    let subject_withdrawn: Option<bool> = newest
-        .query_row(params![namespace, "subject", subject, purpose], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    Ok(subject_withdrawn == Some(true))
+    for subject in subjects_of(db, namespace, token)? {
+        let subject_withdrawn: Option<bool> = newest
+            .query_row(params![namespace, "subject", subject, purpose], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if subject_withdrawn == Some(true) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Every consent event for `target`, oldest first.
@@ -193,14 +195,13 @@ pub(super) fn history(
     rows.collect()
 }
 
-/// The subject hash a token was stored with, if any.
-pub(super) fn subject_of(
+/// The subject hashes linked to a token.
+pub(super) fn subjects_of(
     db: &Connection,
     namespace: &str,
     token: &str,
-) -> rusqlite::Result<Option<Vec<u8>>> {
-    db.prepare_cached("SELECT subject_hash FROM tokens WHERE namespace = ?1 AND token = ?2")?
-        .query_row(params![namespace, token], |row| row.get(0))
-        .optional()
-        .map(Option::flatten)
+) -> rusqlite::Result<Vec<Vec<u8>>> {
+    db.prepare_cached("SELECT subject_hash FROM subject_links WHERE namespace = ?1 AND token = ?2")?
+        .query_map(params![namespace, token], |row| row.get(0))?
+        .collect()
 }

@@ -30,10 +30,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod activation;
+pub mod subjects;
 
 use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
+pub use subjects::{Erasure, SubjectHash, SubjectWrite};
 
 /// Largest number of queued jobs committed in one transaction.
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
@@ -86,7 +88,8 @@ pub struct NewRow {
     pub sealed: Vec<u8>,
     /// Blind index for deterministic classes.
     pub blind_index: Option<[u8; 32]>,
-    /// Keyed hash of the subject, when one was given.
+    /// Keyed hash of the subject, when one was given: the stored token
+    /// (this row's, or the existing one for its value) is linked to it.
     pub subject_hash: Option<[u8; 32]>,
 }
 
@@ -110,8 +113,6 @@ pub struct StoredValue {
     pub key_version: u32,
     /// `nonce || ciphertext || tag`.
     pub sealed: Vec<u8>,
-    /// Keyed hash of the subject it was stored with, if any.
-    pub subject_hash: Option<Vec<u8>>,
 }
 
 /// Why a writer batch failed.
@@ -178,6 +179,11 @@ enum Job {
         write: ActivationWrite,
         audit: Vec<Record>,
         reply: Reply<bool>,
+    },
+    Subjects {
+        write: SubjectWrite,
+        audit: Vec<Record>,
+        reply: Reply<Erasure>,
     },
 }
 
@@ -379,6 +385,21 @@ impl Store {
         .await
     }
 
+    /// Applies a per-subject write (links, or a subject's erasure) with its
+    /// audit records in one commit; answers what was erased once durable.
+    pub async fn subjects(
+        &self,
+        write: SubjectWrite,
+        audit: Vec<Record>,
+    ) -> Result<Erasure, StoreError> {
+        self.submit(|reply| Job::Subjects {
+            write,
+            audit,
+            reply,
+        })
+        .await
+    }
+
     /// Applies an activation write (consent event, callback message claim or
     /// release) with its audit records in one commit; answers the write's
     /// result once durable (for a claim: false when the id was seen before,
@@ -396,20 +417,18 @@ impl Store {
         .await
     }
 
-    /// For each `(token, subject hash)`, whether `purpose` is withdrawn for
-    /// the token or its subject. Blocking.
+    /// For each token, whether `purpose` is withdrawn for the token or for
+    /// any subject linked to it. Blocking.
     pub fn consent_withdrawn(
         &self,
         namespace: &str,
         purpose: &str,
-        items: &[(&str, Option<&[u8]>)],
+        tokens: &[&str],
     ) -> Result<Vec<bool>, StoreError> {
         self.with_reader(|db| {
-            items
+            tokens
                 .iter()
-                .map(|(token, subject)| {
-                    activation::withdrawn(db, namespace, token, *subject, purpose)
-                })
+                .map(|token| activation::withdrawn(db, namespace, token, purpose))
                 .collect()
         })
     }
@@ -508,7 +527,7 @@ impl Store {
     ) -> Result<Vec<Option<StoredValue>>, StoreError> {
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
-                "SELECT class, key_version, sealed, subject_hash FROM tokens WHERE namespace = ?1 AND token = ?2",
+                "SELECT class, key_version, sealed FROM tokens WHERE namespace = ?1 AND token = ?2",
             )?;
             tokens
                 .iter()
@@ -519,7 +538,6 @@ impl Store {
                                 class: row.get(0)?,
                                 key_version: row.get(1)?,
                                 sealed: row.get(2)?,
-                                subject_hash: row.get(3)?,
                             })
                         })
                         .optional()
@@ -729,16 +747,16 @@ pub fn consent_history_offline(
     schema::migrations().to_latest(&mut db)?;
     let mut events = activation::history(&db, namespace, target)?;
     if let ConsentTarget::Token(token) = target {
-        if let Some(subject) = activation::subject_of(&db, namespace, token)? {
+        for subject in activation::subjects_of(&db, namespace, token)? {
             if let Ok(hash) = <[u8; 32]>::try_from(subject.as_slice()) {
                 events.extend(activation::history(
                     &db,
                     namespace,
                     &ConsentTarget::Subject(hash),
                 )?);
-                events.sort_by_key(|event| event.changed_at);
             }
         }
+        events.sort_by_key(|event| event.changed_at);
     }
     Ok(events)
 }
@@ -812,6 +830,7 @@ enum Done {
     Delete(Reply<bool>, bool),
     Audit(Reply<()>),
     Activation(Reply<bool>, bool),
+    Subjects(Reply<Erasure>, Erasure),
 }
 
 impl Done {
@@ -821,6 +840,7 @@ impl Done {
             Self::Delete(reply, deleted) => drop(reply.send(Ok(deleted))),
             Self::Audit(reply) => drop(reply.send(Ok(()))),
             Self::Activation(reply, result) => drop(reply.send(Ok(result))),
+            Self::Subjects(reply, result) => drop(reply.send(Ok(result))),
         }
     }
 
@@ -830,6 +850,7 @@ impl Done {
             Self::Delete(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
             Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
+            Self::Subjects(reply, _) => drop(reply.send(Err(failure.clone()))),
         }
     }
 }
@@ -950,6 +971,14 @@ impl Writer {
                     done.push(Done::Activation(reply, false));
                     work.push(Work::Activation { write, audit });
                 }
+                Job::Subjects {
+                    write,
+                    audit,
+                    reply,
+                } => {
+                    done.push(Done::Subjects(reply, Erasure::default()));
+                    work.push(Work::Subjects { write, audit });
+                }
             }
         }
         let audit_tx = audit_db
@@ -1008,6 +1037,7 @@ impl Writer {
                         .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")
                         .and_then(|mut statement| statement.execute(params![namespace, token]))
                         .map_err(write_failure)?;
+                    subjects::unlink_token(&vault_tx, &namespace, &token).map_err(write_failure)?;
                     *deleted = count > 0;
                     if !*deleted {
                         audit.outcome = audit::Outcome::Error;
@@ -1018,6 +1048,10 @@ impl Writer {
                 (Done::Audit(_), Work::Audit { records: more }) => records.extend(more),
                 (Done::Activation(_, result), Work::Activation { write, audit }) => {
                     *result = activation::apply(&vault_tx, &write, now).map_err(write_failure)?;
+                    records.extend(audit);
+                }
+                (Done::Subjects(_, result), Work::Subjects { write, audit }) => {
+                    *result = subjects::apply(&vault_tx, &write, now).map_err(write_failure)?;
                     records.extend(audit);
                 }
                 _ => unreachable!("done and work are built in step"),
@@ -1059,6 +1093,10 @@ enum Work {
         write: ActivationWrite,
         audit: Vec<Record>,
     },
+    Subjects {
+        write: SubjectWrite,
+        audit: Vec<Record>,
+    },
 }
 
 fn insert_rows(
@@ -1071,8 +1109,8 @@ fn insert_rows(
         "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
     )?;
     let mut insert = transaction.prepare_cached(
-        "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, subject_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut outcomes = Vec::with_capacity(rows.len());
     for row in rows {
@@ -1083,6 +1121,9 @@ fn insert_rows(
                 .query_row(params![namespace, row.class, &index[..]], |r| r.get(0))
                 .optional()?;
             if let Some(token) = existing {
+                if let Some(subject) = &row.subject_hash {
+                    subjects::link(transaction, namespace, subject, &token, now)?;
+                }
                 outcomes.push(InsertOutcome::Existing(token));
                 continue;
             }
@@ -1094,11 +1135,15 @@ fn insert_rows(
             row.key_version,
             row.sealed,
             row.blind_index.as_ref().map(|i| &i[..]),
-            row.subject_hash.as_ref().map(|h| &h[..]),
             now,
         ]);
         match inserted {
-            Ok(_) => outcomes.push(InsertOutcome::Inserted),
+            Ok(_) => {
+                if let Some(subject) = &row.subject_hash {
+                    subjects::link(transaction, namespace, subject, &row.token, now)?;
+                }
+                outcomes.push(InsertOutcome::Inserted)
+            }
             // The blind index was checked above inside this transaction, so a
             // constraint failure here is the primary key: the token is taken.
             Err(rusqlite::Error::SqliteFailure(error, _))

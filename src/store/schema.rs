@@ -67,6 +67,25 @@ pub fn migrations() -> Migrations<'static> {
                  GROUP BY message_id;
              DROP TABLE callback_messages;",
         ),
+        // A value may belong to several data subjects (a shared family
+        // phone, an email re-used after an account merge): links from token
+        // to keyed subject hash replace the one column that kept the first
+        // writer's subject.
+        M::up(
+            "CREATE TABLE subject_links (
+                 namespace    TEXT    NOT NULL,
+                 subject_hash BLOB    NOT NULL,
+                 token        TEXT    NOT NULL,
+                 linked_at    INTEGER NOT NULL,
+                 PRIMARY KEY (namespace, subject_hash, token)
+             ) WITHOUT ROWID;
+             CREATE INDEX subject_links_by_token ON subject_links (namespace, token);
+             INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
+                 SELECT namespace, subject_hash, token, created_at FROM tokens
+                 WHERE subject_hash IS NOT NULL;
+             DROP INDEX tokens_by_subject;
+             ALTER TABLE tokens DROP COLUMN subject_hash;",
+        ),
     ])
 }
 

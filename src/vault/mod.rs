@@ -20,6 +20,7 @@ use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{
     ActivationWrite, ConsentEvent, ConsentTarget, InsertOutcome, NewRow, Store, StoreError,
+    SubjectHash, SubjectWrite,
 };
 use normalize::NormalizeError;
 
@@ -514,9 +515,29 @@ impl Vault {
         for record in &mut records {
             record.tokens.extend(known.iter().cloned());
         }
+        // A known value tokenized for a subject is linked to it too: a value
+        // belongs to every subject it was sent for, not to the first.
+        let links: Vec<(String, SubjectHash)> = results
+            .iter()
+            .zip(&pending)
+            .filter_map(|(result, p)| Some((result.as_ref()?.token.clone(), p.subject_hash?)))
+            .collect();
+        let link = |links| SubjectWrite::Link {
+            namespace: namespace.to_owned(),
+            links,
+        };
         if open.is_empty() {
-            self.store.append_audit(records).await?;
+            if links.is_empty() {
+                self.store.append_audit(records).await?;
+            } else {
+                self.store.subjects(link(links), records).await?;
+            }
             return Ok(results.into_iter().flatten().collect());
+        }
+        if !links.is_empty() {
+            // The records go with the round of inserts that completes the
+            // request; these links are committed first, on their own.
+            self.store.subjects(link(links), Vec::new()).await?;
         }
         for _attempt in 0..MINT_ATTEMPTS {
             if open.is_empty() {
@@ -738,17 +759,8 @@ impl Vault {
         let owned_purpose = purpose.to_owned();
         let (tokens, stored, withdrawn) = tokio::task::spawn_blocking(move || {
             let stored = store.fetch(&owned_namespace, &tokens)?;
-            let present: Vec<(&str, Option<&[u8]>)> = tokens
-                .iter()
-                .zip(&stored)
-                .map(|(token, row)| {
-                    (
-                        token.as_str(),
-                        row.as_ref().and_then(|r| r.subject_hash.as_deref()),
-                    )
-                })
-                .collect();
-            let withdrawn = store.consent_withdrawn(&owned_namespace, &owned_purpose, &present)?;
+            let names: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            let withdrawn = store.consent_withdrawn(&owned_namespace, &owned_purpose, &names)?;
             Ok::<_, StoreError>((tokens, stored, withdrawn))
         })
         .await
