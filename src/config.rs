@@ -159,6 +159,9 @@ pub struct ClevertapSpec {
     pub default_class: String,
     /// Lifetime of the access tokens the surface issues.
     pub access_token_ttl: std::time::Duration,
+    /// The `metadata` key whose value names the customer (data subject) of
+    /// the values of a tokenize call; none: calls carry no subject.
+    pub subject_metadata_key: Option<String>,
 }
 
 /// What a route does with PII found in fields no rule selects.
@@ -235,6 +238,10 @@ pub struct RouteSpec {
     pub purpose: Option<String>,
     /// Response fields to detokenize for callers allowed the purpose.
     pub response_fields: Vec<crate::payload::Selector>,
+    /// Where each record names its customer (the data subject), e.g.
+    /// `$.d[*].identity`: the fields selected in a record are linked to the
+    /// subject found in that record.
+    pub subject: Option<crate::payload::Selector>,
 }
 
 /// `[server]`: where and how the vault listens.
@@ -578,6 +585,7 @@ impl Config {
                 phone_class: Some("phone".to_owned()),
                 default_class: "name".to_owned(),
                 access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
+                subject_metadata_key: Some("identity".to_owned()),
             }),
             limits: Limits::default(),
             clients: BTreeMap::from([(
@@ -984,6 +992,7 @@ struct RawClevertap {
     phone_class: Option<String>,
     default_class: Option<String>,
     access_token_ttl_secs: Option<u64>,
+    subject_metadata_key: Option<String>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1010,6 +1019,7 @@ struct RawRoute {
     purpose: Option<String>,
     #[serde(default)]
     response_fields: Vec<RawField>,
+    subject: Option<String>,
     client_key_header: Option<String>,
     #[serde(default)]
     insecure_allow_http_upstream: bool,
@@ -1270,6 +1280,13 @@ impl RawRoute {
                 "response_fields need the purpose they reveal for",
             ));
         }
+        let subject = self.subject.and_then(|text| {
+            crate::payload::Selector::parse(&text)
+                .map_err(|message| {
+                    problems.push(Problem::new(format!("{section}.subject"), message))
+                })
+                .ok()
+        });
         let millis = |value: Option<u64>, default: u64| {
             std::time::Duration::from_millis(value.unwrap_or(default).max(1))
         };
@@ -1296,6 +1313,7 @@ impl RawRoute {
             content_types,
             purpose: self.purpose,
             response_fields,
+            subject,
         })
     }
 }
@@ -2083,6 +2101,7 @@ impl RawClevertap {
             phone_class,
             default_class: default_class?,
             access_token_ttl: ttl,
+            subject_metadata_key: self.subject_metadata_key.filter(|key| !key.is_empty()),
         })
     }
 }

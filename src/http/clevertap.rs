@@ -44,6 +44,7 @@ pub struct Surface {
     classifier: Classifier,
     access: AccessTokenKey,
     access_ttl: Duration,
+    subject_key: Option<String>,
 }
 
 impl Surface {
@@ -54,6 +55,7 @@ impl Surface {
             classifier: Classifier::new(spec),
             access: AccessTokenKey::random(),
             access_ttl: spec.access_token_ttl,
+            subject_key: spec.subject_metadata_key.clone(),
         }
     }
 }
@@ -101,21 +103,40 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
 // ---------------------------------------------------------------------------
 // Requests and answers, as the spec names them
 
-/// `metadata` is free-form; only `purpose` is read, nothing of it is stored
-/// apart from the purpose.
+/// `metadata` is free-form; only `purpose` (on reveals) and the configured
+/// subject key (on tokenize calls) are read. Nothing of it is stored apart
+/// from the purpose and the subject's keyed hash.
 #[derive(Deserialize, Default)]
 struct Metadata {
     purpose: Option<String>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Metadata {
+    /// The customer the call's values belong to: the string (or number)
+    /// under the configured key.
+    fn subject(&self, key: Option<&str>) -> Option<Pii> {
+        match self.other.get(key?)? {
+            serde_json::Value::String(text) if !text.trim().is_empty() => {
+                Some(Pii::new(text.clone()))
+            }
+            serde_json::Value::Number(number) => Some(Pii::new(number.to_string())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct TokenizeOneRequest {
     value: Pii,
+    metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize)]
 struct TokenizeBatchRequest {
     values: Vec<Pii>,
+    metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +243,8 @@ async fn tokenize_one(
     let id = request_id(&req);
     let (call, request): (_, TokenizeOneRequest) = open(&state, &req, payload, &id).await?;
     let original = request.value;
-    let mut tokens = tokenize(&state, &call, std::slice::from_ref(&original), &id).await?;
+    let subject = subject_of(&call, request.metadata.as_ref());
+    let mut tokens = tokenize(&state, &call, std::slice::from_ref(&original), subject, &id).await?;
     // Invariant: the engine answers one token per item.
     let token = tokens.pop().expect("one token for one value");
     let answer = TokenizeOneAnswer {
@@ -242,7 +264,8 @@ async fn tokenize_batch(
     let id = request_id(&req);
     let (call, request): (_, TokenizeBatchRequest) = open(&state, &req, payload, &id).await?;
     check_count(request.values.len(), MAX_TOKENIZE_BATCH, "values", &id)?;
-    let tokens = tokenize(&state, &call, &request.values, &id).await?;
+    let subject = subject_of(&call, request.metadata.as_ref());
+    let tokens = tokenize(&state, &call, &request.values, subject, &id).await?;
     let results: Vec<TokenizeResult<'_>> = request
         .values
         .iter()
@@ -356,10 +379,17 @@ fn exists(answer: &Detokenized) -> bool {
     )
 }
 
+/// The subject a tokenize call names in its metadata, when the surface is
+/// configured to read one.
+fn subject_of(call: &Call<'_>, metadata: Option<&Metadata>) -> Option<Pii> {
+    metadata?.subject(call.surface.subject_key.as_deref())
+}
+
 async fn tokenize(
     state: &AppState,
     call: &Call<'_>,
     values: &[Pii],
+    subject: Option<Pii>,
     id: &RequestId,
 ) -> Result<Vec<crate::vault::Tokenized>, ApiError> {
     let items = values
@@ -367,7 +397,9 @@ async fn tokenize(
         .map(|value| TokenizeItem {
             class: call.surface.classifier.class_of(value.expose()).to_owned(),
             value: Pii::new(value.expose().to_owned()),
-            subject: None,
+            subject: subject
+                .as_ref()
+                .map(|subject| Pii::new(subject.expose().to_owned())),
         })
         .collect();
     state

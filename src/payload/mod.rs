@@ -3,6 +3,7 @@
 //! the detectors of unselected PII.
 
 pub mod detect;
+pub mod records;
 pub mod splice;
 
 use std::collections::BTreeSet;

@@ -17,11 +17,11 @@ fn secret_of(callback: &str) -> Vec<u8> {
 }
 const PROVIDER_KEY: &str = "provider-api-key-from-env";
 
-struct Rig {
-    provider: Upstream,
+pub(crate) struct Rig {
+    pub(crate) provider: Upstream,
     _secrets: tempfile::TempDir,
-    setup: Setup,
-    server: Server,
+    pub(crate) setup: Setup,
+    pub(crate) server: Server,
 }
 
 fn callback(
@@ -56,7 +56,7 @@ fields = [
     )
 }
 
-fn rig_with(extra_sections: &str) -> Rig {
+pub(crate) fn rig_with(extra_sections: &str) -> Rig {
     let provider = Upstream::start();
     let secrets = tempfile::tempdir().unwrap();
     let secret = |name: &str| {
@@ -124,10 +124,10 @@ fn rig() -> Rig {
     rig_with("")
 }
 
-struct People {
-    phone: String,
-    identity: String,
-    name: String,
+pub(crate) struct People {
+    pub(crate) phone: String,
+    pub(crate) identity: String,
+    pub(crate) name: String,
 }
 
 /// Tokenizes a person through /v1 (with a subject, for consent by subject).
@@ -152,7 +152,7 @@ fn person(server: &Server, phone: &str, name: &str, identity: &str) -> People {
 }
 
 /// The activation fixture with tokens in place.
-fn callback_body(people: &People) -> Vec<u8> {
+pub(crate) fn callback_body(people: &People) -> Vec<u8> {
     let text = fs::read_to_string(fixture("activation-sms-callback.json"))
         .unwrap()
         .replace("{{phone_token}}", &people.phone)
@@ -163,7 +163,12 @@ fn callback_body(people: &People) -> Vec<u8> {
 }
 
 /// Sends a callback; `sign` gives (id, timestamp, signature header) or none.
-fn send(rig: &Rig, name: &str, body: &[u8], signed: Option<(&str, u64, String)>) -> (u16, String) {
+pub(crate) fn send(
+    rig: &Rig,
+    name: &str,
+    body: &[u8],
+    signed: Option<(&str, u64, String)>,
+) -> (u16, String) {
     let mut request = http()
         .post(rig.server.url(&format!("/callbacks/{name}")))
         .header("content-type", "application/json");
@@ -177,7 +182,11 @@ fn send(rig: &Rig, name: &str, body: &[u8], signed: Option<(&str, u64, String)>)
     (response.status().as_u16(), response.text().unwrap())
 }
 
-fn signed<'a>(callback: &str, id: &'a str, body: &[u8]) -> Option<(&'a str, u64, String)> {
+pub(crate) fn signed<'a>(
+    callback: &str,
+    id: &'a str,
+    body: &[u8],
+) -> Option<(&'a str, u64, String)> {
     let timestamp = unix_now();
     Some((
         id,
@@ -378,7 +387,7 @@ fn a_purpose_the_callbacks_role_lacks_is_refused() {
         .any(|r| r["actor"] == "callback:wrongpurpose" && r["reason"] == "purpose_not_granted"));
 }
 
-fn put_consent(server: &Server, api_key: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn put_consent(server: &Server, api_key: &str, body: &Value) -> (u16, Value) {
     let response = http()
         .put(server.url("/v1/consent"))
         .bearer_auth(api_key)

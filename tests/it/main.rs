@@ -23,6 +23,7 @@ mod node_library;
 mod openapi;
 mod phone_tokens;
 mod scan;
+mod subjects;
 mod support;
 mod tamper;
 mod tls;

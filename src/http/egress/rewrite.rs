@@ -17,6 +17,7 @@ use crate::http::api::read_body;
 use crate::http::context::RequestId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::AppState;
+use crate::payload::records::Subjects;
 use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
 use crate::payload::{self, detect, PayloadError};
 use crate::pii::Pii;
@@ -116,6 +117,20 @@ pub(super) async fn prepare(
             "selected_field_not_a_value",
         )
     })?;
+    // The customer of each record, when the route names where it is.
+    let subjects = route
+        .spec
+        .subject
+        .as_ref()
+        .map(|selector| Subjects::find(&document, selector));
+    let subject_at = |place: &Place| -> Option<Pii> {
+        let subjects = subjects.as_ref()?;
+        let subject = match place {
+            Place::Json { pointer, .. } | Place::JsonKey { pointer, .. } => subjects.of(pointer),
+            _ => subjects.of_document(),
+        };
+        subject.map(|s| Pii::new(s.expose().to_owned()))
+    };
     let namespace = &route.spec.namespace;
     let e164 = |class: &str| {
         state
@@ -174,22 +189,25 @@ pub(super) async fn prepare(
             text
         };
         skip.insert(field.pointer);
+        let subject = subject_at(&place);
         places.push(place);
         items.push(TokenizeItem {
             class,
             value,
-            subject: None,
+            subject,
         });
     }
     let mut query_selected = BTreeSet::new();
     for (index, pair) in query_pairs.iter().enumerate() {
         if let Some(rule) = route.spec.query_fields.iter().find(|r| r.name == pair.name) {
             query_selected.insert(index);
-            places.push(Place::QueryValue(index));
+            let place = Place::QueryValue(index);
+            let subject = subject_at(&place);
+            places.push(place);
             items.push(TokenizeItem {
                 class: rule.class.clone(),
                 value: decoded_value(query, pair),
-                subject: None,
+                subject,
             });
         }
     }
@@ -227,11 +245,12 @@ pub(super) async fn prepare(
             UnselectedPii::Tokenize => {
                 let class = route.spec.unselected_class.clone().unwrap_or_default();
                 for (place, _, value) in findings {
+                    let subject = subject_at(&place);
                     places.push(place);
                     items.push(TokenizeItem {
                         class: class.clone(),
                         value,
-                        subject: None,
+                        subject,
                     });
                 }
             }
