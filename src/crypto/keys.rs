@@ -27,6 +27,8 @@ pub mod labels {
     pub const SUBJECT: &str = "tokenvault/v1/subject";
     /// Key of the audit chain's HMAC.
     pub const AUDIT_CHAIN: &str = "tokenvault/v1/audit-chain";
+    /// Seed of the Ed25519 key that signs erasure receipts.
+    pub const RECEIPT_SIGNING: &str = "tokenvault/v1/receipt-signing";
     /// Domain of the audit key's fingerprints of caller text (a separate
     /// first input under the same key, so a fingerprint is never a MAC).
     pub const AUDIT_FINGERPRINT: &str = "tokenvault/v1/audit-fingerprint";
@@ -83,6 +85,12 @@ impl MasterKey {
             index: hmac::Key::new(hmac::HMAC_SHA256, index.as_slice()),
             subject: hmac::Key::new(hmac::HMAC_SHA256, subject.as_slice()),
         }
+    }
+
+    /// The key that signs erasure receipts.
+    pub fn receipt_key(&self) -> super::receipts::ReceiptKey {
+        let seed = self.derive(labels::RECEIPT_SIGNING, "");
+        super::receipts::ReceiptKey::from_seed(self.version, &seed)
     }
 
     /// The key of the audit chain's HMAC.

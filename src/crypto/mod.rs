@@ -7,11 +7,13 @@
 //! - [`tokens`]: token formats (opaque, email-shaped, phone-shaped, …).
 //! - [`envelope`]: the CleverTap SDKs' AES-256-GCM encryption in transit.
 //! - [`access`]: short-lived access tokens of the CleverTap surface.
+//! - [`receipts`]: the Ed25519 key that signs erasure receipts.
 
 pub mod access;
 pub mod envelope;
 pub mod keys;
 pub mod password;
+pub mod receipts;
 pub mod seal;
 pub mod tokens;
 pub mod wrapping;

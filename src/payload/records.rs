@@ -107,7 +107,7 @@ mod tests {
         assert_eq!(of("/meta/Email"), None);
         // `/d/1` is not inside `/d/10`'s record, nor the other way round.
         assert_eq!(of("/d/10/x"), None);
-        assert_eq!(subjects.of_document(), None);
+        assert!(subjects.of_document().is_none());
     }
 
     #[test]

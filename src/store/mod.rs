@@ -993,7 +993,10 @@ impl Writer {
             .unwrap_or(0);
         let mut records = Vec::new();
         let mut created: BTreeMap<String, u64> = BTreeMap::new();
-        for (slot, item) in done.iter_mut().zip(work) {
+        // Erasures answer the sequence number of their first audit record
+        // (for the receipt): (slot, index in `records`).
+        let mut erasure_records: Vec<(usize, usize)> = Vec::new();
+        for (slot_index, (slot, item)) in done.iter_mut().zip(work).enumerate() {
             match (slot, item) {
                 (
                     Done::Insert(_, outcomes),
@@ -1052,6 +1055,9 @@ impl Writer {
                 }
                 (Done::Subjects(_, result), Work::Subjects { write, audit }) => {
                     *result = subjects::apply(&vault_tx, &write, now).map_err(write_failure)?;
+                    if !audit.is_empty() {
+                        erasure_records.push((slot_index, records.len()));
+                    }
                     records.extend(audit);
                 }
                 _ => unreachable!("done and work are built in step"),
@@ -1060,7 +1066,15 @@ impl Writer {
         let audit_started = std::time::Instant::now();
         // Even a batch with nothing to record checks the tail: while the
         // trail is broken, nothing at all is committed.
-        append_checked(&audit_tx, &vault_tx, key, &records)?;
+        let head = append_checked(&audit_tx, &vault_tx, key, &records)?;
+        if let Some(head) = head {
+            let last = records.len() as u64;
+            for (slot, index) in erasure_records {
+                if let Done::Subjects(_, erasure) = &mut done[slot] {
+                    erasure.audit_seq = Some(head.seq + 1 + index as u64 - last);
+                }
+            }
+        }
         audit_tx.commit().map_err(audit_failure)?;
         let audit_write = (!records.is_empty()).then(|| audit_started.elapsed());
         vault_tx.commit().map_err(write_failure)?;

@@ -38,6 +38,8 @@ pub struct Erasure {
     /// Tokens kept because another subject is linked to them; only this
     /// subject's link was removed.
     pub unlinked_shared: u64,
+    /// Sequence number of the write's first audit record, once committed.
+    pub audit_seq: Option<u64>,
 }
 
 impl Erasure {
