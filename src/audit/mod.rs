@@ -48,11 +48,15 @@ pub enum Action {
     /// An operator acknowledged records missing from the trail
     /// (`tokenvault audit acknowledge-gap`); the record names the range.
     AuditGap,
+    /// A data subject's values erased (right to erasure).
+    SubjectForget,
+    /// A data subject's values revealed to them (right of access).
+    SubjectExport,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 16] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -67,6 +71,8 @@ impl Action {
         Self::Consent,
         Self::MetricsRead,
         Self::AuditGap,
+        Self::SubjectForget,
+        Self::SubjectExport,
     ];
 
     /// The stored name.
@@ -86,6 +92,8 @@ impl Action {
             Self::Consent => "consent",
             Self::MetricsRead => "metrics_read",
             Self::AuditGap => "audit_gap",
+            Self::SubjectForget => "subject_forget",
+            Self::SubjectExport => "subject_export",
         }
     }
 

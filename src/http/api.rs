@@ -40,7 +40,7 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
 
 /// Names the request's namespace in its log line: the configured name, or
 /// `unknown` (the caller's text never reaches the log).
-fn log_namespace(state: &AppState, req: &HttpRequest, namespace: &str) {
+pub(super) fn log_namespace(state: &AppState, req: &HttpRequest, namespace: &str) {
     let logged = if state.vault.namespace_spec(namespace).is_some() {
         namespace.to_owned()
     } else {
@@ -414,7 +414,7 @@ fn check_batch(
 
 /// Reads a JSON body of at most `max_body_bytes` into a zeroizing buffer and
 /// parses it. Parse errors name the line and column, never the content.
-async fn read_json<T: for<'de> Deserialize<'de>>(
+pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,

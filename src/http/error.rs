@@ -169,7 +169,7 @@ impl ApiError {
             VaultError::Item { .. } => ErrorCode::InvalidRequest,
             VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             VaultError::Store(_) => ErrorCode::Unavailable,
-            VaultError::Exhausted => ErrorCode::Internal,
+            VaultError::Exhausted | VaultError::Integrity => ErrorCode::Internal,
             VaultError::BudgetExceeded => ErrorCode::TooManyRequests,
         };
         let message = match &error {

@@ -8,6 +8,7 @@ pub mod clevertap;
 pub mod context;
 pub mod egress;
 pub mod error;
+mod subjects;
 pub mod tls;
 
 use std::io::{self, Write};
@@ -102,7 +103,10 @@ impl Endpoint {
 /// configuration.
 pub fn endpoints(clevertap: bool) -> impl Iterator<Item = &'static Endpoint> {
     let surface: &'static [Endpoint] = if clevertap { clevertap::ENDPOINTS } else { &[] };
-    api::ENDPOINTS.iter().chain(surface)
+    api::ENDPOINTS
+        .iter()
+        .chain(subjects::ENDPOINTS)
+        .chain(surface)
 }
 
 fn register(config: &mut web::ServiceConfig, endpoints: impl Iterator<Item = &'static Endpoint>) {

@@ -30,6 +30,11 @@ pub enum Operation {
     Consent,
     /// Read `GET /metrics`.
     MetricsRead,
+    /// Erase every value of a data subject (right to erasure).
+    SubjectForget,
+    /// Reveal every value of a data subject, with its tokens and consent
+    /// history (right of access); needs plain reveal.
+    SubjectExport,
 }
 
 /// How detokenized values are shown to a role.

@@ -216,6 +216,10 @@ fn open_connection_cached(
     // FULL: a token handed to a caller survives power loss, not only a crash.
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // A deleted row's bytes are overwritten with zeros, not left in free
+    // space: an erased value (sealed, but erasure means gone) must not be
+    // recoverable from the file.
+    connection.pragma_update(None, "secure_delete", "ON")?;
     // Tokens and blind indexes are random keys, so inserts touch pages all
     // over both B-trees: keep more of them cached than the 2 MiB default,
     // but a bounded amount (a negative cache_size is in KiB).
@@ -430,6 +434,21 @@ impl Store {
                 .iter()
                 .map(|token| activation::withdrawn(db, namespace, token, purpose))
                 .collect()
+        })
+    }
+
+    /// The tokens linked to a subject, and the consent changes recorded
+    /// for it, oldest first. Blocking.
+    pub fn subject_holdings(
+        &self,
+        namespace: &str,
+        subject: &SubjectHash,
+    ) -> Result<(Vec<String>, Vec<ConsentRecord>), StoreError> {
+        self.with_reader(|db| {
+            Ok((
+                subjects::tokens_of(db, namespace, subject)?,
+                activation::history(db, namespace, &ConsentTarget::Subject(*subject))?,
+            ))
         })
     }
 
@@ -834,6 +853,15 @@ enum Done {
 }
 
 impl Done {
+    /// True when the job deleted values (a token, or a subject's tokens).
+    fn erased(&self) -> bool {
+        match self {
+            Self::Delete(_, deleted) => *deleted,
+            Self::Subjects(_, erasure) => !erasure.deleted_tokens.is_empty(),
+            _ => false,
+        }
+    }
+
     fn succeed(self) {
         match self {
             Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
@@ -886,6 +914,19 @@ impl Writer {
         match result {
             Ok(()) => {
                 set(AuditState::Ok);
+                if done.iter().any(Done::erased) {
+                    // Deleted values must not linger: secure_delete zeroed
+                    // them in the database's pages; the WAL still holds the
+                    // frames that wrote them until it is checkpointed and
+                    // truncated. Done before answering, so that an erasure
+                    // acknowledged is an erasure on disk.
+                    if let Err(error) =
+                        self.db
+                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "could not truncate the WAL after an erasure");
+                    }
+                }
                 done.into_iter().for_each(Done::succeed);
             }
             Err(failure) => {
@@ -1053,8 +1094,16 @@ impl Writer {
                     *result = activation::apply(&vault_tx, &write, now).map_err(write_failure)?;
                     records.extend(audit);
                 }
-                (Done::Subjects(_, result), Work::Subjects { write, audit }) => {
+                (Done::Subjects(_, result), Work::Subjects { write, mut audit }) => {
                     *result = subjects::apply(&vault_tx, &write, now).map_err(write_failure)?;
+                    if let SubjectWrite::Forget { .. } = write {
+                        // The record says what was erased: the tokens and
+                        // how many.
+                        for record in &mut audit {
+                            record.tokens = result.deleted_tokens.clone();
+                            record.item_count = result.deleted_total();
+                        }
+                    }
                     if !audit.is_empty() {
                         erasure_records.push((slot_index, records.len()));
                     }

@@ -35,6 +35,8 @@ pub enum SubjectWrite {
 pub struct Erasure {
     /// Tokens deleted with their values, per class.
     pub deleted: BTreeMap<String, u64>,
+    /// The deleted tokens themselves (for the audit record).
+    pub deleted_tokens: Vec<String>,
     /// Tokens kept because another subject is linked to them; only this
     /// subject's link was removed.
     pub unlinked_shared: u64,
@@ -107,6 +109,7 @@ fn forget(db: &Connection, namespace: &str, subject: &SubjectHash) -> rusqlite::
             if let Some(class) = class {
                 *erasure.deleted.entry(class.clone()).or_default() += 1;
             }
+            erasure.deleted_tokens.push(token.clone());
         }
     }
     db.prepare_cached("DELETE FROM subject_links WHERE namespace = ?1 AND subject_hash = ?2")?
@@ -119,4 +122,17 @@ pub(super) fn unlink_token(db: &Connection, namespace: &str, token: &str) -> rus
     db.prepare_cached("DELETE FROM subject_links WHERE namespace = ?1 AND token = ?2")?
         .execute(params![namespace, token])?;
     Ok(())
+}
+
+/// The tokens linked to `subject`.
+pub(super) fn tokens_of(
+    db: &Connection,
+    namespace: &str,
+    subject: &SubjectHash,
+) -> rusqlite::Result<Vec<String>> {
+    db.prepare_cached(
+        "SELECT token FROM subject_links WHERE namespace = ?1 AND subject_hash = ?2 ORDER BY token",
+    )?
+    .query_map(params![namespace, &subject[..]], |row| row.get(0))?
+    .collect()
 }

@@ -4,7 +4,11 @@
 mod budget;
 pub mod classify;
 pub mod normalize;
+pub mod receipts;
 mod refusals;
+mod subjects;
+
+pub use subjects::SubjectExport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{
     ActivationWrite, ConsentEvent, ConsentTarget, InsertOutcome, NewRow, Store, StoreError,
-    SubjectHash, SubjectWrite,
+    StoredValue, SubjectHash, SubjectWrite,
 };
 use normalize::NormalizeError;
 
@@ -136,6 +140,10 @@ pub enum VaultError {
     /// The client's detokenization budget would be exceeded.
     #[error("detokenization budget exceeded")]
     BudgetExceeded,
+    /// A stored value failed authentication (moved, altered, or sealed
+    /// under a key this vault does not hold); nothing was revealed.
+    #[error("a stored value failed authentication; nothing was revealed")]
+    Integrity,
 }
 
 impl VaultError {
@@ -155,6 +163,7 @@ impl VaultError {
             Self::Store(_) => (Outcome::Error, "store_unavailable"),
             Self::Exhausted => (Outcome::Error, "token_space_exhausted"),
             Self::BudgetExceeded => (Outcome::Denied, "budget_exceeded"),
+            Self::Integrity => (Outcome::Error, "integrity_error"),
         }
     }
 }
@@ -171,6 +180,31 @@ impl Namespace {
         // Invariant: built from the keyring, which holds the current version.
         &self.keys[&self.current]
     }
+
+    /// The plaintext of a stored value, or `None` (logged) when it fails
+    /// authentication: it was moved, altered, or sealed under a key this
+    /// vault does not hold.
+    fn unseal(&self, namespace: &str, token: &str, stored: &StoredValue) -> Option<String> {
+        let opened = self.keys.get(&stored.key_version).and_then(|keys| {
+            let binding = Binding {
+                namespace,
+                class: &stored.class,
+                token,
+            };
+            keys.sealer()
+                .open(binding, stored.key_version, &stored.sealed)
+                .ok()
+        });
+        let plain = opened.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok());
+        if plain.is_none() {
+            tracing::error!(
+                namespace,
+                token,
+                "stored value failed authentication; nothing revealed"
+            );
+        }
+        plain
+    }
 }
 
 /// The tokenization engine.
@@ -185,6 +219,8 @@ pub struct Vault {
     purposes: std::collections::BTreeSet<String>,
     /// Refused authentications, aggregated per interval.
     refusals: refusals::Refusals,
+    /// Signs erasure receipts.
+    receipt_key: crate::crypto::receipts::ReceiptKey,
 }
 
 struct Pending<'a> {
@@ -232,6 +268,7 @@ impl Vault {
             audit_key: keyring.audit_key(),
             purposes: Default::default(),
             refusals: Default::default(),
+            receipt_key: keyring.current().receipt_key(),
         }
     }
 
@@ -784,23 +821,7 @@ impl Vault {
                 if withdrawn {
                     return Detokenized::ConsentWithdrawn;
                 }
-                let opened = ns.keys.get(&stored.key_version).and_then(|keys| {
-                    let binding = Binding {
-                        namespace,
-                        class: &stored.class,
-                        token,
-                    };
-                    keys.sealer()
-                        .open(binding, stored.key_version, &stored.sealed)
-                        .ok()
-                });
-                let Some(plain) = opened.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
-                else {
-                    tracing::error!(
-                        namespace,
-                        token,
-                        "stored value failed authentication; nothing revealed"
-                    );
+                let Some(plain) = ns.unseal(namespace, token, &stored) else {
                     return Detokenized::Integrity;
                 };
                 let value = match reveal {
