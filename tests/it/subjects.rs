@@ -210,3 +210,208 @@ fn the_clevertap_surface_binds_values_to_the_subject_in_its_metadata() {
     );
     assert_eq!(values[1]["value"], "+14155550178");
 }
+
+/// The sealed bytes stored for `token`, read from vault.db directly.
+fn sealed_bytes(setup: &Setup, token: &str) -> Vec<u8> {
+    let db = rusqlite::Connection::open_with_flags(
+        setup.data_dir.join("vault.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(
+        "SELECT sealed FROM tokens WHERE namespace = 'retail' AND token = ?1",
+        [token],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+fn b64url(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
+/// Checks a receipt as its holder would: with the published key and an
+/// Ed25519 implementation of its own (ed25519-dalek, RFC 8032), not the
+/// vault's (ring).
+fn receipt_verifies(server: &Server, receipt: &Value) -> bool {
+    let key: Value = http()
+        .get(server.url("/v1/receipts/key"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(key["algorithm"], "Ed25519");
+    assert_eq!(key["key_id"], receipt["key_id"]);
+    let public: [u8; 32] = b64url(key["public_key"].as_str().unwrap())
+        .try_into()
+        .unwrap();
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    let signature: [u8; 64] = b64url(receipt["signature"].as_str().unwrap())
+        .try_into()
+        .unwrap();
+    let payload = b64url(receipt["payload"].as_str().unwrap());
+    public
+        .verify_strict(&payload, &ed25519_dalek::Signature::from_bytes(&signature))
+        .is_ok()
+}
+
+#[test]
+fn forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_receipt() {
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let tokenize_for = |subject: &str, items: &[(&str, &str)]| -> Vec<String> {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(class, value)| json!({"class": class, "value": value, "subject": subject}))
+            .collect();
+        let (status, body) = post(
+            &server,
+            "/v1/tokenize",
+            &key("crm"),
+            &json!({"namespace": "retail", "items": items}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["token"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let a = tokenize_for(
+        "CUST-A",
+        &[
+            ("phone", "+14155550190"),
+            ("email", "erase.me.7q@example.com"),
+            ("name", "Erased Person"),
+        ],
+    );
+    let b = tokenize_for(
+        "CUST-B",
+        &[
+            ("phone", "+14155550190"),
+            ("email", "keep.me.7q@example.com"),
+        ],
+    );
+    assert_eq!(a[0], b[0], "the family phone is one token");
+    let subject_call = |path: &str, client: &str, subject: &str| {
+        post(
+            &server,
+            path,
+            &key(client),
+            &json!({"namespace": "retail", "subject": subject}),
+        )
+    };
+
+    // Negative: the operations are granted, never implied.
+    for client in ["crm", "admin", "consent"] {
+        let (status, body) = subject_call("/v1/subjects/forget", client, "CUST-A");
+        assert_eq!(status, 403, "{client}: {body}");
+        let (status, body) = subject_call("/v1/subjects/export", client, "CUST-A");
+        assert_eq!(status, 403, "{client}: {body}");
+    }
+    let (status, body) = subject_call("/v1/subjects/export", "dpo_masked", "CUST-A");
+    assert_eq!(status, 403, "export needs plain reveal: {body}");
+    let (status, _) = subject_call("/v1/subjects/forget", "dpo_masked", "CUST-A");
+    assert_eq!(status, 403, "export does not grant forget");
+
+    // Access: exactly the subject's values.
+    let (status, export) = subject_call("/v1/subjects/export", "dpo", "CUST-A");
+    assert_eq!(status, 200, "{export}");
+    let mut held: Vec<(String, String)> = export["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    held.sort();
+    let mut expected = vec![
+        (a[0].clone(), "+14155550190".to_owned()),
+        (a[1].clone(), "erase.me.7q@example.com".to_owned()),
+        (a[2].clone(), "Erased Person".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
+
+    // Erasure.
+    let sealed = sealed_bytes(&setup, &a[1]);
+    let (status, receipt) = subject_call("/v1/subjects/forget", "dpo", "CUST-A");
+    assert_eq!(status, 200, "{receipt}");
+    let statement = &receipt["receipt"];
+    assert_eq!(statement["type"], "tokenvault.erasure.v1");
+    assert_eq!(statement["deleted"], json!({"email": 1, "name": 1}));
+    assert_eq!(statement["deleted_total"], 2);
+    assert_eq!(statement["unlinked_shared"], 1);
+    assert!(!statement.to_string().contains("CUST-A"), "{statement}");
+    assert!(receipt_verifies(&server, &receipt));
+    let parsed: Value =
+        serde_json::from_slice(&b64url(receipt["payload"].as_str().unwrap())).unwrap();
+    assert_eq!(&parsed, statement, "the payload is the statement");
+    // A changed statement does not verify.
+    let mut forged = receipt.clone();
+    let mut payload = b64url(receipt["payload"].as_str().unwrap());
+    let at = payload.iter().position(|b| *b == b'2').unwrap();
+    payload[at] = b'0';
+    forged["payload"] = json!(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &payload
+    ));
+    assert!(!receipt_verifies(&server, &forged));
+
+    // The subject's own values are gone; the shared phone and the other
+    // subject's values stay.
+    let values = detokenize(
+        &server,
+        "admin",
+        "retail",
+        "support",
+        &[a[1].clone(), a[2].clone(), a[0].clone(), b[1].clone()],
+    );
+    assert_eq!(values[0]["error"]["code"], "not_found");
+    assert_eq!(values[1]["error"]["code"], "not_found");
+    assert_eq!(values[2]["value"], "+14155550190");
+    assert_eq!(values[3]["value"], "keep.me.7q@example.com");
+    let (status, export) = subject_call("/v1/subjects/export", "dpo", "CUST-B");
+    assert_eq!(status, 200);
+    assert_eq!(export["values"].as_array().unwrap().len(), 2);
+    let (_, export) = subject_call("/v1/subjects/export", "dpo", "CUST-A");
+    assert_eq!(export["values"], json!([]), "nothing is left for CUST-A");
+
+    // Not in vault.db, its WAL, or anywhere else in the data directory
+    // while the vault runs: not even the sealed bytes.
+    let needle = &sealed[..];
+    for (name, bytes) in crate::scan::files(&setup.data_dir, "data") {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the erased value's sealed bytes linger in {name}"
+        );
+    }
+
+    // The audit record names the erased tokens, at the receipt's sequence.
+    let seq = statement["audit_seq"].as_u64().unwrap();
+    server.stop();
+    let record = audit_records(&setup)
+        .into_iter()
+        .find(|r| r["seq"].as_u64() == Some(seq))
+        .unwrap();
+    assert_eq!(record["action"], "subject_forget");
+    assert_eq!(record["item_count"], 2);
+    let mut erased: Vec<&str> = record["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    erased.sort();
+    let mut wanted = vec![a[1].as_str(), a[2].as_str()];
+    wanted.sort();
+    assert_eq!(erased, wanted);
+}

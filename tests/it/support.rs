@@ -29,6 +29,8 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("consent", "consent_desk", ""),
     ("budgeted", "sms_worker", "budget_per_minute = 5"),
     ("scraper", "monitoring", ""),
+    ("dpo", "privacy_office", ""),
+    ("dpo_masked", "privacy_masked", ""),
 ];
 
 /// Roles and namespaces of the standard test configuration.
@@ -107,6 +109,14 @@ namespaces = ["retail"]
 
 [roles.monitoring]
 operations = ["metrics_read"]
+[roles.privacy_office]
+operations = ["subject_forget", "subject_export"]
+namespaces = ["retail"]
+reveal = "plain"
+[roles.privacy_masked]
+operations = ["subject_export"]
+namespaces = ["retail"]
+reveal = "masked"
 "#;
 
 /// API keys and hashes for the standard clients, minted once per test run
