@@ -2,7 +2,6 @@
 //! a token or a subject, and list what was recorded. Works beside a running
 //! server (SQLite's locks order the writes); every change is audited.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
@@ -103,20 +102,9 @@ fn target(args: &TargetArgs, keyring: &Keyring) -> Result<ConsentTarget, CliErro
     if let Some(token) = &args.token {
         return Ok(ConsentTarget::Token(token.clone()));
     }
-    let mut line = zeroize::Zeroizing::new(String::new());
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the subject from standard input")?;
-    let subject = line.trim_end_matches(['\n', '\r']);
-    if subject.is_empty() {
-        return Err(anyhow!(
-            "no subject on standard input\nhint: echo the subject into the command"
-        )
-        .into());
-    }
+    let subject = super::subject_from_stdin()?;
     let keys = keyring.current().namespace_keys(&args.namespace);
-    Ok(ConsentTarget::Subject(keys.subject_hash(subject)))
+    Ok(ConsentTarget::Subject(keys.subject_hash(subject.expose())))
 }
 
 fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result<(), CliError> {

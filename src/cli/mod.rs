@@ -8,6 +8,7 @@ mod generate;
 mod healthcheck;
 mod init;
 mod serve;
+mod subject;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,12 @@ enum Command {
     Consent {
         #[command(subcommand)]
         command: consent::ConsentCommand,
+    },
+    /// A data subject's rights: erase (with a signed receipt) or export
+    /// everything held for one customer.
+    Subject {
+        #[command(subcommand)]
+        command: subject::SubjectCommand,
     },
     /// Check configuration.
     Config {
@@ -162,6 +169,7 @@ pub fn main() -> ExitCode {
         } => client::new(&name, &role, config.as_deref()),
         Command::Audit { command } => audit::run(command),
         Command::Consent { command } => consent::run(command),
+        Command::Subject { command } => subject::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),
@@ -180,4 +188,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads a data subject's identifier from standard input (so that it never
+/// appears in the process list or shell history).
+pub(crate) fn subject_from_stdin() -> Result<crate::pii::Pii, CliError> {
+    use anyhow::Context as _;
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the subject from standard input")?;
+    let subject = line.trim_end_matches(['\n', '\r']);
+    if subject.trim().is_empty() {
+        return Err(anyhow::anyhow!(
+            "no subject on standard input\nhint: echo the subject into the command"
+        )
+        .into());
+    }
+    Ok(crate::pii::Pii::new(subject.to_owned()))
 }

@@ -581,28 +581,6 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
     assert_chain_verifies(&rig.setup);
 }
 
-trait OutputWithStdin {
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
-}
-
-impl OutputWithStdin for std::process::Command {
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
-        use std::io::Write;
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-}
-
 #[test]
 fn consent_through_the_api_needs_the_consent_operation() {
     let rig = rig();

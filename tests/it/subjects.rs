@@ -415,3 +415,67 @@ fn forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_rece
     wanted.sort();
     assert_eq!(erased, wanted);
 }
+
+#[test]
+fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": [
+            {"class": "email", "value": "cli.subject.7q@example.com", "subject": "CUST-CLI"},
+            {"class": "name", "value": "Someone Else", "subject": "CUST-OTHER"},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let email = body["tokens"][0]["token"].as_str().unwrap().to_owned();
+    let other = body["tokens"][1]["token"].as_str().unwrap().to_owned();
+    let run = |command: &str, subject: &str| -> Value {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "subject",
+                command,
+                "--namespace",
+                "retail",
+                "--subject-stdin",
+                "--config",
+            ])
+            .arg(&setup.config)
+            .output_with_stdin(&format!("{subject}\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let export = run("export", "CUST-CLI");
+    assert_eq!(
+        export["values"],
+        json!([{"token": email, "class": "email", "value": "cli.subject.7q@example.com"}])
+    );
+    let receipt = run("forget", "CUST-CLI");
+    assert_eq!(receipt["receipt"]["deleted"], json!({"email": 1}));
+    // Signed by the same key the server publishes: it derives from the
+    // master key, not from the process.
+    assert!(receipt_verifies(&server, &receipt));
+    let values = detokenize(&server, "admin", "retail", "support", &[email, other]);
+    assert_eq!(values[0]["error"]["code"], "not_found");
+    assert_eq!(values[1]["value"], "Someone Else");
+    // Without a subject on stdin, nothing happens.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "subject",
+            "forget",
+            "--namespace",
+            "retail",
+            "--subject-stdin",
+            "--config",
+        ])
+        .arg(&setup.config)
+        .output_with_stdin("\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no subject"));
+}

@@ -526,3 +526,28 @@ pub fn scrape_metrics(server: &Server) -> String {
         .text()
         .unwrap()
 }
+
+/// Runs a command with `input` on its standard input.
+pub trait OutputWithStdin {
+    /// Spawns, writes `input`, and waits for the output.
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}

@@ -1,0 +1,128 @@
+//! `tokenvault subject forget|export`: a data subject's rights from the
+//! command line, through the same engine calls as the API (one audit record
+//! each, actor `cli:<user>`). Works beside a running server: SQLite's locks
+//! order the writes, and every append checks the audit chain's tail.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{write_stdout, CliError, DEFAULT_CONFIG};
+use crate::audit::Context;
+use crate::config::ConfigErrors;
+use crate::crypto::wrapping::Keyring;
+use crate::policy::{Caller, Operation, Reveal, Role, Scope};
+use crate::store::Store;
+use crate::vault::Vault;
+
+/// `subject` subcommands.
+#[derive(Subcommand)]
+pub enum SubjectCommand {
+    /// Erase every value of a subject (right to erasure); prints the signed
+    /// receipt.
+    Forget(SubjectArgs),
+    /// Print every value held for a subject, with its tokens and consent
+    /// history, as JSON (right of access).
+    Export(SubjectArgs),
+}
+
+/// Whose rights.
+#[derive(Args)]
+pub struct SubjectArgs {
+    /// Namespace of the subject.
+    #[arg(long)]
+    namespace: String,
+    /// Read the subject (the customer identifier given at tokenization)
+    /// from standard input, so that it never appears in the process list or
+    /// shell history. Required.
+    #[arg(long, required = true)]
+    subject_stdin: bool,
+    /// Configuration file.
+    #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+/// Runs a `subject` subcommand.
+pub fn run(command: SubjectCommand) -> Result<(), CliError> {
+    let (args, name) = match &command {
+        SubjectCommand::Forget(args) => (args, "subject forget"),
+        SubjectCommand::Export(args) => (args, "subject export"),
+    };
+    let config = crate::config::load(&args.config)?;
+    if !config.namespaces.contains_key(&args.namespace) {
+        return Err(anyhow!(
+            "namespace `{}` is not defined\nhint: check [namespaces] in {}",
+            args.namespace,
+            args.config.display()
+        )
+        .into());
+    }
+    let subject = super::subject_from_stdin()?;
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
+        .map_err(|error| anyhow!("{error}"))?;
+    let store = Arc::new(
+        Store::open(
+            &config.storage.database_path(),
+            &config.storage.audit_path(),
+            keyring.audit_key(),
+            config.limits.sqlite_cache_mib,
+        )
+        .context("cannot open the stores")?,
+    );
+    let vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    drop(keyring);
+    // Whoever can read the configuration and unwrap the key holds every
+    // right over the data; the record names the operator.
+    let operator = Caller {
+        client: "operator".to_owned(),
+        role: Arc::new(Role {
+            operations: [Operation::SubjectForget, Operation::SubjectExport].into(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+            reveal_by_purpose: Default::default(),
+            clevertap_purpose: None,
+        }),
+    };
+    let context = Context::cli(name);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let answer = runtime.block_on(async {
+        match &command {
+            SubjectCommand::Forget(_) => vault
+                .forget_subject(&context, &operator, &args.namespace, &subject)
+                .await
+                .map(|receipt| receipt.to_json()),
+            SubjectCommand::Export(_) => vault
+                .export_subject(&context, &operator, &args.namespace, &subject)
+                .await
+                .map(|export| {
+                    let values: Vec<_> = export
+                        .values
+                        .iter()
+                        .map(|(token, class, value)| {
+                            json!({"token": token, "class": class, "value": value.expose()})
+                        })
+                        .collect();
+                    json!({"namespace": args.namespace, "values": values, "consent": export.consent})
+                }),
+        }
+    });
+    drop(vault);
+    store.shutdown();
+    let answer = answer.map_err(|error| anyhow!("{error}"))?;
+    // Invariant: a Value always serializes.
+    let mut text = serde_json::to_string_pretty(&answer).expect("JSON value serializes");
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
