@@ -1931,7 +1931,7 @@ impl RawRole {
                 problems,
                 &format!("{section}.operations"),
                 operation,
-                "tokenize, detokenize, forget, audit_read, consent, metrics_read, subject_forget, subject_export",
+                "tokenize, detokenize, forget, audit_read, consent, metrics_read, subject_forget, subject_export, subject_correct",
             );
             operations.extend(parsed);
         }

@@ -52,11 +52,14 @@ pub enum Action {
     SubjectForget,
     /// A data subject's values revealed to them (right of access).
     SubjectExport,
+    /// One of a data subject's values replaced, its token kept
+    /// (rectification).
+    SubjectCorrect,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -73,6 +76,7 @@ impl Action {
         Self::AuditGap,
         Self::SubjectForget,
         Self::SubjectExport,
+        Self::SubjectCorrect,
     ];
 
     /// The stored name.
@@ -94,6 +98,7 @@ impl Action {
             Self::AuditGap => "audit_gap",
             Self::SubjectForget => "subject_forget",
             Self::SubjectExport => "subject_export",
+            Self::SubjectCorrect => "subject_correct",
         }
     }
 

@@ -193,19 +193,24 @@ pub fn main() -> ExitCode {
 /// Reads a data subject's identifier from standard input (so that it never
 /// appears in the process list or shell history).
 pub(crate) fn subject_from_stdin() -> Result<crate::pii::Pii, CliError> {
-    use anyhow::Context as _;
+    line_from_stdin("subject")
+}
+
+/// Reads one line of standard input: `what` (a subject, a value), never
+/// taken from the command line.
+pub(crate) fn line_from_stdin(what: &str) -> Result<crate::pii::Pii, CliError> {
     use std::io::BufRead;
     let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .context("cannot read the subject from standard input")?;
-    let subject = line.trim_end_matches(['\n', '\r']);
-    if subject.trim().is_empty() {
+        .map_err(|error| anyhow::anyhow!("cannot read the {what} from standard input: {error}"))?;
+    let text = line.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
         return Err(anyhow::anyhow!(
-            "no subject on standard input\nhint: echo the subject into the command"
+            "no {what} on standard input\nhint: echo the {what} into the command"
         )
         .into());
     }
-    Ok(crate::pii::Pii::new(subject.to_owned()))
+    Ok(crate::pii::Pii::new(text.to_owned()))
 }

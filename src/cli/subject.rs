@@ -27,6 +27,16 @@ pub enum SubjectCommand {
     /// Print every value held for a subject, with its tokens and consent
     /// history, as JSON (right of access).
     Export(SubjectArgs),
+    /// Replace the value of one of a subject's tokens, keeping the token
+    /// (rectification). Standard input holds the subject on its first line
+    /// and the new value on its second.
+    Correct {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// The token whose value is corrected.
+        #[arg(long)]
+        token: String,
+    },
 }
 
 /// Whose rights.
@@ -37,7 +47,8 @@ pub struct SubjectArgs {
     namespace: String,
     /// Read the subject (the customer identifier given at tokenization)
     /// from standard input, so that it never appears in the process list or
-    /// shell history. Required.
+    /// shell history (for `correct`, the new value follows on the next
+    /// line). Required.
     #[arg(long, required = true)]
     subject_stdin: bool,
     /// Configuration file.
@@ -50,6 +61,7 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
     let (args, name) = match &command {
         SubjectCommand::Forget(args) => (args, "subject forget"),
         SubjectCommand::Export(args) => (args, "subject export"),
+        SubjectCommand::Correct { subject, .. } => (subject, "subject correct"),
     };
     let config = crate::config::load(&args.config)?;
     if !config.namespaces.contains_key(&args.namespace) {
@@ -61,6 +73,10 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         .into());
     }
     let subject = super::subject_from_stdin()?;
+    let value = match &command {
+        SubjectCommand::Correct { .. } => Some(super::line_from_stdin("the new value")?),
+        _ => None,
+    };
     let source = config
         .keys
         .kek_source()
@@ -83,7 +99,12 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
     let operator = Caller {
         client: "operator".to_owned(),
         role: Arc::new(Role {
-            operations: [Operation::SubjectForget, Operation::SubjectExport].into(),
+            operations: [
+                Operation::SubjectForget,
+                Operation::SubjectExport,
+                Operation::SubjectCorrect,
+            ]
+            .into(),
             namespaces: Scope::Any,
             classes: Scope::Any,
             purposes: Scope::Any,
@@ -116,6 +137,13 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
                         .collect();
                     json!({"namespace": args.namespace, "values": values, "consent": export.consent})
                 }),
+            SubjectCommand::Correct { token, .. } => {
+                let value = value.as_ref().ok_or(crate::vault::VaultError::UnknownToken)?;
+                vault
+                    .correct_subject(&context, &operator, &args.namespace, &subject, token, value)
+                    .await
+                    .map(|class| json!({"token": token, "class": class}))
+            }
         }
     });
     drop(vault);

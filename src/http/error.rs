@@ -25,6 +25,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: a known path, another method; comes with `Allow`.
     MethodNotAllowed,
+    /// 409: the change conflicts with what is stored.
+    Conflict,
     /// 413: body, batch or value over its limit.
     PayloadTooLarge,
     /// 415: the body is not JSON.
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
@@ -76,6 +79,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unprocessable => "unprocessable",
@@ -170,6 +174,7 @@ impl ApiError {
             VaultError::ValueTooLarge { .. } => ErrorCode::PayloadTooLarge,
             VaultError::Store(_) => ErrorCode::Unavailable,
             VaultError::Exhausted | VaultError::Integrity => ErrorCode::Internal,
+            VaultError::Uncorrectable(_) => ErrorCode::Conflict,
             VaultError::BudgetExceeded => ErrorCode::TooManyRequests,
         };
         let message = match &error {

@@ -22,6 +22,12 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
     Endpoint::new(Method::POST, "/v1/subjects/export", "subject_export", |r| {
         r.to(export)
     }),
+    Endpoint::new(
+        Method::POST,
+        "/v1/subjects/correct",
+        "subject_correct",
+        |r| r.to(correct),
+    ),
     Endpoint::new(Method::GET, "/v1/receipts/key", "receipt_key", |r| {
         r.to(receipt_key)
     }),
@@ -81,6 +87,49 @@ async fn export(
             "values": values,
             "consent": export.consent,
         })))
+}
+
+/// A corrected value for one of a subject's tokens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorrectRequest {
+    namespace: String,
+    subject: Pii,
+    token: String,
+    value: Pii,
+}
+
+/// `POST /v1/subjects/correct`: replaces the value of one of the subject's
+/// tokens, keeping the token.
+async fn correct(
+    state: web::Data<AppState>,
+    Authenticated(caller, context): Authenticated,
+    id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request: CorrectRequest = read_json(&state, &req, payload, &id).await?;
+    log_namespace(&state, &req, &request.namespace);
+    if request.subject.expose().trim().is_empty() {
+        return Err(ApiError::new(
+            super::error::ErrorCode::InvalidRequest,
+            "subject must not be empty",
+            &id,
+        ));
+    }
+    let class = state
+        .vault
+        .correct_subject(
+            &context,
+            &caller,
+            &request.namespace,
+            &request.subject,
+            &request.token,
+            &request.value,
+        )
+        .await
+        .map_err(|error| ApiError::from_vault(error, &id))?;
+    Ok(HttpResponse::Ok().json(json!({"token": request.token, "class": class})))
 }
 
 /// `GET /v1/receipts/key`: the public key receipts are signed with. No

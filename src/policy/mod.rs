@@ -35,6 +35,9 @@ pub enum Operation {
     /// Reveal every value of a data subject, with its tokens and consent
     /// history (right of access); needs plain reveal.
     SubjectExport,
+    /// Replace one of a data subject's values, keeping its token
+    /// (rectification).
+    SubjectCorrect,
 }
 
 /// How detokenized values are shown to a role.

@@ -35,7 +35,9 @@ pub mod subjects;
 use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
-pub use subjects::{Erasure, SubjectHash, SubjectWrite};
+pub use subjects::{
+    Correction, CorrectionRefused, Erasure, SubjectHash, SubjectOutcome, SubjectWrite,
+};
 
 /// Largest number of queued jobs committed in one transaction.
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
@@ -183,7 +185,7 @@ enum Job {
     Subjects {
         write: SubjectWrite,
         audit: Vec<Record>,
-        reply: Reply<Erasure>,
+        reply: Reply<SubjectOutcome>,
     },
 }
 
@@ -395,7 +397,7 @@ impl Store {
         &self,
         write: SubjectWrite,
         audit: Vec<Record>,
-    ) -> Result<Erasure, StoreError> {
+    ) -> Result<SubjectOutcome, StoreError> {
         self.submit(|reply| Job::Subjects {
             write,
             audit,
@@ -849,7 +851,7 @@ enum Done {
     Delete(Reply<bool>, bool),
     Audit(Reply<()>),
     Activation(Reply<bool>, bool),
-    Subjects(Reply<Erasure>, Erasure),
+    Subjects(Reply<SubjectOutcome>, SubjectOutcome),
 }
 
 impl Done {
@@ -857,7 +859,11 @@ impl Done {
     fn erased(&self) -> bool {
         match self {
             Self::Delete(_, deleted) => *deleted,
-            Self::Subjects(_, erasure) => !erasure.deleted_tokens.is_empty(),
+            Self::Subjects(_, SubjectOutcome::Erased(erasure)) => {
+                !erasure.deleted_tokens.is_empty()
+            }
+            // The old value's bytes go as an erased one's do.
+            Self::Subjects(_, SubjectOutcome::Corrected(Ok(()))) => true,
             _ => false,
         }
     }
@@ -1017,7 +1023,7 @@ impl Writer {
                     audit,
                     reply,
                 } => {
-                    done.push(Done::Subjects(reply, Erasure::default()));
+                    done.push(Done::Subjects(reply, SubjectOutcome::Linked));
                     work.push(Work::Subjects { write, audit });
                 }
             }
@@ -1096,13 +1102,23 @@ impl Writer {
                 }
                 (Done::Subjects(_, result), Work::Subjects { write, mut audit }) => {
                     *result = subjects::apply(&vault_tx, &write, now).map_err(write_failure)?;
-                    if let SubjectWrite::Forget { .. } = write {
+                    match &*result {
                         // The record says what was erased: the tokens and
                         // how many.
-                        for record in &mut audit {
-                            record.tokens = result.deleted_tokens.clone();
-                            record.item_count = result.deleted_total();
+                        SubjectOutcome::Erased(erasure) => {
+                            for record in &mut audit {
+                                record.tokens = erasure.deleted_tokens.clone();
+                                record.item_count = erasure.deleted_total();
+                            }
                         }
+                        // A refused correction changed nothing.
+                        SubjectOutcome::Corrected(Err(refused)) => {
+                            for record in &mut audit {
+                                record.outcome = audit::Outcome::Error;
+                                record.reason = Some(refused.code().to_owned());
+                            }
+                        }
+                        _ => {}
                     }
                     if !audit.is_empty() {
                         erasure_records.push((slot_index, records.len()));
@@ -1119,7 +1135,7 @@ impl Writer {
         if let Some(head) = head {
             let last = records.len() as u64;
             for (slot, index) in erasure_records {
-                if let Done::Subjects(_, erasure) = &mut done[slot] {
+                if let Done::Subjects(_, SubjectOutcome::Erased(erasure)) = &mut done[slot] {
                     erasure.audit_seq = Some(head.seq + 1 + index as u64 - last);
                 }
             }

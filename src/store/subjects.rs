@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// A subject's keyed hash (HMAC of its identifier under the namespace's
 /// subject key); the identifier itself is never stored.
@@ -28,6 +28,63 @@ pub enum SubjectWrite {
         /// The subject.
         subject: SubjectHash,
     },
+    /// Rectification: the token's value replaced, the token kept.
+    Correct(Correction),
+}
+
+/// A new value for one of a subject's tokens, sealed by the engine.
+#[derive(Debug, Clone)]
+pub struct Correction {
+    /// Namespace of the token.
+    pub namespace: String,
+    /// The subject the token must belong to (and only to).
+    pub subject: SubjectHash,
+    /// The token.
+    pub token: String,
+    /// Its class (checked against the stored row).
+    pub class: String,
+    /// Master key version of `sealed`.
+    pub key_version: u32,
+    /// The new value, sealed.
+    pub sealed: Vec<u8>,
+    /// The new value's blind index, for a deterministic class.
+    pub blind_index: Option<SubjectHash>,
+}
+
+/// Why a correction was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CorrectionRefused {
+    /// The token is not linked to the subject (or does not exist).
+    #[error("the token is not one of this subject's")]
+    NotTheSubjects,
+    /// Other subjects share the token: one of them cannot change it for all.
+    #[error("other subjects share this token; it cannot be corrected for one of them")]
+    Shared,
+    /// Another token already stands for the new value.
+    #[error("the new value already has another token")]
+    ValueHasAnotherToken,
+}
+
+impl CorrectionRefused {
+    /// The audit record's reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NotTheSubjects => "not_the_subjects_token",
+            Self::Shared => "shared_token",
+            Self::ValueHasAnotherToken => "value_has_another_token",
+        }
+    }
+}
+
+/// What a [`SubjectWrite`] did.
+#[derive(Debug, Clone)]
+pub enum SubjectOutcome {
+    /// Links written.
+    Linked,
+    /// A subject erased.
+    Erased(Erasure),
+    /// A correction applied, or why not.
+    Corrected(Result<(), CorrectionRefused>),
 }
 
 /// What a [`SubjectWrite::Forget`] did.
@@ -68,16 +125,73 @@ pub(super) fn link(
 }
 
 /// Applies `write` inside the writer's transaction.
-pub(super) fn apply(db: &Connection, write: &SubjectWrite, now: i64) -> rusqlite::Result<Erasure> {
+pub(super) fn apply(
+    db: &Connection,
+    write: &SubjectWrite,
+    now: i64,
+) -> rusqlite::Result<SubjectOutcome> {
     match write {
         SubjectWrite::Link { namespace, links } => {
             for (token, subject) in links {
                 link(db, namespace, subject, token, now)?;
             }
-            Ok(Erasure::default())
+            Ok(SubjectOutcome::Linked)
         }
-        SubjectWrite::Forget { namespace, subject } => forget(db, namespace, subject),
+        SubjectWrite::Forget { namespace, subject } => {
+            forget(db, namespace, subject).map(SubjectOutcome::Erased)
+        }
+        SubjectWrite::Correct(correction) => correct(db, correction).map(SubjectOutcome::Corrected),
     }
+}
+
+fn correct(db: &Connection, c: &Correction) -> rusqlite::Result<Result<(), CorrectionRefused>> {
+    let subjects = tokens_subjects(db, &c.namespace, &c.token)?;
+    if !subjects.iter().any(|s| s[..] == c.subject[..]) {
+        return Ok(Err(CorrectionRefused::NotTheSubjects));
+    }
+    if subjects.len() > 1 {
+        return Ok(Err(CorrectionRefused::Shared));
+    }
+    if let Some(index) = &c.blind_index {
+        let holder: Option<String> = db
+            .prepare_cached(
+                "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
+            )?
+            .query_row(params![c.namespace, c.class, &index[..]], |row| row.get(0))
+            .optional()?;
+        if holder.is_some_and(|holder| holder != c.token) {
+            return Ok(Err(CorrectionRefused::ValueHasAnotherToken));
+        }
+    }
+    // The old value's blind index goes with it: it maps to nothing now.
+    let updated = db
+        .prepare_cached(
+            "UPDATE tokens SET sealed = ?3, key_version = ?4, blind_index = ?5
+             WHERE namespace = ?1 AND token = ?2 AND class = ?6",
+        )?
+        .execute(params![
+            c.namespace,
+            c.token,
+            c.sealed,
+            c.key_version,
+            c.blind_index.as_ref().map(|i| &i[..]),
+            c.class,
+        ])?;
+    Ok(if updated == 1 {
+        Ok(())
+    } else {
+        Err(CorrectionRefused::NotTheSubjects)
+    })
+}
+
+fn tokens_subjects(
+    db: &Connection,
+    namespace: &str,
+    token: &str,
+) -> rusqlite::Result<Vec<Vec<u8>>> {
+    db.prepare_cached("SELECT subject_hash FROM subject_links WHERE namespace = ?1 AND token = ?2")?
+        .query_map(params![namespace, token], |row| row.get(0))?
+        .collect()
 }
 
 fn forget(db: &Connection, namespace: &str, subject: &SubjectHash) -> rusqlite::Result<Erasure> {

@@ -144,6 +144,22 @@ pub enum VaultError {
     /// under a key this vault does not hold); nothing was revealed.
     #[error("a stored value failed authentication; nothing was revealed")]
     Integrity,
+    /// A correction that would break what the token promises.
+    #[error("{0}")]
+    Uncorrectable(Uncorrectable),
+}
+
+/// Why a subject's value cannot be corrected in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Uncorrectable {
+    /// Refused by the store (not the subject's token, shared, or the new
+    /// value already has a token).
+    #[error(transparent)]
+    Store(#[from] crate::store::CorrectionRefused),
+    /// The token shows the value's last four characters, and the new value
+    /// has others.
+    #[error("the token shows the value's last four characters; tokenize the new value instead")]
+    LastFourDiffer,
 }
 
 impl VaultError {
@@ -164,6 +180,10 @@ impl VaultError {
             Self::Exhausted => (Outcome::Error, "token_space_exhausted"),
             Self::BudgetExceeded => (Outcome::Denied, "budget_exceeded"),
             Self::Integrity => (Outcome::Error, "integrity_error"),
+            Self::Uncorrectable(Uncorrectable::Store(refused)) => (Outcome::Error, refused.code()),
+            Self::Uncorrectable(Uncorrectable::LastFourDiffer) => {
+                (Outcome::Error, "last_four_differ")
+            }
         }
     }
 }

@@ -4,11 +4,13 @@
 use serde_json::{json, Value};
 
 use super::receipts::{self, Receipt};
-use super::{Vault, VaultError};
+use super::{normalize, ItemProblem, Uncorrectable, Vault, VaultError};
 use crate::audit::{Action, Context};
+use crate::crypto::seal::Binding;
+use crate::crypto::tokens::TokenFormat;
 use crate::pii::Pii;
 use crate::policy::{Caller, Denied, Operation, Reveal};
-use crate::store::{StoreError, SubjectWrite};
+use crate::store::{Correction, StoreError, SubjectOutcome, SubjectWrite};
 
 /// Everything the vault holds for one subject.
 pub struct SubjectExport {
@@ -39,7 +41,11 @@ impl Vault {
                 namespace: namespace.to_owned(),
                 subject: hash,
             };
-            let erasure = self.store.subjects(write, vec![record.clone()]).await?;
+            let SubjectOutcome::Erased(erasure) =
+                self.store.subjects(write, vec![record.clone()]).await?
+            else {
+                return Err(StoreError::Write("a forget answered no erasure".into()).into());
+            };
             Ok(receipts::erasure(
                 &self.receipt_key,
                 namespace,
@@ -121,6 +127,105 @@ impl Vault {
                 self.record_failure(record, &error).await;
                 Err(error)
             }
+        }
+    }
+
+    /// Rectification: replaces the value of one of `subject`'s tokens,
+    /// keeping the token, so that the platform's copies stay valid. For a
+    /// deterministic class the new value then maps to that token and the
+    /// old value to nothing. Needs `subject_correct`; answers the class.
+    pub async fn correct_subject(
+        &self,
+        context: &Context,
+        caller: &Caller,
+        namespace: &str,
+        subject: &Pii,
+        token: &str,
+        value: &Pii,
+    ) -> Result<String, VaultError> {
+        let record = self.start_record(context, Action::SubjectCorrect, namespace);
+        let asked = [token.to_owned()];
+        let record = self.with_tokens(record, &asked, &self.existing(namespace, &asked).await);
+        let result = self
+            .correct_audited(record.clone(), caller, namespace, subject, token, value)
+            .await;
+        match &result {
+            // The writer recorded a refused correction with its reason.
+            Err(VaultError::Uncorrectable(Uncorrectable::Store(_))) => {}
+            Err(error) => self.record_failure(record, error).await,
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn correct_audited(
+        &self,
+        record: crate::audit::Record,
+        caller: &Caller,
+        namespace: &str,
+        subject: &Pii,
+        token: &str,
+        value: &Pii,
+    ) -> Result<String, VaultError> {
+        caller.role.check(Operation::SubjectCorrect, namespace)?;
+        let ns = self.namespace(namespace)?;
+        let store = self.store.clone();
+        let (owned_namespace, owned_token) = (namespace.to_owned(), vec![token.to_owned()]);
+        let stored =
+            tokio::task::spawn_blocking(move || store.fetch(&owned_namespace, &owned_token))
+                .await
+                .map_err(|_| StoreError::ReadTask)??
+                .pop()
+                .flatten()
+                .ok_or(VaultError::UnknownToken)?;
+        let class_name = stored.class.clone();
+        let class = ns
+            .spec
+            .classes
+            .get(&class_name)
+            .ok_or(VaultError::UnknownToken)?;
+        let item_error = |problem: ItemProblem| VaultError::Item { index: 0, problem };
+        if value.expose().chars().count() > super::MAX_VALUE_CHARS {
+            return Err(VaultError::ValueTooLarge { index: 0 });
+        }
+        let normalized = normalize::normalize(class.normalize, value.expose())
+            .map_err(|e| item_error(e.into()))?;
+        if class.format == TokenFormat::KeepLast4 {
+            let old = ns
+                .unseal(namespace, token, &stored)
+                .ok_or(VaultError::Integrity)?;
+            let last4 = |text: &str| text.chars().rev().take(4).collect::<String>();
+            if last4(&old) != last4(normalized.expose()) {
+                return Err(VaultError::Uncorrectable(Uncorrectable::LastFourDiffer));
+            }
+        }
+        let keys = ns.current_keys();
+        let binding = Binding {
+            namespace,
+            class: &class_name,
+            token,
+        };
+        let correction = Correction {
+            namespace: namespace.to_owned(),
+            subject: keys.subject_hash(subject.expose()),
+            token: token.to_owned(),
+            class: class_name.clone(),
+            key_version: keys.sealer().version(),
+            sealed: keys.sealer().seal(binding, normalized.expose().as_bytes()),
+            blind_index: class
+                .deterministic
+                .then(|| keys.blind_index(&class_name, normalized.expose())),
+        };
+        match self
+            .store
+            .subjects(SubjectWrite::Correct(correction), vec![record])
+            .await?
+        {
+            SubjectOutcome::Corrected(Ok(())) => Ok(class_name),
+            SubjectOutcome::Corrected(Err(refused)) => {
+                Err(VaultError::Uncorrectable(refused.into()))
+            }
+            _ => Err(StoreError::Write("a correction answered something else".into()).into()),
         }
     }
 

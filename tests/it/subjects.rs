@@ -461,9 +461,28 @@ fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
     // Signed by the same key the server publishes: it derives from the
     // master key, not from the process.
     assert!(receipt_verifies(&server, &receipt));
+    // Correct: the subject, then the new value, on standard input.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "subject",
+            "correct",
+            "--namespace",
+            "retail",
+            "--subject-stdin",
+            "--token",
+            &other,
+            "--config",
+        ])
+        .arg(&setup.config)
+        .output_with_stdin("CUST-OTHER\nSomeone Renamed\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let values = detokenize(&server, "admin", "retail", "support", &[email, other]);
     assert_eq!(values[0]["error"]["code"], "not_found");
-    assert_eq!(values[1]["value"], "Someone Else");
+    assert_eq!(values[1]["value"], "Someone Renamed");
     // Without a subject on stdin, nothing happens.
     let out = std::process::Command::new(BIN)
         .args([
@@ -478,4 +497,105 @@ fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
         .output_with_stdin("\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no subject"));
+}
+
+#[test]
+fn a_correction_keeps_the_token_and_moves_the_deterministic_mapping() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    let tokenize_for = |subject: &str, class: &str, value: &str| -> String {
+        let (status, body) = post(
+            &server,
+            "/v1/tokenize",
+            &key("crm"),
+            &json!({"namespace": "retail", "items": [{"class": class, "value": value, "subject": subject}]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["tokens"][0]["token"].as_str().unwrap().to_owned()
+    };
+    let correct = |client: &str, subject: &str, token: &str, value: &str| {
+        post(
+            &server,
+            "/v1/subjects/correct",
+            &key(client),
+            &json!({"namespace": "retail", "subject": subject, "token": token, "value": value}),
+        )
+    };
+    let old = tokenize_for("CUST-C", "email", "old.addr.7q@example.com");
+    let taken = tokenize_for("CUST-D", "email", "taken.7q@example.com");
+    let shared = tokenize_for("CUST-C", "phone", "+14155550160");
+    assert_eq!(tokenize_for("CUST-D", "phone", "+14155550160"), shared);
+    let card = tokenize_for("CUST-C", "card", "4111111111111111");
+
+    // Negative: the operation is granted, never implied.
+    for client in ["crm", "admin", "dpo_masked"] {
+        let (status, body) = correct(client, "CUST-C", &old, "new.addr.7q@example.com");
+        assert_eq!(status, 403, "{client}: {body}");
+    }
+
+    let (status, body) = correct("dpo", "CUST-C", &old, "New.Addr.7q@Example.com");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"token": old, "class": "email"}));
+    let values = detokenize(
+        &server,
+        "admin",
+        "retail",
+        "support",
+        std::slice::from_ref(&old),
+    );
+    assert_eq!(
+        values[0]["value"], "new.addr.7q@example.com",
+        "normalized as the class says"
+    );
+    assert_eq!(
+        tokenize_for("CUST-C", "email", "new.addr.7q@example.com"),
+        old,
+        "the new value maps to the kept token"
+    );
+    assert_ne!(
+        tokenize_for("CUST-X", "email", "old.addr.7q@example.com"),
+        old,
+        "the old value maps to nothing"
+    );
+
+    // Refusals change nothing.
+    let refused = [
+        (
+            correct("dpo", "CUST-C", &old, "taken.7q@example.com"),
+            "another token",
+        ),
+        (
+            correct("dpo", "CUST-C", &taken, "mine.7q@example.com"),
+            "not one of this subject",
+        ),
+        (correct("dpo", "CUST-C", &shared, "+14155550161"), "share"),
+        (
+            correct("dpo", "CUST-C", &card, "4000000000002222"),
+            "last four",
+        ),
+    ];
+    for ((status, body), says) in refused {
+        assert_eq!(status, 409, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+        assert!(body["error"]["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_"));
+    }
+    let values = detokenize(
+        &server,
+        "admin",
+        "retail",
+        "support",
+        &[taken.clone(), shared.clone(), card.clone()],
+    );
+    assert_eq!(values[0]["value"], "taken.7q@example.com");
+    assert_eq!(values[1]["value"], "+14155550160");
+    assert_eq!(values[2]["value"], "4111111111111111");
+    // Same last four: allowed.
+    let (status, body) = correct("dpo", "CUST-C", &card, "4000000000001111");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = correct("dpo", "CUST-C", "TKN_doesnotexist", "x@example.com");
+    assert_eq!(status, 404);
 }

@@ -110,7 +110,7 @@ namespaces = ["retail"]
 [roles.monitoring]
 operations = ["metrics_read"]
 [roles.privacy_office]
-operations = ["subject_forget", "subject_export"]
+operations = ["subject_forget", "subject_export", "subject_correct"]
 namespaces = ["retail"]
 reveal = "plain"
 [roles.privacy_masked]
