@@ -89,6 +89,7 @@ impl InProcess {
                 format: TokenFormat::Email,
                 deterministic: true,
                 token_prefixes: Vec::new(),
+                retain_days: None,
             },
         )]);
         let namespaces = BTreeMap::from([(

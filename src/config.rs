@@ -356,6 +356,9 @@ pub struct ClassSpec {
     /// Number blocks (E.164 prefixes) phone tokens are drawn from; empty:
     /// any number of the value's country.
     pub token_prefixes: Vec<String>,
+    /// Days a token of this class is kept after it was last used
+    /// (tokenized or revealed); none: kept until forgotten.
+    pub retain_days: Option<u32>,
 }
 
 /// One configuration problem: the key it is about, what is wrong, what to do.
@@ -512,6 +515,7 @@ impl Config {
             format,
             deterministic,
             token_prefixes: Vec::new(),
+            retain_days: None,
         };
         let classes = BTreeMap::from([
             (
@@ -1410,6 +1414,7 @@ struct RawClass {
     deterministic: Option<bool>,
     #[serde(default)]
     token_prefixes: Vec<String>,
+    retain_days: Option<u64>,
     #[serde(flatten)]
     unknown: Unknown,
 }
@@ -1898,6 +1903,16 @@ impl RawNamespace {
                         );
                     }
                 }
+                let retain_days = raw.retain_days.and_then(|days| match u32::try_from(days) {
+                    Ok(days @ 1..=36_500) => Some(days),
+                    _ => {
+                        problems.push(Problem::new(
+                            format!("{key}.retain_days"),
+                            "must be from 1 to 36500 (100 years)",
+                        ));
+                        None
+                    }
+                });
                 classes.insert(
                     class_name,
                     ClassSpec {
@@ -1905,6 +1920,7 @@ impl RawNamespace {
                         format,
                         deterministic: raw.deterministic.unwrap_or(true),
                         token_prefixes: raw.token_prefixes,
+                        retain_days,
                     },
                 );
             }

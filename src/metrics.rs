@@ -57,6 +57,12 @@ struct FileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    namespace: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -75,6 +81,7 @@ struct Metrics {
     store_bytes: Family<FileLabels, Gauge>,
     tls_reloads: Family<OutcomeLabels, Counter>,
     phone_token_collisions: Counter,
+    retention_deleted: Family<ClassLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -146,9 +153,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Minted phone tokens that equalled a stored number of their class and were minted again",
         phone_token_collisions.clone(),
     );
+    let retention_deleted = Family::<ClassLabels, Counter>::default();
+    registry.register(
+        "retention_deleted_tokens",
+        "Tokens deleted by retention sweeps (unused for their class's retain_days), by configured namespace and class",
+        retention_deleted.clone(),
+    );
     Metrics {
         registry,
         phone_token_collisions,
+        retention_deleted,
         requests,
         latency,
         tokens_created,
@@ -251,6 +265,17 @@ pub fn upstream_error(route: &str, kind: &'static str) {
 /// minted again.
 pub fn phone_token_collision() {
     METRICS.phone_token_collisions.inc();
+}
+
+/// Counts tokens a retention sweep deleted (configured names only).
+pub fn retention_deleted(namespace: &str, class: &str, count: u64) {
+    METRICS
+        .retention_deleted
+        .get_or_create(&ClassLabels {
+            namespace: namespace.to_owned(),
+            class: class.to_owned(),
+        })
+        .inc_by(count);
 }
 
 /// Counts a SIGHUP certificate reload.

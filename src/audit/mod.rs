@@ -55,11 +55,14 @@ pub enum Action {
     /// One of a data subject's values replaced, its token kept
     /// (rectification).
     SubjectCorrect,
+    /// A batch of tokens deleted because they were unused for their class's
+    /// `retain_days` (counts only).
+    RetentionSweep,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -77,6 +80,7 @@ impl Action {
         Self::SubjectForget,
         Self::SubjectExport,
         Self::SubjectCorrect,
+        Self::RetentionSweep,
     ];
 
     /// The stored name.
@@ -99,6 +103,7 @@ impl Action {
             Self::SubjectForget => "subject_forget",
             Self::SubjectExport => "subject_export",
             Self::SubjectCorrect => "subject_correct",
+            Self::RetentionSweep => "retention_sweep",
         }
     }
 

@@ -209,6 +209,24 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
             }
         }
     });
+    // Retention: classes with retain_days are swept every hour, the first
+    // time a minute after start.
+    let sweeper = kept.clone();
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let mut every = tokio::time::interval(crate::vault::retention::SWEEP_INTERVAL);
+        loop {
+            every.tick().await;
+            match sweeper.vault.sweep_retention().await {
+                Ok(swept) => {
+                    for class in swept.iter().filter(|s| s.deleted > 0) {
+                        tracing::info!(namespace = %class.namespace, class = %class.class, deleted = class.deleted, "retention sweep");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "retention sweep failed"),
+            }
+        }
+    });
     let addresses: Vec<SocketAddr> = server.addrs();
     // The human-readable line goes to stdout, unless stdout carries JSON
     // log lines: then every line there must be JSON, and it goes to stderr.

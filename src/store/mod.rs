@@ -30,11 +30,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod activation;
+pub mod retention;
 pub mod subjects;
 
 use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
+pub use retention::{Day, Sweep, Touch};
 pub use subjects::{
     Correction, CorrectionRefused, Erasure, SubjectHash, SubjectOutcome, SubjectWrite,
 };
@@ -93,6 +95,8 @@ pub struct NewRow {
     /// Keyed hash of the subject, when one was given: the stored token
     /// (this row's, or the existing one for its value) is linked to it.
     pub subject_hash: Option<[u8; 32]>,
+    /// The day it is stored (its first use).
+    pub used_day: Day,
 }
 
 /// What became of one [`NewRow`].
@@ -115,6 +119,17 @@ pub struct StoredValue {
     pub key_version: u32,
     /// `nonce || ciphertext || tag`.
     pub sealed: Vec<u8>,
+    /// The day it was last used.
+    pub used_day: Day,
+}
+
+/// A token found by its value's blind index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The token.
+    pub token: String,
+    /// The day it was last used.
+    pub used_day: Day,
 }
 
 /// Why a writer batch failed.
@@ -175,7 +190,13 @@ enum Job {
     },
     Audit {
         records: Vec<Record>,
+        touch: Option<Touch>,
         reply: Reply<()>,
+    },
+    Sweep {
+        sweep: Sweep,
+        audit: Vec<Record>,
+        reply: Reply<Vec<String>>,
     },
     Activation {
         write: ActivationWrite,
@@ -456,7 +477,37 @@ impl Store {
 
     /// Appends audit records; answers once they are durably committed.
     pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        self.submit(|reply| Job::Audit { records, reply }).await
+        self.submit(|reply| Job::Audit {
+            records,
+            touch: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends audit records and marks tokens used, in one commit.
+    pub async fn append_audit_touching(
+        &self,
+        records: Vec<Record>,
+        touch: Touch,
+    ) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Audit {
+            records,
+            touch: Some(touch),
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes one batch of a retention sweep with its audit records (whose
+    /// count the writer fills in); answers the tokens deleted.
+    pub async fn sweep(&self, sweep: Sweep, audit: Vec<Record>) -> Result<Vec<String>, StoreError> {
+        self.submit(|reply| Job::Sweep {
+            sweep,
+            audit,
+            reply,
+        })
+        .await
     }
 
     /// Audit records matching `filter` after sequence number `after`, at most
@@ -511,16 +562,21 @@ impl Store {
         &self,
         namespace: &str,
         lookups: &[(&str, [u8; 32])],
-    ) -> Result<Vec<Option<String>>, StoreError> {
+    ) -> Result<Vec<Option<Found>>, StoreError> {
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
-                "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
+                "SELECT token, used_day FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
             lookups
                 .iter()
                 .map(|(class, index)| {
                     statement
-                        .query_row(params![namespace, class, &index[..]], |row| row.get(0))
+                        .query_row(params![namespace, class, &index[..]], |row| {
+                            Ok(Found {
+                                token: row.get(0)?,
+                                used_day: row.get(1)?,
+                            })
+                        })
                         .optional()
                 })
                 .collect()
@@ -548,7 +604,7 @@ impl Store {
     ) -> Result<Vec<Option<StoredValue>>, StoreError> {
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
-                "SELECT class, key_version, sealed FROM tokens WHERE namespace = ?1 AND token = ?2",
+                "SELECT class, key_version, sealed, used_day FROM tokens WHERE namespace = ?1 AND token = ?2",
             )?;
             tokens
                 .iter()
@@ -559,6 +615,7 @@ impl Store {
                                 class: row.get(0)?,
                                 key_version: row.get(1)?,
                                 sealed: row.get(2)?,
+                                used_day: row.get(3)?,
                             })
                         })
                         .optional()
@@ -852,6 +909,7 @@ enum Done {
     Audit(Reply<()>),
     Activation(Reply<bool>, bool),
     Subjects(Reply<SubjectOutcome>, SubjectOutcome),
+    Sweep(Reply<Vec<String>>, Vec<String>),
 }
 
 impl Done {
@@ -864,6 +922,7 @@ impl Done {
             }
             // The old value's bytes go as an erased one's do.
             Self::Subjects(_, SubjectOutcome::Corrected(Ok(()))) => true,
+            Self::Sweep(_, deleted) => !deleted.is_empty(),
             _ => false,
         }
     }
@@ -875,6 +934,7 @@ impl Done {
             Self::Audit(reply) => drop(reply.send(Ok(()))),
             Self::Activation(reply, result) => drop(reply.send(Ok(result))),
             Self::Subjects(reply, result) => drop(reply.send(Ok(result))),
+            Self::Sweep(reply, deleted) => drop(reply.send(Ok(deleted))),
         }
     }
 
@@ -885,6 +945,7 @@ impl Done {
             Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
             Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Subjects(reply, _) => drop(reply.send(Err(failure.clone()))),
+            Self::Sweep(reply, _) => drop(reply.send(Err(failure.clone()))),
         }
     }
 }
@@ -1006,9 +1067,21 @@ impl Writer {
                         audit,
                     });
                 }
-                Job::Audit { records, reply } => {
+                Job::Audit {
+                    records,
+                    touch,
+                    reply,
+                } => {
                     done.push(Done::Audit(reply));
-                    work.push(Work::Audit { records });
+                    work.push(Work::Audit { records, touch });
+                }
+                Job::Sweep {
+                    sweep,
+                    audit,
+                    reply,
+                } => {
+                    done.push(Done::Sweep(reply, Vec::new()));
+                    work.push(Work::Sweep { sweep, audit });
                 }
                 Job::Activation {
                     write,
@@ -1095,7 +1168,27 @@ impl Writer {
                     }
                     records.push(*audit);
                 }
-                (Done::Audit(_), Work::Audit { records: more }) => records.extend(more),
+                (
+                    Done::Audit(_),
+                    Work::Audit {
+                        records: more,
+                        touch,
+                    },
+                ) => {
+                    if let Some(touch) = touch {
+                        retention::touch(&vault_tx, &touch).map_err(write_failure)?;
+                    }
+                    records.extend(more);
+                }
+                (Done::Sweep(_, deleted), Work::Sweep { sweep, mut audit }) => {
+                    *deleted = retention::sweep(&vault_tx, &sweep).map_err(write_failure)?;
+                    // Counts only: the tokens of expired rows are not worth
+                    // a record each.
+                    for record in &mut audit {
+                        record.item_count = deleted.len() as u64;
+                    }
+                    records.extend(audit);
+                }
                 (Done::Activation(_, result), Work::Activation { write, audit }) => {
                     *result = activation::apply(&vault_tx, &write, now).map_err(write_failure)?;
                     records.extend(audit);
@@ -1167,6 +1260,11 @@ enum Work {
     },
     Audit {
         records: Vec<Record>,
+        touch: Option<Touch>,
+    },
+    Sweep {
+        sweep: Sweep,
+        audit: Vec<Record>,
     },
     Activation {
         write: ActivationWrite,
@@ -1188,8 +1286,8 @@ fn insert_rows(
         "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
     )?;
     let mut insert = transaction.prepare_cached(
-        "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut outcomes = Vec::with_capacity(rows.len());
     for row in rows {
@@ -1215,6 +1313,7 @@ fn insert_rows(
             row.sealed,
             row.blind_index.as_ref().map(|i| &i[..]),
             now,
+            row.used_day,
         ]);
         match inserted {
             Ok(_) => {
@@ -1253,6 +1352,7 @@ mod tests {
             sealed: vec![1, 2, 3],
             blind_index: index.map(|b| [b; 32]),
             subject_hash: None,
+            used_day: 0,
         }
     }
 
@@ -1305,6 +1405,7 @@ mod tests {
         let found = store
             .find_by_blind_index("ns", &[("email", [1; 32]), ("email", [9; 32])])
             .unwrap();
+        let found: Vec<Option<String>> = found.into_iter().map(|f| f.map(|f| f.token)).collect();
         assert_eq!(found, vec![Some("T1".to_owned()), None]);
         let fetched = store
             .fetch("ns", &["T2".to_owned(), "nope".to_owned()])

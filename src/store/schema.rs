@@ -86,6 +86,13 @@ pub fn migrations() -> Migrations<'static> {
              DROP INDEX tokens_by_subject;
              ALTER TABLE tokens DROP COLUMN subject_hash;",
         ),
+        // The day each token was last used (tokenized or revealed), for
+        // retention; existing rows count as used the day they were made.
+        M::up(
+            "ALTER TABLE tokens ADD COLUMN used_day INTEGER NOT NULL DEFAULT 0;
+             UPDATE tokens SET used_day = created_at / 86400;
+             CREATE INDEX tokens_by_use ON tokens (namespace, class, used_day);",
+        ),
     ])
 }
 

@@ -3,9 +3,11 @@
 
 mod budget;
 pub mod classify;
+pub mod clock;
 pub mod normalize;
 pub mod receipts;
 mod refusals;
+pub mod retention;
 mod subjects;
 
 pub use subjects::SubjectExport;
@@ -23,8 +25,8 @@ use crate::crypto::wrapping::Keyring;
 use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{
-    ActivationWrite, ConsentEvent, ConsentTarget, InsertOutcome, NewRow, Store, StoreError,
-    StoredValue, SubjectHash, SubjectWrite,
+    ActivationWrite, ConsentEvent, ConsentTarget, Found, InsertOutcome, NewRow, Store, StoreError,
+    StoredValue, SubjectHash, SubjectWrite, Touch,
 };
 use normalize::NormalizeError;
 
@@ -241,6 +243,8 @@ pub struct Vault {
     refusals: refusals::Refusals,
     /// Signs erasure receipts.
     receipt_key: crate::crypto::receipts::ReceiptKey,
+    /// Days of use, for retention.
+    clock: Arc<dyn clock::Clock>,
 }
 
 struct Pending<'a> {
@@ -289,7 +293,13 @@ impl Vault {
             purposes: Default::default(),
             refusals: Default::default(),
             receipt_key: keyring.current().receipt_key(),
+            clock: Arc::new(clock::SystemClock),
         }
+    }
+
+    /// Replaces the clock (tests, simulations).
+    pub fn set_clock(&mut self, clock: Arc<dyn clock::Clock>) {
+        self.clock = clock;
     }
 
     /// Sets the purposes the configuration names (see
@@ -553,12 +563,19 @@ impl Vault {
                     .map(|index| (i, (p.class_name.to_owned(), index)))
             })
             .unzip();
+        let today = self.clock.today();
+        let mut used = Vec::new();
         if !lookups.is_empty() {
             let found = self.find_by_blind_index(namespace, lookups).await?;
-            for (i, token) in positions.into_iter().zip(found) {
-                results[i] = token.map(|token| Tokenized {
-                    token,
-                    created: false,
+            for (i, found) in positions.into_iter().zip(found) {
+                results[i] = found.map(|found| {
+                    if found.used_day < today {
+                        used.push(found.token.clone());
+                    }
+                    Tokenized {
+                        token: found.token,
+                        created: false,
+                    }
                 });
             }
         }
@@ -583,18 +600,27 @@ impl Vault {
             namespace: namespace.to_owned(),
             links,
         };
+        if !links.is_empty() {
+            // Committed before the request's records, which go with the
+            // audit append or the round of inserts that completes it.
+            self.store.subjects(link(links), Vec::new()).await?;
+        }
+        // Known values used today are marked so, for retention, with the
+        // records (or on their own when inserts follow).
+        let touch = (!used.is_empty()).then(|| Touch {
+            namespace: namespace.to_owned(),
+            tokens: used,
+            day: today,
+        });
         if open.is_empty() {
-            if links.is_empty() {
-                self.store.append_audit(records).await?;
-            } else {
-                self.store.subjects(link(links), records).await?;
+            match touch {
+                Some(touch) => self.store.append_audit_touching(records, touch).await?,
+                None => self.store.append_audit(records).await?,
             }
             return Ok(results.into_iter().flatten().collect());
         }
-        if !links.is_empty() {
-            // The records go with the round of inserts that completes the
-            // request; these links are committed first, on their own.
-            self.store.subjects(link(links), Vec::new()).await?;
+        if let Some(touch) = touch {
+            self.store.append_audit_touching(Vec::new(), touch).await?;
         }
         for _attempt in 0..MINT_ATTEMPTS {
             if open.is_empty() {
@@ -629,6 +655,7 @@ impl Vault {
                             .seal(binding, p.normalized.expose().as_bytes()),
                         blind_index: p.blind_index,
                         subject_hash: p.subject_hash,
+                        used_day: today,
                     })
                 })
                 .collect::<Result<Vec<_>, VaultError>>()?;
@@ -674,7 +701,7 @@ impl Vault {
         &self,
         namespace: &str,
         lookups: Vec<(String, [u8; 32])>,
-    ) -> Result<Vec<Option<String>>, VaultError> {
+    ) -> Result<Vec<Option<Found>>, VaultError> {
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
         Ok(tokio::task::spawn_blocking(move || {
@@ -766,7 +793,7 @@ impl Vault {
             .items(tokens.len());
         let record = self.with_purpose(record, purpose);
         let asked = tokens.clone();
-        let (answers, exists) = match self
+        let (answers, exists, used) = match self
             .detokenize_unaudited(caller, namespace, purpose, tokens)
             .await
         {
@@ -791,8 +818,19 @@ impl Vault {
             record = record.reason("consent_withdrawn");
         }
         // Fail closed: if this append fails, the answers are dropped (and
-        // zeroized) unrevealed.
-        self.store.append_audit(vec![record]).await?;
+        // zeroized) unrevealed. Revealed tokens are marked used today.
+        if used.is_empty() {
+            self.store.append_audit(vec![record]).await?;
+        } else {
+            let touch = Touch {
+                namespace: namespace.to_owned(),
+                tokens: used,
+                day: self.clock.today(),
+            };
+            self.store
+                .append_audit_touching(vec![record], touch)
+                .await?;
+        }
         Ok(answers)
     }
 
@@ -802,7 +840,7 @@ impl Vault {
         namespace: &str,
         purpose: &str,
         tokens: Vec<String>,
-    ) -> Result<(Vec<Detokenized>, Vec<bool>), VaultError> {
+    ) -> Result<(Vec<Detokenized>, Vec<bool>, Vec<String>), VaultError> {
         caller.role.check(Operation::Detokenize, namespace)?;
         if !caller.role.purposes.allows(purpose) {
             return Err(Denied::Purpose.into());
@@ -824,7 +862,12 @@ impl Vault {
         .map_err(|_| StoreError::ReadTask)??;
         let reveal = caller.role.reveal_for(purpose);
         let exists = stored.iter().map(Option::is_some).collect();
-        let answers = tokens
+        let today = self.clock.today();
+        let stale: Vec<bool> = stored
+            .iter()
+            .map(|s| s.as_ref().is_some_and(|s| s.used_day < today))
+            .collect();
+        let answers: Vec<Detokenized> = tokens
             .iter()
             .zip(stored)
             .zip(withdrawn)
@@ -857,7 +900,14 @@ impl Vault {
                 }
             })
             .collect();
-        Ok((answers, exists))
+        let used = tokens
+            .iter()
+            .zip(&answers)
+            .zip(stale)
+            .filter(|((_, answer), stale)| *stale && matches!(answer, Detokenized::Value { .. }))
+            .map(|((token, _), _)| token.clone())
+            .collect();
+        Ok((answers, exists, used))
     }
 
     /// Records that `purpose` (or `*`) is withdrawn or restored for a token

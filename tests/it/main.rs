@@ -22,6 +22,7 @@ mod mtls;
 mod node_library;
 mod openapi;
 mod phone_tokens;
+mod retention;
 mod scan;
 mod subjects;
 mod support;
