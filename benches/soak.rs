@@ -87,6 +87,8 @@ struct Load {
     http: reqwest::blocking::Client,
     known_tokens: Vec<String>,
     errors: AtomicU64,
+    /// Answers that were not 2xx, by status (0: no answer).
+    statuses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl Load {
@@ -96,13 +98,20 @@ impl Load {
             .post(format!("{}{path}", self.base))
             .bearer_auth(API_KEY)
             .json(&body)
-            .send()
-            .ok()?;
-        if !response.status().is_success() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
+            .send();
+        let response = match response {
+            Ok(response) if response.status().is_success() => response,
+            other => {
+                self.failed(other.map(|r| r.status().as_u16()).unwrap_or(0));
+                return None;
+            }
+        };
         response.json().ok()
+    }
+
+    fn failed(&self, status: u16) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.statuses.lock().unwrap().entry(status).or_default() += 1;
     }
 
     /// Request `n` of worker `worker` in the mix.
@@ -146,8 +155,9 @@ impl Load {
                     .get(format!("{}/v1/audit?limit=100", self.base))
                     .bearer_auth(API_KEY)
                     .send();
-                if !response.is_ok_and(|r| r.status().is_success()) {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
+                match response {
+                    Ok(response) if response.status().is_success() => {}
+                    other => self.failed(other.map(|r| r.status().as_u16()).unwrap_or(0)),
                 }
             }
         }
@@ -230,6 +240,7 @@ fn main() {
         http,
         known_tokens,
         errors: AtomicU64::new(0),
+        statuses: Default::default(),
     });
     let (rss, _) = server.memory();
     println!("soak: {workers} clients; RSS after start and 1,000 known values: {rss:.1} MiB");
@@ -294,10 +305,11 @@ fn main() {
         .copied()
         .fold(0.0, f64::max);
     println!(
-        "soak: {sent} requests in {:.0} s ({:.0}/s), {} not 2xx; RSS at the end {rss:.1} MiB, peak {hwm:.1} MiB; highest RSS in the middle third {middle_max:.1} MiB, in the last third {last_max:.1} MiB ({:+.1}%)",
+        "soak: {sent} requests in {:.0} s ({:.0}/s), {} not 2xx {:?}; RSS at the end {rss:.1} MiB, peak {hwm:.1} MiB; highest RSS in the middle third {middle_max:.1} MiB, in the last third {last_max:.1} MiB ({:+.1}%)",
         soak_start.elapsed().as_secs_f64(),
         sent as f64 / soak_start.elapsed().as_secs_f64(),
         load.errors.load(Ordering::Relaxed),
+        load.statuses.lock().unwrap(),
         (last_max / middle_max - 1.0) * 100.0
     );
 }
