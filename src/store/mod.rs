@@ -128,7 +128,8 @@ pub struct StoredValue {
 pub struct Found {
     /// The token.
     pub token: String,
-    /// The day it was last used.
+    /// The day it was last used (`Day::MAX` when not read: a class without
+    /// retention).
     pub used_day: Day,
 }
 
@@ -556,31 +557,64 @@ impl Store {
         Ok(read(&connection)?)
     }
 
-    /// Looks up existing tokens by blind index. Blocking: call from a
+    /// Looks up existing tokens by blind index. The day of last use is
+    /// read only for the classes in `dated` (those with retention): the
+    /// others are answered from the blind index alone. Blocking: call from a
     /// blocking context.
     pub fn find_by_blind_index(
         &self,
         namespace: &str,
         lookups: &[(&str, [u8; 32])],
+        dated: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Option<Found>>, StoreError> {
         self.with_reader(|db| {
-            let mut statement = db.prepare_cached(
+            // The blind index holds the token (the table's key): a covering
+            // lookup, one B-tree search.
+            let mut token_only = db.prepare_cached(
+                "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
+            )?;
+            let mut with_day = db.prepare_cached(
                 "SELECT token, used_day FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
             lookups
                 .iter()
                 .map(|(class, index)| {
-                    statement
-                        .query_row(params![namespace, class, &index[..]], |row| {
-                            Ok(Found {
-                                token: row.get(0)?,
-                                used_day: row.get(1)?,
+                    let key = params![namespace, class, &index[..]];
+                    if dated(class) {
+                        with_day
+                            .query_row(key, |row| {
+                                Ok(Found {
+                                    token: row.get(0)?,
+                                    used_day: row.get(1)?,
+                                })
                             })
-                        })
-                        .optional()
+                            .optional()
+                    } else {
+                        token_only
+                            .query_row(key, |row| {
+                                Ok(Found {
+                                    token: row.get(0)?,
+                                    used_day: Day::MAX,
+                                })
+                            })
+                            .optional()
+                    }
                 })
                 .collect()
         })
+    }
+
+    /// Up to `limit` tokens of `class` idle since before `before`, after the
+    /// cursor `after`. Blocking.
+    pub fn idle_tokens(
+        &self,
+        namespace: &str,
+        class: &str,
+        before: Day,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|db| retention::idle(db, namespace, class, before, after, limit))
     }
 
     /// Whether each token exists in `namespace`. Blocking.
@@ -1403,7 +1437,7 @@ mod tests {
             vec![InsertOutcome::Inserted]
         );
         let found = store
-            .find_by_blind_index("ns", &[("email", [1; 32]), ("email", [9; 32])])
+            .find_by_blind_index("ns", &[("email", [1; 32]), ("email", [9; 32])], &|_| false)
             .unwrap();
         let found: Vec<Option<String>> = found.into_iter().map(|f| f.map(|f| f.token)).collect();
         assert_eq!(found, vec![Some("T1".to_owned()), None]);

@@ -19,17 +19,38 @@ pub struct Touch {
     pub day: Day,
 }
 
-/// One batch of a retention sweep.
+/// One batch of a retention sweep: tokens a read found idle, deleted by
+/// the writer if they are still idle.
 #[derive(Debug, Clone)]
 pub struct Sweep {
     /// Namespace swept.
     pub namespace: String,
-    /// Class swept.
-    pub class: String,
     /// Rows last used before this day are deleted.
     pub before: Day,
-    /// Most rows deleted in this batch (one small transaction).
-    pub limit: u32,
+    /// The candidates.
+    pub tokens: Vec<String>,
+}
+
+/// Up to `limit` tokens of `class` last used before `before`, after the
+/// token `after` in token order (a cursor, so that a sweep reads the table
+/// once). Runs on a read connection.
+pub(super) fn idle(
+    db: &Connection,
+    namespace: &str,
+    class: &str,
+    before: Day,
+    after: &str,
+    limit: u32,
+) -> rusqlite::Result<Vec<String>> {
+    db.prepare_cached(
+        "SELECT token FROM tokens
+         WHERE namespace = ?1 AND token > ?2 AND class = ?3 AND used_day < ?4
+         ORDER BY token LIMIT ?5",
+    )?
+    .query_map(params![namespace, after, class, before, limit], |row| {
+        row.get(0)
+    })?
+    .collect()
 }
 
 /// Marks `touch`'s tokens used on its day.
@@ -43,24 +64,18 @@ pub(super) fn touch(db: &Connection, touch: &Touch) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Deletes one batch of idle rows (and their subject links); answers the
-/// tokens deleted.
+/// Deletes the sweep's tokens that are still idle (and their subject
+/// links); answers the tokens deleted.
 pub(super) fn sweep(db: &Connection, sweep: &Sweep) -> rusqlite::Result<Vec<String>> {
-    let idle: Vec<String> = db
-        .prepare_cached(
-            "SELECT token FROM tokens
-             WHERE namespace = ?1 AND class = ?2 AND used_day < ?3
-             ORDER BY used_day LIMIT ?4",
-        )?
-        .query_map(
-            params![sweep.namespace, sweep.class, sweep.before, sweep.limit],
-            |row| row.get(0),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut delete = db.prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")?;
-    for token in &idle {
-        delete.execute(params![sweep.namespace, token])?;
-        super::subjects::unlink_token(db, &sweep.namespace, token)?;
+    let mut delete = db.prepare_cached(
+        "DELETE FROM tokens WHERE namespace = ?1 AND token = ?2 AND used_day < ?3",
+    )?;
+    let mut deleted = Vec::new();
+    for token in &sweep.tokens {
+        if delete.execute(params![sweep.namespace, token, sweep.before])? > 0 {
+            super::subjects::unlink_token(db, &sweep.namespace, token)?;
+            deleted.push(token.clone());
+        }
     }
-    Ok(idle)
+    Ok(deleted)
 }

@@ -704,12 +704,21 @@ impl Vault {
     ) -> Result<Vec<Option<Found>>, VaultError> {
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
+        // Only classes with retention need the day of last use.
+        let dated: std::collections::BTreeSet<String> = self
+            .namespace(namespace)?
+            .spec
+            .classes
+            .iter()
+            .filter(|(_, class)| class.retain_days.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(tokio::task::spawn_blocking(move || {
             let keys: Vec<(&str, [u8; 32])> = lookups
                 .iter()
                 .map(|(class, index)| (class.as_str(), *index))
                 .collect();
-            store.find_by_blind_index(&owned_namespace, &keys)
+            store.find_by_blind_index(&owned_namespace, &keys, &|class| dated.contains(class))
         })
         .await
         .map_err(|_| StoreError::ReadTask)??)
@@ -865,7 +874,16 @@ impl Vault {
         let today = self.clock.today();
         let stale: Vec<bool> = stored
             .iter()
-            .map(|s| s.as_ref().is_some_and(|s| s.used_day < today))
+            .map(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.used_day < today
+                        && ns
+                            .spec
+                            .classes
+                            .get(&s.class)
+                            .is_some_and(|class| class.retain_days.is_some())
+                })
+            })
             .collect();
         let answers: Vec<Detokenized> = tokens
             .iter()

@@ -41,22 +41,42 @@ impl Vault {
                 let Some(days) = spec.retain_days else {
                     continue;
                 };
+                let before = today - i64::from(days);
                 let mut deleted = 0;
+                let mut cursor = String::new();
                 loop {
-                    let record = context
-                        .record(Action::RetentionSweep, Outcome::Ok)
-                        .namespace(namespace)
-                        .reason("retention_expired");
-                    let sweep = Sweep {
-                        namespace: namespace.clone(),
-                        class: class.clone(),
-                        before: today - i64::from(days),
-                        limit: SWEEP_BATCH,
-                    };
-                    let batch = self.store.sweep(sweep, vec![record]).await?.len() as u64;
-                    deleted += batch;
-                    crate::metrics::retention_deleted(namespace, class, batch);
-                    if batch < u64::from(SWEEP_BATCH) {
+                    // Candidates are read on a read connection, in token
+                    // order from the cursor (one pass over the table); the
+                    // writer deletes those still idle, with the record.
+                    let store = self.store.clone();
+                    let (owned_namespace, owned_class, after) =
+                        (namespace.clone(), class.clone(), cursor.clone());
+                    let idle = tokio::task::spawn_blocking(move || {
+                        store.idle_tokens(&owned_namespace, &owned_class, before, &after, SWEEP_BATCH)
+                    })
+                    .await
+                    .map_err(|_| crate::store::StoreError::ReadTask)??;
+                    let last_batch = idle.len() < SWEEP_BATCH as usize;
+                    if let Some(last) = idle.last() {
+                        cursor = last.clone();
+                    }
+                    // One record per batch, and one for a sweep that found
+                    // nothing: the trail shows that retention ran.
+                    if !idle.is_empty() || deleted == 0 {
+                        let record = context
+                            .record(Action::RetentionSweep, Outcome::Ok)
+                            .namespace(namespace)
+                            .reason("retention_expired");
+                        let sweep = Sweep {
+                            namespace: namespace.clone(),
+                            before,
+                            tokens: idle,
+                        };
+                        let batch = self.store.sweep(sweep, vec![record]).await?.len() as u64;
+                        deleted += batch;
+                        crate::metrics::retention_deleted(namespace, class, batch);
+                    }
+                    if last_batch {
                         break;
                     }
                 }
