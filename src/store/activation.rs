@@ -145,6 +145,7 @@ pub(super) fn withdrawn(
     namespace: &str,
     token: &str,
     purpose: &str,
+    scopes: Scopes,
 ) -> rusqlite::Result<bool> {
     let mut newest = db.prepare_cached(
         "SELECT withdrawn FROM consent_events
@@ -160,6 +161,9 @@ pub(super) fn withdrawn(
     if token_withdrawn == Some(true) {
         return Ok(true);
     }
+    if !scopes.subject {
+        return Ok(false);
+    }
     for subject in subjects_of(db, namespace, token)? {
         let subject_withdrawn: Option<bool> = newest
             .query_row(params![namespace, "subject", subject, purpose], |row| {
@@ -171,6 +175,24 @@ pub(super) fn withdrawn(
         }
     }
     Ok(false)
+}
+
+/// Which scopes of consent events a namespace has any of.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Scopes {
+    pub(super) token: bool,
+    pub(super) subject: bool,
+}
+
+/// Which scopes have events in `namespace` (two index lookups).
+pub(super) fn scopes_with_events(db: &Connection, namespace: &str) -> rusqlite::Result<Scopes> {
+    let mut any = db.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM consent_events WHERE namespace = ?1 AND scope = ?2)",
+    )?;
+    Ok(Scopes {
+        token: any.query_row(params![namespace, "token"], |row| row.get(0))?,
+        subject: any.query_row(params![namespace, "subject"], |row| row.get(0))?,
+    })
 }
 
 /// Every consent event for `target`, oldest first.

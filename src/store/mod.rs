@@ -242,8 +242,12 @@ fn open_connection_cached(
     connection.pragma_update(None, "foreign_keys", "ON")?;
     // A deleted row's bytes are overwritten with zeros, not left in free
     // space: an erased value (sealed, but erasure means gone) must not be
-    // recoverable from the file.
-    connection.pragma_update(None, "secure_delete", "ON")?;
+    // recoverable from the file. Only connections that write delete
+    // anything; on the read connections the setting measurably slowed
+    // reads (docs/performance.md), so they keep SQLite's default.
+    if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        connection.pragma_update(None, "secure_delete", "ON")?;
+    }
     // Tokens and blind indexes are random keys, so inserts touch pages all
     // over both B-trees: keep more of them cached than the 2 MiB default,
     // but a bounded amount (a negative cache_size is in KiB).
@@ -454,9 +458,15 @@ impl Store {
         tokens: &[&str],
     ) -> Result<Vec<bool>, StoreError> {
         self.with_reader(|db| {
+            // Most namespaces have no consent events at all: one query then
+            // answers for every token.
+            let scopes = activation::scopes_with_events(db, namespace)?;
+            if !scopes.token && !scopes.subject {
+                return Ok(vec![false; tokens.len()]);
+            }
             tokens
                 .iter()
-                .map(|token| activation::withdrawn(db, namespace, token, purpose))
+                .map(|token| activation::withdrawn(db, namespace, token, purpose, scopes))
                 .collect()
         })
     }

@@ -52,7 +52,13 @@ impl Vault {
                     let (owned_namespace, owned_class, after) =
                         (namespace.clone(), class.clone(), cursor.clone());
                     let idle = tokio::task::spawn_blocking(move || {
-                        store.idle_tokens(&owned_namespace, &owned_class, before, &after, SWEEP_BATCH)
+                        store.idle_tokens(
+                            &owned_namespace,
+                            &owned_class,
+                            before,
+                            &after,
+                            SWEEP_BATCH,
+                        )
                     })
                     .await
                     .map_err(|_| crate::store::StoreError::ReadTask)??;
