@@ -58,11 +58,15 @@ pub enum Action {
     /// A batch of tokens deleted because they were unused for their class's
     /// `retain_days` (counts only).
     RetentionSweep,
+    /// A backup taken (`tokenvault backup create`).
+    BackupCreate,
+    /// A backup restored (recorded in the restored trail).
+    BackupRestore,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 20] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -81,6 +85,8 @@ impl Action {
         Self::SubjectExport,
         Self::SubjectCorrect,
         Self::RetentionSweep,
+        Self::BackupCreate,
+        Self::BackupRestore,
     ];
 
     /// The stored name.
@@ -104,6 +110,8 @@ impl Action {
             Self::SubjectExport => "subject_export",
             Self::SubjectCorrect => "subject_correct",
             Self::RetentionSweep => "retention_sweep",
+            Self::BackupCreate => "backup_create",
+            Self::BackupRestore => "backup_restore",
         }
     }
 

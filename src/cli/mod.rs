@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command group.
 
 mod audit;
+mod backup;
 mod client;
 mod config_check;
 mod consent;
@@ -55,6 +56,11 @@ enum Command {
     Consent {
         #[command(subcommand)]
         command: consent::ConsentCommand,
+    },
+    /// Online backups: create, verify, restore.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// A data subject's rights: erase (with a signed receipt) or export
     /// everything held for one customer.
@@ -170,6 +176,7 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => audit::run(command),
         Command::Consent { command } => consent::run(command),
         Command::Subject { command } => subject::run(command),
+        Command::Backup { command } => backup::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),

@@ -87,6 +87,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
 }
 
 fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError> {
+    // Held until the server stops: one vault per data directory, and no
+    // restore into it meanwhile.
+    let _lock = crate::store::lock_data_dir(&config.storage.data_dir).map_err(|error| {
+        anyhow!("{error}\nhint: another tokenvault serves this data directory; stop it first")
+    })?;
     let store = Arc::new(
         Store::open(
             &config.storage.database_path(),

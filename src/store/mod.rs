@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod activation;
+pub mod backup;
 pub mod retention;
 pub mod subjects;
 
@@ -730,6 +731,37 @@ pub fn append_audit_offline(
     audit_tx.commit()?;
     vault_tx.commit()?;
     Ok(head)
+}
+
+/// Name of the lock file a serving vault holds in its data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the data directory's exclusive lock (held for as long as the
+/// returned file is open): one vault per directory, and no restore into a
+/// directory a vault serves. The commands that work beside a running vault
+/// (consent, subject, audit) do not take it; SQLite orders their writes.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|error| StoreError::Write(format!("cannot open {}: {error}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Write(format!(
+            "{} is in use by a running vault",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::Write(format!(
+            "cannot lock {}: {error}",
+            path.display()
+        ))),
+    }
 }
 
 /// What `audit acknowledge-gap` appended.

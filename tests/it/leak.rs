@@ -570,6 +570,41 @@ fn canaries_never_reach_disk_or_logs() {
         );
     }
     haystacks.extend(scan::files(&rig.log_dir, "log, running"));
+    // A backup taken while the vault runs: the file, and the data directory
+    // it restores into.
+    let backup_file = rig.setup.dir.path().join("leak.backup");
+    let out = std::process::Command::new(BIN)
+        .args(["backup", "create", "--out"])
+        .arg(&backup_file)
+        .arg("--config")
+        .arg(&rig.setup.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    haystacks.push((
+        "backup file".to_owned(),
+        std::fs::read(&backup_file).unwrap(),
+    ));
+    let restored = rig.setup.dir.path().join("leak-restored");
+    let out = std::process::Command::new(BIN)
+        .args(["backup", "restore"])
+        .arg(&backup_file)
+        .arg("--data-dir")
+        .arg(&restored)
+        .arg("--config")
+        .arg(&rig.setup.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    haystacks.extend(scan::files(&restored, "restored backup"));
     assert!(rig.server.stop().success());
     haystacks.extend(scan::files(&rig.setup.data_dir, "stopped"));
     haystacks.push(("server output".to_owned(), rig.server.logs().into_bytes()));

@@ -9,6 +9,7 @@ mod api;
 mod audit;
 mod audit_gap;
 mod auth_abuse;
+mod backup;
 mod clevertap;
 mod config;
 mod dev;
