@@ -2,7 +2,7 @@
 //! directory in one file, checked before they are trusted.
 //!
 //! A backup is a tar of `manifest.json`, `manifest.sha256`, `vault.db`,
-//! `audit.db` and `keyring.json`. The databases are consistent SQLite
+//! `audit.db`, `keyring.json` and `forgotten` (the tombstone list). The databases are consistent SQLite
 //! snapshots taken while the vault serves (`store::backup::snapshot`); the
 //! keyring is the wrapped one from the data directory. Nothing in it is
 //! plaintext that the data directory holds encrypted. The manifest names
@@ -36,7 +36,9 @@ macro_rules! fail {
 /// The format's name and version.
 const FORMAT: &str = "tokenvault-backup/1";
 /// The parts, in the order they are written.
-const PARTS: [&str; 3] = ["vault.db", "audit.db", "keyring.json"];
+const PARTS: [&str; 4] = ["vault.db", "audit.db", "keyring.json", TOMBSTONES];
+/// The tombstone list's file name.
+const TOMBSTONES: &str = crate::store::tombstones::FILE;
 
 /// `backup` subcommands.
 #[derive(Subcommand)]
@@ -76,6 +78,15 @@ pub enum BackupCommand {
         /// restore is checked, and recorded in the restored trail).
         #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The data directory (or its `forgotten` file) this restore
+        /// replaces: subjects erased there since the backup are erased
+        /// again when the restored vault starts.
+        #[arg(long, required_unless_present = "no_newer_erasures")]
+        erasures_from: Option<PathBuf>,
+        /// Say that no subject was erased since the backup was taken (a
+        /// restore must not silently bring erased values back).
+        #[arg(long, conflicts_with = "erasures_from")]
+        no_newer_erasures: bool,
     },
 }
 
@@ -121,7 +132,9 @@ pub fn run(command: BackupCommand) -> Result<(), CliError> {
             file,
             data_dir,
             config,
-        } => restore(&file, &data_dir, &config),
+            erasures_from,
+            no_newer_erasures: _,
+        } => restore(&file, &data_dir, &config, erasures_from.as_deref()),
     }
 }
 
@@ -155,6 +168,14 @@ fn create(out: &Path, config_path: &Path) -> Result<(), CliError> {
     .context("cannot take the snapshot")?;
     fs::copy(storage.keyring_path(), work.path().join("keyring.json"))
         .context("cannot read the keyring")?;
+    let tombstones = crate::store::tombstones::Tombstones::in_dir(&storage.data_dir);
+    match fs::copy(tombstones.path(), work.path().join(TOMBSTONES)) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            fs::write(work.path().join(TOMBSTONES), "").context("cannot write the backup")?;
+        }
+        Err(error) => return Err(anyhow!("cannot read the tombstone list: {error}").into()),
+    }
     let mut parts = BTreeMap::new();
     for name in PARTS {
         parts.insert(name.to_owned(), digest(&work.path().join(name))?);
@@ -431,7 +452,24 @@ fn open_values(vault: &Path, keyring: &Keyring, all: bool) -> Result<u64, CliErr
     Ok(opened)
 }
 
-fn restore(file: &Path, data_dir: &Path, config: &Path) -> Result<(), CliError> {
+fn restore(
+    file: &Path,
+    data_dir: &Path,
+    config: &Path,
+    erasures_from: Option<&Path>,
+) -> Result<(), CliError> {
+    if let Some(from) = erasures_from {
+        // Read before anything changes: a list that cannot be read stops
+        // the restore.
+        let other = if from.is_dir() {
+            from.join(TOMBSTONES)
+        } else {
+            from.to_owned()
+        };
+        if !other.exists() && !from.is_dir() {
+            fail!("{} does not exist", other.display());
+        }
+    }
     if data_dir.exists() {
         let mut entries = fs::read_dir(data_dir)
             .with_context(|| format!("cannot read {}", data_dir.display()))?;
@@ -461,6 +499,12 @@ fn restore(file: &Path, data_dir: &Path, config: &Path) -> Result<(), CliError> 
             .with_context(|| format!("cannot move {name} into place"))?;
     }
     drop(work);
+    let merged = match erasures_from {
+        Some(from) => crate::store::tombstones::Tombstones::in_dir(data_dir)
+            .merge_from(from)
+            .context("cannot merge the tombstone list")?,
+        None => 0,
+    };
     fs::File::open(data_dir)
         .and_then(|dir| dir.sync_all())
         .context("cannot flush the data directory")?;
@@ -477,7 +521,7 @@ fn restore(file: &Path, data_dir: &Path, config: &Path) -> Result<(), CliError> 
     )
     .context("the backup was restored, but could not be recorded in its audit trail")?;
     println!(
-        "restored {} tokens into {} ({})",
+        "restored {} tokens into {} ({}); {merged} erasures made since the backup will be applied when the vault starts",
         checked.manifest.tokens.values().sum::<u64>(),
         data_dir.display(),
         checked.summary()

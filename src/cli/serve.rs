@@ -107,6 +107,9 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         })?,
     );
     let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
+        &config.storage.data_dir,
+    ));
     vault.set_budgets(&config.clients);
     vault.set_purpose_names(config.purpose_names());
     drop(keyring);
@@ -151,6 +154,15 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
                 reason = "audit_chain_mismatch",
                 "serving with the audit trail broken: every reveal and write answers 503 until `tokenvault audit acknowledge-gap`"
             );
+        }
+        // Erasures recorded after this copy of the data was made (a
+        // restored backup) are applied before anything is served.
+        match state.vault.apply_tombstones().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::warn!(deleted, "re-applied erasures from the tombstone list"),
+            Err(error) => {
+                return Err(anyhow!("cannot re-apply the erasures on the tombstone list: {error}\nhint: the vault does not serve data it may have been asked to erase; check `forgotten` in the data directory"));
+            }
         }
         http::serve(state, &config.server).await.map_err(|error| anyhow!(error))
     });

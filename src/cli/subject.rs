@@ -92,7 +92,10 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         )
         .context("cannot open the stores")?,
     );
-    let vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
+        &config.storage.data_dir,
+    ));
     drop(keyring);
     // Whoever can read the configuration and unwrap the key holds every
     // right over the data; the record names the operator.

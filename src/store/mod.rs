@@ -33,6 +33,7 @@ pub mod activation;
 pub mod backup;
 pub mod retention;
 pub mod subjects;
+pub mod tombstones;
 
 use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;

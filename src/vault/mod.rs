@@ -245,6 +245,9 @@ pub struct Vault {
     receipt_key: crate::crypto::receipts::ReceiptKey,
     /// Days of use, for retention.
     clock: Arc<dyn clock::Clock>,
+    /// Subjects ever forgotten, re-applied at start (none: not kept, for
+    /// tests and benchmarks that need no restore).
+    tombstones: Option<crate::store::tombstones::Tombstones>,
 }
 
 struct Pending<'a> {
@@ -294,7 +297,13 @@ impl Vault {
             refusals: Default::default(),
             receipt_key: keyring.current().receipt_key(),
             clock: Arc::new(clock::SystemClock),
+            tombstones: None,
         }
+    }
+
+    /// Keeps the tombstone list of forgotten subjects at `tombstones`.
+    pub fn set_tombstones(&mut self, tombstones: crate::store::tombstones::Tombstones) {
+        self.tombstones = Some(tombstones);
     }
 
     /// Replaces the clock (tests, simulations).

@@ -37,6 +37,11 @@ impl Vault {
             caller.role.check(Operation::SubjectForget, namespace)?;
             let ns = self.namespace(namespace)?;
             let hash = ns.current_keys().subject_hash(subject.expose());
+            // On the tombstone list before anything is deleted: if the
+            // erasure does not commit, the next start applies it.
+            if let Some(tombstones) = &self.tombstones {
+                tombstones.add(namespace, &hash)?;
+            }
             let write = SubjectWrite::Forget {
                 namespace: namespace.to_owned(),
                 subject: hash,
@@ -227,6 +232,52 @@ impl Vault {
             }
             _ => Err(StoreError::Write("a correction answered something else".into()).into()),
         }
+    }
+
+    /// Erases again every subject on the tombstone list that still has
+    /// tokens (a restored copy older than its erasure). Each re-applied
+    /// erasure is recorded; answers the tokens deleted.
+    pub async fn apply_tombstones(&self) -> Result<u64, VaultError> {
+        let Some(tombstones) = &self.tombstones else {
+            return Ok(0);
+        };
+        let context = Context {
+            request_id: format!("sys_{}", hex::encode(crate::crypto::random_bytes::<12>())),
+            actor: "system:tombstones".to_owned(),
+            auth: "system",
+            source: None,
+            route: "start".to_owned(),
+        };
+        let mut deleted = 0;
+        for (namespace, hash) in tombstones.list()? {
+            if !self.namespaces.contains_key(&namespace) {
+                continue;
+            }
+            let store = self.store.clone();
+            let owned_namespace = namespace.clone();
+            let (tokens, _) = tokio::task::spawn_blocking(move || {
+                store.subject_holdings(&owned_namespace, &hash)
+            })
+            .await
+            .map_err(|_| StoreError::ReadTask)??;
+            if tokens.is_empty() {
+                continue;
+            }
+            let record = context
+                .record(Action::SubjectForget, crate::audit::Outcome::Ok)
+                .namespace(&namespace)
+                .reason("tombstone_reapplied");
+            let write = SubjectWrite::Forget {
+                namespace: namespace.clone(),
+                subject: hash,
+            };
+            if let SubjectOutcome::Erased(erasure) =
+                self.store.subjects(write, vec![record]).await?
+            {
+                deleted += erasure.deleted_total();
+            }
+        }
+        Ok(deleted)
     }
 
     /// The published half of the receipt key.

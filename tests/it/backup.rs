@@ -124,6 +124,7 @@ fn a_backup_under_load_restores_every_acknowledged_token_and_its_trail() {
             file.to_str().unwrap(),
             "--data-dir",
             setup.data_dir.to_str().unwrap(),
+            "--no-newer-erasures",
         ],
         &setup.config,
     );
@@ -136,6 +137,7 @@ fn a_backup_under_load_restores_every_acknowledged_token_and_its_trail() {
             file.to_str().unwrap(),
             "--data-dir",
             restored_dir.to_str().unwrap(),
+            "--no-newer-erasures",
         ],
         &setup.config,
     );
@@ -188,6 +190,14 @@ fn a_byte_flipped_in_any_part_fails_verify_and_restore() {
         "retail",
         &[("email", "flip@example.com"), ("name", "Flip Test")],
     );
+    // A forgotten subject, so that the tombstone list has a byte to flip.
+    let (status, _) = post(
+        &server,
+        "/v1/subjects/forget",
+        &key("dpo"),
+        &json!({"namespace": "retail", "subject": "CUST-FLIP"}),
+    );
+    assert_eq!(status, 200);
     let file = setup.dir.path().join("vault.backup");
     let out = backup(&["create", "--out", file.to_str().unwrap()], &setup.config);
     assert!(
@@ -205,9 +215,11 @@ fn a_byte_flipped_in_any_part_fails_verify_and_restore() {
             "manifest.sha256",
             "vault.db",
             "audit.db",
-            "keyring.json"
+            "keyring.json",
+            "forgotten"
         ]
     );
+    assert!(parts.iter().all(|(_, _, size)| *size > 0), "{parts:?}");
     for (name, offset, size) in &parts {
         let mut bytes = original.clone();
         let at = usize::try_from(offset + size / 2).unwrap();
@@ -231,6 +243,7 @@ fn a_byte_flipped_in_any_part_fails_verify_and_restore() {
                 tampered.to_str().unwrap(),
                 "--data-dir",
                 target.to_str().unwrap(),
+                "--no-newer-erasures",
             ],
             &setup.config,
         );

@@ -595,6 +595,7 @@ fn canaries_never_reach_disk_or_logs() {
         .arg(&backup_file)
         .arg("--data-dir")
         .arg(&restored)
+        .arg("--no-newer-erasures")
         .arg("--config")
         .arg(&rig.setup.config)
         .output()

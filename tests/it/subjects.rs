@@ -599,3 +599,115 @@ fn a_correction_keeps_the_token_and_moves_the_deterministic_mapping() {
     let (status, _) = correct("dpo", "CUST-C", "TKN_doesnotexist", "x@example.com");
     assert_eq!(status, 404);
 }
+
+fn run_backup(args: &[&str], config: &std::path::Path) {
+    let out = std::process::Command::new(BIN)
+        .arg("backup")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_erasure_reaches_later_backups_and_is_applied_again_to_an_earlier_one() {
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &json!({"namespace": "retail", "items": [
+            {"class": "email", "value": "gone.after.7q@example.com", "subject": "CUST-GONE"},
+            {"class": "email", "value": "stays.7q@example.com", "subject": "CUST-STAYS"},
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let gone = body["tokens"][0]["token"].as_str().unwrap().to_owned();
+    let stays = body["tokens"][1]["token"].as_str().unwrap().to_owned();
+    let sealed = sealed_bytes(&setup, &gone);
+    let earlier = setup.dir.path().join("earlier.backup");
+    run_backup(
+        &["create", "--out", earlier.to_str().unwrap()],
+        &setup.config,
+    );
+
+    let (status, receipt) = post(
+        &server,
+        "/v1/subjects/forget",
+        &key("dpo"),
+        &json!({"namespace": "retail", "subject": "CUST-GONE"}),
+    );
+    assert_eq!(status, 200, "{receipt}");
+    let later = setup.dir.path().join("later.backup");
+    run_backup(&["create", "--out", later.to_str().unwrap()], &setup.config);
+    let contains = |bytes: &[u8]| bytes.windows(sealed.len()).any(|w| w == &sealed[..]);
+    assert!(
+        contains(&std::fs::read(&earlier).unwrap()),
+        "control: the earlier backup holds it"
+    );
+    assert!(
+        !contains(&std::fs::read(&later).unwrap()),
+        "a backup taken after the erasure does not"
+    );
+    server.stop();
+
+    // The earlier backup restored in place of the live directory, with its
+    // tombstone list: the erasure is applied again before anything is
+    // served.
+    let restored_dir = setup.dir.path().join("restored");
+    let out = std::process::Command::new(BIN)
+        .args(["backup", "restore"])
+        .arg(&earlier)
+        .arg("--data-dir")
+        .arg(&restored_dir)
+        .arg("--config")
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a restore must say what happens to newer erasures"
+    );
+    assert!(!restored_dir.join("vault.db").exists());
+    run_backup(
+        &[
+            "restore",
+            earlier.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+            "--erasures-from",
+            setup.data_dir.to_str().unwrap(),
+        ],
+        &setup.config,
+    );
+    let config_text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("data_dir = \"{}\"", setup.data_dir.display()),
+        &format!("data_dir = \"{}\"", restored_dir.display()),
+    );
+    let restored_config = setup.dir.path().join("restored.toml");
+    std::fs::write(&restored_config, config_text).unwrap();
+    let restored = Server::spawn(
+        &["serve", "--config", restored_config.to_str().unwrap()],
+        &[],
+        setup.dir.path(),
+    );
+    let values = detokenize(&restored, "admin", "retail", "support", &[gone, stays]);
+    assert_eq!(
+        values[0]["error"]["code"], "not_found",
+        "the erased value stays erased"
+    );
+    assert_eq!(values[1]["value"], "stays.7q@example.com");
+    for (name, bytes) in crate::scan::files(&restored_dir, "restored") {
+        assert!(
+            !contains(&bytes),
+            "the erased value's sealed bytes are back in {name}"
+        );
+    }
+}
