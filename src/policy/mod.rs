@@ -231,6 +231,8 @@ const UNKNOWN_CLIENT: &str = "<unknown>";
 /// How long a verified key stays cached.
 pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(600);
 const CONCURRENT_VERIFICATIONS: usize = 2;
+/// Longest wait for another verification of the same source and client.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 impl Authenticator {
     /// Builds the authenticator from validated clients and roles.
@@ -295,19 +297,32 @@ impl Authenticator {
         };
         let client = name.as_ref().and_then(|name| self.clients.get(name));
         let cache_key = self.cache_key.hash(api_key);
-        if let (Some(name), Some(_)) = (&name, client) {
-            if self.cache.get(&cache_key).as_deref() == Some(name.as_str()) {
-                return self.caller(name, peer);
-            }
-        }
         let throttled_as = match (&name, client) {
             (Some(name), Some(_)) => name.clone(),
             _ => UNKNOWN_CLIENT.to_owned(),
         };
-        let _attempt = self
-            .throttle
-            .begin(peer, &throttled_as)
-            .map_err(|wait| AuthError::Throttled(wait.as_secs().max(1)))?;
+        // A client that opens several connections at once sends its key on
+        // each before the first verification is done: the others wait for
+        // it (it may be this very key, then cached) instead of being
+        // refused. The wait is bounded and costs no verification.
+        let waiting_since = std::time::Instant::now();
+        let _attempt = loop {
+            if let (Some(name), Some(_)) = (&name, client) {
+                if self.cache.get(&cache_key).as_deref() == Some(name.as_str()) {
+                    return self.caller(name, peer);
+                }
+            }
+            match self.throttle.begin(peer, &throttled_as) {
+                Ok(attempt) => break attempt,
+                Err(throttle::Refused::Busy) if waiting_since.elapsed() < IN_FLIGHT_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(throttle::Refused::Busy) => return Err(AuthError::Throttled(1)),
+                Err(throttle::Refused::Throttled(wait)) => {
+                    return Err(AuthError::Throttled(wait.as_secs().max(1)))
+                }
+            }
+        };
         let hash = client
             .and_then(|client| client.spec.api_key_hash.clone())
             .unwrap_or_else(|| DUMMY_HASH.clone());

@@ -36,6 +36,15 @@ pub struct Throttle {
     clock: DefaultClock,
 }
 
+/// Why an attempt may not start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// An attempt of the same source and client is being verified.
+    Busy,
+    /// Past a limit: try again after this long.
+    Throttled(Duration),
+}
+
 /// An attempt under way; dropping it lets the next one of its source and
 /// client in.
 pub struct Attempt<'a> {
@@ -85,18 +94,22 @@ impl Throttle {
         .map(|until| until - now)
     }
 
-    /// Starts a verification of `claimed` from `source`, or says how long
-    /// to wait: when throttled, when an attempt of the pair is still under
-    /// way, or when this attempt is one too many.
-    pub fn begin(&self, source: Option<IpAddr>, claimed: &str) -> Result<Attempt<'_>, Duration> {
+    /// Starts a verification of `claimed` from `source`, or says why not:
+    /// an attempt of the pair is still under way (the caller may wait for
+    /// it: it may verify this very key), or the pair or client is throttled
+    /// (for how long).
+    pub fn begin(&self, source: Option<IpAddr>, claimed: &str) -> Result<Attempt<'_>, Refused> {
         if let Some(wait) = self.retry_after(source, claimed) {
-            return Err(wait);
+            return Err(Refused::Throttled(wait));
         }
         let pair = (source, claimed.to_owned());
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if in_flight.len() >= BLOCKED_CAPACITY as usize || !in_flight.insert(pair.clone()) {
-                return Err(Duration::from_secs(1));
+            if in_flight.len() >= BLOCKED_CAPACITY as usize {
+                return Err(Refused::Throttled(Duration::from_secs(1)));
+            }
+            if !in_flight.insert(pair.clone()) {
+                return Err(Refused::Busy);
             }
         }
         let attempt = Attempt {
@@ -122,7 +135,7 @@ impl Throttle {
             self.by_source.shrink_to_fit();
         }
         match wait {
-            Some(wait) => Err(wait.max(Duration::from_secs(1))),
+            Some(wait) => Err(Refused::Throttled(wait.max(Duration::from_secs(1)))),
             None => Ok(attempt),
         }
     }
@@ -140,7 +153,9 @@ mod tests {
         for _ in 0..3 {
             assert!(throttle.begin(a, "crm").is_ok());
         }
-        let wait = throttle.begin(a, "crm").err().unwrap();
+        let Some(Refused::Throttled(wait)) = throttle.begin(a, "crm").err() else {
+            panic!("the fourth attempt is throttled");
+        };
         assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(60));
         assert!(throttle.retry_after(a, "crm").is_some());
         // Another client from the same source, and the same client from
@@ -160,7 +175,7 @@ mod tests {
         let throttle = Throttle::new(100, 100);
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let first = throttle.begin(a, "crm").ok().unwrap();
-        assert_eq!(throttle.begin(a, "crm").err(), Some(Duration::from_secs(1)));
+        assert_eq!(throttle.begin(a, "crm").err(), Some(Refused::Busy));
         assert!(throttle.begin(a, "admin").is_ok());
         drop(first);
         assert!(throttle.begin(a, "crm").is_ok());

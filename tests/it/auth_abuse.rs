@@ -184,3 +184,18 @@ fn the_failure_limit_is_a_setting() {
     let other = tokenize_with(&server, "tv.nobody.wrong-key-bbbbbbbbbbbbbbbbbbbbbbbbb").0;
     assert_eq!(other, 401);
 }
+
+#[test]
+fn a_good_client_opening_several_connections_at_once_is_not_refused() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    // Four connections send the same (not yet verified) key at once: one
+    // verification runs, the others wait for it instead of getting 429.
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| tokenize_via(&http(), &server, &key("crm")).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers, [200, 200, 200, 200]);
+}
