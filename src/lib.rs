@@ -5,6 +5,7 @@
 //! which joins [`store`], [`crypto`] and [`policy`].
 
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;
