@@ -164,7 +164,7 @@ fn digest(path: &Path) -> anyhow::Result<Part> {
 
 /// Opens a backup's keyring file (with the operator's passphrase or key
 /// file).
-pub type OpenKeyring = dyn Fn(&Path) -> anyhow::Result<Keyring>;
+pub type OpenKeyring<'a> = dyn Fn(&Path) -> anyhow::Result<Keyring> + 'a;
 
 /// What [`check`] established.
 pub struct Checked {
@@ -206,7 +206,7 @@ impl Checked {
 pub fn check(
     file: &Path,
     dir: &Path,
-    keyring: Option<&OpenKeyring>,
+    keyring: Option<&OpenKeyring<'_>>,
     all_values: bool,
 ) -> anyhow::Result<Checked> {
     let reader = fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
