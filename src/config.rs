@@ -551,6 +551,11 @@ impl Config {
                 Operation::AuditRead,
                 Operation::Consent,
                 Operation::MetricsRead,
+                Operation::SubjectForget,
+                Operation::SubjectExport,
+                Operation::SubjectCorrect,
+                // No backup: the dev key exists only in memory, so a
+                // backup could never be opened.
             ]
             .into(),
             namespaces: Scope::Any,
@@ -1947,7 +1952,7 @@ impl RawRole {
                 problems,
                 &format!("{section}.operations"),
                 operation,
-                "tokenize, detokenize, forget, audit_read, consent, metrics_read, subject_forget, subject_export, subject_correct",
+                "tokenize, detokenize, forget, audit_read, consent, metrics_read, subject_forget, subject_export, subject_correct, backup",
             );
             operations.extend(parsed);
         }
@@ -1971,9 +1976,12 @@ impl RawRole {
                 }
             }
         }
-        let data_operations = operations
-            .iter()
-            .any(|op| !matches!(op, Operation::AuditRead | Operation::MetricsRead));
+        let data_operations = operations.iter().any(|op| {
+            !matches!(
+                op,
+                Operation::AuditRead | Operation::MetricsRead | Operation::Backup
+            )
+        });
         if data_operations && self.namespaces.is_empty() {
             problems.push(
                 Problem::new(

@@ -1,6 +1,7 @@
 //! The HTTP surface: server and TLS, authentication, API handlers and error
 //! answers. Nothing here knows SQL or ciphers; it calls the engine.
 
+mod admin;
 mod api;
 mod auth;
 pub mod callbacks;
@@ -106,6 +107,7 @@ pub fn endpoints(clevertap: bool) -> impl Iterator<Item = &'static Endpoint> {
     api::ENDPOINTS
         .iter()
         .chain(subjects::ENDPOINTS)
+        .chain(admin::ENDPOINTS)
         .chain(surface)
 }
 

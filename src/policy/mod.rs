@@ -38,6 +38,8 @@ pub enum Operation {
     /// Replace one of a data subject's values, keeping its token
     /// (rectification).
     SubjectCorrect,
+    /// Download a backup of the whole vault (`POST /v1/admin/backup`).
+    Backup,
 }
 
 /// How detokenized values are shown to a role.

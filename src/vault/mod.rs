@@ -406,6 +406,22 @@ impl Vault {
         Ok(self.store.append_audit(records).await?)
     }
 
+    /// Whether `caller` may download a backup; a refusal is recorded.
+    /// Answers the record to complete once the backup is written.
+    pub async fn authorize_backup(
+        &self,
+        context: &Context,
+        caller: &Caller,
+    ) -> Result<Record, VaultError> {
+        let record = context.record(Action::BackupCreate, Outcome::Ok);
+        if !caller.role.operations.contains(&Operation::Backup) {
+            let error = VaultError::Denied(Denied::Operation);
+            self.record_failure(record, &error).await;
+            return Err(error);
+        }
+        Ok(record)
+    }
+
     /// Records a refused authentication (no credentials, wrong ones, a
     /// throttled or disallowed source, a bad callback signature): the first
     /// of its kind in an interval at once, the rest as one counted record

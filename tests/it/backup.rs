@@ -270,3 +270,75 @@ fn one_vault_per_data_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running vault"));
 }
+
+#[test]
+fn the_api_streams_a_backup_to_the_backup_role_only() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    let tokens = tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", "api.backup@example.com")],
+    );
+    for client in ["crm", "admin", "auditor"] {
+        let response = http()
+            .post(server.url("/v1/admin/backup"))
+            .bearer_auth(key(client))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{client}");
+    }
+    let response = http()
+        .post(server.url("/v1/admin/backup"))
+        .bearer_auth(key("backups"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-tar");
+    let bytes = response.bytes().unwrap();
+    let file = setup.dir.path().join("api.tvbackup");
+    fs::write(&file, &bytes).unwrap();
+    let out = backup(
+        &["verify", file.to_str().unwrap(), "--all-values"],
+        &setup.config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored_dir = setup.dir.path().join("api-restored");
+    let out = backup(
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+            "--no-newer-erasures",
+        ],
+        &setup.config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+    let restored = setup_at(&setup, &restored_dir);
+    let restored_server = restored.serve();
+    let values = detokenize(&restored_server, "admin", "retail", "support", &tokens);
+    assert_eq!(values[0]["value"], "api.backup@example.com");
+    // On the record: the download, and each refusal.
+    let records = audit_records(&setup);
+    assert!(records.iter().any(|r| r["action"] == "backup_create"
+        && r["actor"] == "backups"
+        && r["outcome"] == "ok"));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["action"] == "backup_create" && r["outcome"] == "denied")
+            .count(),
+        3
+    );
+}

@@ -31,6 +31,7 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("scraper", "monitoring", ""),
     ("dpo", "privacy_office", ""),
     ("dpo_masked", "privacy_masked", ""),
+    ("backups", "backup_operator", ""),
 ];
 
 /// Roles and namespaces of the standard test configuration.
@@ -113,6 +114,8 @@ operations = ["metrics_read"]
 operations = ["subject_forget", "subject_export", "subject_correct"]
 namespaces = ["retail"]
 reveal = "plain"
+[roles.backup_operator]
+operations = ["backup"]
 [roles.privacy_masked]
 operations = ["subject_export"]
 namespaces = ["retail"]
