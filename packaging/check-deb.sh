@@ -52,6 +52,8 @@ expect_stat /etc/tokenvault root:tokenvault 750
 expect_stat /etc/tokenvault/vault.toml root:tokenvault 640
 expect_stat /var/lib/tokenvault tokenvault:tokenvault 700
 expect_stat /usr/lib/systemd/system/tokenvault.service root:root 644
+expect_stat /usr/lib/systemd/system/tokenvault-backup.service root:root 644
+expect_stat /usr/lib/systemd/system/tokenvault-backup.timer root:root 644
 for page in tokenvault tokenvault-serve tokenvault-init tokenvault-healthcheck tokenvault-audit-query; do
   expect_stat "/usr/share/man/man1/$page.1.gz" root:root 644
 done
@@ -69,6 +71,8 @@ echo "ok: man tokenvault"
 # Enabled, not started.
 [ -L /etc/systemd/system/multi-user.target.wants/tokenvault.service ] || fail "the unit is not enabled"
 echo "ok: unit enabled"
+[ ! -e /etc/systemd/system/timers.target.wants/tokenvault-backup.timer ] || fail "the backup timer is enabled by the install"
+echo "ok: backup timer installed, not enabled"
 if [ -d /run/systemd/system ]; then
   ! systemctl is-active --quiet tokenvault || fail "the unit was started by the install"
   echo "ok: unit not started"
@@ -86,8 +90,9 @@ printf '%s\n' "$denied" | grep -q "Permission denied" || fail "unexpected failur
 echo "ok: vault.toml unreadable to other users"
 
 # The unit: syntax, and the sandbox score.
-systemd-analyze verify /usr/lib/systemd/system/tokenvault.service
-echo "ok: systemd-analyze verify"
+systemd-analyze verify /usr/lib/systemd/system/tokenvault.service \
+  /usr/lib/systemd/system/tokenvault-backup.service /usr/lib/systemd/system/tokenvault-backup.timer
+echo "ok: systemd-analyze verify (vault, backup service and timer)"
 report=$(systemd-analyze security --offline=yes /usr/lib/systemd/system/tokenvault.service)
 score=$(printf '%s\n' "$report" | sed -n 's/.*Overall exposure level for tokenvault.service: \([0-9.]*\).*/\1/p')
 [ -n "$score" ] || fail "no exposure score in: $report"
