@@ -62,11 +62,13 @@ pub enum Action {
     BackupCreate,
     /// A backup restored (recorded in the restored trail).
     BackupRestore,
+    /// The master key wrapped under a new passphrase or key file.
+    KeyRewrap,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -87,6 +89,7 @@ impl Action {
         Self::RetentionSweep,
         Self::BackupCreate,
         Self::BackupRestore,
+        Self::KeyRewrap,
     ];
 
     /// The stored name.
@@ -112,6 +115,7 @@ impl Action {
             Self::RetentionSweep => "retention_sweep",
             Self::BackupCreate => "backup_create",
             Self::BackupRestore => "backup_restore",
+            Self::KeyRewrap => "key_rewrap",
         }
     }
 

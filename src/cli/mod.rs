@@ -8,6 +8,7 @@ mod consent;
 mod generate;
 mod healthcheck;
 mod init;
+mod keys;
 mod serve;
 mod subject;
 
@@ -56,6 +57,11 @@ enum Command {
     Consent {
         #[command(subcommand)]
         command: consent::ConsentCommand,
+    },
+    /// Master keys: status, and a new passphrase or key file (rewrap).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Online backups: create, verify, restore.
     Backup {
@@ -177,6 +183,7 @@ pub fn main() -> ExitCode {
         Command::Consent { command } => consent::run(command),
         Command::Subject { command } => subject::run(command),
         Command::Backup { command } => backup::run(command),
+        Command::Keys { command } => keys::run(command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),

@@ -166,36 +166,81 @@ impl Keyring {
         if path.exists() {
             return Err(KeyringError::Exists(shown));
         }
-        let (params, kek) = match source {
-            KekSource::Passphrase(passphrase) => {
-                if passphrase.len() < MIN_PASSPHRASE_LEN {
-                    return Err(KeyringError::WeakPassphrase);
-                }
-                let salt: [u8; SALT_LEN] = super::random_bytes();
-                let kek = stretch(
-                    passphrase,
-                    &salt,
-                    ARGON2_MEMORY_KIB,
-                    ARGON2_PASSES,
-                    ARGON2_LANES,
-                )?;
-                let params = KekParams::Passphrase {
-                    kdf: "argon2id".to_owned(),
-                    memory_kib: ARGON2_MEMORY_KIB,
-                    passes: ARGON2_PASSES,
-                    lanes: ARGON2_LANES,
-                    salt: BASE64.encode(salt),
-                };
-                (params, kek)
-            }
-            KekSource::KeyFile(bytes) => (KekParams::Keyfile, keyfile_kek(bytes)),
-        };
+        let (params, kek) = new_kek(source)?;
         let master = MasterKey::generate(1);
         let file = KeyringFile {
             format: FORMAT,
             kek: params,
             keys: vec![wrap(&kek, &master)],
         };
+        write_new(path, &file)?;
+        Ok(Self { keys: vec![master] })
+    }
+
+    /// Wraps every master key under a key from `source` (a new passphrase
+    /// or key file) and replaces the keyring at `path` atomically. The
+    /// master keys, and so every sealed value, stay as they are.
+    pub fn rewrap(&self, path: &Path, source: &KekSource) -> Result<(), KeyringError> {
+        let (params, kek) = new_kek(source)?;
+        let file = KeyringFile {
+            format: FORMAT,
+            kek: params,
+            keys: self.keys.iter().map(|key| wrap(&kek, key)).collect(),
+        };
+        let shown = path.display().to_string();
+        let next = path.with_extension("json.new");
+        let _ = fs::remove_file(&next);
+        write_new(&next, &file)?;
+        let io = |source| KeyringError::Io {
+            path: shown.clone(),
+            source,
+        };
+        fs::rename(&next, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The master key versions, newest last.
+    pub fn versions(&self) -> Vec<u32> {
+        self.keys.iter().map(MasterKey::version).collect()
+    }
+}
+
+/// A fresh key-encryption key from `source`, with the parameters to find it
+/// again.
+fn new_kek(source: &KekSource) -> Result<(KekParams, Zeroizing<[u8; KEY_LEN]>), KeyringError> {
+    Ok(match source {
+        KekSource::Passphrase(passphrase) => {
+            if passphrase.len() < MIN_PASSPHRASE_LEN {
+                return Err(KeyringError::WeakPassphrase);
+            }
+            let salt: [u8; SALT_LEN] = super::random_bytes();
+            let kek = stretch(
+                passphrase,
+                &salt,
+                ARGON2_MEMORY_KIB,
+                ARGON2_PASSES,
+                ARGON2_LANES,
+            )?;
+            let params = KekParams::Passphrase {
+                kdf: "argon2id".to_owned(),
+                memory_kib: ARGON2_MEMORY_KIB,
+                passes: ARGON2_PASSES,
+                lanes: ARGON2_LANES,
+                salt: BASE64.encode(salt),
+            };
+            (params, kek)
+        }
+        KekSource::KeyFile(bytes) => (KekParams::Keyfile, keyfile_kek(bytes)),
+    })
+}
+
+/// Writes `file` to `path`, which must not exist, mode 0600, flushed.
+fn write_new(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let shown = path.display().to_string();
+    {
         // Invariant: the structure holds only strings and integers.
         let mut text = serde_json::to_vec_pretty(&file).expect("keyring serializes");
         text.push(b'\n');
@@ -214,9 +259,11 @@ impl Keyring {
             })?;
         out.write_all(&text).map_err(io)?;
         out.sync_all().map_err(io)?;
-        Ok(Self { keys: vec![master] })
+        Ok(())
     }
+}
 
+impl Keyring {
     /// Opens the keyring at `path` and unwraps every key in it.
     pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
         let shown = path.display().to_string();
@@ -363,6 +410,30 @@ mod tests {
 
     fn passphrase(text: &str) -> KekSource {
         KekSource::Passphrase(Zeroizing::new(text.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn rewrap_changes_the_passphrase_and_keeps_the_master_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = Keyring::create(&path, &passphrase("the old passphrase")).unwrap();
+        created
+            .rewrap(&path, &passphrase("a new passphrase, longer"))
+            .unwrap();
+        assert!(matches!(
+            Keyring::open(&path, &passphrase("the old passphrase")),
+            Err(KeyringError::Unwrap)
+        ));
+        let reopened = Keyring::open(&path, &passphrase("a new passphrase, longer")).unwrap();
+        // The same master key: the same audit MAC.
+        let mac = |k: &Keyring| k.audit_key().mac(b"record", &[0; 32]);
+        assert_eq!(mac(&reopened), mac(&created));
+        assert_eq!(reopened.versions(), [1]);
+        assert!(!path.with_extension("json.new").exists());
+        assert!(matches!(
+            created.rewrap(&path, &passphrase("short")),
+            Err(KeyringError::WeakPassphrase)
+        ));
     }
 
     #[test]

@@ -734,6 +734,28 @@ pub fn append_audit_offline(
     Ok(head)
 }
 
+/// Rows per `(namespace, master key version)` in the `vault.db` at
+/// `database`, for `tokenvault keys status`.
+pub fn rows_per_key_version_offline(
+    database: &Path,
+) -> Result<Vec<(String, u32, u64)>, StoreError> {
+    let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let rows = db
+        .prepare(
+            "SELECT namespace, key_version, count(*) FROM tokens
+             GROUP BY namespace, key_version ORDER BY key_version, namespace",
+        )?
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
 /// Name of the lock file a serving vault holds in its data directory.
 pub const LOCK_FILE: &str = "lock";
 

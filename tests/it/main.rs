@@ -16,6 +16,7 @@ mod dev;
 mod durability;
 mod egress;
 mod fidelity;
+mod keys;
 mod leak;
 mod logs;
 mod metrics;
