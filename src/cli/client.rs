@@ -1,4 +1,4 @@
-//! `tokenvault client new`
+//! `tokenvault client new|list`
 
 use std::path::Path;
 
@@ -76,4 +76,69 @@ fn record_creation(config_path: &Path, name: &str, role: &str) -> Result<(), Cli
     )
     .context("cannot record the new client in the audit trail")?;
     Ok(())
+}
+
+/// Lists the configured clients with their role, authentication kinds,
+/// allowed sources and last successful use.
+pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
+    if format != "table" && format != "json" {
+        return Err(anyhow!("--format must be table or json").into());
+    }
+    let config = crate::config::load(config_path)?;
+    let last_use = crate::store::trail::last_use_by_actor(&config.storage.audit_path())
+        .context("cannot read the audit trail")?;
+    let rows: Vec<serde_json::Value> = config
+        .clients
+        .iter()
+        .map(|(name, spec)| {
+            let mut auth = Vec::new();
+            if spec.api_key_hash.is_some() {
+                auth.push("api_key".to_owned());
+            }
+            if let Some(identity) = &spec.cert_identity {
+                auth.push(format!("certificate:{identity}"));
+            }
+            serde_json::json!({
+                "client": name,
+                "role": spec.role,
+                "auth": auth,
+                "allow_from": spec.allow_from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "last_use": last_use.get(name).map(|t| crate::audit::format_time(*t)),
+            })
+        })
+        .collect();
+    let mut text = String::new();
+    if format == "json" {
+        for row in &rows {
+            text.push_str(&row.to_string());
+            text.push('\n');
+        }
+    } else {
+        text.push_str(&format!(
+            "{:<20} {:<20} {:<30} {:<20} {}\n",
+            "CLIENT", "ROLE", "AUTH", "FROM", "LAST USE"
+        ));
+        for row in &rows {
+            let list = |key: &str| {
+                let items: Vec<&str> = row[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                if items.is_empty() {
+                    "any".to_owned()
+                } else {
+                    items.join(",")
+                }
+            };
+            text.push_str(&format!(
+                "{:<20} {:<20} {:<30} {:<20} {}\n",
+                row["client"].as_str().unwrap_or_default(),
+                row["role"].as_str().unwrap_or_default(),
+                list("auth"),
+                list("allow_from"),
+                row["last_use"].as_str().unwrap_or("never"),
+            ));
+        }
+    }
+    super::write_stdout(text.as_bytes())
 }

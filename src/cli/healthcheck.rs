@@ -25,6 +25,20 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Checks the vault that `config` describes.
 pub fn run(config: &Path, listen: Option<SocketAddr>) -> Result<(), CliError> {
     let config = crate::config::load(config)?;
+    let (url, status, _) = readiness(&config, listen)?;
+    if status.is_success() {
+        println!("ready: {url}");
+        Ok(())
+    } else {
+        Err(anyhow!("{url} answered {status}\nhint: GET /readyz shows which check fails").into())
+    }
+}
+
+/// Asks the running vault's `/readyz`: its URL, the status, and the body.
+pub(super) fn readiness(
+    config: &crate::config::Config,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<(String, reqwest::StatusCode, serde_json::Value)> {
     let address = local_address(listen.unwrap_or(config.server.listen));
     let client = match &config.server.tls {
         Some(files) => {
@@ -56,17 +70,22 @@ pub fn run(config: &Path, listen: Option<SocketAddr>) -> Result<(), CliError> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let status = runtime
-        .block_on(async { client.get(&url).send().await.map(|r| r.status()) })
+    let (status, body) = runtime
+        .block_on(async {
+            let response = client.get(&url).send().await?;
+            let status = response.status();
+            let body = response
+                .bytes()
+                .await
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, body))
+        })
         .map_err(|e| {
             anyhow!("{url}: {e}\nhint: is `tokenvault serve` running with this configuration?")
         })?;
-    if status.is_success() {
-        println!("ready: {url}");
-        Ok(())
-    } else {
-        Err(anyhow!("{url} answered {status}\nhint: GET /readyz shows which check fails").into())
-    }
+    Ok((url, status, body))
 }
 
 /// The address to reach a server listening on `listen` from the same host:

@@ -10,6 +10,7 @@ mod healthcheck;
 mod init;
 mod keys;
 mod serve;
+mod status;
 mod subject;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Command {
         #[command(subcommand)]
         command: consent::ConsentCommand,
     },
+    /// What an operator checks first: version, configuration digest,
+    /// readiness of the running vault, key versions, token counts, audit
+    /// head, last backup.
+    Status(status::StatusArgs),
     /// Master keys: status, and a new passphrase or key file (rewrap).
     Keys {
         #[command(subcommand)]
@@ -116,6 +121,16 @@ enum ClientCommand {
         /// role exists; needs the vault's passphrase or key file).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// List the configured clients: role, how they authenticate, where
+    /// from, and when each last used the vault (from the audit trail).
+    List {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// `table` (the default) or `json`.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
 }
 
@@ -179,11 +194,15 @@ pub fn main() -> ExitCode {
         Command::Client {
             command: ClientCommand::New { name, role, config },
         } => client::new(&name, &role, config.as_deref()),
+        Command::Client {
+            command: ClientCommand::List { config, format },
+        } => client::list(&config, &format),
         Command::Audit { command } => audit::run(command),
         Command::Consent { command } => consent::run(command),
         Command::Subject { command } => subject::run(command),
         Command::Backup { command } => backup::run(command),
         Command::Keys { command } => keys::run(command),
+        Command::Status(args) => status::run(args),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check::run(&config),

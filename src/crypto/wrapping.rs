@@ -208,6 +208,21 @@ impl Keyring {
     }
 }
 
+/// The master key versions a keyring file holds, read without unwrapping
+/// (the versions are not secret).
+pub fn versions_on_disk(path: &Path) -> Result<Vec<u32>, KeyringError> {
+    let shown = path.display().to_string();
+    let text = fs::read(path).map_err(|source| KeyringError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let file: KeyringFile =
+        serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown))?;
+    let mut versions: Vec<u32> = file.keys.iter().map(|k| k.version).collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
 /// A fresh key-encryption key from `source`, with the parameters to find it
 /// again.
 fn new_kek(source: &KekSource) -> Result<(KekParams, Zeroizing<[u8; KEY_LEN]>), KeyringError> {

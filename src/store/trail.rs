@@ -175,6 +175,31 @@ fn to_sql(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The time (µs) of each actor's newest successful record in the trail at
+/// `path`, opened read-only: when each client last used the vault.
+pub fn last_use_by_actor(path: &Path) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    connection.busy_timeout(LOCK_WAIT)?;
+    let mut statement = connection
+        .prepare("SELECT actor, max(time_us) FROM records WHERE outcome = 'ok' GROUP BY actor")?;
+    let last = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect();
+    last
+}
+
+/// The time (µs) of the newest successful record of `action` in the trail
+/// at `path`, opened read-only.
+pub fn last_of_action(path: &Path, action: &str) -> rusqlite::Result<Option<i64>> {
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    connection.busy_timeout(LOCK_WAIT)?;
+    connection.query_row(
+        "SELECT max(time_us) FROM records WHERE action = ?1 AND outcome = 'ok'",
+        params![action],
+        |row| row.get(0),
+    )
+}
+
 /// The newest record, if any.
 pub fn head(connection: &Connection) -> rusqlite::Result<Option<Head>> {
     connection

@@ -407,3 +407,35 @@ fn config_check_refuses_a_short_passphrase_as_init_does() {
     let out = setup.run(&["init", "--config"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn client_list_shows_roles_auth_and_last_use() {
+    let setup = Setup::new("");
+    let server = setup.serve();
+    tokenize(&server, "crm", "retail", &[("name", "Listed")]);
+    drop(server);
+    let out = setup.run(&["client", "list", "--format", "json", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let row = |name: &str| rows.iter().find(|r| r["client"] == name).unwrap().clone();
+    assert_eq!(rows.len(), CLIENTS.len());
+    assert_eq!(row("crm")["role"], "backend");
+    assert_eq!(row("crm")["auth"], serde_json::json!(["api_key"]));
+    assert!(row("crm")["last_use"].is_string(), "{rows:?}");
+    assert!(row("auditor")["last_use"].is_null());
+    assert_eq!(
+        row("office")["allow_from"],
+        serde_json::json!(["10.20.0.0/16"])
+    );
+    let out = setup.run(&["client", "list", "--config"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("CLIENT"), "{table}");
+    assert!(table.contains("never"));
+}

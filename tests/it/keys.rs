@@ -125,3 +125,58 @@ fn a_rewrap_changes_the_passphrase_and_rewrites_no_row() {
         .iter()
         .any(|r| r["action"] == "key_rewrap"));
 }
+
+#[test]
+fn status_reports_the_running_vault_keys_tokens_and_last_backup() {
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let status = |setup: &Setup| -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--format", "json", "--config"])
+            .arg(&setup.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = status(&setup);
+    assert_eq!(before["last_backup"], serde_json::Value::Null);
+    tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", "status@example.com"), ("name", "Stat Us")],
+    );
+    let file = setup.dir.path().join("status.backup");
+    let out = std::process::Command::new(BIN)
+        .args(["backup", "create", "--out"])
+        .arg(&file)
+        .arg("--config")
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The running vault was started with a port of its own choosing, not
+    // the configured 127.0.0.1:0: point the configuration at it.
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let text = fs::read_to_string(&setup.config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{address}\""),
+    );
+    fs::write(&setup.config, text).unwrap();
+    let now = status(&setup);
+    assert_eq!(now["vault"]["running"], true, "{now}");
+    assert_eq!(now["vault"]["ready"], true);
+    assert_eq!(now["tokens"]["retail"], 2);
+    assert_eq!(now["master_keys"]["versions"], serde_json::json!([1]));
+    assert_eq!(now["master_keys"]["rows"]["v1"], 2);
+    assert!(now["last_backup"].is_string());
+    assert!(now["audit_head"].as_u64().unwrap() > before["audit_head"].as_u64().unwrap_or(0));
+    assert_eq!(now["config"]["sha256"].as_str().unwrap().len(), 64);
+    server.stop();
+    assert_eq!(status(&setup)["vault"]["running"], false);
+}
