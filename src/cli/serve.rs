@@ -123,6 +123,7 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         routes: http::egress::Routes::build(config.routes)
             .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
         data_files: (config.storage.database_path(), config.storage.audit_path()),
+        started: std::time::Instant::now(),
         limits: Limits {
             max_body_bytes: config.server.max_body_bytes,
             max_batch_items: config.server.max_batch_items,

@@ -65,6 +65,7 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
             "running": true,
             "url": url,
             "ready": code.is_success(),
+            "uptime_seconds": body.get("uptime_seconds").cloned().unwrap_or(Value::Null),
             "checks": body.get("checks").cloned().unwrap_or(Value::Null),
         }),
         Err(_) => json!({"running": false}),
@@ -91,7 +92,11 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
 fn table(status: &Value) -> String {
     let vault = &status["vault"];
     let state = match (vault["running"].as_bool(), vault["ready"].as_bool()) {
-        (Some(true), Some(true)) => format!("ready ({})", vault["url"].as_str().unwrap_or("")),
+        (Some(true), Some(true)) => format!(
+            "ready ({}), up {} s",
+            vault["url"].as_str().unwrap_or(""),
+            vault["uptime_seconds"]
+        ),
         (Some(true), _) => format!(
             "NOT READY ({}): {}",
             vault["url"].as_str().unwrap_or(""),

@@ -68,6 +68,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             },
             "keys": "loaded",
         },
+        "uptime_seconds": state.started.elapsed().as_secs(),
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -51,6 +51,8 @@ pub struct AppState {
     pub callbacks: callbacks::Callbacks,
     /// `vault.db` and `audit.db`, whose sizes `/metrics` reports.
     pub data_files: (std::path::PathBuf, std::path::PathBuf),
+    /// When the server started (`/readyz` reports the uptime).
+    pub started: std::time::Instant,
 }
 
 /// Why the server could not start.

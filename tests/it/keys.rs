@@ -171,6 +171,7 @@ fn status_reports_the_running_vault_keys_tokens_and_last_backup() {
     let now = status(&setup);
     assert_eq!(now["vault"]["running"], true, "{now}");
     assert_eq!(now["vault"]["ready"], true);
+    assert!(now["vault"]["uptime_seconds"].is_u64(), "{now}");
     assert_eq!(now["tokens"]["retail"], 2);
     assert_eq!(now["master_keys"]["versions"], serde_json::json!([1]));
     assert_eq!(now["master_keys"]["rows"]["v1"], 2);
