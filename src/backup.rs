@@ -349,3 +349,86 @@ fn open_values(vault: &Path, keyring: &Keyring, all: bool) -> anyhow::Result<u64
     }
     Ok(opened)
 }
+
+/// The first bytes of an age-encrypted file.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
+
+/// Parses an age X25519 recipient (`age1…`).
+pub fn parse_recipient(text: &str) -> anyhow::Result<age::x25519::Recipient> {
+    text.trim()
+        .parse()
+        .map_err(|error| anyhow!("`{}` is not an age recipient: {error}", text.trim()))
+}
+
+/// Like [`write`], the tar encrypted to `recipients` with age (for copies
+/// that leave the site) when there are any.
+pub fn write_to(
+    data_dir: &Path,
+    work_dir: &Path,
+    out: &mut dyn Write,
+    recipients: &[age::x25519::Recipient],
+) -> anyhow::Result<Written> {
+    if recipients.is_empty() {
+        return write(data_dir, work_dir, out);
+    }
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|error| anyhow!("cannot encrypt the backup: {error}"))?;
+    let mut encrypted = encryptor
+        .wrap_output(out)
+        .context("cannot encrypt the backup")?;
+    let written = write(data_dir, work_dir, &mut encrypted)?;
+    encrypted
+        .finish()
+        .context("cannot finish the encrypted backup")?;
+    Ok(written)
+}
+
+/// The backup at `file` as a plain tar: itself, or, when it is
+/// age-encrypted, decrypted with the identities in `identity` into
+/// `work_dir`.
+pub fn plain(
+    file: &Path,
+    work_dir: &Path,
+    identity: Option<&Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut start = [0u8; AGE_MAGIC.len()];
+    let read = fs::File::open(file)
+        .and_then(|mut f| f.read(&mut start))
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if &start[..read] != AGE_MAGIC {
+        return Ok(file.to_owned());
+    }
+    let Some(identity) = identity else {
+        fail!("the backup is encrypted with age\nhint: give --identity with the key file of one of its recipients");
+    };
+    let text = fs::read_to_string(identity)
+        .with_context(|| format!("cannot read {}", identity.display()))?;
+    let identities: Vec<age::x25519::Identity> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            line.parse().map_err(|_| {
+                anyhow!(
+                    "{} holds a line that is not an age identity",
+                    identity.display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let decryptor = age::Decryptor::new(std::io::BufReader::new(fs::File::open(file)?))
+        .map_err(|error| anyhow!("the backup is damaged (age): {error}"))?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|error| anyhow!("cannot decrypt the backup: {error}"))?;
+    let path = work_dir.join("backup.tar");
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .context("cannot write the decrypted backup")?;
+    std::io::copy(&mut reader, &mut out).context("the backup is damaged (age)")?;
+    Ok(path)
+}

@@ -37,6 +37,10 @@ pub enum BackupCommand {
         /// Configuration file (its data directory and keys).
         #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Encrypt the backup to this age recipient (`age1…`), for copies
+        /// kept off site; repeatable.
+        #[arg(long)]
+        recipient: Vec<String>,
     },
     /// Check a backup on any machine, with no vault running: checksums,
     /// SQLite integrity, the manifest against the databases, and, given the
@@ -51,6 +55,9 @@ pub enum BackupCommand {
         /// Open every sealed value (default: the first 100).
         #[arg(long)]
         all_values: bool,
+        /// The age identity file that decrypts an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// Restore a backup into an empty data directory.
     Restore {
@@ -72,24 +79,33 @@ pub enum BackupCommand {
         /// restore must not silently bring erased values back).
         #[arg(long, conflicts_with = "erasures_from")]
         no_newer_erasures: bool,
+        /// The age identity file that decrypts an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
 }
 
 /// Runs a `backup` subcommand.
 pub fn run(command: BackupCommand) -> Result<(), CliError> {
     match command {
-        BackupCommand::Create { out, config } => create(&out, &config),
+        BackupCommand::Create {
+            out,
+            config,
+            recipient,
+        } => create(&out, &config, &recipient),
         BackupCommand::Verify {
             file,
             config,
             all_values,
+            identity,
         } => {
             let dir = tempfile::tempdir().context("cannot create a work directory")?;
             let opener = config.as_deref().map(|config| {
                 move |keyring: &Path| -> anyhow::Result<Keyring> { keyring_for(config, keyring) }
             });
+            let plain = backup::plain(&file, dir.path(), identity.as_deref())?;
             let checked = backup::check(
-                &file,
+                &plain,
                 dir.path(),
                 opener
                     .as_ref()
@@ -105,7 +121,14 @@ pub fn run(command: BackupCommand) -> Result<(), CliError> {
             config,
             erasures_from,
             no_newer_erasures: _,
-        } => restore(&file, &data_dir, &config, erasures_from.as_deref()),
+            identity,
+        } => restore(
+            &file,
+            &data_dir,
+            &config,
+            erasures_from.as_deref(),
+            identity.as_deref(),
+        ),
     }
 }
 
@@ -118,7 +141,11 @@ fn keyring_for(config: &Path, keyring: &Path) -> anyhow::Result<Keyring> {
     Keyring::open(keyring, &source).map_err(|error| anyhow!("{error}"))
 }
 
-fn create(out: &Path, config_path: &Path) -> Result<(), CliError> {
+fn create(out: &Path, config_path: &Path, recipients: &[String]) -> Result<(), CliError> {
+    let recipients = recipients
+        .iter()
+        .map(|text| backup::parse_recipient(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let config = crate::config::load(config_path)?;
     let storage = &config.storage;
     let file = fs::OpenOptions::new()
@@ -132,7 +159,7 @@ fn create(out: &Path, config_path: &Path) -> Result<(), CliError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let written = match backup::write(&storage.data_dir, work_dir, &mut writer) {
+    let written = match backup::write_to(&storage.data_dir, work_dir, &mut writer, &recipients) {
         Ok(written) => written,
         Err(error) => {
             drop(writer);
@@ -178,6 +205,7 @@ fn restore(
     data_dir: &Path,
     config: &Path,
     erasures_from: Option<&Path>,
+    identity: Option<&Path>,
 ) -> Result<(), CliError> {
     if let Some(from) = erasures_from {
         // Read before anything changes: a list that cannot be read stops
@@ -215,7 +243,8 @@ fn restore(
     })?;
     let work = tempfile::tempdir_in(data_dir).context("cannot create a work directory")?;
     let opener = |keyring: &Path| -> anyhow::Result<Keyring> { keyring_for(config, keyring) };
-    let checked = backup::check(file, work.path(), Some(&opener), false)?;
+    let plain = backup::plain(file, work.path(), identity)?;
+    let checked = backup::check(&plain, work.path(), Some(&opener), false)?;
     for name in PARTS {
         fs::rename(work.path().join(name), data_dir.join(name))
             .with_context(|| format!("cannot move {name} into place"))?;
