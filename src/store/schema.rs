@@ -106,4 +106,43 @@ mod tests {
     fn migrations_are_valid() {
         super::migrations().validate().unwrap();
     }
+
+    /// A store written before subject links (version 4) keeps every row,
+    /// and each row's subject becomes a link.
+    #[test]
+    fn a_version_4_store_moves_its_subjects_into_links() {
+        let mut db = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrations().to_version(&mut db, 4).unwrap();
+        db.execute_batch(
+            "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, subject_hash, created_at)
+             VALUES ('retail', 'T1', 'email', 1, x'01', x'aa', x'0102', 86400 * 3),
+                    ('retail', 'T2', 'name', 1, x'02', NULL, NULL, 86400 * 5);",
+        )
+        .unwrap();
+        super::migrations().to_latest(&mut db).unwrap();
+        let rows: Vec<(String, i64)> = db
+            .prepare("SELECT token, used_day FROM tokens ORDER BY token")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("T1".to_owned(), 3), ("T2".to_owned(), 5)]);
+        let links: Vec<(Vec<u8>, String)> = db
+            .prepare("SELECT subject_hash, token FROM subject_links")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(links, [(vec![1, 2], "T1".to_owned())]);
+        let columns: Vec<String> = db
+            .prepare("SELECT name FROM pragma_table_info('tokens')")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!columns.contains(&"subject_hash".to_owned()), "{columns:?}");
+    }
 }
