@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod activation;
 pub mod backup;
+pub mod budgets;
 pub mod retention;
 pub mod subjects;
 pub mod tombstones;
@@ -38,6 +39,7 @@ pub mod tombstones;
 use crate::audit::{self, Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
+pub use budgets::Spending;
 pub use retention::{Day, Sweep, Touch};
 pub use subjects::{
     Correction, CorrectionRefused, Erasure, SubjectHash, SubjectOutcome, SubjectWrite,
@@ -194,6 +196,7 @@ enum Job {
     Audit {
         records: Vec<Record>,
         touch: Option<Touch>,
+        spending: Option<(String, Spending)>,
         reply: Reply<()>,
     },
     Sweep {
@@ -493,6 +496,7 @@ impl Store {
         self.submit(|reply| Job::Audit {
             records,
             touch: None,
+            spending: None,
             reply,
         })
         .await
@@ -504,12 +508,29 @@ impl Store {
         records: Vec<Record>,
         touch: Touch,
     ) -> Result<(), StoreError> {
+        self.append_audit_with(records, Some(touch), None).await
+    }
+
+    /// Appends audit records with what goes with them: tokens marked used,
+    /// and a client's budget spending, in one commit.
+    pub async fn append_audit_with(
+        &self,
+        records: Vec<Record>,
+        touch: Option<Touch>,
+        spending: Option<(String, Spending)>,
+    ) -> Result<(), StoreError> {
         self.submit(|reply| Job::Audit {
             records,
-            touch: Some(touch),
+            touch,
+            spending,
             reply,
         })
         .await
+    }
+
+    /// Every budgeted client's saved spending. Blocking.
+    pub fn budget_spending(&self) -> Result<Vec<(String, Spending)>, StoreError> {
+        self.with_reader(budgets::load)
     }
 
     /// Deletes one batch of a retention sweep with its audit records (whose
@@ -1169,10 +1190,15 @@ impl Writer {
                 Job::Audit {
                     records,
                     touch,
+                    spending,
                     reply,
                 } => {
                     done.push(Done::Audit(reply));
-                    work.push(Work::Audit { records, touch });
+                    work.push(Work::Audit {
+                        records,
+                        touch,
+                        spending,
+                    });
                 }
                 Job::Sweep {
                     sweep,
@@ -1272,10 +1298,14 @@ impl Writer {
                     Work::Audit {
                         records: more,
                         touch,
+                        spending,
                     },
                 ) => {
                     if let Some(touch) = touch {
                         retention::touch(&vault_tx, &touch).map_err(write_failure)?;
+                    }
+                    if let Some((client, spending)) = spending {
+                        budgets::save(&vault_tx, &client, &spending).map_err(write_failure)?;
                     }
                     records.extend(more);
                 }
@@ -1360,6 +1390,7 @@ enum Work {
     Audit {
         records: Vec<Record>,
         touch: Option<Touch>,
+        spending: Option<(String, Spending)>,
     },
     Sweep {
         sweep: Sweep,

@@ -97,6 +97,17 @@ pub fn migrations() -> Migrations<'static> {
         // only classes with retain_days need it: sweeps walk the table in
         // token order on a read connection instead.
         M::up("DROP INDEX IF EXISTS tokens_by_use;"),
+        // What each budgeted client has revealed in its current minute and
+        // day, so that a restart does not refill a budget.
+        M::up(
+            "CREATE TABLE budget_spent (
+                 client       TEXT    NOT NULL PRIMARY KEY,
+                 minute       INTEGER NOT NULL,
+                 spent_minute INTEGER NOT NULL,
+                 day          INTEGER NOT NULL,
+                 spent_day    INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        ),
     ])
 }
 

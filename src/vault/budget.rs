@@ -1,27 +1,21 @@
 //! Per-client detokenization budgets: values revealed per minute and per
-//! day, in fixed windows counted in memory. A stolen worker credential can
-//! then reveal at most a budget's worth before the vault answers 429. The
-//! counters restart with the process; only the vault's operator can do that.
+//! day, in fixed windows. A stolen worker credential can then reveal at most
+//! a budget's worth before the vault answers 429. The counters are kept in
+//! memory and saved with each reveal's audit record, and read back at
+//! start: a restart does not refill a budget.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::policy::Budget;
-
-#[derive(Default)]
-struct Spent {
-    minute: u64,
-    in_minute: u64,
-    day: u64,
-    in_day: u64,
-}
+use crate::store::Spending;
 
 /// Every client's budget and what it has spent.
 #[derive(Default)]
 pub struct Budgets {
     limits: BTreeMap<String, Budget>,
-    spent: Mutex<BTreeMap<String, Spent>>,
+    spent: Mutex<BTreeMap<String, Spending>>,
 }
 
 impl Budgets {
@@ -36,9 +30,21 @@ impl Budgets {
         }
     }
 
-    /// Spends `count` of `client`'s budget, all or nothing: false (and
-    /// nothing spent) when it would go over either window.
-    pub fn spend(&self, client: &str, count: u64) -> bool {
+    /// Takes back what was saved (at start), for the clients that still
+    /// have a budget.
+    pub fn restore(&self, saved: Vec<(String, Spending)>) {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        for (client, spending) in saved {
+            if self.limits.contains_key(&client) {
+                spent.insert(client, spending);
+            }
+        }
+    }
+
+    /// Spends `count` of `client`'s budget, all or nothing. `Err` (and
+    /// nothing spent) when it would go over either window; otherwise the
+    /// client's spending to save, when it has a budget.
+    pub fn spend(&self, client: &str, count: u64) -> Result<Option<Spending>, Exceeded> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -46,9 +52,9 @@ impl Budgets {
         self.spend_at(client, count, now)
     }
 
-    fn spend_at(&self, client: &str, count: u64, now: u64) -> bool {
+    fn spend_at(&self, client: &str, count: u64, now: u64) -> Result<Option<Spending>, Exceeded> {
         let Some(limit) = self.limits.get(client) else {
-            return true;
+            return Ok(None);
         };
         // A poisoned lock only means a panic between two integer updates.
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,13 +70,17 @@ impl Budgets {
         }
         let fits = |used: u64, max: Option<u64>| max.is_none_or(|max| used + count <= max);
         if !fits(entry.in_minute, limit.per_minute) || !fits(entry.in_day, limit.per_day) {
-            return false;
+            return Err(Exceeded);
         }
         entry.in_minute += count;
         entry.in_day += count;
-        true
+        Ok(Some(*entry))
     }
 }
+
+/// A budget would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exceeded;
 
 #[cfg(test)]
 mod tests {
@@ -86,13 +96,29 @@ mod tests {
             },
         )]));
         let t = 86_400 * 100;
-        assert!(budgets.spend_at("worker", 3, t));
-        assert!(!budgets.spend_at("worker", 3, t), "6 > 5 per minute");
-        assert!(budgets.spend_at("worker", 2, t + 1));
-        assert!(!budgets.spend_at("worker", 1, t + 2));
-        assert!(budgets.spend_at("worker", 3, t + 60), "a new minute");
-        assert!(!budgets.spend_at("worker", 1, t + 120), "8 per day spent");
-        assert!(budgets.spend_at("worker", 5, t + 86_400), "a new day");
-        assert!(budgets.spend_at("other", 1_000_000, t), "no budget set");
+        assert!(budgets.spend_at("worker", 3, t).is_ok());
+        assert!(
+            budgets.spend_at("worker", 3, t).is_err(),
+            "6 > 5 per minute"
+        );
+        assert!(budgets.spend_at("worker", 2, t + 1).is_ok());
+        assert!(budgets.spend_at("worker", 1, t + 2).is_err());
+        assert!(
+            budgets.spend_at("worker", 3, t + 60).is_ok(),
+            "a new minute"
+        );
+        assert!(
+            budgets.spend_at("worker", 1, t + 120).is_err(),
+            "8 per day spent"
+        );
+        assert!(
+            budgets.spend_at("worker", 5, t + 86_400).is_ok(),
+            "a new day"
+        );
+        assert_eq!(
+            budgets.spend_at("other", 1_000_000, t),
+            Ok(None),
+            "no budget set"
+        );
     }
 }

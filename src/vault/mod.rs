@@ -250,6 +250,17 @@ pub struct Vault {
     tombstones: Option<crate::store::tombstones::Tombstones>,
 }
 
+/// What a reveal found, before it is recorded.
+struct Revealed {
+    answers: Vec<Detokenized>,
+    /// Which tokens exist (for the record).
+    exists: Vec<bool>,
+    /// Revealed tokens not yet marked used today.
+    used: Vec<String>,
+    /// The client's budget spending to save, when it has a budget.
+    spending: Option<(String, crate::store::Spending)>,
+}
+
 struct Pending<'a> {
     class_name: &'a str,
     class: &'a ClassSpec,
@@ -375,6 +386,8 @@ impl Vault {
     }
 
     /// Sets the clients' detokenization budgets.
+    /// Sets the clients' budgets, with what each has spent in its current
+    /// windows as saved in the store (a restart does not refill a budget).
     pub fn set_budgets(&mut self, clients: &BTreeMap<String, crate::policy::ClientSpec>) {
         self.budgets = budget::Budgets::new(
             clients
@@ -382,6 +395,10 @@ impl Vault {
                 .map(|(name, spec)| (name.clone(), spec.budget))
                 .collect(),
         );
+        match self.store.budget_spending() {
+            Ok(saved) => self.budgets.restore(saved),
+            Err(error) => tracing::error!(%error, "could not read the saved budget spending"),
+        }
     }
 
     /// True when the store answers and the writer runs.
@@ -827,7 +844,12 @@ impl Vault {
             .items(tokens.len());
         let record = self.with_purpose(record, purpose);
         let asked = tokens.clone();
-        let (answers, exists, used) = match self
+        let Revealed {
+            answers,
+            exists,
+            used,
+            spending,
+        } = match self
             .detokenize_unaudited(caller, namespace, purpose, tokens)
             .await
         {
@@ -852,19 +874,16 @@ impl Vault {
             record = record.reason("consent_withdrawn");
         }
         // Fail closed: if this append fails, the answers are dropped (and
-        // zeroized) unrevealed. Revealed tokens are marked used today.
-        if used.is_empty() {
-            self.store.append_audit(vec![record]).await?;
-        } else {
-            let touch = Touch {
-                namespace: namespace.to_owned(),
-                tokens: used,
-                day: self.clock.today(),
-            };
-            self.store
-                .append_audit_touching(vec![record], touch)
-                .await?;
-        }
+        // zeroized) unrevealed. Revealed tokens are marked used today, and
+        // the client's budget spending is saved, in the same commit.
+        let touch = (!used.is_empty()).then(|| Touch {
+            namespace: namespace.to_owned(),
+            tokens: used,
+            day: self.clock.today(),
+        });
+        self.store
+            .append_audit_with(vec![record], touch, spending)
+            .await?;
         Ok(answers)
     }
 
@@ -874,15 +893,17 @@ impl Vault {
         namespace: &str,
         purpose: &str,
         tokens: Vec<String>,
-    ) -> Result<(Vec<Detokenized>, Vec<bool>, Vec<String>), VaultError> {
+    ) -> Result<Revealed, VaultError> {
         caller.role.check(Operation::Detokenize, namespace)?;
         if !caller.role.purposes.allows(purpose) {
             return Err(Denied::Purpose.into());
         }
         let ns = self.namespace(namespace)?;
-        if !self.budgets.spend(&caller.client, tokens.len() as u64) {
-            return Err(VaultError::BudgetExceeded);
-        }
+        let spending = self
+            .budgets
+            .spend(&caller.client, tokens.len() as u64)
+            .map_err(|_| VaultError::BudgetExceeded)?
+            .map(|spending| (caller.client.clone(), spending));
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
         let owned_purpose = purpose.to_owned();
@@ -950,7 +971,12 @@ impl Vault {
             .filter(|((_, answer), stale)| *stale && matches!(answer, Detokenized::Value { .. }))
             .map(|((token, _), _)| token.clone())
             .collect();
-        Ok((answers, exists, used))
+        Ok(Revealed {
+            answers,
+            exists,
+            used,
+            spending,
+        })
     }
 
     /// Records that `purpose` (or `*`) is withdrawn or restored for a token

@@ -721,3 +721,38 @@ fields = [ {{ select = "$.to" }} ]
     assert_eq!(replays.len(), 1, "{replays:?}");
     assert_eq!(replays[0]["route"], "callback:echo");
 }
+
+#[test]
+fn a_restart_does_not_refill_a_budget() {
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let tokens = tokenize(&server, "crm", "retail", &[("phone", "+14155550111")]);
+    let day = || unix_now() / 86_400;
+    let started = day();
+    let reveal = |server: &Server| {
+        post(
+            server,
+            "/v1/detokenize",
+            &key("daily"),
+            &json!({"namespace": "retail", "purpose": "sms_delivery", "tokens": tokens}),
+        )
+        .0
+    };
+    assert_eq!(
+        [reveal(&server), reveal(&server), reveal(&server)],
+        [200, 200, 200]
+    );
+    assert_eq!(reveal(&server), 429, "3 per day");
+    server.stop();
+    let server = setup.serve();
+    if day() == started {
+        assert_eq!(
+            reveal(&server),
+            429,
+            "the restart did not refill the day's budget"
+        );
+    } else {
+        // Midnight UTC passed during the test: a new day, a new budget.
+        assert_eq!(reveal(&server), 200);
+    }
+}

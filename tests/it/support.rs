@@ -28,6 +28,7 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("dispatcher", "dispatcher", ""),
     ("consent", "consent_desk", ""),
     ("budgeted", "sms_worker", "budget_per_minute = 5"),
+    ("daily", "sms_worker", "budget_per_day = 3"),
     ("scraper", "monitoring", ""),
     ("dpo", "privacy_office", ""),
     ("dpo_masked", "privacy_masked", ""),
