@@ -82,6 +82,8 @@ struct Metrics {
     tls_reloads: Family<OutcomeLabels, Counter>,
     phone_token_collisions: Counter,
     retention_deleted: Family<ClassLabels, Counter>,
+    rotation_moved: Family<NamespaceLabels, Counter>,
+    config_reloads: Family<OutcomeLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -159,8 +161,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Tokens deleted by retention sweeps (unused for their class's retain_days), by configured namespace and class",
         retention_deleted.clone(),
     );
+    let rotation_moved = Family::<NamespaceLabels, Counter>::default();
+    registry.register(
+        "key_rotation_moved_rows",
+        "Rows resealed under a new master key version by a rotation, by configured namespace",
+        rotation_moved.clone(),
+    );
+    let config_reloads = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "config_reloads",
+        "Configuration reloads on SIGHUP, by outcome",
+        config_reloads.clone(),
+    );
     Metrics {
         registry,
+        rotation_moved,
+        config_reloads,
         phone_token_collisions,
         retention_deleted,
         requests,
@@ -276,6 +292,26 @@ pub fn retention_deleted(namespace: &str, class: &str, count: u64) {
             class: class.to_owned(),
         })
         .inc_by(count);
+}
+
+/// Counts rows a key rotation moved in `namespace`.
+pub fn rotation_moved(namespace: &str, count: u64) {
+    METRICS
+        .rotation_moved
+        .get_or_create(&NamespaceLabels {
+            namespace: namespace.to_owned(),
+        })
+        .inc_by(count);
+}
+
+/// Counts a SIGHUP configuration reload.
+pub fn config_reload(ok: bool) {
+    METRICS
+        .config_reloads
+        .get_or_create(&OutcomeLabels {
+            outcome: if ok { "ok" } else { "error" },
+        })
+        .inc();
 }
 
 /// Counts a SIGHUP certificate reload.

@@ -64,11 +64,19 @@ pub enum Action {
     BackupRestore,
     /// The master key wrapped under a new passphrase or key file.
     KeyRewrap,
+    /// A key rotation started, paused, resumed or completed (the reason
+    /// says which).
+    KeyRotate,
+    /// A master key version destroyed after no row used it.
+    KeyRetire,
+    /// The configuration re-read while serving (SIGHUP), applied or
+    /// refused.
+    ConfigReload,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 24] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -90,6 +98,9 @@ impl Action {
         Self::BackupCreate,
         Self::BackupRestore,
         Self::KeyRewrap,
+        Self::KeyRotate,
+        Self::KeyRetire,
+        Self::ConfigReload,
     ];
 
     /// The stored name.
@@ -116,6 +127,9 @@ impl Action {
             Self::BackupCreate => "backup_create",
             Self::BackupRestore => "backup_restore",
             Self::KeyRewrap => "key_rewrap",
+            Self::KeyRotate => "key_rotate",
+            Self::KeyRetire => "key_retire",
+            Self::ConfigReload => "config_reload",
         }
     }
 

@@ -103,8 +103,8 @@ fn target(args: &TargetArgs, keyring: &Keyring) -> Result<ConsentTarget, CliErro
         return Ok(ConsentTarget::Token(token.clone()));
     }
     let subject = super::subject_from_stdin()?;
-    let keys = keyring.current().namespace_keys(&args.namespace);
-    Ok(ConsentTarget::Subject(keys.subject_hash(subject.expose())))
+    let key = keyring.subject_key(&args.namespace);
+    Ok(ConsentTarget::Subject(key.hash(subject.expose())))
 }
 
 fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result<(), CliError> {

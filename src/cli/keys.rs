@@ -1,6 +1,8 @@
-//! `tokenvault keys status|rewrap`: the master key versions and how many
-//! rows each seals, and a change of the passphrase or key file that wraps
-//! the master key (no row is touched).
+//! `tokenvault keys …`: the master key versions and how many rows each
+//! seals; rotation to a new version (the running vault moves the rows),
+//! with pause and resume; retirement of a version no row uses; and a
+//! change of the passphrase or key file that wraps the keys (no row is
+//! touched).
 
 use std::path::PathBuf;
 
@@ -21,6 +23,49 @@ pub enum KeysCommand {
         /// Configuration file.
         #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Create a new master key version. New values are sealed under it as
+    /// soon as the running vault notices (within a second); the vault then
+    /// moves existing rows to it in small transactions, and lookups consult
+    /// both versions meanwhile, so known values keep their tokens.
+    Rotate {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Rotate this namespace only (the others keep their version).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Rows per second the move may write (0: as fast as it goes).
+        #[arg(long, default_value_t = 0)]
+        rows_per_second: u32,
+    },
+    /// Pause the moving of rows of running rotations (new values keep the
+    /// new version).
+    Pause {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// This namespace only.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Resume paused rotations.
+    Resume {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// This namespace only.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Destroy a master key version. Refused while any row is sealed under
+    /// it or any namespace writes with it.
+    Retire {
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The version to destroy (`keys status` lists them).
+        version: u32,
     },
     /// Wrap the master key under a new passphrase or key file. Sealed
     /// values are not touched; afterwards, point [keys] (or the systemd
@@ -43,6 +88,14 @@ pub enum KeysCommand {
 pub fn run(command: KeysCommand) -> Result<(), CliError> {
     match command {
         KeysCommand::Status { config } => status(&config),
+        KeysCommand::Rotate {
+            config,
+            namespace,
+            rows_per_second,
+        } => rotate(&config, namespace, rows_per_second),
+        KeysCommand::Pause { config, namespace } => pause(&config, namespace, true),
+        KeysCommand::Resume { config, namespace } => pause(&config, namespace, false),
+        KeysCommand::Retire { config, version } => retire(&config, version),
         KeysCommand::Rewrap {
             config,
             new_passphrase_file,
@@ -63,8 +116,10 @@ fn open(config: &crate::config::Config) -> Result<Keyring, CliError> {
 fn status(config_path: &std::path::Path) -> Result<(), CliError> {
     let config = crate::config::load(config_path)?;
     let keyring = open(&config)?;
-    let rows = crate::store::rows_per_key_version_offline(&config.storage.database_path())
-        .context("cannot read vault.db")?;
+    let database = config.storage.database_path();
+    let rows =
+        crate::store::rows_per_key_version_offline(&database).context("cannot read vault.db")?;
+    let states = crate::store::key_states_offline(&database).context("cannot read vault.db")?;
     let current = keyring.versions().last().copied().unwrap_or(0);
     let mut text = String::new();
     for version in keyring.versions() {
@@ -75,17 +130,197 @@ fn status(config_path: &std::path::Path) -> Result<(), CliError> {
             .sum();
         text.push_str(&format!(
             "master key v{version}{}: {sealed} rows\n",
-            if version == current {
-                " (current: new values)"
-            } else {
-                ""
-            }
+            if version == current { " (newest)" } else { "" }
         ));
         for (namespace, _, count) in rows.iter().filter(|(_, v, _)| *v == version) {
             text.push_str(&format!("  {namespace}: {count}\n"));
         }
     }
+    // Rows under a version the keyring no longer holds cannot open.
+    for (namespace, version, count) in rows
+        .iter()
+        .filter(|(_, v, _)| !keyring.versions().contains(v))
+    {
+        text.push_str(&format!(
+            "master key v{version} (not in the keyring!): {namespace}: {count} rows\n"
+        ));
+    }
+    text.push_str("namespaces:\n");
+    for namespace in config.namespaces.keys() {
+        let state = states.iter().find(|s| &s.namespace == namespace);
+        let write = state.map_or(current, |s| s.version);
+        let left: u64 = rows
+            .iter()
+            .filter(|(ns, v, _)| ns == namespace && *v != write)
+            .map(|(_, _, n)| n)
+            .sum();
+        let progress = match state {
+            Some(s) if s.rotating => format!(
+                ", rotation {}: {} rows moved, {left} left{}",
+                if s.paused { "paused" } else { "running" },
+                s.moved,
+                if s.rate > 0 {
+                    format!(", at most {} rows/s", s.rate)
+                } else {
+                    String::new()
+                }
+            ),
+            _ if left > 0 => format!(", {left} rows under older versions"),
+            _ => String::new(),
+        };
+        text.push_str(&format!("  {namespace}: writes with v{write}{progress}\n"));
+    }
     super::write_stdout(text.as_bytes())
+}
+
+/// Namespaces that may hold data: configured, or found in the store.
+fn known_namespaces(config: &crate::config::Config) -> Result<Vec<String>, CliError> {
+    let mut names: std::collections::BTreeSet<String> = config.namespaces.keys().cloned().collect();
+    names.extend(
+        crate::store::namespaces_offline(&config.storage.database_path())
+            .context("cannot read vault.db")?,
+    );
+    Ok(names.into_iter().collect())
+}
+
+fn rotate(
+    config_path: &std::path::Path,
+    namespace: Option<String>,
+    rate: u32,
+) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    if let Some(name) = &namespace {
+        if !config.namespaces.contains_key(name) {
+            return Err(anyhow!("no namespace {name} in the configuration").into());
+        }
+    }
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let keyring_path = config.storage.keyring_path();
+    let database = config.storage.database_path();
+    let before = Keyring::open(&keyring_path, &source).map_err(|error| anyhow!("{error}"))?;
+    let newest = before.current().version();
+    // Every namespace first keeps the version it writes with, so that a
+    // stop between here and the end changes nothing; then the keyring gets
+    // the new version; then the chosen namespaces move to it.
+    let states = crate::store::key_states_offline(&database).context("cannot read vault.db")?;
+    let known = known_namespaces(&config)?;
+    let keep: Vec<(String, u32)> = known
+        .iter()
+        .map(|name| {
+            let version = states
+                .iter()
+                .find(|s| &s.namespace == name)
+                .map_or(newest, |s| s.version);
+            (name.clone(), version)
+        })
+        .collect();
+    crate::store::pin_key_versions_offline(&database, &keep).context("cannot write vault.db")?;
+    let keyring =
+        Keyring::add_version(&keyring_path, &source).map_err(|error| anyhow!("{error}"))?;
+    let version = keyring.current().version();
+    let rotate: Vec<String> = match namespace {
+        Some(name) => vec![name],
+        None => known,
+    };
+    let records: Vec<_> = rotate
+        .iter()
+        .map(|name| {
+            audit::Context::cli("keys rotate")
+                .record(Action::KeyRotate, Outcome::Ok)
+                .namespace(name)
+                .reason("started")
+        })
+        .collect();
+    crate::store::start_rotation_offline(
+        (&database, &config.storage.audit_path()),
+        &keyring.audit_key(),
+        &records,
+        &rotate,
+        version,
+        rate,
+    )
+    .context("the keyring holds the new version, but the rotation could not be recorded; run `keys rotate` again")?;
+    println!(
+        "master key v{version} created; {} namespace(s) now seal with it: {}\nthe running vault moves their rows in the background; `tokenvault keys status` shows the progress",
+        rotate.len(),
+        rotate.join(", ")
+    );
+    Ok(())
+}
+
+fn pause(
+    config_path: &std::path::Path,
+    namespace: Option<String>,
+    paused: bool,
+) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    let keyring = open(&config)?;
+    let record = audit::Context::cli(if paused { "keys pause" } else { "keys resume" })
+        .record(Action::KeyRotate, Outcome::Ok)
+        .reason(if paused { "paused" } else { "resumed" });
+    let record = match &namespace {
+        Some(name) => record.namespace(name),
+        None => record,
+    };
+    let changed = crate::store::pause_rotation_offline(
+        (
+            &config.storage.database_path(),
+            &config.storage.audit_path(),
+        ),
+        &keyring.audit_key(),
+        &[record],
+        namespace.as_deref(),
+        paused,
+    )
+    .context("cannot write vault.db")?;
+    println!(
+        "{} {changed} rotation(s)",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(())
+}
+
+fn retire(config_path: &std::path::Path, version: u32) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    let database = config.storage.database_path();
+    if let Some(reason) = crate::store::key_version_in_use_offline(&database, version)
+        .context("cannot read vault.db")?
+    {
+        return Err(anyhow!(
+            "master key v{version} is still in use: {reason}\nhint: wait for the rotation to finish (`tokenvault keys status`)"
+        )
+        .into());
+    }
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let namespaces = known_namespaces(&config)?;
+    let keyring = Keyring::retire(
+        &config.storage.keyring_path(),
+        &source,
+        version,
+        &namespaces,
+    )
+    .map_err(|error| anyhow!("{error}"))?;
+    let record = audit::Context::cli("keys retire")
+        .record(Action::KeyRetire, Outcome::Ok)
+        .reason(&format!("v{version}"));
+    crate::store::append_audit_offline(
+        &database,
+        &config.storage.audit_path(),
+        &keyring.audit_key(),
+        &[record],
+    )
+    .with_context(|| format!("master key v{version} was destroyed, but the change could not be recorded in the audit trail"))?;
+    println!(
+        "master key v{version} destroyed; the keyring holds {:?}; backups taken before now still hold it",
+        keyring.versions()
+    );
+    Ok(())
 }
 
 fn rewrap(

@@ -112,9 +112,23 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     ));
     vault.set_budgets(&config.clients);
     vault.set_purpose_names(config.purpose_names());
-    drop(keyring);
+    let vault = Arc::new(vault);
+    // Rotations in progress are resumed; the watcher follows later ones.
+    let mut watcher = {
+        let path = config.storage.keyring_path();
+        let settings = config.keys.clone();
+        let reopen_path = path.clone();
+        let reopen: crate::vault::rotation::Reopen = Box::new(move || {
+            let source = settings
+                .kek_source()
+                .map_err(|problem| problem.to_string())?;
+            Keyring::open(&reopen_path, &source).map_err(|error| error.to_string())
+        });
+        let ephemeral = matches!(config.keys, KeySettings::Ephemeral);
+        crate::vault::rotation::KeyWatcher::new(keyring, (!ephemeral).then_some(path), reopen)
+    };
     let state = AppState {
-        vault,
+        vault: vault.clone(),
         auth: Authenticator::new(&config.clients, &config.roles, &config.limits),
         clevertap: config.clevertap.as_ref().map(http::clevertap::Surface::new),
         callbacks: http::callbacks::Callbacks::build(config.callbacks, &config.roles).map_err(
@@ -156,6 +170,12 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
                 "serving with the audit trail broken: every reveal and write answers 503 until `tokenvault audit acknowledge-gap`"
             );
         }
+        // The key versions each namespace writes with, before the first
+        // request; the watcher then follows rotations.
+        if let Err(error) = watcher.follow(&vault).await {
+            return Err(anyhow!("cannot read the key rotation state: {error}"));
+        }
+        actix_web::rt::spawn(watcher.run(vault.clone()));
         // Erasures recorded after this copy of the data was made (a
         // restored backup) are applied before anything is served.
         match state.vault.apply_tombstones().await {

@@ -79,24 +79,106 @@ impl MasterKey {
     pub fn namespace_keys(&self, namespace: &str) -> NamespaceKeys {
         let sealing = self.derive(labels::VALUE_SEALING, namespace);
         let index = self.derive(labels::BLIND_INDEX, namespace);
-        let subject = self.derive(labels::SUBJECT, namespace);
         NamespaceKeys {
             sealer: Sealer::new(self.version, &sealing),
             index: hmac::Key::new(hmac::HMAC_SHA256, index.as_slice()),
-            subject: hmac::Key::new(hmac::HMAC_SHA256, subject.as_slice()),
         }
     }
 
-    /// The key that signs erasure receipts.
-    pub fn receipt_key(&self) -> super::receipts::ReceiptKey {
-        let seed = self.derive(labels::RECEIPT_SIGNING, "");
-        super::receipts::ReceiptKey::from_seed(self.version, &seed)
+    /// The key of the audit chain's HMAC, as this version derives it (the
+    /// keyring's [`audit_key`](super::wrapping::Keyring::audit_key) says
+    /// which version's is in use).
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey::from_bytes(&self.stable_bytes(&Stable::AuditChain))
     }
 
-    /// The key of the audit chain's HMAC.
-    pub fn audit_key(&self) -> AuditKey {
-        let key = self.derive(labels::AUDIT_CHAIN, "");
-        AuditKey(hmac::Key::new(hmac::HMAC_SHA256, key.as_slice()))
+    /// The bytes of a stable key (see [`Stable`]) as this version derives
+    /// them.
+    pub(super) fn stable_bytes(&self, stable: &Stable) -> Zeroizing<[u8; KEY_LEN]> {
+        let (label, context) = stable.derivation();
+        self.derive(label, context)
+    }
+}
+
+/// Keys whose outputs are stored or published, so that they must outlive a
+/// rotation: the audit chain's MACs, the subject hashes (irreversible, so
+/// they cannot be recomputed under a new key) and the receipt signing key.
+/// They come from the oldest master key version; when that version is
+/// retired, the keyring keeps these derived keys (which open no sealed
+/// value) and drops the master key itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stable {
+    /// The audit chain's HMAC key.
+    AuditChain,
+    /// The seed of the Ed25519 receipt key.
+    ReceiptSigning,
+    /// The subject-hash key of a namespace.
+    Subject(String),
+}
+
+impl Stable {
+    fn derivation(&self) -> (&'static str, &str) {
+        match self {
+            Self::AuditChain => (labels::AUDIT_CHAIN, ""),
+            Self::ReceiptSigning => (labels::RECEIPT_SIGNING, ""),
+            Self::Subject(namespace) => (labels::SUBJECT, namespace),
+        }
+    }
+
+    /// The name stored in the keyring.
+    pub(super) fn purpose(&self) -> &'static str {
+        match self {
+            Self::AuditChain => "audit-chain",
+            Self::ReceiptSigning => "receipt-signing",
+            Self::Subject(_) => "subject",
+        }
+    }
+
+    /// The namespace, for a namespace's key; empty otherwise.
+    pub(super) fn namespace(&self) -> &str {
+        match self {
+            Self::Subject(namespace) => namespace,
+            _ => "",
+        }
+    }
+
+    /// Parses the stored purpose and namespace.
+    pub(super) fn parse(purpose: &str, namespace: &str) -> Option<Self> {
+        match (purpose, namespace) {
+            ("audit-chain", "") => Some(Self::AuditChain),
+            ("receipt-signing", "") => Some(Self::ReceiptSigning),
+            ("subject", namespace) if !namespace.is_empty() => {
+                Some(Self::Subject(namespace.to_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl AuditKey {
+    pub(super) fn from_bytes(bytes: &Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, bytes.as_slice()))
+    }
+}
+
+/// The key of one namespace's subject hashes.
+pub struct SubjectKey(hmac::Key);
+
+impl SubjectKey {
+    pub(super) fn from_bytes(bytes: &Zeroizing<[u8; KEY_LEN]>) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, bytes.as_slice()))
+    }
+
+    /// Keyed hash of a subject (customer id), the only form in which a
+    /// subject is stored.
+    pub fn hash(&self, subject: &str) -> [u8; 32] {
+        keyed_hash(&self.0, &[subject.as_bytes()])
+    }
+}
+
+impl fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectKey([redacted])")
     }
 }
 
@@ -153,7 +235,6 @@ impl fmt::Debug for MasterKey {
 pub struct NamespaceKeys {
     sealer: Sealer,
     index: hmac::Key,
-    subject: hmac::Key,
 }
 
 impl NamespaceKeys {
@@ -166,12 +247,6 @@ impl NamespaceKeys {
     /// value, length-prefixed so that no two (class, value) pairs collide.
     pub fn blind_index(&self, class: &str, normalized: &str) -> [u8; 32] {
         keyed_hash(&self.index, &[class.as_bytes(), normalized.as_bytes()])
-    }
-
-    /// Keyed hash of a subject (customer id), the only form in which a
-    /// subject is stored.
-    pub fn subject_hash(&self, subject: &str) -> [u8; 32] {
-        keyed_hash(&self.subject, &[subject.as_bytes()])
     }
 }
 

@@ -20,10 +20,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::keys::{MasterKey, KEY_LEN};
+use super::keys::{AuditKey, MasterKey, Stable, SubjectKey, KEY_LEN};
+use super::receipts::ReceiptKey;
 
 const FORMAT: u32 = 1;
 const WRAP_AD_LABEL: &[u8] = b"tokenvault/v1/keyring-wrap";
+const KEPT_AD_LABEL: &[u8] = b"tokenvault/v1/keyring-kept";
 const KEYFILE_KEK_LABEL: &[u8] = b"tokenvault/v1/keyfile-kek";
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
@@ -91,6 +93,14 @@ pub enum KeyringError {
     /// argon2 refused its parameters.
     #[error("key stretching failed")]
     Kdf,
+    /// The keyring holds no such master key version.
+    #[error("the keyring holds no master key version {0}")]
+    NoSuchVersion(u32),
+    /// The current version seals new values and cannot be retired.
+    #[error(
+        "master key version {0} is the current one; rotate to a new version before retiring it"
+    )]
+    CurrentVersion(u32),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,6 +109,9 @@ struct KeyringFile {
     format: u32,
     kek: KekParams,
     keys: Vec<WrappedKey>,
+    /// Stable keys kept from retired master key versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    kept: Vec<KeptKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,10 +136,41 @@ struct WrappedKey {
     wrapped: String,
 }
 
+/// A stable key derived from a master key version that has since been
+/// retired, wrapped like a master key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeptKey {
+    purpose: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    namespace: String,
+    from_version: u32,
+    nonce: String,
+    wrapped: String,
+}
+
+/// A stable key kept after its master key version was retired.
+struct Kept {
+    stable: Stable,
+    from_version: u32,
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+}
+
 /// The unwrapped master keys. The newest version is the current one.
-#[derive(Debug)]
 pub struct Keyring {
     keys: Vec<MasterKey>,
+    kept: Vec<Kept>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Keyring({:?}, {} kept keys)",
+            self.versions(),
+            self.kept.len()
+        )
+    }
 }
 
 impl Keyring {
@@ -134,6 +178,7 @@ impl Keyring {
     pub fn ephemeral() -> Self {
         Self {
             keys: vec![MasterKey::generate(1)],
+            kept: Vec::new(),
         }
     }
 
@@ -143,15 +188,37 @@ impl Keyring {
         self.keys.last().expect("keyring holds at least one key")
     }
 
-    /// The key that chains the audit trail. It comes from the oldest master
-    /// key version, so that rotation does not break verification of older
-    /// records.
-    pub fn audit_key(&self) -> super::keys::AuditKey {
+    /// The oldest master key version held.
+    fn oldest(&self) -> &MasterKey {
         // Invariant: every constructor puts at least one key in.
-        self.keys
-            .first()
-            .expect("keyring holds at least one key")
-            .audit_key()
+        self.keys.first().expect("keyring holds at least one key")
+    }
+
+    /// A stable key: kept from a retired version, or derived from the oldest
+    /// version held. Either way the same bytes across rotations.
+    fn stable(&self, stable: &Stable) -> (u32, Zeroizing<[u8; KEY_LEN]>) {
+        match self.kept.iter().find(|kept| kept.stable == *stable) {
+            Some(kept) => (kept.from_version, kept.bytes.clone()),
+            None => (self.oldest().version(), self.oldest().stable_bytes(stable)),
+        }
+    }
+
+    /// The key that chains the audit trail. It stays the same across
+    /// rotations, so that older records keep verifying.
+    pub fn audit_key(&self) -> AuditKey {
+        AuditKey::from_bytes(&self.stable(&Stable::AuditChain).1)
+    }
+
+    /// The key that signs erasure receipts; the same across rotations.
+    pub fn receipt_key(&self) -> ReceiptKey {
+        let (version, seed) = self.stable(&Stable::ReceiptSigning);
+        ReceiptKey::from_seed(version, &seed)
+    }
+
+    /// The subject-hash key of `namespace`; the same across rotations, as
+    /// stored hashes cannot be recomputed.
+    pub fn subject_key(&self, namespace: &str) -> SubjectKey {
+        SubjectKey::from_bytes(&self.stable(&Stable::Subject(namespace.to_owned())).1)
     }
 
     /// The key of `version`, if this keyring has it.
@@ -167,60 +234,198 @@ impl Keyring {
             return Err(KeyringError::Exists(shown));
         }
         let (params, kek) = new_kek(source)?;
-        let master = MasterKey::generate(1);
-        let file = KeyringFile {
-            format: FORMAT,
-            kek: params,
-            keys: vec![wrap(&kek, &master)],
+        let keyring = Self {
+            keys: vec![MasterKey::generate(1)],
+            kept: Vec::new(),
         };
-        write_new(path, &file)?;
-        Ok(Self { keys: vec![master] })
+        write_new(path, &keyring.to_file(params, &kek))?;
+        Ok(keyring)
     }
 
-    /// Wraps every master key under a key from `source` (a new passphrase
-    /// or key file) and replaces the keyring at `path` atomically. The
-    /// master keys, and so every sealed value, stay as they are.
+    /// Wraps every key under a key from `source` (a new passphrase or key
+    /// file) and replaces the keyring at `path` atomically. The master keys,
+    /// and so every sealed value, stay as they are.
     pub fn rewrap(&self, path: &Path, source: &KekSource) -> Result<(), KeyringError> {
         let (params, kek) = new_kek(source)?;
-        let file = KeyringFile {
-            format: FORMAT,
-            kek: params,
-            keys: self.keys.iter().map(|key| wrap(&kek, key)).collect(),
-        };
-        let shown = path.display().to_string();
-        let next = path.with_extension("json.new");
-        let _ = fs::remove_file(&next);
-        write_new(&next, &file)?;
-        let io = |source| KeyringError::Io {
-            path: shown.clone(),
-            source,
-        };
-        fs::rename(&next, path).map_err(io)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        replace(path, &self.to_file(params, &kek))
+    }
+
+    /// Adds a new master key version to the keyring at `path` (opened with
+    /// `source`), which becomes the current one; answers the new keyring.
+    pub fn add_version(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
+        let (file, kek) = read_with_kek(path, source)?;
+        let mut keyring = Self::unwrap_all(path, &file, &kek)?;
+        let version = keyring.current().version() + 1;
+        keyring.keys.push(MasterKey::generate(version));
+        replace(path, &keyring.to_file(file.kek, &kek))?;
+        Ok(keyring)
+    }
+
+    /// Destroys master key `version` in the keyring at `path`. The current
+    /// version cannot be retired. When `version` is the oldest, the stable
+    /// keys it provides (the audit chain's, the receipts', and the subject
+    /// key of each of `namespaces`) are kept first, derived, so that nothing
+    /// stored under them is orphaned. The caller checks that no row is
+    /// sealed under `version`.
+    pub fn retire(
+        path: &Path,
+        source: &KekSource,
+        version: u32,
+        namespaces: &[String],
+    ) -> Result<Self, KeyringError> {
+        let (file, kek) = read_with_kek(path, source)?;
+        let mut keyring = Self::unwrap_all(path, &file, &kek)?;
+        if keyring.version(version).is_none() {
+            return Err(KeyringError::NoSuchVersion(version));
         }
-        Ok(())
+        if keyring.current().version() == version {
+            return Err(KeyringError::CurrentVersion(version));
+        }
+        if keyring.oldest().version() == version {
+            let mut needed = vec![Stable::AuditChain, Stable::ReceiptSigning];
+            needed.extend(namespaces.iter().map(|ns| Stable::Subject(ns.clone())));
+            for stable in needed {
+                if !keyring.kept.iter().any(|kept| kept.stable == stable) {
+                    let bytes = keyring.oldest().stable_bytes(&stable);
+                    keyring.kept.push(Kept {
+                        stable,
+                        from_version: version,
+                        bytes,
+                    });
+                }
+            }
+        }
+        keyring.keys.retain(|key| key.version() != version);
+        replace(path, &keyring.to_file(file.kek, &kek))?;
+        Ok(keyring)
     }
 
     /// The master key versions, newest last.
     pub fn versions(&self) -> Vec<u32> {
         self.keys.iter().map(MasterKey::version).collect()
     }
+
+    fn to_file(&self, kek_params: KekParams, kek: &[u8; KEY_LEN]) -> KeyringFile {
+        KeyringFile {
+            format: FORMAT,
+            kek: kek_params,
+            keys: self.keys.iter().map(|key| wrap(kek, key)).collect(),
+            kept: self.kept.iter().map(|kept| wrap_kept(kek, kept)).collect(),
+        }
+    }
+
+    fn unwrap_all(
+        path: &Path,
+        file: &KeyringFile,
+        kek: &[u8; KEY_LEN],
+    ) -> Result<Self, KeyringError> {
+        let mut keys = Vec::with_capacity(file.keys.len());
+        for wrapped in &file.keys {
+            keys.push(unwrap(kek, wrapped).ok_or(KeyringError::Unwrap)?);
+        }
+        keys.sort_by_key(MasterKey::version);
+        let mut kept = Vec::with_capacity(file.kept.len());
+        for wrapped in &file.kept {
+            let stable = Stable::parse(&wrapped.purpose, &wrapped.namespace)
+                .ok_or_else(|| KeyringError::Malformed(path.display().to_string()))?;
+            let bytes = unwrap_kept(kek, wrapped, &stable).ok_or(KeyringError::Unwrap)?;
+            kept.push(Kept {
+                stable,
+                from_version: wrapped.from_version,
+                bytes,
+            });
+        }
+        Ok(Self { keys, kept })
+    }
+
+    /// Opens the keyring at `path` and unwraps every key in it.
+    pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
+        let (file, kek) = read_with_kek(path, source)?;
+        Self::unwrap_all(path, &file, &kek)
+    }
 }
 
 /// The master key versions a keyring file holds, read without unwrapping
 /// (the versions are not secret).
 pub fn versions_on_disk(path: &Path) -> Result<Vec<u32>, KeyringError> {
+    let (file, _) = read_file(path)?;
+    let mut versions: Vec<u32> = file.keys.iter().map(|k| k.version).collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+fn read_file(path: &Path) -> Result<(KeyringFile, String), KeyringError> {
     let shown = path.display().to_string();
     let text = fs::read(path).map_err(|source| KeyringError::Io {
         path: shown.clone(),
         source,
     })?;
     let file: KeyringFile =
-        serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown))?;
-    let mut versions: Vec<u32> = file.keys.iter().map(|k| k.version).collect();
-    versions.sort_unstable();
-    Ok(versions)
+        serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown.clone()))?;
+    if file.format != FORMAT || file.keys.is_empty() {
+        return Err(KeyringError::Malformed(shown));
+    }
+    Ok((file, shown))
+}
+
+/// Reads the keyring file and derives its key-encryption key from `source`.
+fn read_with_kek(
+    path: &Path,
+    source: &KekSource,
+) -> Result<(KeyringFile, Zeroizing<[u8; KEY_LEN]>), KeyringError> {
+    let (file, shown) = read_file(path)?;
+    let kek = match (&file.kek, source) {
+        (
+            KekParams::Passphrase {
+                kdf,
+                memory_kib,
+                passes,
+                lanes,
+                salt,
+            },
+            KekSource::Passphrase(passphrase),
+        ) => {
+            if kdf != "argon2id" {
+                return Err(KeyringError::Malformed(shown));
+            }
+            let salt = BASE64
+                .decode(salt)
+                .map_err(|_| KeyringError::Malformed(shown.clone()))?;
+            stretch(passphrase, &salt, *memory_kib, *passes, *lanes)?
+        }
+        (KekParams::Keyfile, KekSource::KeyFile(bytes)) => keyfile_kek(bytes),
+        (KekParams::Passphrase { .. }, KekSource::KeyFile(_)) => {
+            return Err(KeyringError::WrongSource {
+                expected: "passphrase",
+                given: "key file",
+            })
+        }
+        (KekParams::Keyfile, KekSource::Passphrase(_)) => {
+            return Err(KeyringError::WrongSource {
+                expected: "key file",
+                given: "passphrase",
+            })
+        }
+    };
+    Ok((file, kek))
+}
+
+/// Replaces the keyring at `path` atomically (write beside, rename, sync
+/// the directory).
+fn replace(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let shown = path.display().to_string();
+    let next = path.with_extension("json.new");
+    let _ = fs::remove_file(&next);
+    write_new(&next, file)?;
+    let io = |source| KeyringError::Io {
+        path: shown.clone(),
+        source,
+    };
+    fs::rename(&next, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// A fresh key-encryption key from `source`, with the parameters to find it
@@ -275,61 +480,6 @@ fn write_new(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
         out.write_all(&text).map_err(io)?;
         out.sync_all().map_err(io)?;
         Ok(())
-    }
-}
-
-impl Keyring {
-    /// Opens the keyring at `path` and unwraps every key in it.
-    pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
-        let shown = path.display().to_string();
-        let text = fs::read(path).map_err(|source| KeyringError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        let file: KeyringFile =
-            serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown.clone()))?;
-        if file.format != FORMAT || file.keys.is_empty() {
-            return Err(KeyringError::Malformed(shown));
-        }
-        let kek = match (&file.kek, source) {
-            (
-                KekParams::Passphrase {
-                    kdf,
-                    memory_kib,
-                    passes,
-                    lanes,
-                    salt,
-                },
-                KekSource::Passphrase(passphrase),
-            ) => {
-                if kdf != "argon2id" {
-                    return Err(KeyringError::Malformed(shown));
-                }
-                let salt = BASE64
-                    .decode(salt)
-                    .map_err(|_| KeyringError::Malformed(shown.clone()))?;
-                stretch(passphrase, &salt, *memory_kib, *passes, *lanes)?
-            }
-            (KekParams::Keyfile, KekSource::KeyFile(bytes)) => keyfile_kek(bytes),
-            (KekParams::Passphrase { .. }, KekSource::KeyFile(_)) => {
-                return Err(KeyringError::WrongSource {
-                    expected: "passphrase",
-                    given: "key file",
-                })
-            }
-            (KekParams::Keyfile, KekSource::Passphrase(_)) => {
-                return Err(KeyringError::WrongSource {
-                    expected: "key file",
-                    given: "passphrase",
-                })
-            }
-        };
-        let mut keys = Vec::with_capacity(file.keys.len());
-        for wrapped in &file.keys {
-            keys.push(unwrap(&kek, wrapped).ok_or(KeyringError::Unwrap)?);
-        }
-        keys.sort_by_key(MasterKey::version);
-        Ok(Self { keys })
     }
 }
 
@@ -419,6 +569,71 @@ fn unwrap(kek: &[u8; KEY_LEN], wrapped: &WrappedKey) -> Option<MasterKey> {
     Some(MasterKey::from_bytes(wrapped.version, bytes))
 }
 
+fn kept_ad(stable: &Stable, from_version: u32) -> Vec<u8> {
+    let mut ad = KEPT_AD_LABEL.to_vec();
+    for part in [stable.purpose(), stable.namespace()] {
+        ad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        ad.extend_from_slice(part.as_bytes());
+    }
+    ad.extend_from_slice(&from_version.to_be_bytes());
+    ad
+}
+
+fn wrap_kept(kek: &[u8; KEY_LEN], kept: &Kept) -> KeptKey {
+    // Invariant: the KEK is 32 bytes.
+    let cipher = Aes256GcmSiv::new_from_slice(kek).expect("32-byte KEK");
+    let nonce: [u8; NONCE_LEN] = super::random_bytes();
+    let ad = kept_ad(&kept.stable, kept.from_version);
+    // Invariant: a 32-byte message is within AES-GCM-SIV limits.
+    let wrapped = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: kept.bytes.as_slice(),
+                aad: &ad,
+            },
+        )
+        .expect("wrapping 32 bytes");
+    KeptKey {
+        purpose: kept.stable.purpose().to_owned(),
+        namespace: kept.stable.namespace().to_owned(),
+        from_version: kept.from_version,
+        nonce: BASE64.encode(nonce),
+        wrapped: BASE64.encode(wrapped),
+    }
+}
+
+fn unwrap_kept(
+    kek: &[u8; KEY_LEN],
+    wrapped: &KeptKey,
+    stable: &Stable,
+) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+    let cipher = Aes256GcmSiv::new_from_slice(kek).ok()?;
+    let nonce = BASE64.decode(&wrapped.nonce).ok()?;
+    let ciphertext = BASE64.decode(&wrapped.wrapped).ok()?;
+    if nonce.len() != NONCE_LEN {
+        return None;
+    }
+    let ad = kept_ad(stable, wrapped.from_version);
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &ad,
+                },
+            )
+            .ok()?,
+    );
+    if plain.len() != KEY_LEN {
+        return None;
+    }
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    bytes.copy_from_slice(&plain);
+    Some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +664,51 @@ mod tests {
             created.rewrap(&path, &passphrase("short")),
             Err(KeyringError::WeakPassphrase)
         ));
+    }
+
+    #[test]
+    fn a_retired_version_is_gone_and_its_stable_keys_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let source = KekSource::KeyFile(Zeroizing::new([3u8; 32]));
+        let first = Keyring::create(&path, &source).unwrap();
+        let subject = |k: &Keyring| k.subject_key("retail").hash("customer-1");
+        let audit = |k: &Keyring| k.audit_key().mac(b"record", &[0; 32]);
+        let receipt = |k: &Keyring| k.receipt_key().public_key().to_vec();
+        let rotated = Keyring::add_version(&path, &source).unwrap();
+        assert_eq!(rotated.versions(), [1, 2]);
+        assert!(matches!(
+            Keyring::retire(&path, &source, 2, &[]),
+            Err(KeyringError::CurrentVersion(2))
+        ));
+        assert!(matches!(
+            Keyring::retire(&path, &source, 7, &[]),
+            Err(KeyringError::NoSuchVersion(7))
+        ));
+        let retired = Keyring::retire(&path, &source, 1, &["retail".to_owned()]).unwrap();
+        let reopened = Keyring::open(&path, &source).unwrap();
+        assert_eq!(reopened.versions(), [2]);
+        assert!(reopened.version(1).is_none());
+        for keyring in [&rotated, &retired, &reopened] {
+            assert_eq!(subject(keyring), subject(&first));
+            assert_eq!(audit(keyring), audit(&first));
+            assert_eq!(receipt(keyring), receipt(&first));
+        }
+        // The version-1 master key is nowhere in the file: neither its
+        // wrapped form nor anything that unwraps to it.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"version\": 1,"), "{text}");
+        // Kept keys survive a rewrap.
+        reopened
+            .rewrap(&path, &passphrase("a passphrase long enough"))
+            .unwrap();
+        let rewrapped = Keyring::open(&path, &passphrase("a passphrase long enough")).unwrap();
+        assert_eq!(subject(&rewrapped), subject(&first));
+        assert_eq!(audit(&rewrapped), audit(&first));
+        // An edited kept key does not unwrap.
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("\"subject\"", "\"audit-chain\"")).unwrap();
+        assert!(Keyring::open(&path, &passphrase("a passphrase long enough")).is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Limits {
 /// Everything a handler needs.
 pub struct AppState {
     /// The engine.
-    pub vault: Vault,
+    pub vault: std::sync::Arc<Vault>,
     /// API key verification.
     pub auth: Authenticator,
     /// Request limits.

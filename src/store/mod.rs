@@ -33,6 +33,7 @@ pub mod activation;
 pub mod backup;
 pub mod budgets;
 pub mod retention;
+pub mod rotation;
 pub mod subjects;
 pub mod tombstones;
 
@@ -41,6 +42,7 @@ use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 pub use budgets::Spending;
 pub use retention::{Day, Sweep, Touch};
+pub use rotation::{KeyState, Move, Rekey, RekeyOutcome, StaleRow};
 pub use subjects::{
     Correction, CorrectionRefused, Erasure, SubjectHash, SubjectOutcome, SubjectWrite,
 };
@@ -213,6 +215,11 @@ enum Job {
         write: SubjectWrite,
         audit: Vec<Record>,
         reply: Reply<SubjectOutcome>,
+    },
+    Rekey {
+        rekey: Rekey,
+        audit: Vec<Record>,
+        reply: Reply<RekeyOutcome>,
     },
 }
 
@@ -544,6 +551,38 @@ impl Store {
         .await
     }
 
+    /// Every rotated namespace's key state. Blocking.
+    pub fn key_states(&self) -> Result<Vec<KeyState>, StoreError> {
+        self.with_reader(rotation::load)
+    }
+
+    /// Up to `limit` rows of `namespace` not sealed under `version`, after
+    /// the cursor `after`. Blocking.
+    pub fn stale_rows(
+        &self,
+        namespace: &str,
+        version: u32,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<StaleRow>, StoreError> {
+        self.with_reader(|db| rotation::stale(db, namespace, version, after, limit))
+    }
+
+    /// Moves rows to a new key version, or ends a rotation; the audit
+    /// records of a `Finish` are written only if it ended the rotation.
+    pub async fn rekey(
+        &self,
+        rekey: Rekey,
+        audit: Vec<Record>,
+    ) -> Result<RekeyOutcome, StoreError> {
+        self.submit(|reply| Job::Rekey {
+            rekey,
+            audit,
+            reply,
+        })
+        .await
+    }
+
     /// Audit records matching `filter` after sequence number `after`, at most
     /// `limit`. Blocking.
     pub fn query_audit(
@@ -601,15 +640,19 @@ impl Store {
         dated: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Option<Found>>, StoreError> {
         self.with_reader(|db| {
+            // One snapshot for every lookup: during a rotation a value is
+            // looked up under two versions' indexes while its row moves
+            // from one to the other, and must be seen under one of them.
+            let snapshot = db.unchecked_transaction()?;
             // The blind index holds the token (the table's key): a covering
             // lookup, one B-tree search.
-            let mut token_only = db.prepare_cached(
+            let mut token_only = snapshot.prepare_cached(
                 "SELECT token FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
-            let mut with_day = db.prepare_cached(
+            let mut with_day = snapshot.prepare_cached(
                 "SELECT token, used_day FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
-            lookups
+            let found = lookups
                 .iter()
                 .map(|(class, index)| {
                     let key = params![namespace, class, &index[..]];
@@ -633,7 +676,10 @@ impl Store {
                             .optional()
                     }
                 })
-                .collect()
+                .collect::<rusqlite::Result<Vec<_>>>();
+            drop((token_only, with_day));
+            snapshot.commit()?;
+            found
         })
     }
 
@@ -743,16 +789,112 @@ pub fn append_audit_offline(
     key: &AuditKey,
     records: &[Record],
 ) -> Result<Head, StoreError> {
+    change_offline(database, audit_path, key, records, |_| Ok(())).map(|(head, ())| head)
+}
+
+/// Makes a change to `vault.db` outside the server with its audit records,
+/// in the writer's order (records committed first); the change rolls back
+/// if they cannot be written. Waits for a running server's writer through
+/// SQLite's locks.
+fn change_offline<T>(
+    database: &Path,
+    audit_path: &Path,
+    key: &AuditKey,
+    records: &[Record],
+    change: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<(Head, T), StoreError> {
     let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     schema::migrations().to_latest(&mut db)?;
     let mut audit_db = trail::open_for_append(audit_path).map_err(StoreError::Audit)?;
     let audit_tx = audit_db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let vault_tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed = change(&vault_tx)?;
     let head = append_checked(&audit_tx, &vault_tx, key, records)?
         .ok_or(StoreError::Audit("nothing to append".into()))?;
     audit_tx.commit()?;
     vault_tx.commit()?;
-    Ok(head)
+    Ok((head, changed))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Gives each namespace without a key state one that keeps `version`
+/// (before `keys rotate` adds a version, so that none follows it unasked).
+pub fn pin_key_versions_offline(database: &Path, keep: &[(String, u32)]) -> Result<(), StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    rotation::start(&tx, &[], keep, 0, 0, unix_now())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Starts a key rotation (`keys rotate`): the namespaces in `rotate` seal
+/// with `version` from now on and move their rows there. Recorded with
+/// `records`.
+pub fn start_rotation_offline(
+    paths: (&Path, &Path),
+    key: &AuditKey,
+    records: &[Record],
+    rotate: &[String],
+    version: u32,
+    rate: u32,
+) -> Result<(), StoreError> {
+    change_offline(paths.0, paths.1, key, records, |db| {
+        rotation::start(db, rotate, &[], version, rate, unix_now())
+    })
+    .map(|_| ())
+}
+
+/// Every namespace the `vault.db` at `database` holds anything for.
+pub fn namespaces_offline(database: &Path) -> Result<Vec<String>, StoreError> {
+    let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let names = db
+        .prepare(
+            "SELECT DISTINCT namespace FROM tokens
+             UNION SELECT namespace FROM subject_links
+             UNION SELECT namespace FROM consent_events",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(names)
+}
+
+/// Pauses or resumes running rotations (`keys pause|resume`); answers how
+/// many changed.
+pub fn pause_rotation_offline(
+    paths: (&Path, &Path),
+    key: &AuditKey,
+    records: &[Record],
+    namespace: Option<&str>,
+    paused: bool,
+) -> Result<usize, StoreError> {
+    change_offline(paths.0, paths.1, key, records, |db| {
+        rotation::set_paused(db, namespace, paused)
+    })
+    .map(|(_, changed)| changed)
+}
+
+/// The key states recorded in the `vault.db` at `database`.
+pub fn key_states_offline(database: &Path) -> Result<Vec<KeyState>, StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    Ok(rotation::load(&db)?)
+}
+
+/// Why master key `version` may not be retired yet, if it may not.
+pub fn key_version_in_use_offline(
+    database: &Path,
+    version: u32,
+) -> Result<Option<String>, StoreError> {
+    let mut db = open_connection(database, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    schema::migrations().to_latest(&mut db)?;
+    Ok(rotation::version_in_use(&db, version)?)
 }
 
 /// Rows per `(namespace, master key version)` in the `vault.db` at
@@ -1030,6 +1172,7 @@ enum Done {
     Activation(Reply<bool>, bool),
     Subjects(Reply<SubjectOutcome>, SubjectOutcome),
     Sweep(Reply<Vec<String>>, Vec<String>),
+    Rekey(Reply<RekeyOutcome>, RekeyOutcome),
 }
 
 impl Done {
@@ -1055,6 +1198,7 @@ impl Done {
             Self::Activation(reply, result) => drop(reply.send(Ok(result))),
             Self::Subjects(reply, result) => drop(reply.send(Ok(result))),
             Self::Sweep(reply, deleted) => drop(reply.send(Ok(deleted))),
+            Self::Rekey(reply, outcome) => drop(reply.send(Ok(outcome))),
         }
     }
 
@@ -1066,6 +1210,7 @@ impl Done {
             Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Subjects(reply, _) => drop(reply.send(Err(failure.clone()))),
             Self::Sweep(reply, _) => drop(reply.send(Err(failure.clone()))),
+            Self::Rekey(reply, _) => drop(reply.send(Err(failure.clone()))),
         }
     }
 }
@@ -1224,6 +1369,14 @@ impl Writer {
                     done.push(Done::Subjects(reply, SubjectOutcome::Linked));
                     work.push(Work::Subjects { write, audit });
                 }
+                Job::Rekey {
+                    rekey,
+                    audit,
+                    reply,
+                } => {
+                    done.push(Done::Rekey(reply, RekeyOutcome::default()));
+                    work.push(Work::Rekey { rekey, audit });
+                }
             }
         }
         let audit_tx = audit_db
@@ -1347,6 +1500,13 @@ impl Writer {
                     }
                     records.extend(audit);
                 }
+                (Done::Rekey(_, outcome), Work::Rekey { rekey, audit }) => {
+                    *outcome = rotation::apply(&vault_tx, &rekey, now).map_err(write_failure)?;
+                    // A `Finish` that found rows left records nothing.
+                    if outcome.finished || matches!(rekey, Rekey::Move { .. }) {
+                        records.extend(audit);
+                    }
+                }
                 _ => unreachable!("done and work are built in step"),
             }
         }
@@ -1402,6 +1562,10 @@ enum Work {
     },
     Subjects {
         write: SubjectWrite,
+        audit: Vec<Record>,
+    },
+    Rekey {
+        rekey: Rekey,
         audit: Vec<Record>,
     },
 }

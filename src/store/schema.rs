@@ -108,6 +108,19 @@ pub fn migrations() -> Migrations<'static> {
                  spent_day    INTEGER NOT NULL
              ) WITHOUT ROWID;",
         ),
+        // Key rotation: the master key version each rotated namespace seals
+        // with, and the progress of moving its rows there.
+        M::up(
+            "CREATE TABLE namespace_keys (
+                 namespace  TEXT    NOT NULL PRIMARY KEY,
+                 version    INTEGER NOT NULL,
+                 rotating   INTEGER NOT NULL,
+                 paused     INTEGER NOT NULL,
+                 moved      INTEGER NOT NULL,
+                 rate       INTEGER NOT NULL,
+                 changed_at INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        ),
     ])
 }
 

@@ -4,10 +4,12 @@
 mod budget;
 pub mod classify;
 pub mod clock;
+mod keyset;
 pub mod normalize;
 pub mod receipts;
 mod refusals;
 pub mod retention;
+pub mod rotation;
 mod subjects;
 
 pub use subjects::SubjectExport;
@@ -17,8 +19,7 @@ use std::sync::Arc;
 
 use crate::audit::{self, Action, Context, Outcome, Record, TextKind, Unrecognized};
 use crate::config::{ClassSpec, NamespaceSpec};
-use crate::crypto::keys::AuditKey;
-use crate::crypto::keys::NamespaceKeys;
+use crate::crypto::keys::{AuditKey, SubjectKey};
 use crate::crypto::seal::Binding;
 use crate::crypto::tokens::{self, FormatError};
 use crate::crypto::wrapping::Keyring;
@@ -192,22 +193,29 @@ impl VaultError {
 
 struct Namespace {
     spec: NamespaceSpec,
-    // Working keys per master key version; the current version seals.
-    keys: BTreeMap<u32, NamespaceKeys>,
-    current: u32,
+    /// Working keys per master key version; swapped whole by a rotation.
+    /// A request holds its `Arc` until its rows are committed, so that a
+    /// rotation knows when no row can still arrive under the old version.
+    keys: std::sync::RwLock<Arc<keyset::KeySet>>,
+    /// The subject-hash key (the same across rotations).
+    subject: SubjectKey,
 }
 
 impl Namespace {
-    fn current_keys(&self) -> &NamespaceKeys {
-        // Invariant: built from the keyring, which holds the current version.
-        &self.keys[&self.current]
+    fn keys(&self) -> Arc<keyset::KeySet> {
+        // A poisoned lock only means a swap panicked; the Arc is whole.
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The plaintext of a stored value, or `None` (logged) when it fails
     /// authentication: it was moved, altered, or sealed under a key this
     /// vault does not hold.
     fn unseal(&self, namespace: &str, token: &str, stored: &StoredValue) -> Option<String> {
-        let opened = self.keys.get(&stored.key_version).and_then(|keys| {
+        let keys = self.keys();
+        let opened = keys.version(stored.key_version).and_then(|keys| {
             let binding = Binding {
                 namespace,
                 class: &stored.class,
@@ -282,19 +290,15 @@ impl Vault {
         let namespaces = namespaces
             .iter()
             .map(|(name, spec)| {
-                let keys = (1..=current)
-                    .filter_map(|version| {
-                        keyring
-                            .version(version)
-                            .map(|key| (version, key.namespace_keys(name)))
-                    })
-                    .collect();
+                // Invariant: the keyring holds its current version.
+                let keys = keyset::KeySet::build(keyring, name, current, false)
+                    .expect("the keyring holds its current version");
                 (
                     name.clone(),
                     Namespace {
                         spec: spec.clone(),
-                        keys,
-                        current,
+                        keys: std::sync::RwLock::new(Arc::new(keys)),
+                        subject: keyring.subject_key(name),
                     },
                 )
             })
@@ -306,7 +310,7 @@ impl Vault {
             audit_key: keyring.audit_key(),
             purposes: Default::default(),
             refusals: Default::default(),
-            receipt_key: keyring.current().receipt_key(),
+            receipt_key: keyring.receipt_key(),
             clock: Arc::new(clock::SystemClock),
             tombstones: None,
         }
@@ -561,7 +565,9 @@ impl Vault {
     ) -> Result<Vec<Tokenized>, VaultError> {
         caller.role.check(Operation::Tokenize, namespace)?;
         let ns = self.namespace(namespace)?;
-        let keys = ns.current_keys();
+        // Held until the rows are committed (see `Namespace::keys`).
+        let keyset = ns.keys();
+        let keys = keyset.writer();
         let mut pending = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let item_error = |problem: ItemProblem| VaultError::Item { index, problem };
@@ -587,7 +593,7 @@ impl Vault {
                 subject_hash: item
                     .subject
                     .as_ref()
-                    .map(|subject| keys.subject_hash(subject.expose())),
+                    .map(|subject| ns.subject.hash(subject.expose())),
                 normalized,
                 // Minted only for values the store does not know yet.
                 candidate: String::new(),
@@ -596,20 +602,19 @@ impl Vault {
         drop(items);
 
         let mut results: Vec<Option<Tokenized>> = vec![None; pending.len()];
-        // Known values are answered from a read connection, without the writer.
-        let (positions, lookups): (Vec<usize>, Vec<(String, [u8; 32])>) = pending
+        // Known values are answered from a read connection, without the
+        // writer; during a rotation, under each version's index.
+        let lookups: Vec<(usize, String, &str)> = pending
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| {
-                p.blind_index
-                    .map(|index| (i, (p.class_name.to_owned(), index)))
-            })
-            .unzip();
+            .filter(|(_, p)| p.blind_index.is_some())
+            .map(|(i, p)| (i, p.class_name.to_owned(), p.normalized.expose()))
+            .collect();
         let today = self.clock.today();
         let mut used = Vec::new();
         if !lookups.is_empty() {
-            let found = self.find_by_blind_index(namespace, lookups).await?;
-            for (i, found) in positions.into_iter().zip(found) {
+            let found = self.find_known(namespace, &keyset, lookups).await?;
+            for (i, found) in found {
                 results[i] = found.map(|found| {
                     if found.used_day < today {
                         used.push(found.token.clone());
@@ -677,7 +682,7 @@ impl Vault {
                     }
                 })?;
             }
-            self.avoid_stored_numbers(namespace, keys, &mut pending, &open)
+            self.avoid_stored_numbers(namespace, &keyset, &mut pending, &open)
                 .await?;
             let rows = open
                 .iter()
@@ -737,6 +742,35 @@ impl Vault {
         Ok(results.into_iter().flatten().collect())
     }
 
+    /// The token stored for each `(position, class, normalized value)`,
+    /// looked up under every version the key set consults (one read).
+    async fn find_known(
+        &self,
+        namespace: &str,
+        keyset: &keyset::KeySet,
+        values: Vec<(usize, String, &str)>,
+    ) -> Result<Vec<(usize, Option<Found>)>, VaultError> {
+        let mut lookups = Vec::with_capacity(values.len());
+        let mut per_value = Vec::with_capacity(values.len());
+        for (position, class, value) in values {
+            let indexes = keyset.lookup_indexes(&class, value);
+            per_value.push((position, indexes.len()));
+            lookups.extend(indexes.into_iter().map(|index| (class.clone(), index)));
+        }
+        let mut found = self
+            .find_by_blind_index(namespace, lookups)
+            .await?
+            .into_iter();
+        Ok(per_value
+            .into_iter()
+            .map(|(position, count)| {
+                // Every answer of this value is taken, the first found wins.
+                let answers: Vec<Option<Found>> = found.by_ref().take(count).collect();
+                (position, answers.into_iter().flatten().next())
+            })
+            .collect())
+    }
+
     /// The tokens stored under each `(class, blind index)`, read on a
     /// blocking thread.
     async fn find_by_blind_index(
@@ -774,10 +808,11 @@ impl Vault {
     async fn avoid_stored_numbers(
         &self,
         namespace: &str,
-        keys: &NamespaceKeys,
+        keyset: &keyset::KeySet,
         pending: &mut [Pending<'_>],
         open: &[usize],
     ) -> Result<(), VaultError> {
+        let keys = keyset.writer();
         let in_request: std::collections::HashSet<[u8; 32]> =
             pending.iter().filter_map(|p| p.blind_index).collect();
         let mut check: Vec<usize> = open
@@ -792,20 +827,20 @@ impl Vault {
             if check.is_empty() {
                 return Ok(());
             }
-            let lookups: Vec<(String, [u8; 32])> = check
+            let indexes: Vec<[u8; 32]> = check
+                .iter()
+                .map(|&i| keys.blind_index(pending[i].class_name, &pending[i].candidate))
+                .collect();
+            let lookups = check
                 .iter()
                 .map(|&i| {
                     let p = &pending[i];
-                    (
-                        p.class_name.to_owned(),
-                        keys.blind_index(p.class_name, &p.candidate),
-                    )
+                    (i, p.class_name.to_owned(), p.candidate.as_str())
                 })
                 .collect();
-            let indexes: Vec<[u8; 32]> = lookups.iter().map(|(_, index)| *index).collect();
-            let found = self.find_by_blind_index(namespace, lookups).await?;
+            let found = self.find_known(namespace, keyset, lookups).await?;
             let mut again = Vec::new();
-            for ((&i, index), stored) in check.iter().zip(&indexes).zip(found) {
+            for ((&i, index), (_, stored)) in check.iter().zip(&indexes).zip(found) {
                 if stored.is_some() || in_request.contains(index) {
                     crate::metrics::phone_token_collision();
                     let p = &mut pending[i];
@@ -1024,7 +1059,7 @@ impl Vault {
             let target = match subject {
                 ConsentSubject::Token(token) => ConsentTarget::Token(token),
                 ConsentSubject::Subject(subject) => {
-                    ConsentTarget::Subject(ns.current_keys().subject_hash(subject.expose()))
+                    ConsentTarget::Subject(ns.subject.hash(subject.expose()))
                 }
             };
             let event = ConsentEvent {

@@ -36,7 +36,7 @@ impl Vault {
         let result = async {
             caller.role.check(Operation::SubjectForget, namespace)?;
             let ns = self.namespace(namespace)?;
-            let hash = ns.current_keys().subject_hash(subject.expose());
+            let hash = ns.subject.hash(subject.expose());
             // On the tombstone list before anything is deleted: if the
             // erasure does not commit, the next start applies it.
             if let Some(tombstones) = &self.tombstones {
@@ -83,7 +83,7 @@ impl Vault {
                 return Err(VaultError::Denied(Denied::Operation));
             }
             let ns = self.namespace(namespace)?;
-            let hash = ns.current_keys().subject_hash(subject.expose());
+            let hash = ns.subject.hash(subject.expose());
             let store = self.store.clone();
             let owned_namespace = namespace.to_owned();
             let (values, consent) = tokio::task::spawn_blocking(move || {
@@ -204,7 +204,28 @@ impl Vault {
                 return Err(VaultError::Uncorrectable(Uncorrectable::LastFourDiffer));
             }
         }
-        let keys = ns.current_keys();
+        // Held until the row is committed (see `Namespace::keys`).
+        let keyset = ns.keys();
+        let keys = keyset.writer();
+        if class.deterministic && keyset.rotating() {
+            // The store sees only the write version's index; during a
+            // rotation the value may stand under an older one.
+            let found = self
+                .find_known(
+                    namespace,
+                    &keyset,
+                    vec![(0, class_name.clone(), normalized.expose())],
+                )
+                .await?;
+            if found
+                .into_iter()
+                .any(|(_, found)| found.is_some_and(|found| found.token != token))
+            {
+                return Err(VaultError::Uncorrectable(Uncorrectable::Store(
+                    crate::store::CorrectionRefused::ValueHasAnotherToken,
+                )));
+            }
+        }
         let binding = Binding {
             namespace,
             class: &class_name,
@@ -212,7 +233,7 @@ impl Vault {
         };
         let correction = Correction {
             namespace: namespace.to_owned(),
-            subject: keys.subject_hash(subject.expose()),
+            subject: ns.subject.hash(subject.expose()),
             token: token.to_owned(),
             class: class_name.clone(),
             key_version: keys.sealer().version(),
