@@ -33,3 +33,13 @@ pub fn core_dumps_disabled() -> bool {
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) } == 0;
     ok && limit.rlim_cur == 0
 }
+
+/// Sends SIGHUP (reload) to process `pid`; false when it could not be sent.
+#[allow(unsafe_code)]
+pub fn signal_reload(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) takes plain integers and has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGHUP) == 0 }
+}

@@ -72,11 +72,13 @@ pub enum Action {
     /// The configuration re-read while serving (SIGHUP), applied or
     /// refused.
     ConfigReload,
+    /// A client removed from the configuration (`client revoke`).
+    ClientRevoke,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 25] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -101,6 +103,7 @@ impl Action {
         Self::KeyRotate,
         Self::KeyRetire,
         Self::ConfigReload,
+        Self::ClientRevoke,
     ];
 
     /// The stored name.
@@ -130,6 +133,7 @@ impl Action {
             Self::KeyRotate => "key_rotate",
             Self::KeyRetire => "key_retire",
             Self::ConfigReload => "config_reload",
+            Self::ClientRevoke => "client_revoke",
         }
     }
 

@@ -1,4 +1,4 @@
-//! `tokenvault client new|list`
+//! `tokenvault client new|list|revoke`
 
 use std::path::Path;
 
@@ -141,4 +141,101 @@ pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
         }
     }
     super::write_stdout(text.as_bytes())
+}
+
+/// Removes client `name` from the configuration file in place (with
+/// toml_edit: comments, order and layout of everything else stay), after
+/// checking that the file without it is still a valid configuration;
+/// records the revocation; and sends SIGHUP to the vault serving the data
+/// directory, which refuses the client from its next request.
+pub fn revoke(name: &str, config_path: &Path) -> Result<(), CliError> {
+    let config = crate::config::load(config_path)?;
+    if !config.clients.contains_key(name) {
+        return Err(anyhow!(
+            "no client `{name}` in {}\nhint: `tokenvault client list` shows the configured clients",
+            config_path.display()
+        )
+        .into());
+    }
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("cannot parse {}", config_path.display()))?;
+    let removed = document
+        .get_mut("clients")
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .and_then(|clients| clients.remove(name));
+    if removed.is_none() {
+        return Err(anyhow!(
+            "client `{name}` is not written as a [clients.{name}] table in {}; remove it by hand",
+            config_path.display()
+        )
+        .into());
+    }
+    // Written beside the file, checked, then renamed over it: never a
+    // half-written or invalid configuration in place.
+    let next = config_path.with_extension("toml.revoke");
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mode = std::fs::metadata(config_path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o640);
+        let _ = std::fs::remove_file(&next);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&next)
+            .with_context(|| format!("cannot write {}", next.display()))?;
+        use std::io::Write as _;
+        file.write_all(document.to_string().as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", next.display()))?;
+    }
+    if let Err(errors) = crate::config::load(&next) {
+        let _ = std::fs::remove_file(&next);
+        return Err(anyhow!(
+            "without client `{name}` the configuration would not load:\n{errors}\nhint: nothing was changed"
+        )
+        .into());
+    }
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
+        .map_err(|error| anyhow!("{error}"))?;
+    let record = Context::cli(&format!("client revoke {name}"))
+        .record(Action::ClientRevoke, Outcome::Ok)
+        .items(1);
+    crate::store::append_audit_offline(
+        &config.storage.database_path(),
+        &config.storage.audit_path(),
+        &keyring.audit_key(),
+        &[record],
+    )
+    .context("cannot record the revocation in the audit trail; nothing was changed")?;
+    std::fs::rename(&next, config_path)
+        .with_context(|| format!("cannot replace {}", config_path.display()))?;
+    match crate::store::serving_pid(&config.storage.data_dir) {
+        Some(pid) => {
+            if !crate::harden::signal_reload(pid) {
+                return Err(anyhow!(
+                    "client `{name}` removed from {}, but the running vault (pid {pid}) could not be told to reload\nhint: run `systemctl reload tokenvault`",
+                    config_path.display()
+                )
+                .into());
+            }
+            println!(
+                "client `{name}` removed from {}; the running vault (pid {pid}) reloads and refuses it from its next request",
+                config_path.display()
+            );
+        }
+        None => println!(
+            "client `{name}` removed from {}; no vault is serving, it takes effect at the next start",
+            config_path.display()
+        ),
+    }
+    Ok(())
 }

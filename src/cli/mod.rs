@@ -9,6 +9,7 @@ mod generate;
 mod healthcheck;
 mod init;
 mod keys;
+mod reload;
 mod serve;
 mod status;
 mod subject;
@@ -122,6 +123,16 @@ enum ClientCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Remove a client from the configuration file in place (comments and
+    /// layout kept), record it, and have the running vault reload: the
+    /// client is refused from its next request.
+    Revoke {
+        /// Client name.
+        name: String,
+        /// Configuration file.
+        #[arg(long, env = "TOKENVAULT_CONFIG", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// List the configured clients: role, how they authenticate, where
     /// from, and when each last used the vault (from the audit trail).
     List {
@@ -197,6 +208,9 @@ pub fn main() -> ExitCode {
         Command::Client {
             command: ClientCommand::List { config, format },
         } => client::list(&config, &format),
+        Command::Client {
+            command: ClientCommand::Revoke { name, config },
+        } => client::revoke(&name, &config),
         Command::Audit { command } => audit::run(command),
         Command::Consent { command } => consent::run(command),
         Command::Subject { command } => subject::run(command),

@@ -12,8 +12,7 @@ use crate::audit::{Action, Outcome};
 use crate::config::{Config, ConfigErrors, KeySettings};
 use crate::crypto::password::{hash_api_key, new_api_key};
 use crate::crypto::wrapping::{Keyring, KeyringError};
-use crate::http::{self, AppState, Limits};
-use crate::policy::Authenticator;
+use crate::http;
 use crate::store::Store;
 use crate::vault::{AuditState, Vault};
 
@@ -83,10 +82,18 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         other => anyhow!(other),
     })?;
     drop(source);
-    start(config, keyring, "serve")
+    start(config, keyring, "serve", Some(args.config), args.listen)
 }
 
-fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError> {
+/// Starts serving. `config_path` is the file a SIGHUP re-reads (none for
+/// `--dev`), `listen_override` the `--listen` that replaced its address.
+fn start(
+    mut config: Config,
+    keyring: Keyring,
+    command: &str,
+    config_path: Option<PathBuf>,
+    listen_override: Option<SocketAddr>,
+) -> Result<(), CliError> {
     // Held until the server stops: one vault per data directory, and no
     // restore into it meanwhile.
     let _lock = crate::store::lock_data_dir(&config.storage.data_dir).map_err(|error| {
@@ -113,36 +120,39 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
     vault.set_budgets(&config.clients);
     vault.set_purpose_names(config.purpose_names());
     let vault = Arc::new(vault);
+    let state = super::reload::build_state(&mut config, vault.clone(), None)?;
+    let live = actix_web::web::Data::new(http::state::Live::new(state));
     // Rotations in progress are resumed; the watcher follows later ones.
+    let keyring: crate::vault::rotation::SharedKeyring = Arc::new(std::sync::Mutex::new(keyring));
+    let key_settings = Arc::new(std::sync::Mutex::new(config.keys.clone()));
     let mut watcher = {
         let path = config.storage.keyring_path();
-        let settings = config.keys.clone();
+        let settings = key_settings.clone();
         let reopen_path = path.clone();
         let reopen: crate::vault::rotation::Reopen = Box::new(move || {
+            let settings = settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let source = settings
                 .kek_source()
                 .map_err(|problem| problem.to_string())?;
             Keyring::open(&reopen_path, &source).map_err(|error| error.to_string())
         });
         let ephemeral = matches!(config.keys, KeySettings::Ephemeral);
-        crate::vault::rotation::KeyWatcher::new(keyring, (!ephemeral).then_some(path), reopen)
+        let current_live = live.clone();
+        crate::vault::rotation::KeyWatcher::new(
+            keyring.clone(),
+            (!ephemeral).then_some(path),
+            reopen,
+            Box::new(move || current_live.load().vault.clone()),
+        )
     };
-    let state = AppState {
-        vault: vault.clone(),
-        auth: Authenticator::new(&config.clients, &config.roles, &config.limits),
-        clevertap: config.clevertap.as_ref().map(http::clevertap::Surface::new),
-        callbacks: http::callbacks::Callbacks::build(config.callbacks, &config.roles).map_err(
-            |e| anyhow!("{e}\nhint: check the callback's secret, headers and ca_bundle"),
-        )?,
-        routes: http::egress::Routes::build(config.routes)
-            .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
-        data_files: (config.storage.database_path(), config.storage.audit_path()),
-        started: std::time::Instant::now(),
-        limits: Limits {
-            max_body_bytes: config.server.max_body_bytes,
-            max_batch_items: config.server.max_batch_items,
-        },
-    };
+    let reloader = config_path.map(|path| super::reload::Reloader {
+        path,
+        listen: listen_override,
+        fixed: super::reload::restart_only(&config),
+        live: live.clone(),
+        keyring: keyring.clone(),
+        key_settings,
+    });
     tracing::info!(
         namespaces = config.namespaces.len(),
         clients = config.clients.len(),
@@ -161,8 +171,8 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         // serve. A trail whose tail was cut is the exception: the vault
         // listens, so that /readyz can say why it refuses every reveal and
         // write (503), until an operator runs `audit acknowledge-gap`.
-        if let Err(error) = state.vault.record(startup).await {
-            if state.vault.audit_state() != AuditState::Broken {
+        if let Err(error) = vault.record(startup).await {
+            if vault.audit_state() != AuditState::Broken {
                 return Err(anyhow!("cannot write to the audit trail: {error}\nhint: check that audit.db in the data directory is writable and not locked"));
             }
             tracing::error!(
@@ -175,17 +185,25 @@ fn start(config: Config, keyring: Keyring, command: &str) -> Result<(), CliError
         if let Err(error) = watcher.follow(&vault).await {
             return Err(anyhow!("cannot read the key rotation state: {error}"));
         }
-        actix_web::rt::spawn(watcher.run(vault.clone()));
+        actix_web::rt::spawn(watcher.run());
         // Erasures recorded after this copy of the data was made (a
         // restored backup) are applied before anything is served.
-        match state.vault.apply_tombstones().await {
+        match vault.apply_tombstones().await {
             Ok(0) => {}
             Ok(deleted) => tracing::warn!(deleted, "re-applied erasures from the tombstone list"),
             Err(error) => {
                 return Err(anyhow!("cannot re-apply the erasures on the tombstone list: {error}\nhint: the vault does not serve data it may have been asked to erase; check `forgotten` in the data directory"));
             }
         }
-        http::serve(state, &config.server).await.map_err(|error| anyhow!(error))
+        let reload: Option<http::Reload> = reloader.map(|reloader| {
+            let reloader = std::rc::Rc::new(reloader);
+            let reload: http::Reload = std::rc::Rc::new(move || {
+                let reloader = reloader.clone();
+                Box::pin(async move { reloader.reload().await })
+            });
+            reload
+        });
+        http::serve(live, &config.server, reload).await.map_err(|error| anyhow!(error))
     });
     store.shutdown();
     served.map_err(CliError::from)
@@ -231,7 +249,7 @@ fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
     );
     println!("{banner}");
     tracing::warn!("development mode: temporary data, in-memory key, plain HTTP");
-    let result = start(config, Keyring::ephemeral(), "serve --dev");
+    let result = start(config, Keyring::ephemeral(), "serve --dev", None, None);
     drop(data_dir);
     result
 }

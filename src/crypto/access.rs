@@ -21,7 +21,9 @@ pub enum AccessTokenError {
     Expired,
 }
 
-/// The key access tokens are signed with.
+/// The key access tokens are signed with (cloned into the state a reload
+/// builds, so that access tokens issued before it stay valid).
+#[derive(Clone)]
 pub struct AccessTokenKey(hmac::Key);
 
 impl AccessTokenKey {

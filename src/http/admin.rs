@@ -2,6 +2,7 @@
 //! role with the `backup` operation. The same file as `tokenvault backup
 //! create` (crate::backup), recorded in the trail before a byte is sent.
 
+use crate::http::state::State;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
@@ -10,7 +11,7 @@ use futures_util::stream;
 use super::auth::Authenticated;
 use super::context::RequestId;
 use super::error::{ApiError, ErrorCode};
-use super::{AppState, Endpoint};
+use super::Endpoint;
 
 /// The admin routes.
 pub(super) const ENDPOINTS: &[Endpoint] = &[Endpoint::new(
@@ -24,7 +25,7 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[Endpoint::new(
 const CHUNK: usize = 256 * 1024;
 
 async fn backup(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {

@@ -1,5 +1,6 @@
 //! `/v1` token API handlers and the health endpoints.
 
+use crate::http::state::State;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -53,7 +54,7 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(state: State) -> HttpResponse {
     let store_ready = state.vault.is_ready();
     let audit = state.vault.audit_state();
     let ready = store_ready && audit == AuditState::Ok;
@@ -80,7 +81,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /metrics`, for clients whose role has `metrics_read`. A refusal is
 /// audited like any other.
 async fn metrics(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
 ) -> Result<HttpResponse, ApiError> {
@@ -128,7 +129,7 @@ struct TokenOut {
 }
 
 async fn tokenize(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -189,7 +190,7 @@ struct ItemError {
 }
 
 async fn detokenize(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -249,7 +250,7 @@ async fn detokenize(
 }
 
 async fn forget(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -283,7 +284,7 @@ struct ConsentRequest {
 /// `PUT /v1/consent`: withdraw (`withdrawn: true`) or restore a purpose (or
 /// `*`) for one token or for every token of a subject.
 async fn consent(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -341,7 +342,7 @@ struct AuditQuery {
 const AUDIT_PAGE_MAX: usize = 1000;
 
 async fn audit_records(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,

@@ -5,12 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
 use super::context::{request_id, LoggedClient};
 use super::error::ApiError;
 use super::tls::PeerCertificate;
-use super::AppState;
 use crate::audit::{Action, Context, Outcome};
 use crate::crypto::access::{AccessTokenError, AccessTokenKey, ACCESS_TOKEN_PREFIX};
 use crate::crypto::password::claimed_client;
@@ -80,7 +79,7 @@ async fn authenticate_presented(
     key_header: Option<&str>,
 ) -> Result<Authenticated, ApiError> {
     let id = request_id(req);
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+    let Some(state) = super::state::State::of(req) else {
         return Err(ApiError::unauthorized(&id));
     };
     let header = |name: &str| {

@@ -6,6 +6,7 @@
 //! to the messaging provider, or answers it when the caller sends itself.
 //! Any refusal forwards nothing.
 
+use crate::http::state::State;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
 use super::egress::{injected_headers, upstream_client, upstream_error};
 use super::error::{ApiError, ErrorCode};
 use super::tls::PeerCertificate;
-use super::{AppState, MetricRoute};
+use super::MetricRoute;
 use crate::audit::{Action, Context, Outcome};
 use crate::config::CallbackSpec;
 use crate::payload::{self, Selector};
@@ -118,6 +119,11 @@ impl Callbacks {
         self.0.iter().map(|c| c.spec.path.clone()).collect()
     }
 
+    /// True when a callback listens at `path`.
+    pub fn handles(&self, path: &str) -> bool {
+        self.find(path).is_some()
+    }
+
     /// The name of the callback at `path`.
     pub fn name_of(&self, path: &str) -> Option<String> {
         self.find(path).map(|c| c.spec.name.clone())
@@ -144,7 +150,7 @@ fn refusal(code: ErrorCode, message: &str, id: &RequestId) -> ApiError {
 
 /// Handles a callback.
 pub async fn handle(
-    state: web::Data<AppState>,
+    state: State,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {

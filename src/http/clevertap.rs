@@ -5,6 +5,7 @@
 //! endpoint. Every call goes through the same engine, roles, purposes and
 //! audit trail as `/v1`, in the one namespace the surface is mounted on.
 
+use crate::http::state::State;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
@@ -57,6 +58,17 @@ impl Surface {
             access_ttl: spec.access_token_ttl,
             subject_key: spec.subject_metadata_key.clone(),
         }
+    }
+
+    /// The surface of a reloaded configuration: access tokens issued by
+    /// `previous` stay valid (each still names its client, who must still
+    /// be configured).
+    pub fn reconfigured(spec: &ClevertapSpec, previous: Option<&Surface>) -> Self {
+        let mut surface = Self::new(spec);
+        if let Some(previous) = previous {
+            surface.access = previous.access.clone();
+        }
+        surface
     }
 }
 
@@ -236,7 +248,7 @@ struct Call<'s> {
 }
 
 async fn tokenize_one(
-    state: web::Data<AppState>,
+    state: State,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -257,7 +269,7 @@ async fn tokenize_one(
 }
 
 async fn tokenize_batch(
-    state: web::Data<AppState>,
+    state: State,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -291,7 +303,7 @@ async fn tokenize_batch(
 }
 
 async fn detokenize_one(
-    state: web::Data<AppState>,
+    state: State,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -317,7 +329,7 @@ async fn detokenize_one(
 }
 
 async fn detokenize_batch(
-    state: web::Data<AppState>,
+    state: State,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -574,11 +586,7 @@ fn oauth_error(status: u16, error: &str, description: &str, id: &RequestId) -> H
 
 /// `grant_type=client_credentials&client_id=<client>&client_secret=<api key>`:
 /// the client is an ordinary tokenvault client and the secret its API key.
-async fn access_token(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> HttpResponse {
+async fn access_token(state: State, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let id = request_id(&req);
     let Some(surface) = state.clevertap.as_ref() else {
         return oauth_error(400, "invalid_request", "the surface is not enabled", &id);

@@ -9,6 +9,7 @@ pub mod clevertap;
 pub mod context;
 pub mod egress;
 pub mod error;
+pub mod state;
 mod subjects;
 pub mod tls;
 
@@ -165,28 +166,32 @@ pub struct MetricRoute {
 /// How often counted authentication refusals are recorded.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What a SIGHUP does besides reloading the certificate: re-read the
+/// configuration and swap the state.
+pub type Reload = std::rc::Rc<dyn Fn() -> futures_util::future::LocalBoxFuture<'static, ()>>;
+
 /// Binds and serves until SIGTERM or SIGINT, then drains in-flight requests.
-/// Prints `tokenvault listening on <url>` on stdout once bound.
-pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), ServeError> {
+/// Prints `tokenvault listening on <url>` on stdout once bound. Callbacks
+/// and egress routes are found per request in the state in force, so a
+/// reload can add and remove them; the CleverTap surface's endpoints are
+/// registered once (turning it on or off needs a restart).
+pub async fn serve(
+    live: web::Data<state::Live>,
+    settings: &ServerSettings,
+    reload: Option<Reload>,
+) -> Result<(), ServeError> {
     let tls = settings
         .tls
         .as_ref()
         .map(|files| tls::server_config(files, settings.client_ca.as_deref()))
         .transpose()?;
-    let clevertap = state.clevertap.is_some();
-    let callback_paths = state.callbacks.paths();
-    let data = web::Data::new(state);
-    let kept = data.clone();
+    let clevertap = live.load().clevertap.is_some();
+    let data = live.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(context::request_context))
-            .configure(|config| {
-                register(config, endpoints(clevertap));
-                for path in &callback_paths {
-                    config.route(path, web::post().to(callbacks::handle));
-                }
-            })
+            .configure(|config| register(config, endpoints(clevertap)))
             .default_service(web::to(egress::handle))
     })
     .on_connect(tls::on_connect)
@@ -199,29 +204,30 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
         ),
         None => (server.bind(settings.listen)?, "http", None),
     };
-    actix_web::rt::spawn(tls::reload_on_sighup(certificate));
+    actix_web::rt::spawn(tls::reload_on_sighup(certificate, reload));
     // Counted authentication refusals go to the audit trail once a minute,
     // and once more when the server stops.
-    let flusher = kept.clone();
+    let flusher = live.clone();
     actix_web::rt::spawn(async move {
         let mut every = tokio::time::interval(REFUSAL_INTERVAL);
         every.tick().await;
         loop {
             every.tick().await;
-            if let Err(error) = flusher.vault.flush_refusals().await {
+            if let Err(error) = flusher.load().vault.flush_refusals().await {
                 tracing::error!(%error, "could not record counted authentication refusals");
             }
         }
     });
     // Retention: classes with retain_days are swept every hour, the first
     // time a minute after start.
-    let sweeper = kept.clone();
+    let sweeper = live.clone();
     actix_web::rt::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         let mut every = tokio::time::interval(crate::vault::retention::SWEEP_INTERVAL);
         loop {
             every.tick().await;
-            match sweeper.vault.sweep_retention().await {
+            let vault = sweeper.load().vault.clone();
+            match vault.sweep_retention().await {
                 Ok(swept) => {
                     for class in swept.iter().filter(|s| s.deleted > 0) {
                         tracing::info!(namespace = %class.namespace, class = %class.class, deleted = class.deleted, "retention sweep");
@@ -246,7 +252,7 @@ pub async fn serve(state: AppState, settings: &ServerSettings) -> Result<(), Ser
     out.flush()?;
     drop(out);
     server.run().await?;
-    if let Err(error) = kept.vault.flush_refusals().await {
+    if let Err(error) = live.load().vault.flush_refusals().await {
         tracing::error!(%error, "could not record counted authentication refusals");
     }
     tracing::info!("server stopped; in-flight requests drained");

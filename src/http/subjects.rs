@@ -1,6 +1,7 @@
 //! `/v1/subjects/*`: a data subject's rights (erasure with a signed receipt,
 //! access), and the receipt key a receipt is checked with.
 
+use crate::http::state::State;
 use actix_web::http::header::CACHE_CONTROL;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -45,7 +46,7 @@ struct SubjectRequest {
 /// `POST /v1/subjects/forget`: erases the subject; answers the signed
 /// receipt.
 async fn forget(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -63,7 +64,7 @@ async fn forget(
 /// `POST /v1/subjects/export`: every value held for the subject, with its
 /// token and class, and the subject's consent history.
 async fn export(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -102,7 +103,7 @@ struct CorrectRequest {
 /// `POST /v1/subjects/correct`: replaces the value of one of the subject's
 /// tokens, keeping the token.
 async fn correct(
-    state: web::Data<AppState>,
+    state: State,
     Authenticated(caller, context): Authenticated,
     id: RequestId,
     req: HttpRequest,
@@ -134,7 +135,7 @@ async fn correct(
 
 /// `GET /v1/receipts/key`: the public key receipts are signed with. No
 /// authentication: anyone holding a receipt may check it.
-async fn receipt_key(state: web::Data<AppState>) -> HttpResponse {
+async fn receipt_key(state: State) -> HttpResponse {
     HttpResponse::Ok().json(state.vault.receipt_public_key())
 }
 

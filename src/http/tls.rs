@@ -180,13 +180,21 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
 
 /// Reloads the certificate on every SIGHUP until the server stops. Without
 /// TLS, SIGHUP is logged and otherwise ignored (it must not stop the vault).
-pub async fn reload_on_sighup(certificate: Option<Arc<ServedCertificate>>) {
+pub async fn reload_on_sighup(
+    certificate: Option<Arc<ServedCertificate>>,
+    reload: Option<super::Reload>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+        tracing::warn!(
+            "cannot listen for SIGHUP; certificate and configuration reload need a restart"
+        );
         return;
     };
     while hangups.recv().await.is_some() {
+        if let Some(reload) = &reload {
+            reload().await;
+        }
         match &certificate {
             None => tracing::info!("SIGHUP: no TLS certificate to reload"),
             Some(certificate) => match certificate.reload() {

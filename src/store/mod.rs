@@ -938,7 +938,14 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
         .open(&path)
         .map_err(|error| StoreError::Write(format!("cannot open {}: {error}", path.display())))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            // The holder's pid, for `client revoke` to signal a reload.
+            use std::io::Write as _;
+            let mut holder = &file;
+            let _ = file.set_len(0);
+            let _ = writeln!(holder, "{}", std::process::id());
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Write(format!(
             "{} is in use by a running vault",
             dir.display()
@@ -947,6 +954,20 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
             "cannot lock {}: {error}",
             path.display()
         ))),
+    }
+}
+
+/// The pid of the vault serving `dir`, if one does (it holds the lock).
+pub fn serving_pid(dir: &Path) -> Option<u32> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new().read(true).open(&path).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it: no vault serves the directory.
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+        }
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 

@@ -316,6 +316,52 @@ impl Vault {
         }
     }
 
+    /// A vault over the same store with a new configuration (a reload).
+    /// Namespaces that remain keep their key sets, the very same ones, so
+    /// that a rotation waiting for requests under old keys waits for this
+    /// vault's requests too; new namespaces get theirs from `keyring` and
+    /// the rotation `states`. Budgets are read back from the store, where
+    /// every reveal saves them, so no client's budget refills.
+    pub fn reconfigured(
+        &self,
+        keyring: &Keyring,
+        states: &[crate::store::KeyState],
+        namespaces: &BTreeMap<String, NamespaceSpec>,
+        clients: &BTreeMap<String, crate::policy::ClientSpec>,
+        purposes: std::collections::BTreeSet<String>,
+    ) -> Self {
+        let mut vault = Self::new(self.store.clone(), keyring, namespaces);
+        for (name, ns) in &vault.namespaces {
+            let keys = match self.namespaces.get(name) {
+                Some(old) => old.keys(),
+                None => {
+                    let state = states.iter().find(|state| &state.namespace == name);
+                    let (write, rotating) = state
+                        .map_or((keyring.current().version(), false), |s| {
+                            (s.version, s.rotating)
+                        });
+                    match keyset::KeySet::build(keyring, name, write, rotating) {
+                        Some(keys) => Arc::new(keys),
+                        None => continue,
+                    }
+                }
+            };
+            *ns.keys
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        }
+        vault.tombstones = self.tombstones.clone();
+        vault.clock = self.clock.clone();
+        vault.set_budgets(clients);
+        vault.set_purpose_names(purposes);
+        vault
+    }
+
+    /// The rotation state of every rotated namespace. Blocking.
+    pub fn key_states(&self) -> Result<Vec<crate::store::KeyState>, VaultError> {
+        Ok(self.store.key_states()?)
+    }
+
     /// Keeps the tombstone list of forgotten subjects at `tombstones`.
     pub fn set_tombstones(&mut self, tombstones: crate::store::tombstones::Tombstones) {
         self.tombstones = Some(tombstones);

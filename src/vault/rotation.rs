@@ -44,9 +44,18 @@ const STUCK_RETRY: Duration = Duration::from_secs(60);
 /// Opens the keyring again (reads the key source anew each time).
 pub type Reopen = Box<dyn Fn() -> Result<Keyring, String> + Send + Sync>;
 
+/// The vault in force (a reload replaces it).
+pub type Current = Box<dyn Fn() -> Arc<Vault> + Send + Sync>;
+
+/// The keyring the server holds, shared by the watcher and the reload. A
+/// reload holds its lock while it builds and swaps the new vault, and the
+/// watcher while it swaps key sets, so neither misses the other's change.
+pub type SharedKeyring = Arc<std::sync::Mutex<Keyring>>;
+
 /// Follows the keyring and the rotation state, and moves rows.
 pub struct KeyWatcher {
-    keyring: Keyring,
+    keyring: SharedKeyring,
+    current: Current,
     /// The keyring file (none: an in-memory keyring, `serve --dev`).
     path: Option<PathBuf>,
     reopen: Reopen,
@@ -56,15 +65,24 @@ pub struct KeyWatcher {
     moved_in_pass: BTreeMap<String, u64>,
     stuck: BTreeMap<String, Instant>,
     reopen_failed: bool,
+    /// The vault last adopted into (its address), to adopt into a new one.
+    vault_identity: usize,
     /// When the last progress line was logged, per namespace.
     reported: BTreeMap<String, Instant>,
 }
 
 impl KeyWatcher {
-    /// A watcher over the keyring the server started with.
-    pub fn new(keyring: Keyring, path: Option<PathBuf>, reopen: Reopen) -> Self {
+    /// A watcher over the keyring the server started with, following the
+    /// vault `current` answers.
+    pub fn new(
+        keyring: SharedKeyring,
+        path: Option<PathBuf>,
+        reopen: Reopen,
+        current: Current,
+    ) -> Self {
         Self {
             keyring,
+            current,
             path,
             reopen,
             adopted: None,
@@ -73,13 +91,15 @@ impl KeyWatcher {
             moved_in_pass: BTreeMap::new(),
             stuck: BTreeMap::new(),
             reopen_failed: false,
+            vault_identity: 0,
             reported: BTreeMap::new(),
         }
     }
 
     /// Runs until the process ends.
-    pub async fn run(mut self, vault: Arc<Vault>) {
+    pub async fn run(mut self) {
         loop {
+            let vault = (self.current)();
             match self.tick(&vault).await {
                 // Rows moved: go on at once (the rate limit sleeps inside).
                 Ok(true) => tokio::task::yield_now().await,
@@ -103,9 +123,8 @@ impl KeyWatcher {
             return Ok(true);
         }
         for state in states.iter().filter(|s| s.rotating && !s.paused) {
-            if !vault.namespaces.contains_key(&state.namespace)
-                || self.keyring.version(state.version).is_none()
-            {
+            let held = self.keyring().version(state.version).is_some();
+            if !vault.namespaces.contains_key(&state.namespace) || !held {
                 continue;
             }
             if self
@@ -127,6 +146,7 @@ impl KeyWatcher {
     /// state read.
     pub async fn follow(&mut self, vault: &Vault) -> Result<Vec<KeyState>, VaultError> {
         let store = vault.store.clone();
+        let held = self.keyring().versions();
         let states = tokio::task::spawn_blocking(move || store.key_states())
             .await
             .map_err(|_| StoreError::ReadTask)??;
@@ -139,12 +159,12 @@ impl KeyWatcher {
         let mut changed = self.adopted.as_ref() != Some(&shape);
         if let Some(path) = self.path.clone() {
             let on_disk = wrapping::versions_on_disk(&path).ok();
-            if on_disk.is_some_and(|versions| versions != self.keyring.versions()) {
+            if on_disk.is_some_and(|versions| versions != held) {
                 let reopen = &self.reopen;
                 match reopen() {
                     Ok(keyring) => {
                         tracing::info!(versions = ?keyring.versions(), "keyring reopened");
-                        self.keyring = keyring;
+                        *self.keyring() = keyring;
                         self.reopen_failed = false;
                         changed = true;
                     }
@@ -157,9 +177,14 @@ impl KeyWatcher {
                 }
             }
         }
-        if changed {
-            self.draining
-                .extend(vault.adopt_keys(&self.keyring, &states));
+        let identity = Arc::as_ptr(&(self.current)()) as usize;
+        if changed || self.vault_identity != identity {
+            // Under the keyring's lock, on the vault in force at that moment
+            // (a reload swaps the vault under the same lock).
+            let keyring = self.keyring.lock().unwrap_or_else(|p| p.into_inner());
+            let vault = (self.current)();
+            self.draining.extend(vault.adopt_keys(&keyring, &states));
+            self.vault_identity = Arc::as_ptr(&vault) as usize;
             self.adopted = Some(shape);
         }
         Ok(states)
@@ -250,6 +275,13 @@ impl KeyWatcher {
             .await;
         }
         Ok(true)
+    }
+}
+
+impl KeyWatcher {
+    fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
+        // A poisoned lock only means a holder panicked; the keyring is whole.
+        self.keyring.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

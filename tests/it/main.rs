@@ -24,6 +24,7 @@ mod mtls;
 mod node_library;
 mod openapi;
 mod phone_tokens;
+mod reload;
 mod retention;
 mod scan;
 mod subjects;

@@ -6,6 +6,7 @@
 
 mod rewrite;
 
+use crate::http::state::State;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -190,12 +191,17 @@ pub(super) fn upstream_client(
 
 /// Handles every request that no API route matched: an egress route, or 404.
 pub async fn handle(
-    state: web::Data<AppState>,
+    state: State,
     id: RequestId,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let path = req.path().to_owned();
+    // Callbacks are found here, in the state in force, so that a reload
+    // can add and remove them.
+    if req.method() == actix_web::http::Method::POST && state.callbacks.handles(&path) {
+        return super::callbacks::handle(state, req, payload).await;
+    }
     let Some((route, rest)) = state.routes.find(&path) else {
         // A known path asked with another method: 405 with `Allow`, counted
         // under the path's pattern and a fixed operation.
