@@ -20,10 +20,10 @@ use tokenvault::audit::Context;
 use tokenvault::config::{ClassSpec, NamespaceSpec};
 use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
+use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
 use tokenvault::store::Store;
-use tokenvault::vault::normalize::Normalization;
 use tokenvault::vault::{TokenizeItem, Vault};
 
 const BATCH: usize = 1000;

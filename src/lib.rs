@@ -2,7 +2,9 @@
 //! in-country in an encrypted SQLite store and hands out tokens in its place.
 //!
 //! Dependencies point one way: `cli` and `http` call the engine in [`vault`],
-//! which joins [`store`], [`crypto`] and [`policy`].
+//! which joins [`store`], [`crypto`] and [`policy`]. [`config`] reads the
+//! file into typed values; [`normalize`] and [`pii`] are leaves that all of
+//! them use.
 
 pub mod audit;
 pub mod backup;
@@ -12,6 +14,7 @@ pub mod crypto;
 pub mod harden;
 pub mod http;
 pub mod metrics;
+pub mod normalize;
 pub mod payload;
 pub mod pii;
 pub mod policy;

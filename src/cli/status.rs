@@ -55,6 +55,26 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
         add(&mut tokens, namespace.clone());
         add(&mut per_version, format!("v{version}"));
     }
+    let states = crate::store::key_states_offline(&storage.database_path())
+        .context("cannot read vault.db")?;
+    let rotations: Vec<Value> = states
+        .iter()
+        .filter(|state| state.rotating)
+        .map(|state| {
+            let left: u64 = rows
+                .iter()
+                .filter(|(ns, v, _)| *ns == state.namespace && *v != state.version)
+                .map(|(_, _, n)| n)
+                .sum();
+            json!({
+                "namespace": state.namespace,
+                "to_version": state.version,
+                "paused": state.paused,
+                "moved": state.moved,
+                "left": left,
+            })
+        })
+        .collect();
     let head = crate::store::recorded_audit_head_offline(&storage.database_path())
         .context("cannot read vault.db")?;
     let last_backup = crate::store::trail::last_of_action(&storage.audit_path(), "backup_create")
@@ -82,6 +102,7 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
             "versions": versions,
             "current": versions.last(),
             "rows": per_version,
+            "rotations": rotations,
         },
         "tokens": tokens,
         "audit_head": head.map(|h| h.seq),
@@ -109,8 +130,25 @@ fn table(status: &Value) -> String {
         .as_object()
         .map(|m| m.iter().map(|(ns, n)| format!("{ns} {n}")).collect())
         .unwrap_or_default();
+    let rotations: Vec<String> = keys["rotations"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|r| {
+                    format!(
+                        "{} to v{}{}: {} moved, {} left",
+                        r["namespace"].as_str().unwrap_or(""),
+                        r["to_version"],
+                        if r["paused"] == true { " (paused)" } else { "" },
+                        r["moved"],
+                        r["left"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     format!(
-        "version       {}\nconfiguration {} (sha256 {})\ndata          {}\nvault         {state}\nmaster keys   {} (current v{}; rows {})\ntokens        {}\naudit head    {}\nlast backup   {}\n",
+        "version       {}\nconfiguration {} (sha256 {})\ndata          {}\nvault         {state}\nmaster keys   {} (current v{}; rows {})\nrotations     {}\ntokens        {}\naudit head    {}\nlast backup   {}\n",
         status["version"].as_str().unwrap_or(""),
         status["config"]["path"].as_str().unwrap_or(""),
         &status["config"]["sha256"].as_str().unwrap_or("")[..16],
@@ -118,6 +156,7 @@ fn table(status: &Value) -> String {
         keys["versions"],
         keys["current"],
         keys["rows"],
+        if rotations.is_empty() { "none".to_owned() } else { rotations.join("; ") },
         if tokens.is_empty() { "none".to_owned() } else { tokens.join(", ") },
         status["audit_head"].as_u64().map_or("none".to_owned(), |s| s.to_string()),
         status["last_backup"].as_str().unwrap_or("never"),

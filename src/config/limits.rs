@@ -2,6 +2,10 @@
 //! memory its caches may hold. Every setting has a default that suits one
 //! node; docs/operations.md lists them with what each bounds.
 
+use figment::providers::Env;
+use figment::Figment;
+
+use super::{extraction_problems, ConfigErrors, ENV_PREFIX};
 use serde::Deserialize;
 
 use super::{unknown_keys, Problem, Unknown};
@@ -36,12 +40,12 @@ impl Default for Limits {
 
 #[derive(Deserialize, Default)]
 pub(super) struct RawLimits {
-    auth_failures_per_source: Option<u64>,
-    auth_failures_per_client: Option<u64>,
-    sqlite_cache_mib: Option<u64>,
-    auth_cache_entries: Option<u64>,
+    pub(super) auth_failures_per_source: Option<u64>,
+    pub(super) auth_failures_per_client: Option<u64>,
+    pub(super) sqlite_cache_mib: Option<u64>,
+    pub(super) auth_cache_entries: Option<u64>,
     #[serde(flatten)]
-    unknown: Unknown,
+    pub(super) unknown: Unknown,
 }
 
 impl RawLimits {
@@ -83,5 +87,58 @@ impl RawLimits {
                 defaults.auth_cache_entries,
             ),
         }
+    }
+}
+
+impl Limits {
+    /// `[limits]` from `TOKENVAULT_LIMITS__*` alone, for `serve --dev`,
+    /// which reads no file.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        #[derive(Deserialize, Default)]
+        struct OnlyLimits {
+            #[serde(default)]
+            limits: RawLimits,
+        }
+        let raw: OnlyLimits = Figment::new()
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| key.as_str().to_ascii_lowercase().starts_with("limits__"))
+                    .split("__"),
+            )
+            .extract()
+            .map_err(extraction_problems)?;
+        let mut problems = Vec::new();
+        let limits = raw.limits.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(limits)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its large error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    #[test]
+    fn limits_come_from_the_file_or_the_environment() {
+        use super::super::testing::*;
+        Jail::expect_with(|jail| {
+            let config = load_in(
+                jail,
+                &format!("[limits]\nauth_failures_per_source = 3\n{BASE}"),
+            )
+            .unwrap();
+            assert_eq!(config.limits.auth_failures_per_source, 3);
+            jail.set_env("TOKENVAULT_LIMITS__AUTH_FAILURES_PER_SOURCE", "7");
+            assert_eq!(
+                super::Limits::from_env().unwrap().auth_failures_per_source,
+                7
+            );
+            jail.set_env("TOKENVAULT_LIMITS__SQLITE_CACHE_MIB", "0");
+            assert!(super::Limits::from_env().is_err());
+            Ok(())
+        });
     }
 }

@@ -116,7 +116,7 @@ impl Callbacks {
 
     /// The paths to register.
     pub fn paths(&self) -> Vec<String> {
-        self.0.iter().map(|c| c.spec.path.clone()).collect()
+        self.0.iter().map(|c| c.spec.path.to_string()).collect()
     }
 
     /// True when a callback listens at `path`.

@@ -258,3 +258,19 @@ pub async fn serve(
     tracing::info!("server stopped; in-flight requests drained");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// A route or a callback can never shadow a path the vault serves: the
+    /// configuration's reserved list covers every fixed endpoint.
+    #[test]
+    fn every_fixed_endpoint_is_reserved_from_routes_and_callbacks() {
+        for endpoint in super::endpoints(true) {
+            assert!(
+                crate::config::ServedPath::reserved_by(endpoint.path).is_some(),
+                "{} is not in config::RESERVED_PATHS",
+                endpoint.path
+            );
+        }
+    }
+}

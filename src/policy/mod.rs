@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::crypto::password::{self, CacheKey};
-use crate::vault::normalize::Normalization;
+pub use crate::normalize::mask;
 
 /// An operation a role may be granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -388,27 +388,6 @@ impl Authenticator {
     }
 }
 
-/// The masked form of a value, for roles with `reveal = "masked"` and for the
-/// rare log line that must point at a value: `j***@example.com` for email
-/// classes, every character but the last four starred otherwise.
-pub fn mask(value: &str, normalize: Normalization) -> String {
-    if normalize == Normalization::Email {
-        if let Some((local, domain)) = value.split_once('@') {
-            let first: String = local.chars().take(1).collect();
-            return format!("{first}***@{domain}");
-        }
-    }
-    let count = value.chars().count();
-    if count <= 4 {
-        return "*".repeat(count);
-    }
-    value
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if i + 4 < count { '*' } else { c })
-        .collect()
-}
-
 /// True for a consent change's `source` note: short, and without spaces or
 /// `@`, so that it cannot carry a name or an address in any usual shape.
 pub fn valid_consent_source(source: &str) -> bool {
@@ -422,17 +401,6 @@ pub fn valid_consent_source(source: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks() {
-        assert_eq!(
-            mask("john@example.com", Normalization::Email),
-            "j***@example.com"
-        );
-        assert_eq!(mask("+919876543210", Normalization::E164), "*********3210");
-        assert_eq!(mask("abc", Normalization::Trim), "***");
-        assert_eq!(mask("abcd", Normalization::Trim), "****");
-    }
 
     #[test]
     fn role_checks() {

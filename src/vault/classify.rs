@@ -3,9 +3,9 @@
 //! rule depends on the value alone, so one value always lands in one class
 //! and so always gets the same token.
 
-use super::normalize::{normalize, Normalization};
 use crate::config::ClevertapSpec;
 use crate::crypto::tokens::country_code;
+use crate::normalize::{normalize, Normalization};
 
 /// Picks the class of each value for a CleverTap mount.
 #[derive(Debug, Clone)]

@@ -5,7 +5,6 @@ mod budget;
 pub mod classify;
 pub mod clock;
 mod keyset;
-pub mod normalize;
 pub mod receipts;
 mod refusals;
 pub mod retention;
@@ -23,13 +22,13 @@ use crate::crypto::keys::{AuditKey, SubjectKey};
 use crate::crypto::seal::Binding;
 use crate::crypto::tokens::{self, FormatError};
 use crate::crypto::wrapping::Keyring;
+use crate::normalize::{self, NormalizeError};
 use crate::pii::Pii;
 use crate::policy::{mask, Caller, Denied, Operation, Reveal};
 use crate::store::{
     ActivationWrite, ConsentEvent, ConsentTarget, Found, InsertOutcome, NewRow, Store, StoreError,
     StoredValue, SubjectHash, SubjectWrite, Touch,
 };
-use normalize::NormalizeError;
 
 pub use crate::store::AuditState;
 

@@ -326,6 +326,21 @@ fn a_rotation_under_load_survives_a_restart_and_ends_in_a_retired_version() {
             status.contains("retail: writes with v2, rotation running"),
             "{status}"
         );
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--format", "json", "--config"])
+            .arg(&setup.config)
+            .output()
+            .unwrap();
+        let overall: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let retail = overall["master_keys"]["rotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["namespace"] == "retail")
+            .cloned()
+            .unwrap();
+        assert_eq!(retail["to_version"], 2, "{overall}");
+        assert!(retail["left"].as_u64().unwrap() > 0, "{overall}");
         stop.store(true, Ordering::SeqCst);
         load.join().unwrap()
     });

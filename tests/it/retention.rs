@@ -9,11 +9,11 @@ use tokenvault::audit::Context;
 use tokenvault::config::{ClassSpec, NamespaceSpec};
 use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
+use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
 use tokenvault::store::Store;
 use tokenvault::vault::clock::ManualClock;
-use tokenvault::vault::normalize::Normalization;
 use tokenvault::vault::{Detokenized, TokenizeItem, Vault};
 
 fn class(retain_days: Option<u32>) -> ClassSpec {

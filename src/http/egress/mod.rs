@@ -135,7 +135,7 @@ impl Routes {
 
     fn find<'a>(&self, path: &'a str) -> Option<(&Route, &'a str)> {
         self.0.iter().find_map(|route| {
-            let rest = path.strip_prefix(&route.spec.path_prefix)?;
+            let rest = path.strip_prefix(route.spec.path_prefix.as_str())?;
             (rest.is_empty() || rest.starts_with('/')).then_some((route, rest))
         })
     }
@@ -144,7 +144,7 @@ impl Routes {
 /// Reads the injected headers' secrets; values are marked sensitive.
 pub(super) fn injected_headers(
     name: &str,
-    headers: &[(String, crate::config::SecretRef)],
+    headers: &[(crate::config::HeaderName, crate::config::SecretRef)],
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     let mut inject = Vec::new();
     for (header, secret) in headers {
@@ -155,7 +155,7 @@ pub(super) fn injected_headers(
             format!("{name}: header {header}: the value is not a valid header value")
         })?;
         value.set_sensitive(true);
-        let header = HeaderName::from_bytes(header.as_bytes())
+        let header = HeaderName::from_bytes(header.as_str().as_bytes())
             .map_err(|_| format!("{name}: bad header name"))?;
         inject.push((header, value));
     }

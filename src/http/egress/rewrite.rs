@@ -17,11 +17,11 @@ use crate::http::api::read_body;
 use crate::http::context::RequestId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::AppState;
+use crate::normalize::Normalization;
 use crate::payload::records::Subjects;
 use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
 use crate::payload::{self, detect, PayloadError};
 use crate::pii::Pii;
-use crate::vault::normalize::Normalization;
 use crate::vault::{TokenizeItem, VaultError};
 
 /// A refusal: the answer, and the audit reason when the refusal is not
