@@ -71,6 +71,11 @@ pub fn restart_only(config: &Config) -> Vec<(&'static str, String)> {
         ),
         ("storage.data_dir", format!("{:?}", config.storage.data_dir)),
         ("log", format!("{:?}", config.log)),
+        // The store's connections are opened once, with this page cache.
+        (
+            "limits.sqlite_cache_mib",
+            config.limits.sqlite_cache_mib.to_string(),
+        ),
         (
             "clevertap (on or off)",
             config.clevertap.is_some().to_string(),
