@@ -77,9 +77,13 @@ fn a_backup_under_load_restores_every_acknowledged_token_and_its_trail() {
             }
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Wait for the load to be running, however slow the machine is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 40 {
+        assert!(std::time::Instant::now() < deadline, "the load never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let before: Vec<(String, String)> = acknowledged.lock().unwrap().clone();
-    assert!(before.len() >= 20, "the load is running");
     let file = setup.dir.path().join("vault.backup");
     let out = backup(&["create", "--out", file.to_str().unwrap()], &setup.config);
     assert!(
@@ -87,11 +91,15 @@ fn a_backup_under_load_restores_every_acknowledged_token_and_its_trail() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Writes go on after the backup (and went on during it).
+    let at_backup = acknowledged.lock().unwrap().len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() <= at_backup {
+        assert!(std::time::Instant::now() < deadline, "writes stopped");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    let after = acknowledged.lock().unwrap().len();
-    assert!(after > before.len(), "writes went on during the backup");
 
     // Verify without a key, then with one.
     let out = std::process::Command::new(BIN)
