@@ -135,7 +135,7 @@ pub fn run(command: AuditCommand) -> Result<(), CliError> {
 fn data_dir(location: &Location) -> Result<PathBuf, CliError> {
     match &location.data_dir {
         Some(dir) => Ok(dir.clone()),
-        None => Ok(crate::config::load(&location.config)?.storage.data_dir),
+        None => Ok(super::load_config(&location.config)?.storage.data_dir),
     }
 }
 
@@ -285,7 +285,7 @@ fn csv_line(stored: &Stored) -> String {
 }
 
 fn load_keyring(location: &Location, dir: &Path) -> Result<Keyring, CliError> {
-    let config = crate::config::load(&location.config)?;
+    let config = super::load_config(&location.config)?;
     let source = config
         .keys
         .kek_source()
@@ -440,7 +440,7 @@ fn acknowledge_gap(config_path: &Path, reason: &str) -> Result<(), CliError> {
         )
         .into());
     }
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let dir = config.storage.data_dir.clone();
     let location = Location {
         config: config_path.to_owned(),

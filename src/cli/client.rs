@@ -52,7 +52,7 @@ pub fn new(name: &str, role: &str, config_path: Option<&Path>) -> Result<(), Cli
 }
 
 fn record_creation(config_path: &Path, name: &str, role: &str) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     if !config.roles.contains_key(role) {
         return Err(anyhow!(
             "role `{role}` is not defined in {}\nhint: add a [roles.{role}] section first",
@@ -84,7 +84,7 @@ pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
     if format != "table" && format != "json" {
         return Err(anyhow!("--format must be table or json").into());
     }
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let last_use = crate::store::trail::last_use_by_actor(&config.storage.audit_path())
         .context("cannot read the audit trail")?;
     let rows: Vec<serde_json::Value> = config
@@ -149,7 +149,7 @@ pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
 /// records the revocation; and sends SIGHUP to the vault serving the data
 /// directory, which refuses the client from its next request.
 pub fn revoke(name: &str, config_path: &Path) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     if !config.clients.contains_key(name) {
         return Err(anyhow!(
             "no client `{name}` in {}\nhint: `tokenvault client list` shows the configured clients",

@@ -80,7 +80,7 @@ struct Opened {
 }
 
 fn open(args: &TargetArgs) -> Result<Opened, CliError> {
-    let config = crate::config::load(&args.config)?;
+    let config = super::load_config(&args.config)?;
     if !config.namespaces.contains_key(&args.namespace) {
         return Err(anyhow!(
             "namespace `{}` is not defined\nhint: check [namespaces] in {}",

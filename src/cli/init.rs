@@ -14,7 +14,7 @@ use crate::store::{append_audit_offline, Store};
 /// Creates the data directory (0700), the keyring with a fresh wrapped master
 /// key, and `vault.db` with its schema. Refuses to overwrite a keyring.
 pub fn run(config_path: &Path) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     crate::harden::harden_process();
     let source = config
         .keys

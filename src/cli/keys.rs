@@ -114,7 +114,7 @@ fn open(config: &crate::config::Config) -> Result<Keyring, CliError> {
 }
 
 fn status(config_path: &std::path::Path) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let keyring = open(&config)?;
     let database = config.storage.database_path();
     let rows =
@@ -188,7 +188,7 @@ fn rotate(
     namespace: Option<String>,
     rate: u32,
 ) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     if let Some(name) = &namespace {
         if !config.namespaces.contains_key(name) {
             return Err(anyhow!("no namespace {name} in the configuration").into());
@@ -256,7 +256,7 @@ fn pause(
     namespace: Option<String>,
     paused: bool,
 ) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let keyring = open(&config)?;
     let record = audit::Context::cli(if paused { "keys pause" } else { "keys resume" })
         .record(Action::KeyRotate, Outcome::Ok)
@@ -284,7 +284,7 @@ fn pause(
 }
 
 fn retire(config_path: &std::path::Path, version: u32) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let database = config.storage.database_path();
     if let Some(reason) = crate::store::key_version_in_use_offline(&database, version)
         .context("cannot read vault.db")?
@@ -328,7 +328,7 @@ fn rewrap(
     new_passphrase_file: Option<PathBuf>,
     new_key_file: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let keyring = open(&config)?;
     let new = match (new_passphrase_file, new_key_file) {
         (Some(path), None) => KeySettings::Passphrase(SecretRef::File(path)),

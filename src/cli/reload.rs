@@ -70,6 +70,7 @@ pub fn restart_only(config: &Config) -> Vec<(&'static str, String)> {
             config.server.insecure_allow_plaintext.to_string(),
         ),
         ("storage.data_dir", format!("{:?}", config.storage.data_dir)),
+        ("storage.backend", format!("{:?}", config.storage.backend)),
         ("log", format!("{:?}", config.log)),
         // The store's connections are opened once, with this page cache.
         (
@@ -198,7 +199,7 @@ impl Reloader {
     /// The configuration file, checked, with what only a restart changes
     /// compared to the start.
     fn read(&self) -> Result<Config, Vec<String>> {
-        let mut config = crate::config::load(&self.path)
+        let mut config = super::load_config(&self.path)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         if let Some(listen) = self.listen {
             config.server.listen = listen;

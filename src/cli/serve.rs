@@ -44,7 +44,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| anyhow!(e))?;
         return run_dev(args.listen);
     }
-    let mut config = crate::config::load(&args.config)?;
+    let mut config = super::load_config(&args.config)?;
     // Kept alive to the end of `run`: it flushes the log file writer.
     let _guard = crate::telemetry::init_server(&config.log).map_err(|e| anyhow!(e))?;
     if let Some(listen) = args.listen {

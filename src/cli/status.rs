@@ -39,7 +39,7 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
 fn gather(config_path: &Path) -> Result<Value, CliError> {
     let bytes = std::fs::read(config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config = crate::config::load(config_path)?;
+    let config = super::load_config(config_path)?;
     let storage = &config.storage;
     let versions = crate::crypto::wrapping::versions_on_disk(&storage.keyring_path())
         .map_err(|error| anyhow::anyhow!("{error}"))?;

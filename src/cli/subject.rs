@@ -63,7 +63,7 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         SubjectCommand::Export(args) => (args, "subject export"),
         SubjectCommand::Correct { subject, .. } => (subject, "subject correct"),
     };
-    let config = crate::config::load(&args.config)?;
+    let config = super::load_config(&args.config)?;
     if !config.namespaces.contains_key(&args.namespace) {
         return Err(anyhow!(
             "namespace `{}` is not defined\nhint: check [namespaces] in {}",

@@ -72,7 +72,10 @@ impl Config {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
             },
-            storage: StorageSettings { data_dir },
+            storage: StorageSettings {
+                data_dir,
+                backend: Backend::Sqlite,
+            },
             keys: KeySettings::Ephemeral,
             namespaces: BTreeMap::from([(
                 "default".to_owned(),

@@ -37,6 +37,7 @@ mod namespaces;
 mod raw;
 mod routes;
 mod server;
+mod storage;
 mod values;
 
 pub use access::normalize_identity;
@@ -46,14 +47,15 @@ pub use keys::{KeySettings, SecretRef, SYSTEMD_CREDENTIALS};
 pub use limits::Limits;
 pub use namespaces::{ClassSpec, NamespaceSpec};
 pub use routes::{FieldRule, QueryRule, RouteSpec, UnselectedPii, DEFAULT_MAX_DEPTH};
-pub use server::{ServerSettings, StorageSettings, TlsFiles};
+pub use server::{ServerSettings, TlsFiles};
+pub use storage::{Backend, DatabaseUrl, PostgresSettings, SchemaName, StorageSettings};
 pub use values::{HeaderName, ServedPath, UpstreamUrl, RESERVED_PATHS};
 
 // The sections see each other's raw structures and helpers through here.
 #[allow(unused_imports)]
 use {
     access::*, callbacks::*, checks::*, clevertap::*, keys::*, namespaces::*, raw::*, routes::*,
-    server::*,
+    server::*, storage::*,
 };
 
 /// Exit status for a configuration error (EX_CONFIG from sysexits.h), so that

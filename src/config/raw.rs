@@ -35,13 +35,7 @@ impl RawConfig {
         let mut problems = Vec::new();
         unknown_keys(&mut problems, "", &self.unknown);
         let server = self.server.validate(&mut problems);
-        unknown_keys(&mut problems, "storage", &self.storage.unknown);
-        let storage = StorageSettings {
-            data_dir: self
-                .storage
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-        };
+        let storage = self.storage.validate(&mut problems);
         let keys = match self.keys {
             Some(keys) => keys.validate(&mut problems),
             None => {

@@ -1,4 +1,4 @@
-//! `[server]`, `[storage]` and `[log]`.
+//! `[server]` and `[log]`.
 
 #[allow(unused_imports)]
 use super::*;
@@ -29,35 +29,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// `[storage]`
-#[derive(Debug, Clone)]
-pub struct StorageSettings {
-    /// Directory holding `vault.db` and the keyring.
-    pub data_dir: PathBuf,
-}
-
-impl StorageSettings {
-    /// The keyring file inside the data directory.
-    pub fn keyring_path(&self) -> PathBuf {
-        self.data_dir.join("keyring.json")
-    }
-
-    /// The audit trail inside the data directory.
-    pub fn audit_path(&self) -> PathBuf {
-        self.data_dir.join("audit.db")
-    }
-
-    /// The token database inside the data directory.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("vault.db")
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Raw structures, as serde reads them
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
-pub(super) const DEFAULT_DATA_DIR: &str = "/var/lib/tokenvault";
 pub(super) const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub(super) const DEFAULT_MAX_BATCH_ITEMS: usize = 10_000;
 
@@ -116,13 +91,6 @@ pub(super) struct RawServer {
     pub(super) insecure_allow_plaintext: bool,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_batch_items: Option<u64>,
-    #[serde(flatten)]
-    pub(super) unknown: Unknown,
-}
-
-#[derive(Deserialize, Default)]
-pub(super) struct RawStorage {
-    pub(super) data_dir: Option<PathBuf>,
     #[serde(flatten)]
     pub(super) unknown: Unknown,
 }

@@ -1,12 +1,18 @@
 //! Numbered schema migrations of `vault.db`, applied at start-up.
+//!
+//! Each step has a name; the PostgreSQL store (`pg::schema`) has a step of
+//! the same name at the same number, and a test keeps the two lists equal.
 
 use rusqlite_migration::{Migrations, M};
 
-/// Every migration, in order. Never edit one that has shipped: add another.
-pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(
-            "CREATE TABLE tokens (
+/// Every migration, in order, with its name. Never edit one that has
+/// shipped: add another (here and in `pg::schema`).
+pub fn steps() -> Vec<(&'static str, M<'static>)> {
+    vec![
+        (
+            "tokens",
+            M::up(
+                "CREATE TABLE tokens (
              namespace    TEXT    NOT NULL,
              token        TEXT    NOT NULL,
              class        TEXT    NOT NULL,
@@ -21,21 +27,27 @@ pub fn migrations() -> Migrations<'static> {
              ON tokens (namespace, class, blind_index) WHERE blind_index IS NOT NULL;
          CREATE INDEX tokens_by_subject
              ON tokens (namespace, subject_hash) WHERE subject_hash IS NOT NULL;",
+            ),
         ),
         // The audit chain's newest sequence number and MAC, kept apart from
         // audit.db so that records cut off its end are detected.
-        M::up(
-            "CREATE TABLE audit_head (
+        (
+            "audit_head",
+            M::up(
+                "CREATE TABLE audit_head (
                  id  INTEGER PRIMARY KEY CHECK (id = 1),
                  seq INTEGER NOT NULL,
                  mac BLOB    NOT NULL
              );",
+            ),
         ),
         // Consent changes (append-only: the newest matching event decides),
         // and the callback message ids already accepted (replay protection
         // that survives a restart).
-        M::up(
-            "CREATE TABLE consent_events (
+        (
+            "consent",
+            M::up(
+                "CREATE TABLE consent_events (
                  id         INTEGER PRIMARY KEY,
                  namespace  TEXT    NOT NULL,
                  scope      TEXT    NOT NULL CHECK (scope IN ('token', 'subject')),
@@ -52,12 +64,15 @@ pub fn migrations() -> Migrations<'static> {
                  expires_at INTEGER NOT NULL,
                  PRIMARY KEY (callback, message_id)
              ) WITHOUT ROWID;",
+            ),
         ),
         // Message ids are accepted once across every callback, not once per
         // callback: the signature does not cover the path, so a message
         // accepted at one callback must not reveal again at another.
-        M::up(
-            "CREATE TABLE callback_message_ids (
+        (
+            "callback_message_ids",
+            M::up(
+                "CREATE TABLE callback_message_ids (
                  message_id TEXT    NOT NULL PRIMARY KEY,
                  callback   TEXT    NOT NULL,
                  expires_at INTEGER NOT NULL
@@ -66,13 +81,16 @@ pub fn migrations() -> Migrations<'static> {
                  SELECT message_id, callback, max(expires_at) FROM callback_messages
                  GROUP BY message_id;
              DROP TABLE callback_messages;",
+            ),
         ),
         // A value may belong to several data subjects (a shared family
         // phone, an email re-used after an account merge): links from token
         // to keyed subject hash replace the one column that kept the first
         // writer's subject.
-        M::up(
-            "CREATE TABLE subject_links (
+        (
+            "subject_links",
+            M::up(
+                "CREATE TABLE subject_links (
                  namespace    TEXT    NOT NULL,
                  subject_hash BLOB    NOT NULL,
                  token        TEXT    NOT NULL,
@@ -85,33 +103,45 @@ pub fn migrations() -> Migrations<'static> {
                  WHERE subject_hash IS NOT NULL;
              DROP INDEX tokens_by_subject;
              ALTER TABLE tokens DROP COLUMN subject_hash;",
+            ),
         ),
         // The day each token was last used (tokenized or revealed), for
         // retention; existing rows count as used the day they were made.
-        M::up(
-            "ALTER TABLE tokens ADD COLUMN used_day INTEGER NOT NULL DEFAULT 0;
+        (
+            "used_day",
+            M::up(
+                "ALTER TABLE tokens ADD COLUMN used_day INTEGER NOT NULL DEFAULT 0;
              UPDATE tokens SET used_day = created_at / 86400;
              CREATE INDEX tokens_by_use ON tokens (namespace, class, used_day);",
+            ),
         ),
         // That index cost a third of the insert rate for every class, while
         // only classes with retain_days need it: sweeps walk the table in
         // token order on a read connection instead.
-        M::up("DROP INDEX IF EXISTS tokens_by_use;"),
+        (
+            "drop_tokens_by_use",
+            M::up("DROP INDEX IF EXISTS tokens_by_use;"),
+        ),
         // What each budgeted client has revealed in its current minute and
         // day, so that a restart does not refill a budget.
-        M::up(
-            "CREATE TABLE budget_spent (
+        (
+            "budget_spent",
+            M::up(
+                "CREATE TABLE budget_spent (
                  client       TEXT    NOT NULL PRIMARY KEY,
                  minute       INTEGER NOT NULL,
                  spent_minute INTEGER NOT NULL,
                  day          INTEGER NOT NULL,
                  spent_day    INTEGER NOT NULL
              ) WITHOUT ROWID;",
+            ),
         ),
         // Key rotation: the master key version each rotated namespace seals
         // with, and the progress of moving its rows there.
-        M::up(
-            "CREATE TABLE namespace_keys (
+        (
+            "namespace_keys",
+            M::up(
+                "CREATE TABLE namespace_keys (
                  namespace  TEXT    NOT NULL PRIMARY KEY,
                  version    INTEGER NOT NULL,
                  rotating   INTEGER NOT NULL,
@@ -120,8 +150,19 @@ pub fn migrations() -> Migrations<'static> {
                  rate       INTEGER NOT NULL,
                  changed_at INTEGER NOT NULL
              ) WITHOUT ROWID;",
+            ),
         ),
-    ])
+    ]
+}
+
+/// The names of the steps, in order.
+pub fn step_names() -> Vec<&'static str> {
+    steps().into_iter().map(|(name, _)| name).collect()
+}
+
+/// The migrations of `vault.db`.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(steps().into_iter().map(|(_, step)| step).collect())
 }
 
 #[cfg(test)]

@@ -25,10 +25,14 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 const COLUMNS: &str = "seq, time_us, request_id, actor, auth, source, action, namespace, route,
      purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last, unrecognized";
 
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(
-            "CREATE TABLE records (
+/// The audit trail's migrations, in order, with their names; the
+/// PostgreSQL store keeps steps of the same names (`pg::schema`).
+pub fn steps() -> Vec<(&'static str, M<'static>)> {
+    vec![
+        (
+            "records",
+            M::up(
+                "CREATE TABLE records (
              seq        INTEGER PRIMARY KEY,
              time_us    INTEGER NOT NULL,
              request_id TEXT    NOT NULL,
@@ -46,17 +50,33 @@ fn migrations() -> Migrations<'static> {
              mac        BLOB    NOT NULL
          );
          CREATE INDEX records_by_time ON records (time_us);",
+            ),
         ),
         // Acknowledged gaps (`audit acknowledge-gap`): the range a gap record
         // bridges. NULL on every other record.
-        M::up(
-            "ALTER TABLE records ADD COLUMN gap_first INTEGER;
+        (
+            "gap_columns",
+            M::up(
+                "ALTER TABLE records ADD COLUMN gap_first INTEGER;
              ALTER TABLE records ADD COLUMN gap_last INTEGER;",
+            ),
         ),
         // Keyed fingerprints of caller text that names nothing the vault
         // knows (a JSON list; NULL when there is none).
-        M::up("ALTER TABLE records ADD COLUMN unrecognized TEXT;"),
-    ])
+        (
+            "unrecognized",
+            M::up("ALTER TABLE records ADD COLUMN unrecognized TEXT;"),
+        ),
+    ]
+}
+
+/// The names of the audit trail's steps, in order.
+pub fn step_names() -> Vec<&'static str> {
+    steps().into_iter().map(|(name, _)| name).collect()
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(steps().into_iter().map(|(_, step)| step).collect())
 }
 
 /// Opens (creating if needed) `audit.db` for appending.

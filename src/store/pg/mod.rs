@@ -1,0 +1,399 @@
+//! The PostgreSQL store, for several vault nodes sharing one database.
+//!
+//! Under construction (issue 17). Built so far: connections over rustls
+//! with a small pool, the schema in versioned steps kept in step with
+//! SQLite's and applied once however many nodes start together, and the
+//! insert-or-read by which two nodes storing the same new value at the same
+//! moment return the same token. The engine still reads and writes through
+//! the SQLite store; `tokenvault storage check` uses this one.
+//!
+//! The driver is the blocking `postgres` crate, which runs its own small
+//! runtime per connection: call it from a blocking thread (the writer, a
+//! `spawn_blocking` task or the CLI), never from an async task.
+
+mod connect;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use postgres::Client;
+
+use self::connect::Connector;
+use self::schema::{Component, VERSIONS_TABLE};
+use super::{InsertOutcome, NewRow};
+use crate::config::{PostgresSettings, SchemaName};
+
+/// What the PostgreSQL store reports.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The server could not be reached, refused the login, or failed TLS.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL (it never holds a password).
+        url: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The password file or variable could not be read.
+    #[error("storage password: {0}")]
+    Password(String),
+    /// The CA file is unusable.
+    #[error("storage.ca_file {0}")]
+    Tls(String),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(String),
+    /// The schema in the database cannot be used by this build.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// Every connection stayed busy.
+    #[error("no database connection became free within {0:?}")]
+    PoolTimeout(Duration),
+}
+
+/// A driver error as text: the server's message and SQLSTATE, never the
+/// `DETAIL` line, which can quote a row's key.
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let said = cause.to_string();
+                if !text.contains(&said) {
+                    text.push_str(": ");
+                    text.push_str(&said);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(error: postgres::Error) -> Self {
+        Self::Query(describe(&error))
+    }
+}
+
+/// How long a caller waits for a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// The PostgreSQL store: a pool of connections to one schema.
+pub struct PgStore {
+    connector: Connector,
+    schema: SchemaName,
+    size: usize,
+    idle: Mutex<Pool>,
+    freed: Condvar,
+}
+
+struct Pool {
+    clients: Vec<Client>,
+    open: usize,
+}
+
+/// A connection borrowed from the pool; it goes back when dropped, unless
+/// the server closed it.
+pub struct Borrowed<'a> {
+    store: &'a PgStore,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Borrowed<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Borrowed<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut pool = self.store.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if client.is_closed() {
+            pool.open -= 1;
+        } else {
+            pool.clients.push(client);
+        }
+        drop(pool);
+        self.store.freed.notify_one();
+    }
+}
+
+/// What `storage check` reports.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The server's version string.
+    pub server_version: String,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// Each component's schema version after migrating.
+    pub versions: BTreeMap<String, usize>,
+}
+
+impl PgStore {
+    /// Prepares the pool and opens one connection, so that a wrong host,
+    /// password or CA is reported now.
+    pub fn connect(settings: &PostgresSettings) -> Result<Self, PgError> {
+        let connector = Connector::new(settings)?;
+        let first = connector.connect()?;
+        Ok(Self {
+            connector,
+            schema: settings.schema.clone(),
+            size: usize::try_from(settings.pool_size).unwrap_or(1).max(1),
+            idle: Mutex::new(Pool {
+                clients: vec![first],
+                open: 1,
+            }),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// A connection: an idle one, a new one while the pool has room, or
+    /// the first one freed within [`POOL_WAIT`].
+    pub fn borrow(&self) -> Result<Borrowed<'_>, PgError> {
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(client) = pool.clients.pop() {
+                if client.is_closed() {
+                    pool.open -= 1;
+                    continue;
+                }
+                return Ok(Borrowed {
+                    store: self,
+                    client: Some(client),
+                });
+            }
+            if pool.open < self.size {
+                pool.open += 1;
+                drop(pool);
+                return match self.connector.connect() {
+                    Ok(client) => Ok(Borrowed {
+                        store: self,
+                        client: Some(client),
+                    }),
+                    Err(error) => {
+                        self.idle.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                        Err(error)
+                    }
+                };
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(PgError::PoolTimeout(POOL_WAIT));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether connections are TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.connector.uses_tls()
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Brings every component's tables up to date, in one transaction under
+    /// an advisory lock: nodes that start together migrate once. Refuses a
+    /// database migrated by a newer build, and a build whose steps are not
+    /// in step with SQLite's.
+    pub fn migrate(&self) -> Result<BTreeMap<String, usize>, PgError> {
+        schema::check_in_step().map_err(PgError::Schema)?;
+        let mut client = self.borrow()?;
+        let mut transaction = client.transaction()?;
+        // One lock per schema name, so that two vaults in two schemas of
+        // one database do not wait for each other.
+        transaction.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tokenvault migrate ' || $1::text))",
+            &[&self.schema.as_str()],
+        )?;
+        transaction.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path = {schema}; {VERSIONS_TABLE};",
+            schema = self.schema.as_str()
+        ))?;
+        let mut versions = BTreeMap::new();
+        for component in Component::ALL {
+            let steps = component.steps();
+            let current: Option<i32> = transaction
+                .query_opt(
+                    "SELECT version FROM schema_versions WHERE component = $1",
+                    &[&component.name()],
+                )?
+                .map(|row| row.get(0));
+            let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+            if current > steps.len() {
+                return Err(PgError::Schema(format!(
+                    "the {} tables are at version {current}, newer than this build's {}: \
+                     upgrade this node before it joins",
+                    component.name(),
+                    steps.len()
+                )));
+            }
+            for (name, sql) in &steps[current..] {
+                transaction.batch_execute(sql).map_err(|error| {
+                    PgError::Schema(format!(
+                        "{} step {name} failed: {}",
+                        component.name(),
+                        describe(&error)
+                    ))
+                })?;
+            }
+            if current < steps.len() {
+                let version = i32::try_from(steps.len()).unwrap_or(i32::MAX);
+                let step = steps[steps.len() - 1].0;
+                transaction.execute(
+                    "INSERT INTO schema_versions (component, version, step, changed_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (component) DO UPDATE
+                     SET version = excluded.version, step = excluded.step,
+                         changed_at = excluded.changed_at",
+                    &[&component.name(), &version, &step, &super::unix_now()],
+                )?;
+            }
+            versions.insert(component.name().to_owned(), steps.len());
+        }
+        transaction.commit()?;
+        Ok(versions)
+    }
+
+    /// Each component's recorded schema version (empty before the first
+    /// migration).
+    pub fn schema_versions(&self) -> Result<BTreeMap<String, usize>, PgError> {
+        let mut client = self.borrow()?;
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{}.schema_versions", self.schema.as_str())],
+            )?
+            .get(0);
+        if !exists {
+            return Ok(BTreeMap::new());
+        }
+        Ok(client
+            .query("SELECT component, version FROM schema_versions", &[])?
+            .into_iter()
+            .map(|row| {
+                let version: i32 = row.get(1);
+                (row.get(0), usize::try_from(version).unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// Connects, migrates and reports, for `storage check`.
+    pub fn check(&self) -> Result<Report, PgError> {
+        let versions = self.migrate()?;
+        let server_version: String = self.borrow()?.query_one("SHOW server_version", &[])?.get(0);
+        Ok(Report {
+            server_version,
+            tls: self.uses_tls(),
+            versions,
+        })
+    }
+
+    /// Stores `rows` in one transaction. A deterministic value that any
+    /// node has already stored (committed, or committing at this moment)
+    /// comes back as [`InsertOutcome::Existing`] with that node's token:
+    /// the insert meets the unique blind index and does nothing, waiting
+    /// for a concurrent inserter's commit first, and the read that follows
+    /// sees the winner. Nothing here reads before it writes.
+    pub fn insert_or_read(
+        &self,
+        namespace: &str,
+        rows: &[NewRow],
+    ) -> Result<Vec<InsertOutcome>, PgError> {
+        let now = super::unix_now();
+        let mut client = self.borrow()?;
+        let mut transaction = client.transaction()?;
+        let insert = transaction.prepare(
+            "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT DO NOTHING
+             RETURNING token",
+        )?;
+        let find = transaction.prepare(
+            "SELECT token FROM tokens WHERE namespace = $1 AND class = $2 AND blind_index = $3",
+        )?;
+        let link = transaction.prepare(
+            "INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let version = i32::try_from(row.key_version)
+                .map_err(|_| PgError::Query("key version out of range".to_owned()))?;
+            let index = row.blind_index.as_ref().map(|index| &index[..]);
+            let inserted = transaction.query_opt(
+                &insert,
+                &[
+                    &namespace,
+                    &row.token,
+                    &row.class,
+                    &version,
+                    &row.sealed,
+                    &index,
+                    &now,
+                    &row.used_day,
+                ],
+            )?;
+            let outcome = match (inserted, index) {
+                (Some(_), _) => InsertOutcome::Inserted,
+                (None, Some(index)) => {
+                    match transaction.query_opt(&find, &[&namespace, &row.class, &index])? {
+                        Some(found) => InsertOutcome::Existing(found.get(0)),
+                        None => InsertOutcome::TokenTaken,
+                    }
+                }
+                (None, None) => InsertOutcome::TokenTaken,
+            };
+            let stored = match &outcome {
+                InsertOutcome::Inserted => Some(row.token.as_str()),
+                InsertOutcome::Existing(token) => Some(token.as_str()),
+                InsertOutcome::TokenTaken => None,
+            };
+            if let (Some(token), Some(subject)) = (stored, &row.subject_hash) {
+                transaction.execute(&link, &[&namespace, &&subject[..], &token, &now])?;
+            }
+            outcomes.push(outcome);
+        }
+        transaction.commit()?;
+        Ok(outcomes)
+    }
+
+    /// The sealed value and key version behind `token`, if stored.
+    pub fn fetch_sealed(
+        &self,
+        namespace: &str,
+        token: &str,
+    ) -> Result<Option<(u32, Vec<u8>)>, PgError> {
+        let row = self.borrow()?.query_opt(
+            "SELECT key_version, sealed FROM tokens WHERE namespace = $1 AND token = $2",
+            &[&namespace, &token],
+        )?;
+        Ok(row.map(|row| {
+            let version: i32 = row.get(0);
+            (u32::try_from(version).unwrap_or(0), row.get(1))
+        }))
+    }
+}

@@ -1,0 +1,283 @@
+//! The PostgreSQL store against a real, throwaway cluster: `storage
+//! check`, migrations applied once by nodes starting together, the
+//! insert-or-read by which two nodes mint one token per value, TLS verified
+//! against the configured CA, and the refusal to serve until the store is
+//! complete.
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use tokenvault::config::{DatabaseUrl, PostgresSettings, SchemaName, SecretRef};
+use tokenvault::store::pg::PgStore;
+use tokenvault::store::{InsertOutcome, NewRow};
+
+use crate::pg_cluster::{PgCluster, ServerTls};
+use crate::support::*;
+
+/// A configuration whose `[storage]` uses `cluster` with `extra` lines.
+fn postgres_setup(cluster: &PgCluster, extra: &str) -> Setup {
+    let setup = Setup::configure("", STANDARD);
+    let password = cluster.password_file(setup.dir.path());
+    let text = fs::read_to_string(&setup.config).unwrap().replace(
+        "[storage]\n",
+        &format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n{extra}\n",
+            cluster.url(),
+            password.display()
+        ),
+    );
+    fs::write(&setup.config, text).unwrap();
+    setup
+}
+
+fn settings(cluster: &PgCluster, schema: &str, ca_file: Option<&Path>) -> PostgresSettings {
+    PostgresSettings {
+        url: DatabaseUrl::parse(&cluster.url()).unwrap(),
+        password: Some(SecretRef::File(cluster.password_file(cluster.dir()))),
+        pool_size: 4,
+        statement_timeout: std::time::Duration::from_secs(5),
+        schema: SchemaName::parse(schema).unwrap(),
+        ca_file: ca_file.map(Path::to_owned),
+    }
+}
+
+#[test]
+fn storage_check_migrates_once_reports_versions_and_serve_refuses_until_the_store_is_complete() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "schema = \"vault_a\"");
+    let out = setup.run(&["config", "check", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        let out = setup.run(&["storage", "check", "--config"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("schema: audit 3, keyring 1, vault 9 (up to date)"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("plain TCP on this machine's loopback"),
+            "{stdout}"
+        );
+    }
+    let versions = cluster.psql_in(
+        "vault",
+        "SELECT component || '=' || version FROM vault_a.schema_versions ORDER BY component",
+    );
+    assert_eq!(versions, "audit=3\nkeyring=1\nvault=9\n");
+    let tables = cluster.psql_in(
+        "vault",
+        "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
+         WHERE table_schema = 'vault_a'",
+    );
+    assert_eq!(
+        tables.trim(),
+        "audit_head,budget_spent,callback_message_ids,consent_events,keyring,namespace_keys,\
+         records,schema_versions,subject_links,tokens"
+    );
+
+    // A wrong password is refused, and the password is not repeated.
+    fs::write(setup.dir.path().join("db-password"), "not the password").unwrap();
+    let out = setup.run(&["storage", "check", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not the password"), "{stderr}");
+
+    // Until the engine runs on this store, serve and the commands that open
+    // the store refuse it (exit 78) rather than use SQLite files.
+    for args in [&["serve", "--config"][..], &["status", "--config"][..]] {
+        let out = setup.run(args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("storage.backend"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!setup.data_dir.join("vault.db").exists());
+}
+
+/// A newer build's schema is refused, not altered.
+#[test]
+fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let cluster = PgCluster::start(None);
+    for round in 0..4 {
+        let schema = format!("race_{round}");
+        let barrier = Arc::new(Barrier::new(3));
+        let nodes: Vec<_> = (0..3)
+            .map(|_| {
+                let settings = settings(&cluster, &schema, None);
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let store = PgStore::connect(&settings).unwrap();
+                    barrier.wait();
+                    store.migrate().unwrap()
+                })
+            })
+            .collect();
+        for node in nodes {
+            let versions = node.join().unwrap();
+            assert_eq!(versions["vault"], 9);
+            assert_eq!(versions["audit"], 3);
+        }
+    }
+    let store = PgStore::connect(&settings(&cluster, "race_0", None)).unwrap();
+    cluster.psql_in(
+        "vault",
+        "UPDATE race_0.schema_versions SET version = 10 WHERE component = 'vault'",
+    );
+    let error = store.migrate().unwrap_err().to_string();
+    assert!(error.contains("newer than this build's 9"), "{error}");
+}
+
+fn row(token: String, index: [u8; 32], subject: Option<[u8; 32]>) -> NewRow {
+    NewRow {
+        token,
+        class: "email".to_owned(),
+        key_version: 1,
+        sealed: vec![7; 40],
+        blind_index: Some(index),
+        subject_hash: subject,
+        used_day: 20_000,
+    }
+}
+
+fn index_of(value: usize) -> [u8; 32] {
+    let mut index = [0u8; 32];
+    index[..8].copy_from_slice(&(value as u64).to_be_bytes());
+    index
+}
+
+#[test]
+fn two_nodes_storing_the_same_new_values_at_once_return_the_same_tokens() {
+    let cluster = PgCluster::start(None);
+    PgStore::connect(&settings(&cluster, "tokenvault", None))
+        .unwrap()
+        .migrate()
+        .unwrap();
+    const VALUES: usize = 1_000;
+    const BATCH: usize = 10;
+    let barrier = Arc::new(Barrier::new(2));
+    let nodes: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|node| {
+            let settings = settings(&cluster, "tokenvault", None);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let store = PgStore::connect(&settings).unwrap();
+                let mut answered = Vec::with_capacity(VALUES);
+                for start in (0..VALUES).step_by(BATCH) {
+                    // Each node minted its own token for the same values.
+                    let rows: Vec<NewRow> = (start..start + BATCH)
+                        .map(|v| {
+                            row(
+                                format!("{node}-{v}"),
+                                index_of(v),
+                                Some([node.as_bytes()[0]; 32]),
+                            )
+                        })
+                        .collect();
+                    barrier.wait();
+                    let outcomes = store.insert_or_read("retail", &rows).unwrap();
+                    for (row, outcome) in rows.iter().zip(outcomes) {
+                        answered.push(match outcome {
+                            InsertOutcome::Inserted => (row.token.clone(), true),
+                            InsertOutcome::Existing(token) => (token, false),
+                            InsertOutcome::TokenTaken => panic!("token {} taken", row.token),
+                        });
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<(String, bool)>> = nodes.into_iter().map(|n| n.join().unwrap()).collect();
+    let mut inserted_by_a = 0;
+    for (value, (a, b)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        assert_eq!(
+            a.0, b.0,
+            "value {value}: the nodes answered different tokens"
+        );
+        assert!(a.1 != b.1, "value {value}: exactly one node inserts");
+        inserted_by_a += usize::from(a.1);
+    }
+    let count = cluster.psql_in("vault", "SELECT count(*) FROM tokenvault.tokens");
+    assert_eq!(count.trim(), VALUES.to_string());
+    // Both subjects are linked to the one stored token.
+    let links = cluster.psql_in("vault", "SELECT count(*) FROM tokenvault.subject_links");
+    assert_eq!(links.trim(), (2 * VALUES).to_string());
+    eprintln!("node a inserted {inserted_by_a} of {VALUES}, node b the rest");
+
+    // A token already taken by another value is reported, not overwritten.
+    let store = PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap();
+    let taken = store
+        .insert_or_read(
+            "retail",
+            &[row(answers[0][0].0.clone(), index_of(VALUES + 1), None)],
+        )
+        .unwrap();
+    assert_eq!(taken, [InsertOutcome::TokenTaken]);
+    let (version, sealed) = store
+        .fetch_sealed("retail", &answers[0][0].0)
+        .unwrap()
+        .unwrap();
+    assert_eq!((version, sealed), (1, vec![7; 40]));
+}
+
+#[test]
+fn tls_is_verified_against_the_configured_ca_and_a_stranger_is_refused() {
+    let tls = ServerTls::generate();
+    let cluster = PgCluster::start(Some(&tls));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("db-ca.pem");
+    fs::write(&ca, &tls.cert_pem).unwrap();
+    let store = PgStore::connect(&settings(&cluster, "tokenvault", Some(&ca))).unwrap();
+    let report = store.check().unwrap();
+    assert!(report.tls);
+    let ssl = store
+        .borrow()
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get::<_, bool>(0);
+    assert!(ssl, "the session is encrypted");
+
+    // The CLI says so.
+    let setup = postgres_setup(&cluster, &format!("ca_file = \"{}\"", ca.display()));
+    let out = setup.run(&["storage", "check", "--config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("connection: TLS, certificate verified for 127.0.0.1"),
+        "{stdout}"
+    );
+
+    // A server whose certificate another CA signed is refused.
+    let stranger = dir.path().join("other-ca.pem");
+    fs::write(&stranger, ServerTls::generate().cert_pem).unwrap();
+    let error = PgStore::connect(&settings(&cluster, "tokenvault", Some(&stranger)))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("certificate"), "{error}");
+}
