@@ -22,7 +22,8 @@ use crate::crypto::keys::AuditKey;
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Every column of `records`, in the order `read_row` expects.
-const COLUMNS: &str = "seq, time_us, request_id, actor, auth, source, action, namespace, route,
+pub(super) const COLUMNS: &str =
+    "seq, time_us, request_id, actor, auth, source, action, namespace, route,
      purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last, unrecognized";
 
 /// The audit trail's migrations, in order, with their names; the
@@ -257,24 +258,10 @@ pub fn append(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
     for record in records {
-        let (next, previous) = head.map_or((1, GENESIS), |h| (h.seq + 1, h.mac));
-        let seq = match record.gap {
-            Some(gap) if gap.first == next && gap.first <= gap.last => gap.last + 1,
-            Some(_) => {
-                return Err(rusqlite::Error::ToSqlConversionFailure(
-                    "a gap record must start right after the last record".into(),
-                ))
-            }
-            None => next,
-        };
+        let (seq, previous) = next_place(head, record)
+            .map_err(|reason| rusqlite::Error::ToSqlConversionFailure(reason.into()))?;
         let mac = key.mac(&record.canonical(seq), &previous);
-        // Invariant: a list of strings always serializes.
-        let tokens = serde_json::to_string(&record.tokens).expect("tokens serialize");
-        let unrecognized = (!record.unrecognized.is_empty()).then(|| {
-            let list: Vec<&str> = record.unrecognized.iter().map(|u| u.as_str()).collect();
-            // Invariant: a list of strings always serializes.
-            serde_json::to_string(&list).expect("fingerprints serialize")
-        });
+        let (tokens, unrecognized) = encoded_lists(record);
         insert.execute(params![
             to_sql(seq),
             record.time_us,
@@ -341,57 +328,123 @@ pub fn query(
 }
 
 fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
-    let bad = |index: usize, what: &str| {
+    let columns = Columns {
+        seq: row.get(0)?,
+        time_us: row.get(1)?,
+        request_id: row.get(2)?,
+        actor: row.get(3)?,
+        auth: row.get(4)?,
+        source: row.get(5)?,
+        action: row.get(6)?,
+        namespace: row.get(7)?,
+        route: row.get(8)?,
+        purpose: row.get(9)?,
+        item_count: row.get(10)?,
+        tokens: row.get(11)?,
+        outcome: row.get(12)?,
+        reason: row.get(13)?,
+        mac: row.get(14)?,
+        gap_first: row.get(15)?,
+        gap_last: row.get(16)?,
+        unrecognized: row.get(17)?,
+    };
+    columns.into_stored().map_err(|(index, what)| {
         rusqlite::Error::FromSqlConversionFailure(
             index,
             rusqlite::types::Type::Text,
             what.to_owned().into(),
         )
-    };
-    let action: String = row.get(6)?;
-    let outcome: String = row.get(12)?;
-    let tokens: String = row.get(11)?;
-    let gap = match (
-        row.get::<_, Option<i64>>(15)?,
-        row.get::<_, Option<i64>>(16)?,
-    ) {
-        (None, None) => None,
-        (Some(first), Some(last)) => Some(Gap {
-            first: u64::try_from(first).map_err(|_| bad(15, "negative gap"))?,
-            last: u64::try_from(last).map_err(|_| bad(16, "negative gap"))?,
-        }),
-        _ => return Err(bad(15, "half a gap")),
-    };
-    let unrecognized = match row.get::<_, Option<String>>(17)? {
-        None => Vec::new(),
-        Some(text) => serde_json::from_str::<Vec<String>>(&text)
-            .ok()
-            .and_then(|list| list.iter().map(|t| Unrecognized::parse(t)).collect())
-            .ok_or_else(|| bad(17, "unrecognized is not a list of fingerprints"))?,
-    };
-    Ok(Stored {
-        seq: u64::try_from(row.get::<_, i64>(0)?).map_err(|_| bad(0, "negative seq"))?,
-        record: Record {
-            time_us: row.get(1)?,
-            request_id: row.get(2)?,
-            actor: row.get(3)?,
-            auth: row.get(4)?,
-            source: row.get(5)?,
-            action: Action::parse(&action).ok_or_else(|| bad(6, "unknown action"))?,
-            namespace: row.get(7)?,
-            route: row.get(8)?,
-            purpose: row.get(9)?,
-            item_count: u64::try_from(row.get::<_, i64>(10)?)
-                .map_err(|_| bad(10, "negative count"))?,
-            tokens: serde_json::from_str(&tokens)
-                .map_err(|_| bad(11, "tokens are not a JSON list"))?,
-            outcome: Outcome::parse(&outcome).ok_or_else(|| bad(12, "unknown outcome"))?,
-            reason: row.get(13)?,
-            gap,
-            unrecognized,
-        },
-        mac: row.get(14)?,
     })
+}
+
+/// A `records` row as either backend returns it, in [`COLUMNS`] order.
+pub(super) struct Columns {
+    pub(super) seq: i64,
+    pub(super) time_us: i64,
+    pub(super) request_id: String,
+    pub(super) actor: String,
+    pub(super) auth: String,
+    pub(super) source: Option<String>,
+    pub(super) action: String,
+    pub(super) namespace: Option<String>,
+    pub(super) route: Option<String>,
+    pub(super) purpose: Option<String>,
+    pub(super) item_count: i64,
+    pub(super) tokens: String,
+    pub(super) outcome: String,
+    pub(super) reason: Option<String>,
+    pub(super) mac: Vec<u8>,
+    pub(super) gap_first: Option<i64>,
+    pub(super) gap_last: Option<i64>,
+    pub(super) unrecognized: Option<String>,
+}
+
+impl Columns {
+    /// The record, or the index of the column that does not decode and why.
+    pub(super) fn into_stored(self) -> Result<Stored, (usize, &'static str)> {
+        let gap = match (self.gap_first, self.gap_last) {
+            (None, None) => None,
+            (Some(first), Some(last)) => Some(Gap {
+                first: u64::try_from(first).map_err(|_| (15, "negative gap"))?,
+                last: u64::try_from(last).map_err(|_| (16, "negative gap"))?,
+            }),
+            _ => return Err((15, "half a gap")),
+        };
+        let unrecognized = match self.unrecognized {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<String>>(&text)
+                .ok()
+                .and_then(|list| list.iter().map(|t| Unrecognized::parse(t)).collect())
+                .ok_or((17, "unrecognized is not a list of fingerprints"))?,
+        };
+        Ok(Stored {
+            seq: u64::try_from(self.seq).map_err(|_| (0, "negative seq"))?,
+            record: Record {
+                time_us: self.time_us,
+                request_id: self.request_id,
+                actor: self.actor,
+                auth: self.auth,
+                source: self.source,
+                action: Action::parse(&self.action).ok_or((6, "unknown action"))?,
+                namespace: self.namespace,
+                route: self.route,
+                purpose: self.purpose,
+                item_count: u64::try_from(self.item_count).map_err(|_| (10, "negative count"))?,
+                tokens: serde_json::from_str(&self.tokens)
+                    .map_err(|_| (11, "tokens are not a JSON list"))?,
+                outcome: Outcome::parse(&self.outcome).ok_or((12, "unknown outcome"))?,
+                reason: self.reason,
+                gap,
+                unrecognized,
+            },
+            mac: self.mac,
+        })
+    }
+}
+
+/// A record's list columns as stored: the tokens, and the unrecognized
+/// fingerprints (`None` when there are none).
+pub(super) fn encoded_lists(record: &Record) -> (String, Option<String>) {
+    // Invariant: a list of strings always serializes.
+    let tokens = serde_json::to_string(&record.tokens).expect("tokens serialize");
+    let unrecognized = (!record.unrecognized.is_empty()).then(|| {
+        let list: Vec<&str> = record.unrecognized.iter().map(|u| u.as_str()).collect();
+        // Invariant: a list of strings always serializes.
+        serde_json::to_string(&list).expect("fingerprints serialize")
+    });
+    (tokens, unrecognized)
+}
+
+/// Where the record after `head` goes: its sequence number (after its gap,
+/// for a gap record) and the MAC it chains to.
+pub(super) fn next_place(head: Option<Head>, record: &Record) -> Result<(u64, [u8; 32]), String> {
+    let (next, previous) = head.map_or((1, GENESIS), |h| (h.seq + 1, h.mac));
+    let seq = match record.gap {
+        Some(gap) if gap.first == next && gap.first <= gap.last => gap.last + 1,
+        Some(_) => return Err("a gap record must start right after the last record".into()),
+        None => next,
+    };
+    Ok((seq, previous))
 }
 
 fn stored_at(connection: &Connection, seq: u64) -> rusqlite::Result<Option<Stored>> {

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
+use tokenvault::audit::{Action, Context, Outcome, Record};
 use tokenvault::config::{DatabaseUrl, PostgresSettings, SchemaName, SecretRef};
+use tokenvault::crypto::keys::{AuditKey, MasterKey};
 use tokenvault::store::pg::PgStore;
 use tokenvault::store::{InsertOutcome, NewRow};
 
@@ -161,8 +163,19 @@ fn index_of(value: usize) -> [u8; 32] {
     index
 }
 
+fn record(node: &str) -> Record {
+    Context::cli(node).record(Action::Tokenize, Outcome::Ok)
+}
+
+/// Both nodes hold the same master key, so the same audit key.
+fn audit_key() -> Arc<AuditKey> {
+    static KEY: std::sync::OnceLock<Arc<AuditKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::new(MasterKey::generate(1).audit_key()))
+        .clone()
+}
+
 #[test]
-fn two_nodes_storing_the_same_new_values_at_once_return_the_same_tokens() {
+fn two_nodes_storing_the_same_new_values_at_once_return_the_same_tokens_in_one_chain() {
     let cluster = PgCluster::start(None);
     PgStore::connect(&settings(&cluster, "tokenvault", None))
         .unwrap()
@@ -191,7 +204,9 @@ fn two_nodes_storing_the_same_new_values_at_once_return_the_same_tokens() {
                         })
                         .collect();
                     barrier.wait();
-                    let outcomes = store.insert_or_read("retail", &rows).unwrap();
+                    let outcomes = store
+                        .store(&audit_key(), "retail", &rows, vec![record(node)])
+                        .unwrap();
                     for (row, outcome) in rows.iter().zip(outcomes) {
                         answered.push(match outcome {
                             InsertOutcome::Inserted => (row.token.clone(), true),
@@ -221,12 +236,19 @@ fn two_nodes_storing_the_same_new_values_at_once_return_the_same_tokens() {
     assert_eq!(links.trim(), (2 * VALUES).to_string());
     eprintln!("node a inserted {inserted_by_a} of {VALUES}, node b the rest");
 
-    // A token already taken by another value is reported, not overwritten.
+    // One chain: a record per batch per node, each naming its tokens.
     let store = PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap();
+    let verified = store.verify_audit(&audit_key()).unwrap();
+    assert_eq!(verified.count, 2 * (VALUES / BATCH) as u64);
+    assert_eq!(verified.head.unwrap().seq, verified.count);
+
+    // A token already taken by another value is reported, not overwritten.
     let taken = store
-        .insert_or_read(
+        .store(
+            &audit_key(),
             "retail",
             &[row(answers[0][0].0.clone(), index_of(VALUES + 1), None)],
+            vec![record("a")],
         )
         .unwrap();
     assert_eq!(taken, [InsertOutcome::TokenTaken]);
@@ -280,4 +302,88 @@ fn tls_is_verified_against_the_configured_ca_and_a_stranger_is_refused() {
         .expect("refused")
         .to_string();
     assert!(error.contains("certificate"), "{error}");
+}
+
+/// On PostgreSQL too, `verify` catches an edit, a deletion, a reorder and a
+/// cut tail, and after a cut nothing more is appended (so one more write
+/// does not make the cut disappear).
+#[test]
+fn the_chain_in_postgres_catches_edits_deletions_reorders_and_a_cut_tail() {
+    let cluster = PgCluster::start(None);
+    let store = PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap();
+    store.migrate().unwrap();
+    let key = audit_key();
+    let fresh = |store: &PgStore| {
+        cluster.psql_in(
+            "vault",
+            "TRUNCATE tokenvault.records; UPDATE tokenvault.audit_head SET seq = 0, mac = '\\x'",
+        );
+        for n in 0..10 {
+            store
+                .append_audit(&key, &[record(&format!("node{n}"))])
+                .unwrap();
+        }
+        assert_eq!(store.verify_audit(&key).unwrap().count, 10);
+    };
+    let broken_at = |store: &PgStore| {
+        let broken = store.verify_audit(&key).unwrap_err();
+        (broken.seq, broken.reason)
+    };
+
+    fresh(&store);
+    cluster.psql_in(
+        "vault",
+        "UPDATE tokenvault.records SET actor = 'someone else' WHERE seq = 4",
+    );
+    let (seq, reason) = broken_at(&store);
+    assert_eq!(seq, 4, "{reason}");
+
+    fresh(&store);
+    cluster.psql_in("vault", "DELETE FROM tokenvault.records WHERE seq = 6");
+    let (seq, reason) = broken_at(&store);
+    assert_eq!(seq, 6, "{reason}");
+    assert!(reason.contains("missing"), "{reason}");
+
+    fresh(&store);
+    cluster.psql_in(
+        "vault",
+        "UPDATE tokenvault.records SET seq = -1 WHERE seq = 2; \
+         UPDATE tokenvault.records SET seq = 2 WHERE seq = 3; \
+         UPDATE tokenvault.records SET seq = 3 WHERE seq = -1",
+    );
+    let (seq, reason) = broken_at(&store);
+    assert_eq!(seq, 2, "{reason}");
+
+    fresh(&store);
+    cluster.psql_in("vault", "DELETE FROM tokenvault.records WHERE seq > 7");
+    let (seq, reason) = broken_at(&store);
+    assert_eq!(seq, 8, "{reason}");
+    assert!(reason.contains("records 8..=10 are missing"), "{reason}");
+    // The next write refuses, and writes nothing: the cut stays visible.
+    let error = store
+        .append_audit(&key, &[record("later")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("records 8..=10 are missing"), "{error}");
+    let error = store
+        .store(
+            &key,
+            "retail",
+            &[row("T-after-cut".to_owned(), index_of(1), None)],
+            vec![record("later")],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("does not end at the recorded head"),
+        "{error}"
+    );
+    assert_eq!(
+        cluster
+            .psql_in("vault", "SELECT count(*) FROM tokenvault.tokens")
+            .trim(),
+        "0",
+        "the rows of a batch whose audit append failed are rolled back"
+    );
+    assert_eq!(broken_at(&store).0, 8);
 }

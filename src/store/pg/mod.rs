@@ -13,6 +13,7 @@
 
 mod connect;
 pub mod schema;
+mod trail;
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -23,7 +24,9 @@ use postgres::Client;
 use self::connect::Connector;
 use self::schema::{Component, VERSIONS_TABLE};
 use super::{InsertOutcome, NewRow};
+use crate::audit::{Broken, Head, Record, Verified};
 use crate::config::{PostgresSettings, SchemaName};
+use crate::crypto::keys::AuditKey;
 
 /// What the PostgreSQL store reports.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,11 @@ pub enum PgError {
     /// The schema in the database cannot be used by this build.
     #[error("schema: {0}")]
     Schema(String),
+    /// The audit trail does not end at the recorded head (records cut off,
+    /// added behind the vault's back, or edited): nothing is appended, and
+    /// nothing the batch wrote commits.
+    #[error("audit trail does not end at the recorded head: {0}")]
+    AuditMismatch(String),
     /// Every connection stayed busy.
     #[error("no database connection became free within {0:?}")]
     PoolTimeout(Duration),
@@ -274,6 +282,7 @@ impl PgStore {
             }
             versions.insert(component.name().to_owned(), steps.len());
         }
+        transaction.execute(trail::SEED_HEAD, &[])?;
         transaction.commit()?;
         Ok(versions)
     }
@@ -312,73 +321,76 @@ impl PgStore {
         })
     }
 
-    /// Stores `rows` in one transaction. A deterministic value that any
-    /// node has already stored (committed, or committing at this moment)
-    /// comes back as [`InsertOutcome::Existing`] with that node's token:
-    /// the insert meets the unique blind index and does nothing, waiting
-    /// for a concurrent inserter's commit first, and the read that follows
-    /// sees the winner. Nothing here reads before it writes.
-    pub fn insert_or_read(
+    /// Stores `rows` and appends `audit` in one transaction, as the writer
+    /// does for a batch: the records name the stored tokens (the existing
+    /// one where the value was already stored), and a record exists exactly
+    /// when the rows it describes do.
+    ///
+    /// A deterministic value that any node has already stored (committed,
+    /// or committing at this moment) comes back as
+    /// [`InsertOutcome::Existing`] with that node's token: the insert meets
+    /// the unique blind index and does nothing, after waiting for a
+    /// concurrent inserter's commit, and the read that follows sees the
+    /// winner. Nothing here reads before it writes.
+    pub fn store(
         &self,
+        key: &AuditKey,
         namespace: &str,
         rows: &[NewRow],
+        audit: Vec<Record>,
     ) -> Result<Vec<InsertOutcome>, PgError> {
-        let now = super::unix_now();
         let mut client = self.borrow()?;
         let mut transaction = client.transaction()?;
-        let insert = transaction.prepare(
-            "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT DO NOTHING
-             RETURNING token",
-        )?;
-        let find = transaction.prepare(
-            "SELECT token FROM tokens WHERE namespace = $1 AND class = $2 AND blind_index = $3",
-        )?;
-        let link = transaction.prepare(
-            "INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let version = i32::try_from(row.key_version)
-                .map_err(|_| PgError::Query("key version out of range".to_owned()))?;
-            let index = row.blind_index.as_ref().map(|index| &index[..]);
-            let inserted = transaction.query_opt(
-                &insert,
-                &[
-                    &namespace,
-                    &row.token,
-                    &row.class,
-                    &version,
-                    &row.sealed,
-                    &index,
-                    &now,
-                    &row.used_day,
-                ],
-            )?;
-            let outcome = match (inserted, index) {
-                (Some(_), _) => InsertOutcome::Inserted,
-                (None, Some(index)) => {
-                    match transaction.query_opt(&find, &[&namespace, &row.class, &index])? {
-                        Some(found) => InsertOutcome::Existing(found.get(0)),
-                        None => InsertOutcome::TokenTaken,
-                    }
-                }
-                (None, None) => InsertOutcome::TokenTaken,
-            };
-            let stored = match &outcome {
-                InsertOutcome::Inserted => Some(row.token.as_str()),
-                InsertOutcome::Existing(token) => Some(token.as_str()),
-                InsertOutcome::TokenTaken => None,
-            };
-            if let (Some(token), Some(subject)) = (stored, &row.subject_hash) {
-                transaction.execute(&link, &[&namespace, &&subject[..], &token, &now])?;
+        let outcomes = insert_or_read(&mut transaction, namespace, rows)?;
+        let mut records = Vec::new();
+        // A taken token is minted again by the engine; the batch records
+        // nothing for it, as on SQLite.
+        if !outcomes.contains(&InsertOutcome::TokenTaken) {
+            let tokens: Vec<&String> = rows
+                .iter()
+                .zip(&outcomes)
+                .map(|(row, outcome)| match outcome {
+                    InsertOutcome::Existing(token) => token,
+                    _ => &row.token,
+                })
+                .collect();
+            for mut record in audit {
+                record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
+                records.push(record);
             }
-            outcomes.push(outcome);
         }
+        trail::append(&mut transaction, key, &records)?;
         transaction.commit()?;
         Ok(outcomes)
+    }
+
+    /// Appends `records` alone (a reveal, a refusal, an admin action).
+    pub fn append_audit(
+        &self,
+        key: &AuditKey,
+        records: &[Record],
+    ) -> Result<Option<Head>, PgError> {
+        let mut client = self.borrow()?;
+        let mut transaction = client.transaction()?;
+        let head = trail::append(&mut transaction, key, records)?;
+        transaction.commit()?;
+        Ok(head)
+    }
+
+    /// Verifies the whole audit chain against the head, in one snapshot.
+    pub fn verify_audit(&self, key: &AuditKey) -> Result<Verified, Broken> {
+        let unreachable = |error: PgError| Broken {
+            seq: 0,
+            reason: format!("cannot read the audit trail: {error}"),
+        };
+        let mut client = self.borrow().map_err(unreachable)?;
+        let mut transaction = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| unreachable(e.into()))?;
+        trail::verify(&mut transaction, key)
     }
 
     /// The sealed value and key version behind `token`, if stored.
@@ -396,4 +408,66 @@ impl PgStore {
             (u32::try_from(version).unwrap_or(0), row.get(1))
         }))
     }
+}
+
+/// Inserts `rows` inside `transaction`, each as inserted, existing (with
+/// the stored token) or taken; links subjects to the stored token.
+fn insert_or_read(
+    transaction: &mut postgres::Transaction<'_>,
+    namespace: &str,
+    rows: &[NewRow],
+) -> Result<Vec<InsertOutcome>, PgError> {
+    let now = super::unix_now();
+    let insert = transaction.prepare(
+        "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT DO NOTHING
+         RETURNING token",
+    )?;
+    let find = transaction.prepare(
+        "SELECT token FROM tokens WHERE namespace = $1 AND class = $2 AND blind_index = $3",
+    )?;
+    let link = transaction.prepare(
+        "INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let version = i32::try_from(row.key_version)
+            .map_err(|_| PgError::Query("key version out of range".to_owned()))?;
+        let index = row.blind_index.as_ref().map(|index| &index[..]);
+        let inserted = transaction.query_opt(
+            &insert,
+            &[
+                &namespace,
+                &row.token,
+                &row.class,
+                &version,
+                &row.sealed,
+                &index,
+                &now,
+                &row.used_day,
+            ],
+        )?;
+        let outcome = match (inserted, index) {
+            (Some(_), _) => InsertOutcome::Inserted,
+            (None, Some(index)) => {
+                match transaction.query_opt(&find, &[&namespace, &row.class, &index])? {
+                    Some(found) => InsertOutcome::Existing(found.get(0)),
+                    None => InsertOutcome::TokenTaken,
+                }
+            }
+            (None, None) => InsertOutcome::TokenTaken,
+        };
+        let stored = match &outcome {
+            InsertOutcome::Inserted => Some(row.token.as_str()),
+            InsertOutcome::Existing(token) => Some(token.as_str()),
+            InsertOutcome::TokenTaken => None,
+        };
+        if let (Some(token), Some(subject)) = (stored, &row.subject_hash) {
+            transaction.execute(&link, &[&namespace, &&subject[..], &token, &now])?;
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
