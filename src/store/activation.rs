@@ -14,14 +14,14 @@ pub enum ConsentTarget {
 }
 
 impl ConsentTarget {
-    fn scope(&self) -> &'static str {
+    pub(crate) fn scope(&self) -> &'static str {
         match self {
             Self::Token(_) => "token",
             Self::Subject(_) => "subject",
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Self::Token(token) => token.as_bytes(),
             Self::Subject(hash) => hash,

@@ -1433,20 +1433,7 @@ impl Writer {
                         .filter(|o| **o == InsertOutcome::Inserted)
                         .count();
                     *created.entry(namespace.clone()).or_default() += new as u64;
-                    if !outcomes.contains(&InsertOutcome::TokenTaken) {
-                        let tokens: Vec<&String> = rows
-                            .iter()
-                            .zip(outcomes.iter())
-                            .map(|(row, outcome)| match outcome {
-                                InsertOutcome::Existing(token) => token,
-                                _ => &row.token,
-                            })
-                            .collect();
-                        for mut record in audit {
-                            record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
-                            records.push(record);
-                        }
-                    }
+                    records.extend(records_for_insert(&rows, outcomes, audit));
                 }
                 (
                     Done::Delete(_, deleted),
@@ -1590,6 +1577,34 @@ enum Work {
         rekey: Rekey,
         audit: Vec<Record>,
     },
+}
+
+/// The records of an insert, naming the stored tokens (the existing one
+/// where the value was already stored). A taken token is minted again by
+/// the engine and recorded then: an insert with one records nothing.
+fn records_for_insert(
+    rows: &[NewRow],
+    outcomes: &[InsertOutcome],
+    audit: Vec<Record>,
+) -> Vec<Record> {
+    if outcomes.contains(&InsertOutcome::TokenTaken) {
+        return Vec::new();
+    }
+    let tokens: Vec<&String> = rows
+        .iter()
+        .zip(outcomes)
+        .map(|(row, outcome)| match outcome {
+            InsertOutcome::Existing(token) => token,
+            _ => &row.token,
+        })
+        .collect();
+    audit
+        .into_iter()
+        .map(|mut record| {
+            record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
+            record
+        })
+        .collect()
 }
 
 fn insert_rows(

@@ -11,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use tokenvault::audit::{Action, Context, Outcome, Record};
 use tokenvault::config::{DatabaseUrl, PostgresSettings, SchemaName, SecretRef};
 use tokenvault::crypto::keys::{AuditKey, MasterKey};
+use tokenvault::store::activation::{ActivationWrite, ConsentEvent, ConsentTarget};
 use tokenvault::store::pg::PgStore;
 use tokenvault::store::{InsertOutcome, NewRow};
 
@@ -386,4 +387,182 @@ fn the_chain_in_postgres_catches_edits_deletions_reorders_and_a_cut_tail() {
         "the rows of a batch whose audit append failed are rolled back"
     );
     assert_eq!(broken_at(&store).0, 8);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Two nodes on one database, each with its writer.
+fn two_nodes(cluster: &PgCluster) -> (Arc<PgStore>, Arc<PgStore>) {
+    let nodes: Vec<Arc<PgStore>> = (0..2)
+        .map(|_| {
+            let store = PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap();
+            store.migrate().unwrap();
+            store.start_writer(audit_key());
+            Arc::new(store)
+        })
+        .collect();
+    (nodes[0].clone(), nodes[1].clone())
+}
+
+#[test]
+fn a_message_id_accepted_through_one_node_is_a_replay_through_the_other() {
+    let cluster = PgCluster::start(None);
+    let (a, b) = two_nodes(&cluster);
+    let claim = |id: &str, callback: &str| ActivationWrite::Claim {
+        callback: callback.to_owned(),
+        message_id: id.to_owned(),
+        expires_at: i64::MAX,
+    };
+    let rt = runtime();
+    // In turn: accepted once, whichever node and callback sees it again.
+    assert!(rt
+        .block_on(a.activation(claim("msg_1", "sms"), vec![record("a")]))
+        .unwrap());
+    assert!(!rt
+        .block_on(b.activation(claim("msg_1", "sms"), vec![record("b")]))
+        .unwrap());
+    assert!(!rt
+        .block_on(b.activation(claim("msg_1", "email"), vec![record("b")]))
+        .unwrap());
+    // At the same moment: 200 ids claimed through both nodes at once, each
+    // accepted exactly once.
+    let accepted = rt.block_on(async {
+        let claims = (0..200).flat_map(|n| {
+            let id = format!("msg_race_{n}");
+            [a.clone(), b.clone()].map(|node| {
+                let write = claim(&id, "sms");
+                tokio::spawn(async move { node.activation(write, vec![record("n")]).await })
+            })
+        });
+        let mut accepted = 0;
+        for claim in claims.collect::<Vec<_>>() {
+            accepted += usize::from(claim.await.unwrap().unwrap());
+        }
+        accepted
+    });
+    assert_eq!(accepted, 200);
+    // Released by the callback that claimed it, the id is accepted again
+    // (the platform's retry after a failed delivery).
+    let release = ActivationWrite::Release {
+        callback: "sms".to_owned(),
+        message_id: "msg_1".to_owned(),
+    };
+    assert!(rt.block_on(a.activation(release, vec![])).unwrap());
+    assert!(rt
+        .block_on(b.activation(claim("msg_1", "sms"), vec![]))
+        .unwrap());
+    // Every claim was recorded in the one chain.
+    assert_eq!(
+        a.verify_audit(&audit_key()).unwrap().count,
+        3 + 400,
+        "one record per claim that carried one"
+    );
+}
+
+#[test]
+fn consent_withdrawn_through_one_node_blocks_at_the_other_from_the_next_request() {
+    let cluster = PgCluster::start(None);
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    let subject = [9u8; 32];
+    let stored = rt
+        .block_on(a.insert(
+            "retail",
+            vec![
+                row("T-own".to_owned(), index_of(1), None),
+                row("T-shared".to_owned(), index_of(2), Some(subject)),
+            ],
+            vec![record("a")],
+        ))
+        .unwrap();
+    assert_eq!(stored, [InsertOutcome::Inserted, InsertOutcome::Inserted]);
+    let consent = |target: ConsentTarget, purpose: &str, withdrawn: bool| {
+        ActivationWrite::Consent(ConsentEvent {
+            namespace: "retail".to_owned(),
+            target,
+            purpose: purpose.to_owned(),
+            withdrawn,
+            changed_at: 1,
+            source: "test".to_owned(),
+        })
+    };
+    assert!(!b.consent_withdrawn("retail", "T-own", "sms").unwrap());
+
+    // A token's withdrawal, through A, is seen by B at once; a restore
+    // through B is seen by A.
+    rt.block_on(a.activation(
+        consent(ConsentTarget::Token("T-own".into()), "sms", true),
+        vec![],
+    ))
+    .unwrap();
+    assert!(b.consent_withdrawn("retail", "T-own", "sms").unwrap());
+    assert!(!b.consent_withdrawn("retail", "T-own", "email").unwrap());
+    rt.block_on(b.activation(
+        consent(ConsentTarget::Token("T-own".into()), "sms", false),
+        vec![],
+    ))
+    .unwrap();
+    assert!(!a.consent_withdrawn("retail", "T-own", "sms").unwrap());
+
+    // Every purpose (`*`) withdrawn for the subject, through B: the token
+    // linked to it is blocked at A, the other token is not.
+    rt.block_on(b.activation(consent(ConsentTarget::Subject(subject), "*", true), vec![]))
+        .unwrap();
+    assert!(a.consent_withdrawn("retail", "T-shared", "email").unwrap());
+    assert!(!a.consent_withdrawn("retail", "T-own", "email").unwrap());
+}
+
+#[test]
+fn the_writer_batches_concurrent_inserts_and_answers_each_after_the_commit() {
+    let cluster = PgCluster::start(None);
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    const JOBS: usize = 400;
+    let answers = rt.block_on(async {
+        let jobs: Vec<_> = (0..JOBS)
+            .map(|n| {
+                let node = if n % 2 == 0 { a.clone() } else { b.clone() };
+                // Every value is sent twice, once through each node.
+                let value = n / 2;
+                tokio::spawn(async move {
+                    node.insert(
+                        "retail",
+                        vec![row(format!("T-{n}"), index_of(value), None)],
+                        vec![record("n")],
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for job in jobs {
+            answers.push(job.await.unwrap().unwrap());
+        }
+        answers
+    });
+    // Of the two sends of each value, one inserted and the other was
+    // answered the token the first stored.
+    let mut inserted = 0;
+    for (value, pair) in answers.chunks(2).enumerate() {
+        match (&pair[0][0], &pair[1][0]) {
+            (InsertOutcome::Inserted, InsertOutcome::Existing(token)) => {
+                assert_eq!(token, &format!("T-{}", 2 * value));
+            }
+            (InsertOutcome::Existing(token), InsertOutcome::Inserted) => {
+                assert_eq!(token, &format!("T-{}", 2 * value + 1));
+            }
+            other => panic!("one insert and one existing expected, got {other:?}"),
+        }
+        inserted += 1;
+    }
+    assert_eq!(inserted, JOBS / 2);
+    let rows = cluster.psql_in("vault", "SELECT count(*) FROM tokenvault.tokens");
+    assert_eq!(rows.trim(), (JOBS / 2).to_string());
+    assert_eq!(a.verify_audit(&audit_key()).unwrap().count, JOBS as u64);
 }

@@ -11,19 +11,24 @@
 //! runtime per connection: call it from a blocking thread (the writer, a
 //! `spawn_blocking` task or the CLI), never from an async task.
 
+mod activation;
 mod connect;
+mod pool;
 pub mod schema;
 mod trail;
+mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postgres::Client;
+use tokio::sync::{mpsc, oneshot};
 
-use self::connect::Connector;
+pub use self::pool::Borrowed;
+use self::pool::Pool;
 use self::schema::{Component, VERSIONS_TABLE};
-use super::{InsertOutcome, NewRow};
+use super::activation::ActivationWrite;
+use super::{Failure, InsertOutcome, NewRow, StoreError};
 use crate::audit::{Broken, Head, Record, Verified};
 use crate::config::{PostgresSettings, SchemaName};
 use crate::crypto::keys::AuditKey;
@@ -88,58 +93,17 @@ impl From<postgres::Error> for PgError {
     }
 }
 
-/// How long a caller waits for a free connection.
-const POOL_WAIT: Duration = Duration::from_secs(10);
-
-/// The PostgreSQL store: a pool of connections to one schema.
+/// The PostgreSQL store: a pool of connections to one schema and, once
+/// started, the node's writer.
 pub struct PgStore {
-    connector: Connector,
+    pool: Arc<Pool>,
     schema: SchemaName,
-    size: usize,
-    idle: Mutex<Pool>,
-    freed: Condvar,
+    writer: Mutex<Option<WriterHandle>>,
 }
 
-struct Pool {
-    clients: Vec<Client>,
-    open: usize,
-}
-
-/// A connection borrowed from the pool; it goes back when dropped, unless
-/// the server closed it.
-pub struct Borrowed<'a> {
-    store: &'a PgStore,
-    client: Option<Client>,
-}
-
-impl std::ops::Deref for Borrowed<'_> {
-    type Target = Client;
-
-    fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Borrowed<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until dropped")
-    }
-}
-
-impl Drop for Borrowed<'_> {
-    fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        let mut pool = self.store.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if client.is_closed() {
-            pool.open -= 1;
-        } else {
-            pool.clients.push(client);
-        }
-        drop(pool);
-        self.store.freed.notify_one();
-    }
+struct WriterHandle {
+    jobs: mpsc::Sender<writer::Job>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// What `storage check` reports.
@@ -157,65 +121,21 @@ impl PgStore {
     /// Prepares the pool and opens one connection, so that a wrong host,
     /// password or CA is reported now.
     pub fn connect(settings: &PostgresSettings) -> Result<Self, PgError> {
-        let connector = Connector::new(settings)?;
-        let first = connector.connect()?;
         Ok(Self {
-            connector,
+            pool: Arc::new(Pool::open(settings)?),
             schema: settings.schema.clone(),
-            size: usize::try_from(settings.pool_size).unwrap_or(1).max(1),
-            idle: Mutex::new(Pool {
-                clients: vec![first],
-                open: 1,
-            }),
-            freed: Condvar::new(),
+            writer: Mutex::new(None),
         })
     }
 
-    /// A connection: an idle one, a new one while the pool has room, or
-    /// the first one freed within [`POOL_WAIT`].
+    /// A connection from the pool.
     pub fn borrow(&self) -> Result<Borrowed<'_>, PgError> {
-        let deadline = std::time::Instant::now() + POOL_WAIT;
-        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(client) = pool.clients.pop() {
-                if client.is_closed() {
-                    pool.open -= 1;
-                    continue;
-                }
-                return Ok(Borrowed {
-                    store: self,
-                    client: Some(client),
-                });
-            }
-            if pool.open < self.size {
-                pool.open += 1;
-                drop(pool);
-                return match self.connector.connect() {
-                    Ok(client) => Ok(Borrowed {
-                        store: self,
-                        client: Some(client),
-                    }),
-                    Err(error) => {
-                        self.idle.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
-                        Err(error)
-                    }
-                };
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Err(PgError::PoolTimeout(POOL_WAIT));
-            }
-            pool = self
-                .freed
-                .wait_timeout(pool, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.pool.borrow()
     }
 
     /// Whether connections are TLS.
     pub fn uses_tls(&self) -> bool {
-        self.connector.uses_tls()
+        self.pool.uses_tls()
     }
 
     /// The schema the tables live in.
@@ -341,25 +261,10 @@ impl PgStore {
     ) -> Result<Vec<InsertOutcome>, PgError> {
         let mut client = self.borrow()?;
         let mut transaction = client.transaction()?;
+        let locked = trail::lock(&mut transaction, key)?;
         let outcomes = insert_or_read(&mut transaction, namespace, rows)?;
-        let mut records = Vec::new();
-        // A taken token is minted again by the engine; the batch records
-        // nothing for it, as on SQLite.
-        if !outcomes.contains(&InsertOutcome::TokenTaken) {
-            let tokens: Vec<&String> = rows
-                .iter()
-                .zip(&outcomes)
-                .map(|(row, outcome)| match outcome {
-                    InsertOutcome::Existing(token) => token,
-                    _ => &row.token,
-                })
-                .collect();
-            for mut record in audit {
-                record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
-                records.push(record);
-            }
-        }
-        trail::append(&mut transaction, key, &records)?;
+        let records = super::records_for_insert(rows, &outcomes, audit);
+        trail::append(&mut transaction, key, locked, &records)?;
         transaction.commit()?;
         Ok(outcomes)
     }
@@ -372,7 +277,8 @@ impl PgStore {
     ) -> Result<Option<Head>, PgError> {
         let mut client = self.borrow()?;
         let mut transaction = client.transaction()?;
-        let head = trail::append(&mut transaction, key, records)?;
+        let locked = trail::lock(&mut transaction, key)?;
+        let head = trail::append(&mut transaction, key, locked, records)?;
         transaction.commit()?;
         Ok(head)
     }
@@ -391,6 +297,96 @@ impl PgStore {
             .start()
             .map_err(|e| unreachable(e.into()))?;
         trail::verify(&mut transaction, key)
+    }
+
+    /// Starts this node's writer (group commit), chaining records with
+    /// `key`. Until then the batched writes answer that the writer stopped.
+    pub fn start_writer(&self, key: Arc<AuditKey>) {
+        let (jobs, receiver) = mpsc::channel(writer::MAX_JOBS * 4);
+        let pool = self.pool.clone();
+        let thread = std::thread::Builder::new()
+            .name("pg-writer".to_owned())
+            .spawn(move || writer::run(&pool, &key, receiver))
+            .expect("spawning the writer thread");
+        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(WriterHandle { jobs, thread });
+    }
+
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> writer::Job,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let jobs = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|handle| handle.jobs.clone())
+            .ok_or(StoreError::WriterGone)?;
+        jobs.send(job(reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(answer.await.map_err(|_| StoreError::WriterGone)??)
+    }
+
+    /// Stores `rows` and their records through the writer: batched with
+    /// every other write waiting, answered after the commit.
+    pub async fn insert(
+        &self,
+        namespace: &str,
+        rows: Vec<NewRow>,
+        audit: Vec<Record>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let namespace = namespace.to_owned();
+        self.submit(|reply| writer::Job::Insert {
+            namespace,
+            rows,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    /// A consent change or a callback message id, with its records, through
+    /// the writer; a claim answers whether the id was new on every node.
+    pub async fn activation(
+        &self,
+        write: ActivationWrite,
+        audit: Vec<Record>,
+    ) -> Result<bool, StoreError> {
+        self.submit(|reply| writer::Job::Activation {
+            write,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    /// Records alone, through the writer.
+    pub async fn record(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.submit(|reply| writer::Job::Audit { records, reply })
+            .await
+    }
+
+    /// Whether consent for `purpose` is withdrawn for `token`, by a token
+    /// or a linked subject's event, as committed by any node.
+    pub fn consent_withdrawn(
+        &self,
+        namespace: &str,
+        token: &str,
+        purpose: &str,
+    ) -> Result<bool, PgError> {
+        activation::withdrawn(&mut *self.borrow()?, namespace, token, purpose)
+    }
+
+    /// Stops the writer after the jobs already queued.
+    pub fn shutdown(&self) {
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(WriterHandle { jobs, thread }) = handle {
+            drop(jobs);
+            let _ = thread.join();
+        }
     }
 
     /// The sealed value and key version behind `token`, if stored.
@@ -470,4 +466,10 @@ fn insert_or_read(
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }

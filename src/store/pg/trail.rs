@@ -143,16 +143,31 @@ fn check_tail(
     })
 }
 
-/// Appends `records` inside `transaction` after the locked head, checking
-/// the tail first (even with nothing to append: while the trail is broken
-/// nothing at all commits); moves the head. Returns the new head.
+/// The audit head, locked for the rest of a write transaction and checked
+/// to be the trail's end.
+#[must_use = "a write transaction appends its records after the head it locked"]
+pub(super) struct Locked(Option<Head>);
+
+/// Locks the head row and checks the tail. The first statement of every
+/// write transaction: nodes then take their locks in one order (the head
+/// first), so two batches that touch the same rows in different orders
+/// queue instead of deadlocking, and while the trail is broken nothing at
+/// all commits.
+pub(super) fn lock(transaction: &mut Transaction<'_>, key: &AuditKey) -> Result<Locked, PgError> {
+    let head = lock_head(transaction)?;
+    check_tail(transaction, key, head)?.map_err(PgError::AuditMismatch)?;
+    Ok(Locked(head))
+}
+
+/// Appends `records` after the locked head and moves it. Returns the new
+/// head.
 pub(super) fn append(
     transaction: &mut Transaction<'_>,
     key: &AuditKey,
+    locked: Locked,
     records: &[Record],
 ) -> Result<Option<Head>, PgError> {
-    let mut head = lock_head(transaction)?;
-    check_tail(transaction, key, head)?.map_err(PgError::AuditMismatch)?;
+    let mut head = locked.0;
     if records.is_empty() {
         return Ok(head);
     }

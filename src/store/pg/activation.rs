@@ -1,0 +1,94 @@
+//! Activation state on PostgreSQL, shared by every node: consent events
+//! (the newest matching event decides) and accepted callback message ids
+//! (an id accepted through one node is a replay at any other).
+
+use postgres::{GenericClient, Transaction};
+
+use super::super::activation::{ActivationWrite, ConsentTarget};
+use super::PgError;
+
+/// Applies one write inside the writer's transaction; a claim answers
+/// whether the id was new.
+pub(super) fn apply(
+    transaction: &mut Transaction<'_>,
+    write: &ActivationWrite,
+    now: i64,
+) -> Result<bool, PgError> {
+    match write {
+        ActivationWrite::Consent(event) => {
+            transaction.execute(
+                "INSERT INTO consent_events (namespace, scope, target, purpose, withdrawn, changed_at, source)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &event.namespace,
+                    &event.target.scope(),
+                    &event.target.bytes(),
+                    &event.purpose,
+                    &event.withdrawn,
+                    &event.changed_at,
+                    &event.source,
+                ],
+            )?;
+            Ok(true)
+        }
+        ActivationWrite::Claim {
+            callback,
+            message_id,
+            expires_at,
+        } => {
+            transaction.execute(
+                "DELETE FROM callback_message_ids WHERE expires_at < $1",
+                &[&now],
+            )?;
+            // The primary key decides between nodes claiming the same id at
+            // once: the second insert waits for the first to commit, then
+            // does nothing.
+            let inserted = transaction.execute(
+                "INSERT INTO callback_message_ids (message_id, callback, expires_at)
+                 VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING",
+                &[message_id, callback, expires_at],
+            )?;
+            Ok(inserted == 1)
+        }
+        ActivationWrite::Release {
+            callback,
+            message_id,
+        } => {
+            transaction.execute(
+                "DELETE FROM callback_message_ids WHERE callback = $1 AND message_id = $2",
+                &[callback, message_id],
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// True when the newest event for the token, or for any subject linked to
+/// it, about `purpose` or `*`, withdrew it (the SQLite store's rule).
+pub(super) fn withdrawn(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    token: &str,
+    purpose: &str,
+) -> Result<bool, PgError> {
+    let row = client.query_one(
+        "SELECT coalesce((
+             SELECT withdrawn FROM consent_events
+             WHERE namespace = $1 AND scope = 'token' AND target = $2 AND purpose IN ($3, '*')
+             ORDER BY id DESC LIMIT 1), false)
+         OR EXISTS (
+             SELECT 1 FROM subject_links AS link
+             WHERE link.namespace = $1 AND link.token = $4
+               AND (SELECT withdrawn FROM consent_events
+                    WHERE namespace = $1 AND scope = 'subject' AND target = link.subject_hash
+                      AND purpose IN ($3, '*')
+                    ORDER BY id DESC LIMIT 1))",
+        &[
+            &namespace,
+            &ConsentTarget::Token(token.to_owned()).bytes(),
+            &purpose,
+            &token,
+        ],
+    )?;
+    Ok(row.get(0))
+}
