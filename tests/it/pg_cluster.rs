@@ -118,8 +118,21 @@ fn free_port() -> u16 {
 }
 
 impl PgCluster {
-    /// Starts a cluster, with TLS when `tls` is given.
+    /// Starts a cluster, with TLS when `tls` is given. It does not sync to
+    /// disk (these clusters are thrown away); [`PgCluster::start_durable`]
+    /// does, for benchmarks.
     pub fn start(tls: Option<&ServerTls>) -> Self {
+        Self::start_with(tls, false)
+    }
+
+    /// Starts a cluster with PostgreSQL's default durability (fsync and
+    /// synchronous commit on).
+    #[allow(dead_code)]
+    pub fn start_durable() -> Self {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(tls: Option<&ServerTls>, durable: bool) -> Self {
         let bin = server_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("tokenvault-pg")
@@ -127,9 +140,12 @@ impl PgCluster {
             .unwrap();
         let data = dir.path().join("data");
         let mut options = format!(
-            "-c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c max_connections=60",
+            "-c listen_addresses=127.0.0.1 -k {} -c max_connections=80",
             dir.path().display()
         );
+        if !durable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off");
+        }
         if let Some(tls) = tls {
             let cert = dir.path().join("server.crt");
             let key = dir.path().join("server.key");

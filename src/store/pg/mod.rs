@@ -19,6 +19,7 @@ mod trail;
 mod writer;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +100,7 @@ pub struct PgStore {
     pool: Arc<Pool>,
     schema: SchemaName,
     writer: Mutex<Option<WriterHandle>>,
+    batches: Arc<AtomicU64>,
 }
 
 struct WriterHandle {
@@ -125,6 +127,7 @@ impl PgStore {
             pool: Arc::new(Pool::open(settings)?),
             schema: settings.schema.clone(),
             writer: Mutex::new(None),
+            batches: Arc::default(),
         })
     }
 
@@ -303,10 +306,10 @@ impl PgStore {
     /// `key`. Until then the batched writes answer that the writer stopped.
     pub fn start_writer(&self, key: Arc<AuditKey>) {
         let (jobs, receiver) = mpsc::channel(writer::MAX_JOBS * 4);
-        let pool = self.pool.clone();
+        let (pool, batches) = (self.pool.clone(), self.batches.clone());
         let thread = std::thread::Builder::new()
             .name("pg-writer".to_owned())
-            .spawn(move || writer::run(&pool, &key, receiver))
+            .spawn(move || writer::run(&pool, &key, &batches, receiver))
             .expect("spawning the writer thread");
         *self.writer.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(WriterHandle { jobs, thread });
@@ -380,6 +383,11 @@ impl PgStore {
         activation::withdrawn(&mut *self.borrow()?, namespace, token, purpose)
     }
 
+    /// Transactions the writer has committed so far.
+    pub fn batches_committed(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// Stops the writer after the jobs already queued.
     pub fn shutdown(&self) {
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -406,64 +414,104 @@ impl PgStore {
     }
 }
 
-/// Inserts `rows` inside `transaction`, each as inserted, existing (with
-/// the stored token) or taken; links subjects to the stored token.
+/// Inserts `rows` of one namespace inside `transaction`.
 fn insert_or_read(
     transaction: &mut postgres::Transaction<'_>,
     namespace: &str,
     rows: &[NewRow],
 ) -> Result<Vec<InsertOutcome>, PgError> {
+    let items: Vec<(&str, &NewRow)> = rows.iter().map(|row| (namespace, row)).collect();
+    insert_all(transaction, &items)
+}
+
+/// Inserts `items` (namespace and row) inside `transaction` in three
+/// statements whatever their number, with the outcome of inserting them
+/// one by one in order: each row is inserted, or answered the token already
+/// stored for its value (by any node, or earlier in `items`), or reported
+/// taken when its token is another value's. Links subjects to the stored
+/// token.
+fn insert_all(
+    transaction: &mut postgres::Transaction<'_>,
+    items: &[(&str, &NewRow)],
+) -> Result<Vec<InsertOutcome>, PgError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let now = super::unix_now();
-    let insert = transaction.prepare(
+    let namespaces: Vec<&str> = items.iter().map(|(namespace, _)| *namespace).collect();
+    let tokens: Vec<&str> = items.iter().map(|(_, row)| row.token.as_str()).collect();
+    let classes: Vec<&str> = items.iter().map(|(_, row)| row.class.as_str()).collect();
+    let versions = items
+        .iter()
+        .map(|(_, row)| i32::try_from(row.key_version))
+        .collect::<Result<Vec<i32>, _>>()
+        .map_err(|_| PgError::Query("key version out of range".to_owned()))?;
+    let sealed: Vec<&[u8]> = items.iter().map(|(_, row)| row.sealed.as_slice()).collect();
+    let indexes: Vec<Option<&[u8]>> = items
+        .iter()
+        .map(|(_, row)| row.blind_index.as_ref().map(|index| &index[..]))
+        .collect();
+    let days: Vec<i64> = items.iter().map(|(_, row)| row.used_day).collect();
+    // In the order given, so that of two rows with one value the first is
+    // stored and the second meets it.
+    let inserted = transaction.query(
         "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         SELECT n, t, c, v, s, b, $7, u
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::bytea[], $6::bytea[], $8::int8[])
+              WITH ORDINALITY AS item (n, t, c, v, s, b, u, ord)
+         ORDER BY ord
          ON CONFLICT DO NOTHING
-         RETURNING token",
+         RETURNING namespace, token",
+        &[&namespaces, &tokens, &classes, &versions, &sealed, &indexes, &now, &days],
     )?;
-    let find = transaction.prepare(
-        "SELECT token FROM tokens WHERE namespace = $1 AND class = $2 AND blind_index = $3",
+    let mut fresh: std::collections::HashSet<(String, String)> = inserted
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // The stored token of every value that was not inserted here.
+    let existing = transaction.query(
+        "SELECT item.ord, tokens.token
+         FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS item (n, c, b, ord)
+         JOIN tokens ON tokens.namespace = item.n AND tokens.class = item.c
+                    AND tokens.blind_index = item.b",
+        &[&namespaces, &classes, &indexes],
     )?;
-    let link = transaction.prepare(
-        "INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )?;
-    let mut outcomes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let version = i32::try_from(row.key_version)
-            .map_err(|_| PgError::Query("key version out of range".to_owned()))?;
-        let index = row.blind_index.as_ref().map(|index| &index[..]);
-        let inserted = transaction.query_opt(
-            &insert,
-            &[
-                &namespace,
-                &row.token,
-                &row.class,
-                &version,
-                &row.sealed,
-                &index,
-                &now,
-                &row.used_day,
-            ],
-        )?;
-        let outcome = match (inserted, index) {
-            (Some(_), _) => InsertOutcome::Inserted,
-            (None, Some(index)) => {
-                match transaction.query_opt(&find, &[&namespace, &row.class, &index])? {
-                    Some(found) => InsertOutcome::Existing(found.get(0)),
-                    None => InsertOutcome::TokenTaken,
-                }
+    let mut stored_token: BTreeMap<usize, String> = BTreeMap::new();
+    for row in existing {
+        let ord: i64 = row.get(0);
+        stored_token.insert(usize::try_from(ord).unwrap_or(0), row.get(1));
+    }
+    let mut outcomes = Vec::with_capacity(items.len());
+    let (mut link_ns, mut link_subject, mut link_token) = (Vec::new(), Vec::new(), Vec::new());
+    for (position, (namespace, row)) in items.iter().enumerate() {
+        let key = ((*namespace).to_owned(), row.token.clone());
+        let outcome = if fresh.remove(&key) {
+            InsertOutcome::Inserted
+        } else {
+            match stored_token.get(&(position + 1)) {
+                Some(token) => InsertOutcome::Existing(token.clone()),
+                None => InsertOutcome::TokenTaken,
             }
-            (None, None) => InsertOutcome::TokenTaken,
         };
         let stored = match &outcome {
-            InsertOutcome::Inserted => Some(row.token.as_str()),
-            InsertOutcome::Existing(token) => Some(token.as_str()),
+            InsertOutcome::Inserted => Some(row.token.clone()),
+            InsertOutcome::Existing(token) => Some(token.clone()),
             InsertOutcome::TokenTaken => None,
         };
         if let (Some(token), Some(subject)) = (stored, &row.subject_hash) {
-            transaction.execute(&link, &[&namespace, &&subject[..], &token, &now])?;
+            link_ns.push(*namespace);
+            link_subject.push(&subject[..]);
+            link_token.push(token);
         }
         outcomes.push(outcome);
+    }
+    if !link_ns.is_empty() {
+        transaction.execute(
+            "INSERT INTO subject_links (namespace, subject_hash, token, linked_at)
+             SELECT n, s, t, $4 FROM unnest($1::text[], $2::bytea[], $3::text[]) AS link (n, s, t)
+             ON CONFLICT DO NOTHING",
+            &[&link_ns, &link_subject, &link_token, &now],
+        )?;
     }
     Ok(outcomes)
 }

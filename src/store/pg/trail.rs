@@ -47,34 +47,31 @@ fn to_sql(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn stored_at(transaction: &mut Transaction<'_>, seq: u64) -> Result<Option<Stored>, PgError> {
-    let row = transaction.query_opt(
-        &format!("SELECT {COLUMNS} FROM records WHERE seq = $1"),
-        &[&to_sql(seq)],
-    )?;
-    row.map(|row| decode(&row)).transpose()
+fn decode(row: &postgres::Row) -> Result<Stored, PgError> {
+    decode_at(row, 0)
 }
 
-fn decode(row: &postgres::Row) -> Result<Stored, PgError> {
+/// The record whose columns ([`COLUMNS`]) start at `at` in `row`.
+fn decode_at(row: &postgres::Row, at: usize) -> Result<Stored, PgError> {
     let columns = Columns {
-        seq: row.try_get(0)?,
-        time_us: row.try_get(1)?,
-        request_id: row.try_get(2)?,
-        actor: row.try_get(3)?,
-        auth: row.try_get(4)?,
-        source: row.try_get(5)?,
-        action: row.try_get(6)?,
-        namespace: row.try_get(7)?,
-        route: row.try_get(8)?,
-        purpose: row.try_get(9)?,
-        item_count: row.try_get(10)?,
-        tokens: row.try_get(11)?,
-        outcome: row.try_get(12)?,
-        reason: row.try_get(13)?,
-        mac: row.try_get(14)?,
-        gap_first: row.try_get(15)?,
-        gap_last: row.try_get(16)?,
-        unrecognized: row.try_get(17)?,
+        seq: row.try_get(at)?,
+        time_us: row.try_get(at + 1)?,
+        request_id: row.try_get(at + 2)?,
+        actor: row.try_get(at + 3)?,
+        auth: row.try_get(at + 4)?,
+        source: row.try_get(at + 5)?,
+        action: row.try_get(at + 6)?,
+        namespace: row.try_get(at + 7)?,
+        route: row.try_get(at + 8)?,
+        purpose: row.try_get(at + 9)?,
+        item_count: row.try_get(at + 10)?,
+        tokens: row.try_get(at + 11)?,
+        outcome: row.try_get(at + 12)?,
+        reason: row.try_get(at + 13)?,
+        mac: row.try_get(at + 14)?,
+        gap_first: row.try_get(at + 15)?,
+        gap_last: row.try_get(at + 16)?,
+        unrecognized: row.try_get(at + 17)?,
     };
     columns
         .into_stored()
@@ -83,15 +80,29 @@ fn decode(row: &postgres::Row) -> Result<Stored, PgError> {
 
 /// Whether the trail ends at `head`: the head's record is there with the
 /// head's MAC, that MAC is right given its predecessor, and nothing follows
-/// it. The reason, when not.
+/// it. The reason, when not. One query, run after the head is locked so
+/// that it sees every commit before the lock.
 fn check_tail(
     transaction: &mut Transaction<'_>,
     key: &AuditKey,
     head: Option<Head>,
 ) -> Result<Result<(), String>, PgError> {
-    let last: Option<i64> = transaction
-        .query_one("SELECT max(seq) FROM records", &[])?
-        .get(0);
+    let columns: Vec<String> = COLUMNS
+        .split(',')
+        .map(|column| format!("r.{}", column.trim()))
+        .collect();
+    let row = transaction.query_one(
+        &format!(
+            "SELECT (SELECT max(seq) FROM records),
+                    (SELECT mac FROM records AS p WHERE p.seq < coalesce(r.gap_first, r.seq)
+                     ORDER BY p.seq DESC LIMIT 1),
+                    {}
+             FROM (SELECT 1) AS one LEFT JOIN records AS r ON r.seq = $1",
+            columns.join(", ")
+        ),
+        &[&head.map_or(0, |h| to_sql(h.seq))],
+    )?;
+    let last: Option<i64> = row.try_get(0)?;
     let Some(head) = head else {
         return Ok(match last {
             None => Ok(()),
@@ -123,15 +134,12 @@ fn check_tail(
         }
         Some(_) => {}
     }
-    let Some(stored) = stored_at(transaction, head.seq)? else {
+    if row.try_get::<_, Option<i64>>(2)?.is_none() {
         return Ok(Err(format!("record {} is missing", head.seq)));
-    };
-    let resumes_at = stored.record.gap.map_or(stored.seq, |gap| gap.first);
-    let previous: [u8; 32] = match transaction.query_opt(
-        "SELECT mac FROM records WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
-        &[&to_sql(resumes_at)],
-    )? {
-        Some(row) => row.get::<_, Vec<u8>>(0).try_into().unwrap_or([0; 32]),
+    }
+    let stored = decode_at(&row, 2)?;
+    let previous: [u8; 32] = match row.try_get::<_, Option<Vec<u8>>>(1)? {
+        Some(mac) => mac.try_into().unwrap_or([0; 32]),
         None => GENESIS,
     };
     let right = stored.mac == head.mac
@@ -171,39 +179,43 @@ pub(super) fn append(
     if records.is_empty() {
         return Ok(head);
     }
-    let insert = transaction.prepare(&format!(
-        "INSERT INTO records ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-    ))?;
+    // Chained here, inserted in one statement.
+    let mut rows = RecordColumns::default();
     for record in records {
         let (seq, previous) = next_place(head, record).map_err(PgError::Query)?;
         let mac = key.mac(&record.canonical(seq), &previous);
-        let (tokens, unrecognized) = encoded_lists(record);
-        transaction.execute(
-            &insert,
-            &[
-                &to_sql(seq),
-                &record.time_us,
-                &record.request_id,
-                &record.actor,
-                &record.auth,
-                &record.source,
-                &record.action.as_str(),
-                &record.namespace,
-                &record.route,
-                &record.purpose,
-                &to_sql(record.item_count),
-                &tokens,
-                &record.outcome.as_str(),
-                &record.reason,
-                &&mac[..],
-                &record.gap.map(|g| to_sql(g.first)),
-                &record.gap.map(|g| to_sql(g.last)),
-                &unrecognized,
-            ],
-        )?;
+        rows.push(seq, record, mac);
         head = Some(Head { seq, mac });
     }
+    transaction.execute(
+        &format!(
+            "INSERT INTO records ({COLUMNS})
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::int8[], $12::text[], $13::text[], $14::text[], $15::bytea[],
+                                  $16::int8[], $17::int8[], $18::text[])"
+        ),
+        &[
+            &rows.seq,
+            &rows.time_us,
+            &rows.request_id,
+            &rows.actor,
+            &rows.auth,
+            &rows.source,
+            &rows.action,
+            &rows.namespace,
+            &rows.route,
+            &rows.purpose,
+            &rows.item_count,
+            &rows.tokens,
+            &rows.outcome,
+            &rows.reason,
+            &rows.mac,
+            &rows.gap_first,
+            &rows.gap_last,
+            &rows.unrecognized,
+        ],
+    )?;
     if let Some(head) = head {
         transaction.execute(
             "UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1",
@@ -211,6 +223,53 @@ pub(super) fn append(
         )?;
     }
     Ok(head)
+}
+
+/// Records as column arrays, for one multi-row insert.
+#[derive(Default)]
+struct RecordColumns<'a> {
+    seq: Vec<i64>,
+    time_us: Vec<i64>,
+    request_id: Vec<&'a str>,
+    actor: Vec<&'a str>,
+    auth: Vec<&'a str>,
+    source: Vec<Option<&'a str>>,
+    action: Vec<&'static str>,
+    namespace: Vec<Option<&'a str>>,
+    route: Vec<Option<&'a str>>,
+    purpose: Vec<Option<&'a str>>,
+    item_count: Vec<i64>,
+    tokens: Vec<String>,
+    outcome: Vec<&'static str>,
+    reason: Vec<Option<&'a str>>,
+    mac: Vec<Vec<u8>>,
+    gap_first: Vec<Option<i64>>,
+    gap_last: Vec<Option<i64>>,
+    unrecognized: Vec<Option<String>>,
+}
+
+impl<'a> RecordColumns<'a> {
+    fn push(&mut self, seq: u64, record: &'a Record, mac: [u8; 32]) {
+        let (tokens, unrecognized) = encoded_lists(record);
+        self.seq.push(to_sql(seq));
+        self.time_us.push(record.time_us);
+        self.request_id.push(&record.request_id);
+        self.actor.push(&record.actor);
+        self.auth.push(&record.auth);
+        self.source.push(record.source.as_deref());
+        self.action.push(record.action.as_str());
+        self.namespace.push(record.namespace.as_deref());
+        self.route.push(record.route.as_deref());
+        self.purpose.push(record.purpose.as_deref());
+        self.item_count.push(to_sql(record.item_count));
+        self.tokens.push(tokens);
+        self.outcome.push(record.outcome.as_str());
+        self.reason.push(record.reason.as_deref());
+        self.mac.push(mac.to_vec());
+        self.gap_first.push(record.gap.map(|g| to_sql(g.first)));
+        self.gap_last.push(record.gap.map(|g| to_sql(g.last)));
+        self.unrecognized.push(unrecognized);
+    }
 }
 
 /// Checks the whole chain against the head row, in one snapshot: sequence

@@ -6,6 +6,8 @@
 //! exactly when its data does. If anything in the batch fails, nothing of
 //! it commits and every job hears why.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::activation::ActivationWrite;
@@ -71,7 +73,12 @@ fn failure(error: PgError) -> Failure {
 }
 
 /// Runs until every sender is gone.
-pub(super) fn run(pool: &Pool, key: &AuditKey, mut jobs: mpsc::Receiver<Job>) {
+pub(super) fn run(
+    pool: &Pool,
+    key: &AuditKey,
+    batches: &AtomicU64,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS {
@@ -82,7 +89,10 @@ pub(super) fn run(pool: &Pool, key: &AuditKey, mut jobs: mpsc::Receiver<Job>) {
         }
         let mut answers = Vec::with_capacity(batch.len());
         match apply(pool, key, batch, &mut answers) {
-            Ok(()) => answers.into_iter().for_each(Answer::succeed),
+            Ok(()) => {
+                batches.fetch_add(1, Ordering::Relaxed);
+                answers.into_iter().for_each(Answer::succeed)
+            }
             Err(error) => {
                 let failure = failure(error);
                 tracing::error!(
@@ -136,12 +146,23 @@ fn apply(
     let mut transaction = client.transaction()?;
     let locked = trail::lock(&mut transaction, key)?;
     let now = super::super::unix_now();
+    // Every insert of the batch in one statement, in job order.
+    let items: Vec<(&str, &NewRow)> = work
+        .iter()
+        .filter_map(|item| match item {
+            Work::Insert(namespace, rows, _) => Some((namespace.as_str(), rows)),
+            _ => None,
+        })
+        .flat_map(|(namespace, rows)| rows.iter().map(move |row| (namespace, row)))
+        .collect();
+    let mut outcomes = super::insert_all(&mut transaction, &items)?.into_iter();
+    drop(items);
     let mut records = Vec::new();
     for (answer, item) in answers.iter_mut().zip(work) {
         match (answer, item) {
-            (Answer::Insert(_, outcomes), Work::Insert(namespace, rows, audit)) => {
-                *outcomes = super::insert_or_read(&mut transaction, &namespace, &rows)?;
-                records.extend(super::super::records_for_insert(&rows, outcomes, audit));
+            (Answer::Insert(_, answered), Work::Insert(_, rows, audit)) => {
+                *answered = outcomes.by_ref().take(rows.len()).collect();
+                records.extend(super::super::records_for_insert(&rows, answered, audit));
             }
             (Answer::Activation(_, result), Work::Activation(write, audit)) => {
                 *result = activation::apply(&mut transaction, &write, now)?;
