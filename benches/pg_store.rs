@@ -59,7 +59,12 @@ fn one_row() -> (Vec<NewRow>, Vec<Record>) {
 }
 
 /// Rows per second for `callers` async callers making `calls` each.
-fn run_async<F, Fut>(runtime: &tokio::runtime::Runtime, callers: usize, calls: usize, call: F) -> f64
+fn run_async<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    callers: usize,
+    calls: usize,
+    call: F,
+) -> f64
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,

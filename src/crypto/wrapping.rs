@@ -233,32 +233,57 @@ impl Keyring {
         if path.exists() {
             return Err(KeyringError::Exists(shown));
         }
+        let (keyring, document) = Self::create_document(source)?;
+        write_new(path, &document)?;
+        Ok(keyring)
+    }
+
+    /// A new keyring with a fresh master key, and its document to store.
+    pub fn create_document(source: &KekSource) -> Result<(Self, KeyringDocument), KeyringError> {
         let (params, kek) = new_kek(source)?;
         let keyring = Self {
             keys: vec![MasterKey::generate(1)],
             kept: Vec::new(),
         };
-        write_new(path, &keyring.to_file(params, &kek))?;
-        Ok(keyring)
+        let document = keyring.to_document(params, &kek);
+        Ok((keyring, document))
     }
 
     /// Wraps every key under a key from `source` (a new passphrase or key
     /// file) and replaces the keyring at `path` atomically. The master keys,
     /// and so every sealed value, stay as they are.
     pub fn rewrap(&self, path: &Path, source: &KekSource) -> Result<(), KeyringError> {
+        replace(path, &self.rewrap_document(source)?)
+    }
+
+    /// This keyring wrapped under a key from `source`, as a document.
+    pub fn rewrap_document(&self, source: &KekSource) -> Result<KeyringDocument, KeyringError> {
         let (params, kek) = new_kek(source)?;
-        replace(path, &self.to_file(params, &kek))
+        Ok(self.to_document(params, &kek))
     }
 
     /// Adds a new master key version to the keyring at `path` (opened with
     /// `source`), which becomes the current one; answers the new keyring.
     pub fn add_version(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
-        let (file, kek) = read_with_kek(path, source)?;
-        let mut keyring = Self::unwrap_all(path, &file, &kek)?;
+        let (keyring, document) =
+            Self::add_version_document(&read_document(path)?, source, &path.display().to_string())?;
+        replace(path, &document)?;
+        Ok(keyring)
+    }
+
+    /// [`Keyring::add_version`] on a stored document (`place` names where
+    /// it is kept, for errors): the new keyring and its document.
+    pub fn add_version_document(
+        document: &KeyringDocument,
+        source: &KekSource,
+        place: &str,
+    ) -> Result<(Self, KeyringDocument), KeyringError> {
+        let (file, kek) = with_kek(document, source, place)?;
+        let mut keyring = Self::unwrap_all(place, &file, &kek)?;
         let version = keyring.current().version() + 1;
         keyring.keys.push(MasterKey::generate(version));
-        replace(path, &keyring.to_file(file.kek, &kek))?;
-        Ok(keyring)
+        let document = keyring.to_document(file.kek, &kek);
+        Ok((keyring, document))
     }
 
     /// Destroys master key `version` in the keyring at `path`. The current
@@ -273,8 +298,24 @@ impl Keyring {
         version: u32,
         namespaces: &[String],
     ) -> Result<Self, KeyringError> {
-        let (file, kek) = read_with_kek(path, source)?;
-        let mut keyring = Self::unwrap_all(path, &file, &kek)?;
+        let place = path.display().to_string();
+        let (keyring, document) =
+            Self::retire_document(&read_document(path)?, source, &place, version, namespaces)?;
+        replace(path, &document)?;
+        Ok(keyring)
+    }
+
+    /// [`Keyring::retire`] on a stored document: the new keyring and its
+    /// document.
+    pub fn retire_document(
+        document: &KeyringDocument,
+        source: &KekSource,
+        place: &str,
+        version: u32,
+        namespaces: &[String],
+    ) -> Result<(Self, KeyringDocument), KeyringError> {
+        let (file, kek) = with_kek(document, source, place)?;
+        let mut keyring = Self::unwrap_all(place, &file, &kek)?;
         if keyring.version(version).is_none() {
             return Err(KeyringError::NoSuchVersion(version));
         }
@@ -296,8 +337,8 @@ impl Keyring {
             }
         }
         keyring.keys.retain(|key| key.version() != version);
-        replace(path, &keyring.to_file(file.kek, &kek))?;
-        Ok(keyring)
+        let document = keyring.to_document(file.kek, &kek);
+        Ok((keyring, document))
     }
 
     /// The master key versions, newest last.
@@ -305,17 +346,21 @@ impl Keyring {
         self.keys.iter().map(MasterKey::version).collect()
     }
 
-    fn to_file(&self, kek_params: KekParams, kek: &[u8; KEY_LEN]) -> KeyringFile {
-        KeyringFile {
+    fn to_document(&self, kek_params: KekParams, kek: &[u8; KEY_LEN]) -> KeyringDocument {
+        let file = KeyringFile {
             format: FORMAT,
             kek: kek_params,
             keys: self.keys.iter().map(|key| wrap(kek, key)).collect(),
             kept: self.kept.iter().map(|kept| wrap_kept(kek, kept)).collect(),
-        }
+        };
+        // Invariant: the structure holds only strings and integers.
+        let mut text = serde_json::to_vec_pretty(&file).expect("keyring serializes");
+        text.push(b'\n');
+        KeyringDocument(text)
     }
 
     fn unwrap_all(
-        path: &Path,
+        place: &str,
         file: &KeyringFile,
         kek: &[u8; KEY_LEN],
     ) -> Result<Self, KeyringError> {
@@ -327,7 +372,7 @@ impl Keyring {
         let mut kept = Vec::with_capacity(file.kept.len());
         for wrapped in &file.kept {
             let stable = Stable::parse(&wrapped.purpose, &wrapped.namespace)
-                .ok_or_else(|| KeyringError::Malformed(path.display().to_string()))?;
+                .ok_or_else(|| KeyringError::Malformed(place.to_owned()))?;
             let bytes = unwrap_kept(kek, wrapped, &stable).ok_or(KeyringError::Unwrap)?;
             kept.push(Kept {
                 stable,
@@ -340,40 +385,86 @@ impl Keyring {
 
     /// Opens the keyring at `path` and unwraps every key in it.
     pub fn open(path: &Path, source: &KekSource) -> Result<Self, KeyringError> {
-        let (file, kek) = read_with_kek(path, source)?;
-        Self::unwrap_all(path, &file, &kek)
+        Self::open_document(&read_document(path)?, source, &path.display().to_string())
+    }
+
+    /// Unwraps every key of a stored document (`place` names where it is
+    /// kept, for errors).
+    pub fn open_document(
+        document: &KeyringDocument,
+        source: &KekSource,
+        place: &str,
+    ) -> Result<Self, KeyringError> {
+        let (file, kek) = with_kek(document, source, place)?;
+        Self::unwrap_all(place, &file, &kek)
+    }
+}
+
+/// A keyring as stored: every key wrapped under the key-encryption key, so
+/// it may be kept wherever the data is (a file in the data directory, or a
+/// row in the shared database). Holds nothing in plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyringDocument(Vec<u8>);
+
+impl KeyringDocument {
+    /// A document as read back from where it is kept.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes to keep.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The master key versions it holds, read without unwrapping (the
+    /// versions are not secret).
+    pub fn versions(&self, place: &str) -> Result<Vec<u32>, KeyringError> {
+        let file = parse(self, place)?;
+        let mut versions: Vec<u32> = file.keys.iter().map(|k| k.version).collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+}
+
+impl std::fmt::Debug for KeyringDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyringDocument({} bytes)", self.0.len())
     }
 }
 
 /// The master key versions a keyring file holds, read without unwrapping
 /// (the versions are not secret).
 pub fn versions_on_disk(path: &Path) -> Result<Vec<u32>, KeyringError> {
-    let (file, _) = read_file(path)?;
-    let mut versions: Vec<u32> = file.keys.iter().map(|k| k.version).collect();
-    versions.sort_unstable();
-    Ok(versions)
+    read_document(path)?.versions(&path.display().to_string())
 }
 
-fn read_file(path: &Path) -> Result<(KeyringFile, String), KeyringError> {
-    let shown = path.display().to_string();
-    let text = fs::read(path).map_err(|source| KeyringError::Io {
-        path: shown.clone(),
-        source,
-    })?;
-    let file: KeyringFile =
-        serde_json::from_slice(&text).map_err(|_| KeyringError::Malformed(shown.clone()))?;
+fn read_document(path: &Path) -> Result<KeyringDocument, KeyringError> {
+    fs::read(path)
+        .map(KeyringDocument)
+        .map_err(|source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn parse(document: &KeyringDocument, place: &str) -> Result<KeyringFile, KeyringError> {
+    let file: KeyringFile = serde_json::from_slice(&document.0)
+        .map_err(|_| KeyringError::Malformed(place.to_owned()))?;
     if file.format != FORMAT || file.keys.is_empty() {
-        return Err(KeyringError::Malformed(shown));
+        return Err(KeyringError::Malformed(place.to_owned()));
     }
-    Ok((file, shown))
+    Ok(file)
 }
 
-/// Reads the keyring file and derives its key-encryption key from `source`.
-fn read_with_kek(
-    path: &Path,
+/// Parses a document and derives its key-encryption key from `source`.
+fn with_kek(
+    document: &KeyringDocument,
     source: &KekSource,
+    place: &str,
 ) -> Result<(KeyringFile, Zeroizing<[u8; KEY_LEN]>), KeyringError> {
-    let (file, shown) = read_file(path)?;
+    let file = parse(document, place)?;
+    let shown = place.to_owned();
     let kek = match (&file.kek, source) {
         (
             KekParams::Passphrase {
@@ -412,11 +503,11 @@ fn read_with_kek(
 
 /// Replaces the keyring at `path` atomically (write beside, rename, sync
 /// the directory).
-fn replace(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+fn replace(path: &Path, document: &KeyringDocument) -> Result<(), KeyringError> {
     let shown = path.display().to_string();
     let next = path.with_extension("json.new");
     let _ = fs::remove_file(&next);
-    write_new(&next, file)?;
+    write_new(&next, document)?;
     let io = |source| KeyringError::Io {
         path: shown.clone(),
         source,
@@ -458,12 +549,10 @@ fn new_kek(source: &KekSource) -> Result<(KekParams, Zeroizing<[u8; KEY_LEN]>), 
 }
 
 /// Writes `file` to `path`, which must not exist, mode 0600, flushed.
-fn write_new(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+fn write_new(path: &Path, document: &KeyringDocument) -> Result<(), KeyringError> {
     let shown = path.display().to_string();
     {
-        // Invariant: the structure holds only strings and integers.
-        let mut text = serde_json::to_vec_pretty(&file).expect("keyring serializes");
-        text.push(b'\n');
+        let text = &document.0;
         let io = |source| KeyringError::Io {
             path: shown.clone(),
             source,
@@ -477,7 +566,7 @@ fn write_new(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
                 std::io::ErrorKind::AlreadyExists => KeyringError::Exists(shown.clone()),
                 _ => io(source),
             })?;
-        out.write_all(&text).map_err(io)?;
+        out.write_all(text).map_err(io)?;
         out.sync_all().map_err(io)?;
         Ok(())
     }

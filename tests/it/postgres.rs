@@ -566,3 +566,50 @@ fn the_writer_batches_concurrent_inserts_and_answers_each_after_the_commit() {
     assert_eq!(rows.trim(), (JOBS / 2).to_string());
     assert_eq!(a.verify_audit(&audit_key()).unwrap().count, JOBS as u64);
 }
+
+#[test]
+fn every_node_unwraps_the_one_keyring_in_the_database() {
+    use tokenvault::crypto::wrapping::{KekSource, Keyring, KeyringError};
+    use zeroize::Zeroizing;
+
+    let cluster = PgCluster::start(None);
+    let (a, b) = two_nodes(&cluster);
+    let source = || KekSource::KeyFile(Zeroizing::new([42u8; 32]));
+    let place = "the keyring table";
+
+    // Two nodes initialising at once: the first stored keyring is the
+    // only one, and the other node uses it.
+    let (_, first) = Keyring::create_document(&source()).unwrap();
+    let (_, second) = Keyring::create_document(&source()).unwrap();
+    assert!(a.create_keyring(&first).unwrap());
+    assert!(!b.create_keyring(&second).unwrap());
+    let stored = b.keyring().unwrap().unwrap();
+    assert_eq!(stored, first);
+    let at_a = Keyring::open_document(&a.keyring().unwrap().unwrap(), &source(), place).unwrap();
+    let at_b = Keyring::open_document(&stored, &source(), place).unwrap();
+    let canonical = b"one record";
+    assert_eq!(
+        at_a.audit_key().mac(canonical, &[0; 32]),
+        at_b.audit_key().mac(canonical, &[0; 32]),
+        "both nodes chain the audit trail with one key"
+    );
+
+    // A rotation through A; B's stale change is refused, then made again
+    // on what A stored.
+    let (rotated, after_a) = Keyring::add_version_document(&stored, &source(), place).unwrap();
+    assert_eq!(rotated.versions(), [1, 2]);
+    let (_, stale) = Keyring::add_version_document(&stored, &source(), place).unwrap();
+    assert!(a.replace_keyring(&stored, &after_a).unwrap());
+    assert!(!b.replace_keyring(&stored, &stale).unwrap());
+    let now = b.keyring().unwrap().unwrap();
+    assert_eq!(now.versions(place).unwrap(), [1, 2]);
+    let at_b = Keyring::open_document(&now, &source(), place).unwrap();
+    assert_eq!(at_b.versions(), [1, 2]);
+
+    // The wrong key file opens nothing.
+    let wrong = KekSource::KeyFile(Zeroizing::new([7u8; 32]));
+    assert!(matches!(
+        Keyring::open_document(&now, &wrong, place),
+        Err(KeyringError::Unwrap)
+    ));
+}

@@ -33,6 +33,7 @@ use super::{Failure, InsertOutcome, NewRow, StoreError};
 use crate::audit::{Broken, Head, Record, Verified};
 use crate::config::{PostgresSettings, SchemaName};
 use crate::crypto::keys::AuditKey;
+use crate::crypto::wrapping::KeyringDocument;
 
 /// What the PostgreSQL store reports.
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +396,44 @@ impl PgStore {
             drop(jobs);
             let _ = thread.join();
         }
+    }
+
+    /// The keyring every node unwraps, if one is stored. With PostgreSQL
+    /// the keyring lives in the database, not in a node's data directory,
+    /// so that nodes configured with the same key source hold the same
+    /// master keys and see a rotation at once.
+    pub fn keyring(&self) -> Result<Option<KeyringDocument>, PgError> {
+        let row = self
+            .borrow()?
+            .query_opt("SELECT document FROM keyring WHERE id = 1", &[])?;
+        Ok(row.map(|row| KeyringDocument::from_bytes(row.get(0))))
+    }
+
+    /// Stores the first keyring. False, with nothing changed, when one is
+    /// already there (another node's `init` came first).
+    pub fn create_keyring(&self, document: &KeyringDocument) -> Result<bool, PgError> {
+        let stored = self.borrow()?.execute(
+            "INSERT INTO keyring (id, document, changed_at) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO NOTHING",
+            &[&document.as_bytes(), &super::unix_now()],
+        )?;
+        Ok(stored == 1)
+    }
+
+    /// Replaces the keyring `expected` by `next` (a rotation, a retirement,
+    /// a rewrap). False, with nothing changed, when the stored keyring is
+    /// no longer `expected`: another node changed it first, and the change
+    /// must be made again on what it stored.
+    pub fn replace_keyring(
+        &self,
+        expected: &KeyringDocument,
+        next: &KeyringDocument,
+    ) -> Result<bool, PgError> {
+        let replaced = self.borrow()?.execute(
+            "UPDATE keyring SET document = $2, changed_at = $3 WHERE id = 1 AND document = $1",
+            &[&expected.as_bytes(), &next.as_bytes(), &super::unix_now()],
+        )?;
+        Ok(replaced == 1)
     }
 
     /// The sealed value and key version behind `token`, if stored.

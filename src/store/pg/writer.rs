@@ -73,12 +73,7 @@ fn failure(error: PgError) -> Failure {
 }
 
 /// Runs until every sender is gone.
-pub(super) fn run(
-    pool: &Pool,
-    key: &AuditKey,
-    batches: &AtomicU64,
-    mut jobs: mpsc::Receiver<Job>,
-) {
+pub(super) fn run(pool: &Pool, key: &AuditKey, batches: &AtomicU64, mut jobs: mpsc::Receiver<Job>) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS {
