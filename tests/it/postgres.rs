@@ -613,3 +613,88 @@ fn every_node_unwraps_the_one_keyring_in_the_database() {
         Err(KeyringError::Unwrap)
     ));
 }
+
+#[test]
+fn the_reads_answer_what_either_node_committed() {
+    use tokenvault::audit::Filter;
+
+    let cluster = PgCluster::start(None);
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    let subject = [5u8; 32];
+    let mut phone = row("T-phone".to_owned(), index_of(7), Some(subject));
+    phone.class = "phone".to_owned();
+    let rows = vec![
+        row("T-mail".to_owned(), index_of(7), None),
+        phone,
+        row("T-other".to_owned(), index_of(8), Some(subject)),
+    ];
+    let mut tagged = record("a");
+    tagged.namespace = Some("retail".to_owned());
+    rt.block_on(a.insert("retail", rows, vec![tagged])).unwrap();
+
+    // By blind index: the class is part of the key; one statement answers
+    // every lookup; the day is read only where retention needs it.
+    let lookups = [
+        ("email", index_of(7)),
+        ("phone", index_of(7)),
+        ("email", index_of(9)),
+        ("email", index_of(8)),
+    ];
+    let found = b
+        .find_by_blind_index("retail", &lookups, &|class| class == "phone")
+        .unwrap();
+    let tokens: Vec<Option<&str>> = found
+        .iter()
+        .map(|f| f.as_ref().map(|f| f.token.as_str()))
+        .collect();
+    assert_eq!(
+        tokens,
+        [Some("T-mail"), Some("T-phone"), None, Some("T-other")]
+    );
+    assert_eq!(found[1].as_ref().unwrap().used_day, 20_000);
+    assert_eq!(found[0].as_ref().unwrap().used_day, i64::MAX);
+    assert!(b
+        .find_by_blind_index("other", &lookups[..1], &|_| false)
+        .unwrap()[0]
+        .is_none());
+
+    let wanted = [
+        "T-other".to_owned(),
+        "T-none".to_owned(),
+        "T-mail".to_owned(),
+    ];
+    let fetched = b.fetch("retail", &wanted).unwrap();
+    assert_eq!(fetched[0].as_ref().unwrap().sealed, vec![7; 40]);
+    assert!(fetched[1].is_none());
+    assert_eq!(fetched[2].as_ref().unwrap().class, "email");
+    assert_eq!(b.existing("retail", &wanted).unwrap(), [true, false, true]);
+
+    // Idle tokens, in byte order after a cursor.
+    let idle = b
+        .idle_tokens("retail", "email", 20_001, "T-mail", 10)
+        .unwrap();
+    assert_eq!(idle, ["T-other"]);
+
+    let (linked, history) = b.subject_holdings("retail", &subject).unwrap();
+    assert_eq!(linked, ["T-other", "T-phone"]);
+    assert!(history.is_empty());
+
+    // The audit trail, filtered by a token the record names.
+    let filter = Filter {
+        token: Some("T-phone".to_owned()),
+        ..Filter::default()
+    };
+    let records = b.query_audit(&filter, 0, 10).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record.tokens, ["T-mail", "T-phone", "T-other"]);
+    let filter = Filter {
+        token: Some("T-none".to_owned()),
+        ..Filter::default()
+    };
+    assert!(b.query_audit(&filter, 0, 10).unwrap().is_empty());
+    assert_eq!(
+        b.recorded_audit_head().unwrap(),
+        a.verify_audit(&audit_key()).unwrap().head
+    );
+}

@@ -14,6 +14,7 @@
 mod activation;
 mod connect;
 mod pool;
+mod reads;
 pub mod schema;
 mod trail;
 mod writer;
@@ -28,9 +29,14 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::pool::Borrowed;
 use self::pool::Pool;
 use self::schema::{Component, VERSIONS_TABLE};
-use super::activation::ActivationWrite;
+use super::activation::{ActivationWrite, ConsentRecord};
+use super::budgets::Spending;
+use super::retention::Day;
+use super::rotation::{KeyState, StaleRow};
+use super::subjects::SubjectHash;
 use super::{Failure, InsertOutcome, NewRow, StoreError};
-use crate::audit::{Broken, Head, Record, Verified};
+use super::{Found, StoredValue};
+use crate::audit::{Broken, Filter, Head, Record, Stored, Verified};
 use crate::config::{PostgresSettings, SchemaName};
 use crate::crypto::keys::AuditKey;
 use crate::crypto::wrapping::KeyringDocument;
@@ -396,6 +402,89 @@ impl PgStore {
             drop(jobs);
             let _ = thread.join();
         }
+    }
+
+    /// Existing tokens by blind index, from one snapshot; the day of last
+    /// use for the classes `dated` says have retention.
+    pub fn find_by_blind_index(
+        &self,
+        namespace: &str,
+        lookups: &[(&str, [u8; 32])],
+        dated: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Option<Found>>, PgError> {
+        reads::find_by_blind_index(&mut *self.borrow()?, namespace, lookups, dated)
+    }
+
+    /// Sealed values by token.
+    pub fn fetch(
+        &self,
+        namespace: &str,
+        tokens: &[String],
+    ) -> Result<Vec<Option<StoredValue>>, PgError> {
+        reads::fetch(&mut *self.borrow()?, namespace, tokens)
+    }
+
+    /// Whether each token exists.
+    pub fn existing(&self, namespace: &str, tokens: &[String]) -> Result<Vec<bool>, PgError> {
+        reads::existing(&mut *self.borrow()?, namespace, tokens)
+    }
+
+    /// Up to `limit` tokens of `class` idle since before `before`, after
+    /// the cursor `after`.
+    pub fn idle_tokens(
+        &self,
+        namespace: &str,
+        class: &str,
+        before: Day,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, PgError> {
+        reads::idle_tokens(&mut *self.borrow()?, namespace, class, before, after, limit)
+    }
+
+    /// The tokens linked to a subject, and its consent history.
+    pub fn subject_holdings(
+        &self,
+        namespace: &str,
+        subject: &SubjectHash,
+    ) -> Result<(Vec<String>, Vec<ConsentRecord>), PgError> {
+        reads::subject_holdings(&mut *self.borrow()?, namespace, subject)
+    }
+
+    /// Every budgeted client's saved spending, as every node saved it.
+    pub fn budget_spending(&self) -> Result<Vec<(String, Spending)>, PgError> {
+        reads::budget_spending(&mut *self.borrow()?)
+    }
+
+    /// Every rotated namespace's key state.
+    pub fn key_states(&self) -> Result<Vec<KeyState>, PgError> {
+        reads::key_states(&mut *self.borrow()?)
+    }
+
+    /// Up to `limit` rows of `namespace` not sealed under `version`.
+    pub fn stale_rows(
+        &self,
+        namespace: &str,
+        version: u32,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<StaleRow>, PgError> {
+        reads::stale_rows(&mut *self.borrow()?, namespace, version, after, limit)
+    }
+
+    /// Audit records matching `filter` after `after`, at most `limit`.
+    pub fn query_audit(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, PgError> {
+        reads::query_audit(&mut *self.borrow()?, filter, after, limit)
+    }
+
+    /// The audit head recorded in the database.
+    pub fn recorded_audit_head(&self) -> Result<Option<Head>, PgError> {
+        reads::recorded_audit_head(&mut *self.borrow()?)
     }
 
     /// The keyring every node unwraps, if one is stored. With PostgreSQL

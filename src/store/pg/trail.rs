@@ -21,7 +21,7 @@ use crate::crypto::keys::AuditKey;
 pub(super) const SEED_HEAD: &str =
     "INSERT INTO audit_head (id, seq, mac) VALUES (1, 0, '\\x') ON CONFLICT (id) DO NOTHING";
 
-fn head_of(seq: i64, mac: Vec<u8>) -> Result<Option<Head>, PgError> {
+pub(super) fn head_of(seq: i64, mac: Vec<u8>) -> Result<Option<Head>, PgError> {
     if seq == 0 {
         return Ok(None);
     }
@@ -47,7 +47,7 @@ fn to_sql(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn decode(row: &postgres::Row) -> Result<Stored, PgError> {
+pub(super) fn decode(row: &postgres::Row) -> Result<Stored, PgError> {
     decode_at(row, 0)
 }
 
