@@ -16,10 +16,10 @@
 //! over) and the store reports the audit trail as broken until an operator
 //! runs `audit acknowledge-gap`. This is the only module with SQL.
 
+mod batch;
 mod schema;
 pub mod trail;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,9 @@ pub mod rotation;
 pub mod subjects;
 pub mod tombstones;
 
-use crate::audit::{self, Filter, Gap, Head, Record, Stored};
+use self::batch::records_for_insert;
+use self::batch::{Done, Job, Reply};
+use crate::audit::{Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
 pub use budgets::Spending;
@@ -178,50 +180,6 @@ impl AuditState {
             Self::Broken => 2,
         }
     }
-}
-
-/// Where the writer sends a job's committed result, or why its batch failed.
-type Reply<T> = oneshot::Sender<Result<T, Failure>>;
-
-enum Job {
-    Insert {
-        namespace: String,
-        rows: Vec<NewRow>,
-        audit: Vec<Record>,
-        reply: Reply<Vec<InsertOutcome>>,
-    },
-    Delete {
-        namespace: String,
-        token: String,
-        audit: Box<Record>,
-        reply: Reply<bool>,
-    },
-    Audit {
-        records: Vec<Record>,
-        touch: Option<Touch>,
-        spending: Option<(String, Spending)>,
-        reply: Reply<()>,
-    },
-    Sweep {
-        sweep: Sweep,
-        audit: Vec<Record>,
-        reply: Reply<Vec<String>>,
-    },
-    Activation {
-        write: ActivationWrite,
-        audit: Vec<Record>,
-        reply: Reply<bool>,
-    },
-    Subjects {
-        write: SubjectWrite,
-        audit: Vec<Record>,
-        reply: Reply<SubjectOutcome>,
-    },
-    Rekey {
-        rekey: Rekey,
-        audit: Vec<Record>,
-        reply: Reply<RekeyOutcome>,
-    },
 }
 
 /// Handle to the store; cheap to share behind an `Arc`.
@@ -1187,56 +1145,6 @@ impl From<Failure> for StoreError {
     }
 }
 
-enum Done {
-    Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
-    Delete(Reply<bool>, bool),
-    Audit(Reply<()>),
-    Activation(Reply<bool>, bool),
-    Subjects(Reply<SubjectOutcome>, SubjectOutcome),
-    Sweep(Reply<Vec<String>>, Vec<String>),
-    Rekey(Reply<RekeyOutcome>, RekeyOutcome),
-}
-
-impl Done {
-    /// True when the job deleted values (a token, or a subject's tokens).
-    fn erased(&self) -> bool {
-        match self {
-            Self::Delete(_, deleted) => *deleted,
-            Self::Subjects(_, SubjectOutcome::Erased(erasure)) => {
-                !erasure.deleted_tokens.is_empty()
-            }
-            // The old value's bytes go as an erased one's do.
-            Self::Subjects(_, SubjectOutcome::Corrected(Ok(()))) => true,
-            Self::Sweep(_, deleted) => !deleted.is_empty(),
-            _ => false,
-        }
-    }
-
-    fn succeed(self) {
-        match self {
-            Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
-            Self::Delete(reply, deleted) => drop(reply.send(Ok(deleted))),
-            Self::Audit(reply) => drop(reply.send(Ok(()))),
-            Self::Activation(reply, result) => drop(reply.send(Ok(result))),
-            Self::Subjects(reply, result) => drop(reply.send(Ok(result))),
-            Self::Sweep(reply, deleted) => drop(reply.send(Ok(deleted))),
-            Self::Rekey(reply, outcome) => drop(reply.send(Ok(outcome))),
-        }
-    }
-
-    fn fail(self, failure: &Failure) {
-        match self {
-            Self::Insert(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Delete(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
-            Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Subjects(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Sweep(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Rekey(reply, _) => drop(reply.send(Err(failure.clone()))),
-        }
-    }
-}
-
 impl Writer {
     fn run(&mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
@@ -1322,295 +1230,107 @@ impl Writer {
         batch: Vec<Job>,
         done: &mut Vec<Done>,
     ) -> Result<(), Failure> {
-        let audit_failure = |error: rusqlite::Error| Failure::Audit(error.to_string());
-        let write_failure = |error: rusqlite::Error| Failure::Write(error.to_string());
-        // Registered before any work, so that every job hears the outcome.
-        let mut work = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                Job::Insert {
-                    namespace,
-                    rows,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Insert(reply, Vec::new()));
-                    work.push(Work::Insert {
-                        namespace,
-                        rows,
-                        audit,
-                    });
-                }
-                Job::Delete {
-                    namespace,
-                    token,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Delete(reply, false));
-                    work.push(Work::Delete {
-                        namespace,
-                        token,
-                        audit,
-                    });
-                }
-                Job::Audit {
-                    records,
-                    touch,
-                    spending,
-                    reply,
-                } => {
-                    done.push(Done::Audit(reply));
-                    work.push(Work::Audit {
-                        records,
-                        touch,
-                        spending,
-                    });
-                }
-                Job::Sweep {
-                    sweep,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Sweep(reply, Vec::new()));
-                    work.push(Work::Sweep { sweep, audit });
-                }
-                Job::Activation {
-                    write,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Activation(reply, false));
-                    work.push(Work::Activation { write, audit });
-                }
-                Job::Subjects {
-                    write,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Subjects(reply, SubjectOutcome::Linked));
-                    work.push(Work::Subjects { write, audit });
-                }
-                Job::Rekey {
-                    rekey,
-                    audit,
-                    reply,
-                } => {
-                    done.push(Done::Rekey(reply, RekeyOutcome::default()));
-                    work.push(Work::Rekey { rekey, audit });
-                }
-            }
-        }
-        let audit_tx = audit_db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(audit_failure)?;
-        let vault_tx = db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(write_failure)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut records = Vec::new();
-        let mut created: BTreeMap<String, u64> = BTreeMap::new();
-        // Erasures answer the sequence number of their first audit record
-        // (for the receipt): (slot, index in `records`).
-        let mut erasure_records: Vec<(usize, usize)> = Vec::new();
-        for (slot_index, (slot, item)) in done.iter_mut().zip(work).enumerate() {
-            match (slot, item) {
-                (
-                    Done::Insert(_, outcomes),
-                    Work::Insert {
-                        namespace,
-                        rows,
-                        audit,
-                    },
-                ) => {
-                    *outcomes =
-                        insert_rows(&vault_tx, &namespace, &rows, now).map_err(write_failure)?;
-                    let new = outcomes
-                        .iter()
-                        .filter(|o| **o == InsertOutcome::Inserted)
-                        .count();
-                    *created.entry(namespace.clone()).or_default() += new as u64;
-                    records.extend(records_for_insert(&rows, outcomes, audit));
-                }
-                (
-                    Done::Delete(_, deleted),
-                    Work::Delete {
-                        namespace,
-                        token,
-                        mut audit,
-                    },
-                ) => {
-                    let count = vault_tx
-                        .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")
-                        .and_then(|mut statement| statement.execute(params![namespace, token]))
-                        .map_err(write_failure)?;
-                    subjects::unlink_token(&vault_tx, &namespace, &token).map_err(write_failure)?;
-                    *deleted = count > 0;
-                    if !*deleted {
-                        audit.outcome = audit::Outcome::Error;
-                        audit.reason = Some("not_found".to_owned());
-                    }
-                    records.push(*audit);
-                }
-                (
-                    Done::Audit(_),
-                    Work::Audit {
-                        records: more,
-                        touch,
-                        spending,
-                    },
-                ) => {
-                    if let Some(touch) = touch {
-                        retention::touch(&vault_tx, &touch).map_err(write_failure)?;
-                    }
-                    if let Some((client, spending)) = spending {
-                        budgets::save(&vault_tx, &client, &spending).map_err(write_failure)?;
-                    }
-                    records.extend(more);
-                }
-                (Done::Sweep(_, deleted), Work::Sweep { sweep, mut audit }) => {
-                    *deleted = retention::sweep(&vault_tx, &sweep).map_err(write_failure)?;
-                    // Counts only: the tokens of expired rows are not worth
-                    // a record each.
-                    for record in &mut audit {
-                        record.item_count = deleted.len() as u64;
-                    }
-                    records.extend(audit);
-                }
-                (Done::Activation(_, result), Work::Activation { write, audit }) => {
-                    *result = activation::apply(&vault_tx, &write, now).map_err(write_failure)?;
-                    records.extend(audit);
-                }
-                (Done::Subjects(_, result), Work::Subjects { write, mut audit }) => {
-                    *result = subjects::apply(&vault_tx, &write, now).map_err(write_failure)?;
-                    match &*result {
-                        // The record says what was erased: the tokens and
-                        // how many.
-                        SubjectOutcome::Erased(erasure) => {
-                            for record in &mut audit {
-                                record.tokens = erasure.deleted_tokens.clone();
-                                record.item_count = erasure.deleted_total();
-                            }
-                        }
-                        // A refused correction changed nothing.
-                        SubjectOutcome::Corrected(Err(refused)) => {
-                            for record in &mut audit {
-                                record.outcome = audit::Outcome::Error;
-                                record.reason = Some(refused.code().to_owned());
-                            }
-                        }
-                        _ => {}
-                    }
-                    if !audit.is_empty() {
-                        erasure_records.push((slot_index, records.len()));
-                    }
-                    records.extend(audit);
-                }
-                (Done::Rekey(_, outcome), Work::Rekey { rekey, audit }) => {
-                    *outcome = rotation::apply(&vault_tx, &rekey, now).map_err(write_failure)?;
-                    // A `Finish` that found rows left records nothing.
-                    if outcome.finished || matches!(rekey, Rekey::Move { .. }) {
-                        records.extend(audit);
-                    }
-                }
-                _ => unreachable!("done and work are built in step"),
-            }
-        }
-        let audit_started = std::time::Instant::now();
-        // Even a batch with nothing to record checks the tail: while the
-        // trail is broken, nothing at all is committed.
-        let head = append_checked(&audit_tx, &vault_tx, key, &records)?;
-        if let Some(head) = head {
-            let last = records.len() as u64;
-            for (slot, index) in erasure_records {
-                if let Done::Subjects(_, SubjectOutcome::Erased(erasure)) = &mut done[slot] {
-                    erasure.audit_seq = Some(head.seq + 1 + index as u64 - last);
-                }
-            }
-        }
-        audit_tx.commit().map_err(audit_failure)?;
-        let audit_write = (!records.is_empty()).then(|| audit_started.elapsed());
-        vault_tx.commit().map_err(write_failure)?;
+        let committed = batch::apply(
+            || {
+                Ok(SqliteBatch {
+                    audit_tx: audit_db
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(audit_failure)?,
+                    vault_tx: db
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(write_failure)?,
+                    key,
+                })
+            },
+            batch,
+            done,
+        )?;
         crate::metrics::batch_committed(
-            created
+            committed
+                .created
                 .iter()
                 .map(|(namespace, count)| (namespace.as_str(), *count)),
-            &records,
-            audit_write,
+            &committed.records,
+            committed.audit_write,
         );
         Ok(())
     }
 }
 
-enum Work {
-    Insert {
-        namespace: String,
-        rows: Vec<NewRow>,
-        audit: Vec<Record>,
-    },
-    Delete {
-        namespace: String,
-        token: String,
-        audit: Box<Record>,
-    },
-    Audit {
-        records: Vec<Record>,
-        touch: Option<Touch>,
-        spending: Option<(String, Spending)>,
-    },
-    Sweep {
-        sweep: Sweep,
-        audit: Vec<Record>,
-    },
-    Activation {
-        write: ActivationWrite,
-        audit: Vec<Record>,
-    },
-    Subjects {
-        write: SubjectWrite,
-        audit: Vec<Record>,
-    },
-    Rekey {
-        rekey: Rekey,
-        audit: Vec<Record>,
-    },
+fn audit_failure(error: rusqlite::Error) -> Failure {
+    Failure::Audit(error.to_string())
 }
 
-/// The records of an insert, naming the stored tokens (the existing one
-/// where the value was already stored). A taken token is minted again by
-/// the engine and recorded then: an insert with one records nothing.
-fn records_for_insert(
-    rows: &[NewRow],
-    outcomes: &[InsertOutcome],
-    audit: Vec<Record>,
-) -> Vec<Record> {
-    if outcomes.contains(&InsertOutcome::TokenTaken) {
-        return Vec::new();
+fn write_failure(error: rusqlite::Error) -> Failure {
+    Failure::Write(error.to_string())
+}
+
+/// A writer batch on SQLite: `audit.db` and `vault.db` each in an
+/// immediate transaction; `audit.db` commits first, then `vault.db` (rows
+/// and the audit head).
+struct SqliteBatch<'a> {
+    audit_tx: rusqlite::Transaction<'a>,
+    vault_tx: rusqlite::Transaction<'a>,
+    key: &'a AuditKey,
+}
+
+impl batch::Batch for SqliteBatch<'_> {
+    fn insert(
+        &mut self,
+        items: &[(&str, &NewRow)],
+        now: i64,
+    ) -> Result<Vec<InsertOutcome>, Failure> {
+        insert_rows(&self.vault_tx, items, now).map_err(write_failure)
     }
-    let tokens: Vec<&String> = rows
-        .iter()
-        .zip(outcomes)
-        .map(|(row, outcome)| match outcome {
-            InsertOutcome::Existing(token) => token,
-            _ => &row.token,
-        })
-        .collect();
-    audit
-        .into_iter()
-        .map(|mut record| {
-            record.tokens.extend(tokens.iter().map(|t| (*t).clone()));
-            record
-        })
-        .collect()
+
+    fn delete(&mut self, namespace: &str, token: &str) -> Result<bool, Failure> {
+        let count = self
+            .vault_tx
+            .prepare_cached("DELETE FROM tokens WHERE namespace = ?1 AND token = ?2")
+            .and_then(|mut statement| statement.execute(params![namespace, token]))
+            .map_err(write_failure)?;
+        subjects::unlink_token(&self.vault_tx, namespace, token).map_err(write_failure)?;
+        Ok(count > 0)
+    }
+
+    fn touch(&mut self, touch: &Touch) -> Result<(), Failure> {
+        retention::touch(&self.vault_tx, touch).map_err(write_failure)
+    }
+
+    fn save_budget(&mut self, client: &str, spending: &Spending) -> Result<(), Failure> {
+        budgets::save(&self.vault_tx, client, spending).map_err(write_failure)
+    }
+
+    fn sweep(&mut self, sweep: &Sweep) -> Result<Vec<String>, Failure> {
+        retention::sweep(&self.vault_tx, sweep).map_err(write_failure)
+    }
+
+    fn activation(&mut self, write: &ActivationWrite, now: i64) -> Result<bool, Failure> {
+        activation::apply(&self.vault_tx, write, now).map_err(write_failure)
+    }
+
+    fn subjects(&mut self, write: &SubjectWrite, now: i64) -> Result<SubjectOutcome, Failure> {
+        subjects::apply(&self.vault_tx, write, now).map_err(write_failure)
+    }
+
+    fn rekey(&mut self, rekey: &Rekey, now: i64) -> Result<RekeyOutcome, Failure> {
+        rotation::apply(&self.vault_tx, rekey, now).map_err(write_failure)
+    }
+
+    fn commit(self, records: &[Record]) -> Result<(Option<Head>, Option<Duration>), Failure> {
+        let started = std::time::Instant::now();
+        let head = append_checked(&self.audit_tx, &self.vault_tx, self.key, records)?;
+        self.audit_tx.commit().map_err(audit_failure)?;
+        let audit_write = (!records.is_empty()).then(|| started.elapsed());
+        self.vault_tx.commit().map_err(write_failure)?;
+        Ok((head, audit_write))
+    }
 }
 
+/// Stores `items` (namespace and row) in order.
 fn insert_rows(
     transaction: &rusqlite::Transaction<'_>,
-    namespace: &str,
-    rows: &[NewRow],
+    items: &[(&str, &NewRow)],
     now: i64,
 ) -> rusqlite::Result<Vec<InsertOutcome>> {
     let mut find = transaction.prepare_cached(
@@ -1620,8 +1340,8 @@ fn insert_rows(
         "INSERT INTO tokens (namespace, token, class, key_version, sealed, blind_index, created_at, used_day)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let mut outcomes = Vec::with_capacity(rows.len());
-    for row in rows {
+    let mut outcomes = Vec::with_capacity(items.len());
+    for &(namespace, row) in items {
         if let Some(index) = &row.blind_index {
             // Another request may have stored the same value since the
             // engine's read-side lookup: the first writer's token wins.

@@ -12,6 +12,7 @@
 //! `spawn_blocking` task or the CLI), never from an async task.
 
 mod activation;
+mod changes;
 mod connect;
 mod pool;
 mod reads;
@@ -30,6 +31,7 @@ pub use self::pool::Borrowed;
 use self::pool::Pool;
 use self::schema::{Component, VERSIONS_TABLE};
 use super::activation::{ActivationWrite, ConsentRecord};
+use super::batch::Job;
 use super::budgets::Spending;
 use super::retention::Day;
 use super::rotation::{KeyState, StaleRow};
@@ -111,7 +113,7 @@ pub struct PgStore {
 }
 
 struct WriterHandle {
-    jobs: mpsc::Sender<writer::Job>,
+    jobs: mpsc::Sender<Job>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -324,7 +326,7 @@ impl PgStore {
 
     async fn submit<T>(
         &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> writer::Job,
+        job: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> Job,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let jobs = self
@@ -349,7 +351,7 @@ impl PgStore {
         audit: Vec<Record>,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let namespace = namespace.to_owned();
-        self.submit(|reply| writer::Job::Insert {
+        self.submit(|reply| Job::Insert {
             namespace,
             rows,
             audit,
@@ -365,7 +367,7 @@ impl PgStore {
         write: ActivationWrite,
         audit: Vec<Record>,
     ) -> Result<bool, StoreError> {
-        self.submit(|reply| writer::Job::Activation {
+        self.submit(|reply| Job::Activation {
             write,
             audit,
             reply,
@@ -375,8 +377,13 @@ impl PgStore {
 
     /// Records alone, through the writer.
     pub async fn record(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        self.submit(|reply| writer::Job::Audit { records, reply })
-            .await
+        self.submit(|reply| Job::Audit {
+            records,
+            touch: None,
+            spending: None,
+            reply,
+        })
+        .await
     }
 
     /// Whether consent for `purpose` is withdrawn for `token`, by a token

@@ -1,69 +1,32 @@
 //! Group commit on PostgreSQL: one writer thread per node takes every job
-//! waiting in its queue and applies them in one transaction, with their
-//! audit records and one move of the audit head, then answers each job once
-//! that transaction has committed. The promise is the SQLite store's: a
-//! token is answered only after its row is committed, and a record exists
-//! exactly when its data does. If anything in the batch fails, nothing of
-//! it commits and every job hears why.
+//! waiting in its queue and applies them in one transaction (the order and
+//! the records are `store::batch`'s, shared with SQLite), with one move of
+//! the audit head, then answers each job once that transaction has
+//! committed. The promise is the SQLite store's: a token is answered only
+//! after its row is committed, and a record exists exactly when its data
+//! does. If anything in the batch fails, nothing of it commits and every
+//! job hears why.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use postgres::Transaction;
+use tokio::sync::mpsc;
 
 use super::super::activation::ActivationWrite;
+use super::super::batch::{self, Batch, Done, Job};
+use super::super::budgets::Spending;
+use super::super::retention::{Sweep, Touch};
+use super::super::rotation::{Rekey, RekeyOutcome};
+use super::super::subjects::{SubjectOutcome, SubjectWrite};
 use super::super::{Failure, InsertOutcome, NewRow};
 use super::pool::Pool;
-use super::{activation, trail, PgError};
-use crate::audit::Record;
+use super::{activation, changes, trail, PgError};
+use crate::audit::{Head, Record};
 use crate::crypto::keys::AuditKey;
 
 /// Most jobs in one transaction.
 pub(super) const MAX_JOBS: usize = 512;
-
-type Reply<T> = oneshot::Sender<Result<T, Failure>>;
-
-/// A write the writer applies.
-pub(super) enum Job {
-    Insert {
-        namespace: String,
-        rows: Vec<NewRow>,
-        audit: Vec<Record>,
-        reply: Reply<Vec<InsertOutcome>>,
-    },
-    Activation {
-        write: ActivationWrite,
-        audit: Vec<Record>,
-        reply: Reply<bool>,
-    },
-    Audit {
-        records: Vec<Record>,
-        reply: Reply<()>,
-    },
-}
-
-enum Answer {
-    Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
-    Activation(Reply<bool>, bool),
-    Audit(Reply<()>),
-}
-
-impl Answer {
-    fn succeed(self) {
-        match self {
-            Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),
-            Self::Activation(reply, result) => drop(reply.send(Ok(result))),
-            Self::Audit(reply) => drop(reply.send(Ok(()))),
-        }
-    }
-
-    fn fail(self, failure: &Failure) {
-        match self {
-            Self::Insert(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Activation(reply, _) => drop(reply.send(Err(failure.clone()))),
-            Self::Audit(reply) => drop(reply.send(Err(failure.clone()))),
-        }
-    }
-}
 
 fn failure(error: PgError) -> Failure {
     match error {
@@ -82,98 +45,95 @@ pub(super) fn run(pool: &Pool, key: &AuditKey, batches: &AtomicU64, mut jobs: mp
                 Err(_) => break,
             }
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        match apply(pool, key, batch, &mut answers) {
-            Ok(()) => {
+        let mut done = Vec::with_capacity(batch.len());
+        let result = pool.borrow().map_err(failure).and_then(|mut client| {
+            batch::apply(
+                || {
+                    let mut transaction = client.transaction().map_err(|e| failure(e.into()))?;
+                    let locked = trail::lock(&mut transaction, key).map_err(failure)?;
+                    Ok(PgBatch {
+                        transaction,
+                        key,
+                        locked: Some(locked),
+                    })
+                },
+                batch,
+                &mut done,
+            )
+        });
+        match result {
+            Ok(_) => {
                 batches.fetch_add(1, Ordering::Relaxed);
-                answers.into_iter().for_each(Answer::succeed)
+                done.into_iter().for_each(Done::succeed);
             }
-            Err(error) => {
-                let failure = failure(error);
+            Err(failure) => {
+                let (Failure::Write(detail) | Failure::Audit(detail) | Failure::Mismatch(detail)) =
+                    &failure;
                 tracing::error!(
-                    jobs = answers.len(),
-                    detail = %match &failure {
-                        Failure::Write(detail) | Failure::Audit(detail) | Failure::Mismatch(detail) => detail,
-                    },
+                    jobs = done.len(),
+                    detail,
                     "postgres write batch failed; rolled back"
                 );
-                answers.into_iter().for_each(|answer| answer.fail(&failure));
+                done.into_iter().for_each(|job| job.fail(&failure));
             }
         }
     }
 }
 
-fn apply(
-    pool: &Pool,
-    key: &AuditKey,
-    batch: Vec<Job>,
-    answers: &mut Vec<Answer>,
-) -> Result<(), PgError> {
-    // Every job is registered before any work, so that each hears the
-    // outcome, whatever fails.
-    let mut work = Vec::with_capacity(batch.len());
-    for job in batch {
-        match job {
-            Job::Insert {
-                namespace,
-                rows,
-                audit,
-                reply,
-            } => {
-                answers.push(Answer::Insert(reply, Vec::new()));
-                work.push(Work::Insert(namespace, rows, audit));
-            }
-            Job::Activation {
-                write,
-                audit,
-                reply,
-            } => {
-                answers.push(Answer::Activation(reply, false));
-                work.push(Work::Activation(write, audit));
-            }
-            Job::Audit { records, reply } => {
-                answers.push(Answer::Audit(reply));
-                work.push(Work::Audit(records));
-            }
-        }
-    }
-    let mut client = pool.borrow()?;
-    let mut transaction = client.transaction()?;
-    let locked = trail::lock(&mut transaction, key)?;
-    let now = super::super::unix_now();
-    // Every insert of the batch in one statement, in job order.
-    let items: Vec<(&str, &NewRow)> = work
-        .iter()
-        .filter_map(|item| match item {
-            Work::Insert(namespace, rows, _) => Some((namespace.as_str(), rows)),
-            _ => None,
-        })
-        .flat_map(|(namespace, rows)| rows.iter().map(move |row| (namespace, row)))
-        .collect();
-    let mut outcomes = super::insert_all(&mut transaction, &items)?.into_iter();
-    drop(items);
-    let mut records = Vec::new();
-    for (answer, item) in answers.iter_mut().zip(work) {
-        match (answer, item) {
-            (Answer::Insert(_, answered), Work::Insert(_, rows, audit)) => {
-                *answered = outcomes.by_ref().take(rows.len()).collect();
-                records.extend(super::super::records_for_insert(&rows, answered, audit));
-            }
-            (Answer::Activation(_, result), Work::Activation(write, audit)) => {
-                *result = activation::apply(&mut transaction, &write, now)?;
-                records.extend(audit);
-            }
-            (Answer::Audit(_), Work::Audit(more)) => records.extend(more),
-            _ => return Err(PgError::Query("writer jobs out of step".to_owned())),
-        }
-    }
-    trail::append(&mut transaction, key, locked, &records)?;
-    transaction.commit()?;
-    Ok(())
+/// A writer batch on PostgreSQL: one transaction, whose first statement
+/// locked the audit head.
+struct PgBatch<'a> {
+    transaction: Transaction<'a>,
+    key: &'a AuditKey,
+    locked: Option<trail::Locked>,
 }
 
-enum Work {
-    Insert(String, Vec<NewRow>, Vec<Record>),
-    Activation(ActivationWrite, Vec<Record>),
-    Audit(Vec<Record>),
+impl Batch for PgBatch<'_> {
+    fn insert(
+        &mut self,
+        items: &[(&str, &NewRow)],
+        _now: i64,
+    ) -> Result<Vec<InsertOutcome>, Failure> {
+        super::insert_all(&mut self.transaction, items).map_err(failure)
+    }
+
+    fn delete(&mut self, namespace: &str, token: &str) -> Result<bool, Failure> {
+        changes::delete_token(&mut self.transaction, namespace, token).map_err(failure)
+    }
+
+    fn touch(&mut self, touch: &Touch) -> Result<(), Failure> {
+        changes::touch(&mut self.transaction, touch).map_err(failure)
+    }
+
+    fn save_budget(&mut self, client: &str, spending: &Spending) -> Result<(), Failure> {
+        changes::save_budget(&mut self.transaction, client, spending).map_err(failure)
+    }
+
+    fn sweep(&mut self, sweep: &Sweep) -> Result<Vec<String>, Failure> {
+        changes::sweep(&mut self.transaction, sweep).map_err(failure)
+    }
+
+    fn activation(&mut self, write: &ActivationWrite, now: i64) -> Result<bool, Failure> {
+        activation::apply(&mut self.transaction, write, now).map_err(failure)
+    }
+
+    fn subjects(&mut self, write: &SubjectWrite, now: i64) -> Result<SubjectOutcome, Failure> {
+        changes::subjects(&mut self.transaction, write, now).map_err(failure)
+    }
+
+    fn rekey(&mut self, rekey: &Rekey, now: i64) -> Result<RekeyOutcome, Failure> {
+        changes::rekey(&mut self.transaction, rekey, now).map_err(failure)
+    }
+
+    fn commit(mut self, records: &[Record]) -> Result<(Option<Head>, Option<Duration>), Failure> {
+        let started = std::time::Instant::now();
+        let locked = self
+            .locked
+            .take()
+            .ok_or_else(|| Failure::Write("the audit head was not locked".to_owned()))?;
+        let head =
+            trail::append(&mut self.transaction, self.key, locked, records).map_err(failure)?;
+        self.transaction.commit().map_err(|e| failure(e.into()))?;
+        Ok((head, (!records.is_empty()).then(|| started.elapsed())))
+    }
 }
