@@ -138,7 +138,7 @@ fn main() {
     };
     let postgres = Arc::new(PgStore::connect(&settings).unwrap());
     postgres.migrate().unwrap();
-    postgres.start_writer(key.clone());
+    postgres.start_writer(key.clone()).unwrap();
     let version: String = postgres
         .borrow()
         .unwrap()

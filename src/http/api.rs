@@ -55,8 +55,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: State) -> HttpResponse {
-    let store_ready = state.vault.is_ready();
-    let audit = state.vault.audit_state();
+    // Both may ask the database (a blocking driver): off the async workers.
+    let vault = state.vault.clone();
+    let (store_ready, audit) =
+        tokio::task::spawn_blocking(move || (vault.is_ready(), vault.audit_state()))
+            .await
+            .unwrap_or((false, AuditState::Failing));
     let ready = store_ready && audit == AuditState::Ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

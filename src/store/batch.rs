@@ -5,6 +5,7 @@
 //! PostgreSQL write the same records for the same jobs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -14,7 +15,7 @@ use super::budgets::Spending;
 use super::retention::{Sweep, Touch};
 use super::rotation::{Rekey, RekeyOutcome};
 use super::subjects::{SubjectOutcome, SubjectWrite};
-use super::{Failure, InsertOutcome, NewRow};
+use super::{AuditState, Failure, InsertOutcome, NewRow};
 use crate::audit::{self, Head, Record};
 
 /// One write transaction of a batch on a backend: the changes its jobs
@@ -482,4 +483,40 @@ pub(super) fn apply<B: Batch>(
         records,
         audit_write,
     })
+}
+
+/// Answers every job of a batch with its result, and keeps the audit
+/// state `/readyz` reports: ok after a commit, failing after an audit write
+/// failed, broken when the trail no longer ends at its recorded head.
+pub(super) fn settle(result: Result<(), Failure>, done: Vec<Done>, audit_state: &AtomicU8) {
+    let set = |state: AuditState| audit_state.store(state.as_u8(), Ordering::SeqCst);
+    match result {
+        Ok(()) => {
+            set(AuditState::Ok);
+            done.into_iter().for_each(Done::succeed);
+        }
+        Err(failure) => {
+            match &failure {
+                Failure::Audit(detail) => {
+                    set(AuditState::Failing);
+                    tracing::error!(
+                        detail,
+                        jobs = done.len(),
+                        "audit append failed; batch rolled back"
+                    );
+                }
+                Failure::Mismatch(detail) => {
+                    // Logged once per change of state, not once per batch.
+                    let was = audit_state.swap(AuditState::Broken.as_u8(), Ordering::SeqCst);
+                    if was != AuditState::Broken.as_u8() {
+                        super::log_mismatch(detail);
+                    }
+                }
+                Failure::Write(detail) => {
+                    tracing::error!(detail, jobs = done.len(), "write batch failed; rolled back");
+                }
+            }
+            done.into_iter().for_each(|job| job.fail(&failure));
+        }
+    }
 }

@@ -86,6 +86,9 @@ pub enum StoreError {
     /// A blocking read task was cancelled.
     #[error("read task failed")]
     ReadTask,
+    /// The PostgreSQL store failed (unreachable, refused, timed out).
+    #[error("{0}")]
+    Postgres(#[from] pg::PgError),
 }
 
 /// A new token row, sealed by the engine.
@@ -190,9 +193,19 @@ pub struct Store {
     writer_alive: Arc<AtomicBool>,
     audit_state: Arc<AtomicU8>,
     audit_key: Arc<AuditKey>,
-    audit_reader: Mutex<trail::Reader>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    reads: Reads,
+}
+
+/// Where the store reads from.
+enum Reads {
+    /// Read-only connections to `vault.db` and `audit.db`.
+    Sqlite {
+        audit_reader: Mutex<trail::Reader>,
+        readers: Vec<Mutex<Connection>>,
+        next_reader: AtomicUsize,
+    },
+    /// The pool of the shared database.
+    Postgres(Arc<pg::PgStore>),
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -291,9 +304,44 @@ impl Store {
             writer_alive: alive,
             audit_state,
             audit_key,
-            audit_reader,
-            readers,
-            next_reader: AtomicUsize::new(0),
+            reads: Reads::Sqlite {
+                audit_reader,
+                readers,
+                next_reader: AtomicUsize::new(0),
+            },
+        })
+    }
+
+    /// The store on PostgreSQL: `pg` (migrated) for reads, and this node's
+    /// writer on it, chaining audit records under `audit_key`.
+    pub fn open_postgres(pg: Arc<pg::PgStore>, audit_key: AuditKey) -> Result<Self, StoreError> {
+        let audit_key = Arc::new(audit_key);
+        // Checked at start, as for SQLite: a trail cut while no node ran is
+        // reported at once.
+        let state = if pg.tail_is_consistent(&audit_key)? {
+            AuditState::Ok
+        } else {
+            AuditState::Broken
+        };
+        let audit_state = Arc::new(AtomicU8::new(state.as_u8()));
+        let (sender, thread) = pg.spawn_writer(audit_key.clone(), audit_state.clone())?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = alive.clone();
+        let watcher = std::thread::Builder::new()
+            .name("pg-writer-watch".to_owned())
+            .spawn(move || {
+                let _ = thread.join();
+                thread_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(Self {
+            path: PathBuf::new(),
+            jobs: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(watcher)),
+            writer_alive: alive,
+            audit_state,
+            audit_key,
+            reads: Reads::Postgres(pg),
         })
     }
 
@@ -304,10 +352,15 @@ impl Store {
 
     /// True while the writer thread runs and a read connection answers.
     pub fn is_ready(&self) -> bool {
-        self.writer_alive.load(Ordering::SeqCst)
-            && self
+        if !self.writer_alive.load(Ordering::SeqCst) {
+            return false;
+        }
+        match &self.reads {
+            Reads::Postgres(pg) => pg.answers(),
+            Reads::Sqlite { .. } => self
                 .with_reader(|db| db.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
-                .is_ok()
+                .is_ok(),
+        }
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job>, StoreError> {
@@ -327,14 +380,18 @@ impl Store {
         if state != AuditState::Broken {
             return state;
         }
-        let consistent = self.recorded_audit_head().ok().and_then(|recorded| {
-            let reader = self
-                .audit_reader
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            reader.check_tail(&self.audit_key, recorded).ok()
-        });
-        if let Some(Ok(())) = consistent {
+        let consistent = match &self.reads {
+            Reads::Postgres(pg) => pg.tail_is_consistent(&self.audit_key).unwrap_or(false),
+            Reads::Sqlite { audit_reader, .. } => {
+                self.recorded_audit_head().ok().and_then(|recorded| {
+                    let reader = audit_reader
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    reader.check_tail(&self.audit_key, recorded).ok()
+                }) == Some(Ok(()))
+            }
+        };
+        if consistent {
             // Only from Broken: a concurrent batch may have set another state.
             let _ = self.audit_state.compare_exchange(
                 AuditState::Broken.as_u8(),
@@ -428,6 +485,12 @@ impl Store {
         purpose: &str,
         tokens: &[&str],
     ) -> Result<Vec<bool>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(tokens
+                .iter()
+                .map(|token| pg.consent_withdrawn(namespace, token, purpose))
+                .collect::<Result<_, _>>()?);
+        }
         self.with_reader(|db| {
             // Most namespaces have no consent events at all: one query then
             // answers for every token.
@@ -449,6 +512,9 @@ impl Store {
         namespace: &str,
         subject: &SubjectHash,
     ) -> Result<(Vec<String>, Vec<ConsentRecord>), StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.subject_holdings(namespace, subject)?);
+        }
         self.with_reader(|db| {
             Ok((
                 subjects::tokens_of(db, namespace, subject)?,
@@ -496,6 +562,9 @@ impl Store {
 
     /// Every budgeted client's saved spending. Blocking.
     pub fn budget_spending(&self) -> Result<Vec<(String, Spending)>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.budget_spending()?);
+        }
         self.with_reader(budgets::load)
     }
 
@@ -512,6 +581,9 @@ impl Store {
 
     /// Every rotated namespace's key state. Blocking.
     pub fn key_states(&self) -> Result<Vec<KeyState>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.key_states()?);
+        }
         self.with_reader(rotation::load)
     }
 
@@ -524,6 +596,9 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> Result<Vec<StaleRow>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.stale_rows(namespace, version, after, limit)?);
+        }
         self.with_reader(|db| rotation::stale(db, namespace, version, after, limit))
     }
 
@@ -550,15 +625,22 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
-        let reader = self
-            .audit_reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(reader.query(filter, after, limit)?)
+        match &self.reads {
+            Reads::Postgres(pg) => Ok(pg.query_audit(filter, after, limit)?),
+            Reads::Sqlite { audit_reader, .. } => {
+                let reader = audit_reader
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                Ok(reader.query(filter, after, limit)?)
+            }
+        }
     }
 
     /// The audit head recorded in `vault.db`. Blocking.
     pub fn recorded_audit_head(&self) -> Result<Option<Head>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.recorded_audit_head()?);
+        }
         self.with_reader(read_audit_head)
     }
 
@@ -579,10 +661,20 @@ impl Store {
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let Reads::Sqlite {
+            readers,
+            next_reader,
+            ..
+        } = &self.reads
+        else {
+            return Err(StoreError::Write(
+                "a SQLite read on the PostgreSQL store".to_owned(),
+            ));
+        };
+        let index = next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
         // A poisoned lock only means another reader panicked mid-query; the
         // connection itself holds no half-done state for a read.
-        let connection = self.readers[index]
+        let connection = readers[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(read(&connection)?)
@@ -598,6 +690,9 @@ impl Store {
         lookups: &[(&str, [u8; 32])],
         dated: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Option<Found>>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.find_by_blind_index(namespace, lookups, dated)?);
+        }
         self.with_reader(|db| {
             // One snapshot for every lookup: during a rotation a value is
             // looked up under two versions' indexes while its row moves
@@ -652,11 +747,17 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.idle_tokens(namespace, class, before, after, limit)?);
+        }
         self.with_reader(|db| retention::idle(db, namespace, class, before, after, limit))
     }
 
     /// Whether each token exists in `namespace`. Blocking.
     pub fn existing(&self, namespace: &str, tokens: &[String]) -> Result<Vec<bool>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.existing(namespace, tokens)?);
+        }
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM tokens WHERE namespace = ?1 AND token = ?2)",
@@ -674,6 +775,9 @@ impl Store {
         namespace: &str,
         tokens: &[String],
     ) -> Result<Vec<Option<StoredValue>>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.fetch(namespace, tokens)?);
+        }
         self.with_reader(|db| {
             let mut statement = db.prepare_cached(
                 "SELECT class, key_version, sealed, used_day FROM tokens WHERE namespace = ?1 AND token = ?2",
@@ -1172,55 +1276,20 @@ impl Writer {
             batch,
             &mut done,
         );
-        let set = |state: AuditState| self.audit_state.store(state.as_u8(), Ordering::SeqCst);
-        match result {
-            Ok(()) => {
-                set(AuditState::Ok);
-                if done.iter().any(Done::erased) {
-                    // Deleted values must not linger: secure_delete zeroed
-                    // them in the database's pages; the WAL still holds the
-                    // frames that wrote them until it is checkpointed and
-                    // truncated. Done before answering, so that an erasure
-                    // acknowledged is an erasure on disk.
-                    if let Err(error) =
-                        self.db
-                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "could not truncate the WAL after an erasure");
-                    }
-                }
-                done.into_iter().for_each(Done::succeed);
-            }
-            Err(failure) => {
-                match &failure {
-                    Failure::Audit(detail) => {
-                        set(AuditState::Failing);
-                        tracing::error!(
-                            detail,
-                            jobs = done.len(),
-                            "audit append failed; batch rolled back"
-                        );
-                    }
-                    Failure::Mismatch(detail) => {
-                        // Logged once per change of state, not once per batch.
-                        let was = self
-                            .audit_state
-                            .swap(AuditState::Broken.as_u8(), Ordering::SeqCst);
-                        if was != AuditState::Broken.as_u8() {
-                            log_mismatch(detail);
-                        }
-                    }
-                    Failure::Write(detail) => {
-                        tracing::error!(
-                            detail,
-                            jobs = done.len(),
-                            "write batch failed; rolled back"
-                        );
-                    }
-                }
-                done.into_iter().for_each(|job| job.fail(&failure));
+        if result.is_ok() && done.iter().any(Done::erased) {
+            // Deleted values must not linger: secure_delete zeroed them in
+            // the database's pages; the WAL still holds the frames that
+            // wrote them until it is checkpointed and truncated. Done before
+            // answering, so that an erasure acknowledged is an erasure on
+            // disk.
+            if let Err(error) = self
+                .db
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::warn!(%error, "could not truncate the WAL after an erasure");
             }
         }
+        batch::settle(result, done, &self.audit_state);
     }
 
     fn apply(

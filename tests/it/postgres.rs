@@ -403,7 +403,7 @@ fn two_nodes(cluster: &PgCluster) -> (Arc<PgStore>, Arc<PgStore>) {
         .map(|_| {
             let store = PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap();
             store.migrate().unwrap();
-            store.start_writer(audit_key());
+            store.start_writer(audit_key()).unwrap();
             Arc::new(store)
         })
         .collect();
@@ -697,4 +697,162 @@ fn the_reads_answer_what_either_node_committed() {
         b.recorded_audit_head().unwrap(),
         a.verify_audit(&audit_key()).unwrap().head
     );
+}
+
+/// The engine itself on PostgreSQL: two nodes, each with its own pool and
+/// writer, sharing the keyring stored in the database.
+#[test]
+fn the_engine_runs_on_two_nodes_sharing_one_database() {
+    use std::collections::BTreeMap;
+    use tokenvault::config::{ClassSpec, NamespaceSpec};
+    use tokenvault::crypto::tokens::TokenFormat;
+    use tokenvault::crypto::wrapping::{KekSource, Keyring};
+    use tokenvault::normalize::Normalization;
+    use tokenvault::pii::Pii;
+    use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+    use tokenvault::store::Store;
+    use tokenvault::vault::{ConsentSubject, Detokenized, TokenizeItem, Vault};
+    use zeroize::Zeroizing;
+
+    let cluster = PgCluster::start(None);
+    let source = || KekSource::KeyFile(Zeroizing::new([42u8; 32]));
+    let namespaces = BTreeMap::from([(
+        "retail".to_owned(),
+        NamespaceSpec {
+            token_domain: "tokens.invalid".to_owned(),
+            classes: BTreeMap::from([(
+                "email".to_owned(),
+                ClassSpec {
+                    normalize: Normalization::Email,
+                    format: TokenFormat::Email,
+                    deterministic: true,
+                    token_prefixes: Vec::new(),
+                    retain_days: None,
+                },
+            )]),
+        },
+    )]);
+    let node = |first: bool| {
+        let pg = Arc::new(PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap());
+        pg.migrate().unwrap();
+        if first {
+            let (_, document) = Keyring::create_document(&source()).unwrap();
+            assert!(pg.create_keyring(&document).unwrap());
+        }
+        let keyring =
+            Keyring::open_document(&pg.keyring().unwrap().unwrap(), &source(), "db").unwrap();
+        let store = Arc::new(Store::open_postgres(pg, keyring.audit_key()).unwrap());
+        let mut vault = Vault::new(store, &keyring, &namespaces);
+        vault.set_purpose_names(["sms".to_owned()].into());
+        Arc::new(vault)
+    };
+    let (a, b) = (node(true), node(false));
+    let caller = Caller {
+        client: "crm".to_owned(),
+        role: Arc::new(Role {
+            operations: [
+                Operation::Tokenize,
+                Operation::Detokenize,
+                Operation::Consent,
+            ]
+            .into(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+            reveal_by_purpose: Default::default(),
+            clevertap_purpose: None,
+        }),
+    };
+    let context = Context::cli("test");
+    let items = |from: usize, to: usize| -> Vec<TokenizeItem> {
+        (from..to)
+            .map(|n| TokenizeItem {
+                class: "email".to_owned(),
+                value: Pii::new(format!("Person.{n}@Example.com")),
+                subject: None,
+            })
+            .collect()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        // A stores; B answers the same tokens for the same values.
+        let at_a = a
+            .tokenize(&context, &caller, "retail", items(0, 100))
+            .await
+            .unwrap();
+        assert!(at_a.iter().all(|t| t.created));
+        let at_b = b
+            .tokenize(&context, &caller, "retail", items(0, 100))
+            .await
+            .unwrap();
+        assert!(at_b.iter().all(|t| !t.created));
+        let tokens: Vec<String> = at_a.iter().map(|t| t.token.clone()).collect();
+        assert_eq!(
+            tokens,
+            at_b.iter().map(|t| t.token.clone()).collect::<Vec<_>>()
+        );
+
+        // Both at the same moment, 200 new values: the same tokens.
+        let (x, y) = tokio::join!(
+            a.tokenize(&context, &caller, "retail", items(100, 300)),
+            b.tokenize(&context, &caller, "retail", items(100, 300)),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        for (x, y) in x.iter().zip(&y) {
+            assert_eq!(x.token, y.token);
+            assert_ne!(x.created, y.created, "exactly one node stored each value");
+        }
+
+        // B reveals what A stored (normalized).
+        let values = b
+            .detokenize(&context, &caller, "retail", "sms", tokens.clone())
+            .await
+            .unwrap();
+        for (n, value) in values.iter().enumerate() {
+            let Detokenized::Value { value, .. } = value else {
+                panic!("{n}: {value:?}")
+            };
+            assert_eq!(value.expose(), format!("person.{n}@example.com"));
+        }
+
+        // Consent withdrawn through A blocks the reveal through B.
+        a.set_consent(
+            &context,
+            &caller,
+            "retail",
+            ConsentSubject::Token(tokens[0].clone()),
+            "sms",
+            true,
+            "test",
+        )
+        .await
+        .unwrap();
+        let values = b
+            .detokenize(&context, &caller, "retail", "sms", tokens[..2].to_vec())
+            .await
+            .unwrap();
+        assert!(matches!(values[0], Detokenized::ConsentWithdrawn));
+        assert!(matches!(values[1], Detokenized::Value { .. }));
+
+        // A message id claimed through A is a replay through B.
+        assert!(a
+            .claim_message("sms", "msg_x", i64::MAX, vec![])
+            .await
+            .unwrap());
+        assert!(!b
+            .claim_message("sms", "msg_x", i64::MAX, vec![])
+            .await
+            .unwrap());
+    });
+    let store = PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap();
+    let keyring = tokenvault::crypto::wrapping::Keyring::open_document(
+        &store.keyring().unwrap().unwrap(),
+        &source(),
+        "db",
+    )
+    .unwrap();
+    let verified = store.verify_audit(&keyring.audit_key()).unwrap();
+    assert!(verified.count >= 6, "{}", verified.count);
+    assert!(a.is_ready() && b.is_ready());
 }

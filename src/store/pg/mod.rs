@@ -21,7 +21,7 @@ mod trail;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -311,17 +311,31 @@ impl PgStore {
         trail::verify(&mut transaction, key)
     }
 
-    /// Starts this node's writer (group commit), chaining records with
-    /// `key`. Until then the batched writes answer that the writer stopped.
-    pub fn start_writer(&self, key: Arc<AuditKey>) {
+    /// Starts a writer (group commit) for this node, chaining records
+    /// with `key` and keeping `audit_state`: its queue and its thread,
+    /// which ends when every sender is gone.
+    pub(super) fn spawn_writer(
+        &self,
+        key: Arc<AuditKey>,
+        audit_state: Arc<AtomicU8>,
+    ) -> Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>), StoreError> {
         let (jobs, receiver) = mpsc::channel(writer::MAX_JOBS * 4);
         let (pool, batches) = (self.pool.clone(), self.batches.clone());
         let thread = std::thread::Builder::new()
             .name("pg-writer".to_owned())
-            .spawn(move || writer::run(&pool, &key, &batches, receiver))
-            .expect("spawning the writer thread");
+            .spawn(move || writer::run(&pool, &key, &batches, &audit_state, receiver))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok((jobs, thread))
+    }
+
+    /// Starts this node's writer, kept by this handle (for callers that use
+    /// the PostgreSQL store alone). Until then the batched writes answer
+    /// that the writer stopped.
+    pub fn start_writer(&self, key: Arc<AuditKey>) -> Result<(), StoreError> {
+        let (jobs, thread) = self.spawn_writer(key, Arc::default())?;
         *self.writer.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(WriterHandle { jobs, thread });
+        Ok(())
     }
 
     async fn submit<T>(
@@ -492,6 +506,26 @@ impl PgStore {
     /// The audit head recorded in the database.
     pub fn recorded_audit_head(&self) -> Result<Option<Head>, PgError> {
         reads::recorded_audit_head(&mut *self.borrow()?)
+    }
+
+    /// Whether the database answers a trivial query now.
+    pub fn answers(&self) -> bool {
+        self.borrow()
+            .and_then(|mut client| Ok(client.query_one("SELECT 1", &[])?))
+            .is_ok()
+    }
+
+    /// Whether the audit trail ends at its recorded head (read-only, no
+    /// lock), so that a node turns ready again once an operator has
+    /// acknowledged a gap.
+    pub fn tail_is_consistent(&self, key: &AuditKey) -> Result<bool, PgError> {
+        let mut client = self.borrow()?;
+        let mut transaction = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        trail::tail_is_consistent(&mut transaction, key)
     }
 
     /// The keyring every node unwraps, if one is stored. With PostgreSQL

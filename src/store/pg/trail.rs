@@ -151,6 +151,18 @@ fn check_tail(
     })
 }
 
+/// Whether the trail ends at the recorded head, read without a lock.
+pub(super) fn tail_is_consistent(
+    transaction: &mut Transaction<'_>,
+    key: &AuditKey,
+) -> Result<bool, PgError> {
+    let row = transaction
+        .query_opt("SELECT seq, mac FROM audit_head WHERE id = 1", &[])?
+        .ok_or_else(|| PgError::AuditMismatch("the audit head row is missing".to_owned()))?;
+    let head = head_of(row.get(0), row.get(1))?;
+    Ok(check_tail(transaction, key, head)?.is_ok())
+}
+
 /// The audit head, locked for the rest of a write transaction and checked
 /// to be the trail's end.
 #[must_use = "a write transaction appends its records after the head it locked"]

@@ -7,14 +7,14 @@
 //! does. If anything in the batch fails, nothing of it commits and every
 //! job hears why.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use postgres::Transaction;
 use tokio::sync::mpsc;
 
 use super::super::activation::ActivationWrite;
-use super::super::batch::{self, Batch, Done, Job};
+use super::super::batch::{self, Batch, Job};
 use super::super::budgets::Spending;
 use super::super::retention::{Sweep, Touch};
 use super::super::rotation::{Rekey, RekeyOutcome};
@@ -36,7 +36,13 @@ fn failure(error: PgError) -> Failure {
 }
 
 /// Runs until every sender is gone.
-pub(super) fn run(pool: &Pool, key: &AuditKey, batches: &AtomicU64, mut jobs: mpsc::Receiver<Job>) {
+pub(super) fn run(
+    pool: &Pool,
+    key: &AuditKey,
+    batches: &AtomicU64,
+    audit_state: &AtomicU8,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS {
@@ -61,22 +67,10 @@ pub(super) fn run(pool: &Pool, key: &AuditKey, batches: &AtomicU64, mut jobs: mp
                 &mut done,
             )
         });
-        match result {
-            Ok(_) => {
-                batches.fetch_add(1, Ordering::Relaxed);
-                done.into_iter().for_each(Done::succeed);
-            }
-            Err(failure) => {
-                let (Failure::Write(detail) | Failure::Audit(detail) | Failure::Mismatch(detail)) =
-                    &failure;
-                tracing::error!(
-                    jobs = done.len(),
-                    detail,
-                    "postgres write batch failed; rolled back"
-                );
-                done.into_iter().for_each(|job| job.fail(&failure));
-            }
+        if result.is_ok() {
+            batches.fetch_add(1, Ordering::Relaxed);
         }
+        batch::settle(result.map(drop), done, audit_state);
     }
 }
 
