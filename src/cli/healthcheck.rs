@@ -24,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks the vault that `config` describes.
 pub fn run(config: &Path, listen: Option<SocketAddr>) -> Result<(), CliError> {
-    let config = super::load_config(config)?;
+    let config = crate::config::load(config)?;
     let (url, status, _) = readiness(&config, listen)?;
     if status.is_success() {
         println!("ready: {url}");

@@ -184,23 +184,20 @@ impl From<anyhow::Error> for CliError {
 
 /// Loads the configuration of a command that opens the store.
 ///
-/// The PostgreSQL store is being built (issue 17): its settings, its
-/// connection and its migrations exist and `storage check` uses them, but
-/// the vault's tables are still read and written through SQLite only. Until
-/// the port is complete every command that opens the store refuses a
-/// postgres backend here, before it touches anything, rather than serve
-/// from the data directory's SQLite files while the operator believes the
-/// nodes share a database.
+/// On PostgreSQL (issue 17) `init`, `serve` and `storage check` run; the
+/// administrative commands (status, keys, backup, audit, consent, subject,
+/// client list and revoke) still read the SQLite files of the data
+/// directory, so they refuse a postgres backend here, before they touch
+/// anything, rather than answer from files no node writes.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = crate::config::load(path)?;
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "postgres is accepted by `config check` and `storage check`, but this \
-                      build serves and administers the SQLite store only"
+            message: "this command does not run on postgres yet: init, serve and storage check do"
                 .to_owned(),
             hint: Some(
-                "keep backend = \"sqlite\" for now; `tokenvault storage check` tests the database"
+                "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""
                     .to_owned(),
             ),
         }]));

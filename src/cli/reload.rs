@@ -199,7 +199,7 @@ impl Reloader {
     /// The configuration file, checked, with what only a restart changes
     /// compared to the start.
     fn read(&self) -> Result<Config, Vec<String>> {
-        let mut config = super::load_config(&self.path)
+        let mut config = crate::config::load(&self.path)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         if let Some(listen) = self.listen {
             config.server.listen = listen;

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::audit::{Action, Outcome};
-use crate::config::{Config, ConfigErrors, KeySettings};
+use crate::config::{Backend, Config, ConfigErrors, KeySettings};
 use crate::crypto::password::{hash_api_key, new_api_key};
 use crate::crypto::wrapping::{Keyring, KeyringError};
 use crate::http;
@@ -44,7 +44,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| anyhow!(e))?;
         return run_dev(args.listen);
     }
-    let mut config = super::load_config(&args.config)?;
+    let mut config = crate::config::load(&args.config)?;
     // Kept alive to the end of `run`: it flushes the log file writer.
     let _guard = crate::telemetry::init_server(&config.log).map_err(|e| anyhow!(e))?;
     if let Some(listen) = args.listen {
@@ -62,6 +62,35 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         }
         config.server.listen = listen;
     }
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    if let Backend::Postgres(settings) = &config.storage.backend {
+        let pg = super::storage::open_postgres(settings)?;
+        let document = pg.keyring().map_err(|error| anyhow!("{error}"))?.ok_or_else(|| {
+            anyhow!(
+                "no keyring is stored in the database\nhint: run `tokenvault init --config {}` once, on one node",
+                args.config.display()
+            )
+        })?;
+        let keyring = Keyring::open_document(&document, &source, "the database's keyring")
+            .map_err(|error| match error {
+                KeyringError::Unwrap => {
+                    anyhow!("{error}\nhint: check the passphrase or key file named in [keys]")
+                }
+                other => anyhow!(other),
+            })?;
+        drop(source);
+        return start(
+            config,
+            keyring,
+            Some(pg),
+            "serve",
+            Some(args.config),
+            args.listen,
+        );
+    }
     let keyring_path = config.storage.keyring_path();
     if !keyring_path.exists() {
         return Err(anyhow!(
@@ -71,10 +100,6 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         )
         .into());
     }
-    let source = config
-        .keys
-        .kek_source()
-        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
     let keyring = Keyring::open(&keyring_path, &source).map_err(|error| match error {
         KeyringError::Unwrap => {
             anyhow!("{error}\nhint: check the passphrase or key file named in [keys]")
@@ -82,7 +107,14 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         other => anyhow!(other),
     })?;
     drop(source);
-    start(config, keyring, "serve", Some(args.config), args.listen)
+    start(
+        config,
+        keyring,
+        None,
+        "serve",
+        Some(args.config),
+        args.listen,
+    )
 }
 
 /// Starts serving. `config_path` is the file a SIGHUP re-reads (none for
@@ -90,6 +122,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
 fn start(
     mut config: Config,
     keyring: Keyring,
+    postgres: Option<Arc<crate::store::pg::PgStore>>,
     command: &str,
     config_path: Option<PathBuf>,
     listen_override: Option<SocketAddr>,
@@ -99,8 +132,11 @@ fn start(
     let _lock = crate::store::lock_data_dir(&config.storage.data_dir).map_err(|error| {
         anyhow!("{error}\nhint: another tokenvault serves this data directory; stop it first")
     })?;
-    let store = Arc::new(
-        Store::open(
+    let on_postgres = postgres.is_some();
+    let store = Arc::new(match postgres {
+        Some(pg) => Store::open_postgres(pg, keyring.audit_key())
+            .context("cannot open the PostgreSQL store")?,
+        None => Store::open(
             &config.storage.database_path(),
             &config.storage.audit_path(),
             keyring.audit_key(),
@@ -112,7 +148,7 @@ fn start(
                 config.storage.data_dir.display()
             )
         })?,
-    );
+    });
     let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
     vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
         &config.storage.data_dir,
@@ -136,7 +172,9 @@ fn start(
                 .map_err(|problem| problem.to_string())?;
             Keyring::open(&reopen_path, &source).map_err(|error| error.to_string())
         });
-        let ephemeral = matches!(config.keys, KeySettings::Ephemeral);
+        // On PostgreSQL the keyring is in the database; a rotation there is
+        // not followed yet (`keys` refuses postgres), so nothing is watched.
+        let ephemeral = matches!(config.keys, KeySettings::Ephemeral) || on_postgres;
         let current_live = live.clone();
         crate::vault::rotation::KeyWatcher::new(
             keyring.clone(),
@@ -172,7 +210,14 @@ fn start(
         // listens, so that /readyz can say why it refuses every reveal and
         // write (503), until an operator runs `audit acknowledge-gap`.
         if let Err(error) = vault.record(startup).await {
-            if vault.audit_state() != AuditState::Broken {
+            // The audit state may ask the database: off this thread.
+            let state = {
+                let vault = vault.clone();
+                actix_web::rt::task::spawn_blocking(move || vault.audit_state())
+                    .await
+                    .unwrap_or(AuditState::Failing)
+            };
+            if state != AuditState::Broken {
                 return Err(anyhow!("cannot write to the audit trail: {error}\nhint: check that audit.db in the data directory is writable and not locked"));
             }
             tracing::error!(
@@ -249,7 +294,14 @@ fn run_dev(listen: Option<SocketAddr>) -> Result<(), CliError> {
     );
     println!("{banner}");
     tracing::warn!("development mode: temporary data, in-memory key, plain HTTP");
-    let result = start(config, Keyring::ephemeral(), "serve --dev", None, None);
+    let result = start(
+        config,
+        Keyring::ephemeral(),
+        None,
+        "serve --dev",
+        None,
+        None,
+    );
     drop(data_dir);
     result
 }

@@ -66,3 +66,17 @@ fn check(path: &std::path::Path) -> Result<(), CliError> {
     println!("schema: {} (up to date)", versions.join(", "));
     Ok(())
 }
+
+/// Connects to the configured PostgreSQL store and brings its schema up to
+/// date, for `init` and `serve`.
+pub(crate) fn open_postgres(
+    settings: &crate::config::PostgresSettings,
+) -> Result<std::sync::Arc<PgStore>, CliError> {
+    let store = PgStore::connect(settings).map_err(|error| {
+        anyhow!(
+            "{error}\nhint: check storage.url, the password and, off this machine, storage.ca_file"
+        )
+    })?;
+    store.migrate().map_err(|error| anyhow!("{error}"))?;
+    Ok(std::sync::Arc::new(store))
+}

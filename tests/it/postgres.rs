@@ -17,6 +17,7 @@ use tokenvault::store::{InsertOutcome, NewRow};
 
 use crate::pg_cluster::{PgCluster, ServerTls};
 use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
 
 /// A configuration whose `[storage]` uses `cluster` with `extra` lines.
 fn postgres_setup(cluster: &PgCluster, extra: &str) -> Setup {
@@ -46,7 +47,7 @@ fn settings(cluster: &PgCluster, schema: &str, ca_file: Option<&Path>) -> Postgr
 }
 
 #[test]
-fn storage_check_migrates_once_reports_versions_and_serve_refuses_until_the_store_is_complete() {
+fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse() {
     let cluster = PgCluster::start(None);
     let setup = postgres_setup(&cluster, "schema = \"vault_a\"");
     let out = setup.run(&["config", "check", "--config"]);
@@ -99,9 +100,13 @@ fn storage_check_migrates_once_reports_versions_and_serve_refuses_until_the_stor
     );
     assert!(!stderr.contains("not the password"), "{stderr}");
 
-    // Until the engine runs on this store, serve and the commands that open
-    // the store refuse it (exit 78) rather than use SQLite files.
-    for args in [&["serve", "--config"][..], &["status", "--config"][..]] {
+    // The commands that still read the data directory's SQLite files
+    // refuse postgres (exit 78) rather than answer from files no node
+    // writes.
+    for args in [
+        &["status", "--config"][..],
+        &["audit", "verify", "--config"][..],
+    ] {
         let out = setup.run(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}");
         assert!(
@@ -855,4 +860,149 @@ fn the_engine_runs_on_two_nodes_sharing_one_database() {
     let verified = store.verify_audit(&keyring.audit_key()).unwrap();
     assert!(verified.count >= 6, "{}", verified.count);
     assert!(a.is_ready() && b.is_ready());
+}
+
+/// A second node of `setup`'s vault: the same configuration with its own
+/// data directory (its lock and logs).
+fn second_node(setup: &Setup) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vault.toml");
+    let data_dir = dir.path().join("data");
+    let text = fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("data_dir = \"{}\"", setup.data_dir.display()),
+        &format!("data_dir = \"{}\"", data_dir.display()),
+    );
+    fs::write(&config, text).unwrap();
+    fs::create_dir(&data_dir).unwrap();
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    Setup {
+        dir,
+        config,
+        data_dir,
+    }
+}
+
+fn pg_audit_key(cluster: &PgCluster) -> AuditKey {
+    use tokenvault::crypto::wrapping::{KekSource, Keyring};
+    let store = PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap();
+    let source = KekSource::Passphrase(zeroize::Zeroizing::new(PASSPHRASE.as_bytes().to_vec()));
+    Keyring::open_document(&store.keyring().unwrap().unwrap(), &source, "db")
+        .unwrap()
+        .audit_key()
+}
+
+#[test]
+fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_killed() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second init is refused: the vault has its keyring.
+    let out = setup.run(&["init", "--config"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already stored"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = second_node(&setup);
+    let mut a = setup.serve();
+    let b = other.serve();
+    for node in [&a, &b] {
+        let ready = http().get(node.url("/readyz")).send().unwrap();
+        assert_eq!(ready.status().as_u16(), 200, "{}", ready.text().unwrap());
+    }
+
+    // One token per value whichever node is asked; reveals across nodes.
+    let first = tokenize(&a, "crm", "retail", &[("email", "Ann@Example.com")]);
+    let again = tokenize(&b, "crm", "retail", &[("email", "ann@example.com")]);
+    assert_eq!(first, again);
+    let values = detokenize(&b, "admin", "retail", "support", &first);
+    assert_eq!(values[0]["value"], "ann@example.com");
+
+    // Load through both nodes; A is SIGKILLed in the middle; what failed on
+    // A is retried on B. Every token acknowledged by either node must then
+    // reveal on B.
+    let acknowledged: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url_a, url_b) = (a.url("/v1/tokenize"), b.url("/v1/tokenize"));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            let urls = [url_a.clone(), url_b.clone()];
+            std::thread::spawn(move || {
+                let http = http();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let value = format!("load.{client}.{n}@example.com");
+                    let body = serde_json::json!({
+                        "namespace": "retail",
+                        "items": [{"class": "email", "value": value}]
+                    });
+                    // Alternate nodes; on failure retry on the other one.
+                    let order = if n % 2 == 0 { [0, 1] } else { [1, 0] };
+                    for index in order {
+                        let sent = http
+                            .post(&urls[index])
+                            .bearer_auth(key("crm"))
+                            .json(&body)
+                            .send();
+                        if let Ok(response) = sent {
+                            if response.status().as_u16() == 200 {
+                                let answer: serde_json::Value = response.json().unwrap();
+                                let token = answer["tokens"][0]["token"].as_str().unwrap();
+                                acknowledged
+                                    .lock()
+                                    .unwrap()
+                                    .push((token.to_owned(), value.clone()));
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_for = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while acknowledged.lock().unwrap().len() < count {
+            assert!(std::time::Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for(100);
+    a.kill();
+    let at_kill = acknowledged.lock().unwrap().len();
+    wait_for(at_kill + 100);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let done = acknowledged.lock().unwrap().clone();
+    for chunk in done.chunks(500) {
+        let tokens: Vec<String> = chunk.iter().map(|(token, _)| token.clone()).collect();
+        let values = detokenize(&b, "admin", "retail", "support", &tokens);
+        for ((token, value), answer) in chunk.iter().zip(&values) {
+            assert_eq!(answer["value"], value.as_str(), "{token}");
+        }
+    }
+    let verified = PgStore::connect(&settings(&cluster, "tokenvault", None))
+        .unwrap()
+        .verify_audit(&pg_audit_key(&cluster))
+        .unwrap();
+    assert!(
+        verified.count as usize > done.len() / 2,
+        "{}",
+        verified.count
+    );
+    eprintln!(
+        "{} tokens acknowledged ({at_kill} before the kill), all revealed on B; {} audit records verified",
+        done.len(),
+        verified.count
+    );
 }
