@@ -20,6 +20,7 @@ pub struct PgCluster {
     bin: PathBuf,
     /// The port it listens on, on 127.0.0.1.
     pub port: u16,
+    options: String,
 }
 
 /// The certificate a TLS cluster serves, and its key.
@@ -211,7 +212,12 @@ impl PgCluster {
                 fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
             );
         };
-        let cluster = Self { dir, bin, port };
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            options,
+        };
         cluster.psql(&format!("CREATE ROLE vault LOGIN PASSWORD '{PASSWORD}'"));
         cluster.psql("CREATE DATABASE vault OWNER vault");
         cluster
@@ -264,6 +270,40 @@ impl PgCluster {
         fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o600)).unwrap();
         staged.persist(&path).unwrap();
         path
+    }
+}
+
+impl PgCluster {
+    /// Stops the server (fast shutdown: sessions are disconnected).
+    #[allow(dead_code)]
+    pub fn stop(&self) {
+        checked(
+            as_server_user(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "fast", "-w", "stop"])
+                .output()
+                .unwrap(),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts the stopped server again, on the same port.
+    #[allow(dead_code)]
+    pub fn restart(&self) {
+        checked(
+            as_server_user(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!("-p {} {}", self.port, self.options))
+                .arg("start")
+                .output()
+                .unwrap(),
+            "pg_ctl start",
+        );
     }
 }
 

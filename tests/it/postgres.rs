@@ -1006,3 +1006,69 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
         verified.count
     );
 }
+
+#[test]
+fn while_the_database_is_down_a_node_answers_503_and_it_recovers_without_a_restart() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = setup.serve();
+    let before = tokenize(&server, "crm", "retail", &[("email", "before@example.com")]);
+    let ready = |server: &Server| {
+        http()
+            .get(server.url("/readyz"))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let wait_until = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert_eq!(ready(&server), 200);
+
+    cluster.stop();
+    wait_until("/readyz never said not ready", &|| ready(&server) == 503);
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &serde_json::json!({"namespace": "retail", "items": [{"class": "email", "value": "during@example.com"}]}),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("during@example.com"));
+
+    cluster.restart();
+    wait_until("/readyz never turned ready again", &|| {
+        ready(&server) == 200
+    });
+    let after = tokenize(&server, "crm", "retail", &[("email", "after@example.com")]);
+    let values = detokenize(
+        &server,
+        "admin",
+        "retail",
+        "support",
+        &[before[0].clone(), after[0].clone()],
+    );
+    assert_eq!(values[0]["value"], "before@example.com");
+    assert_eq!(values[1]["value"], "after@example.com");
+    let verified = PgStore::connect(&settings(&cluster, "tokenvault", None))
+        .unwrap()
+        .verify_audit(&pg_audit_key(&cluster))
+        .unwrap();
+    assert!(verified.count >= 4);
+}
