@@ -139,6 +139,70 @@ fn data_dir(location: &Location) -> Result<PathBuf, CliError> {
     }
 }
 
+/// Where the trail is read: a data directory's `audit.db` (named by
+/// `--data-dir`, or by a SQLite configuration), or the PostgreSQL database
+/// the configuration names.
+enum Trail {
+    Sqlite(PathBuf),
+    Postgres(
+        std::sync::Arc<crate::store::pg::PgStore>,
+        crate::config::Config,
+    ),
+}
+
+fn locate(location: &Location) -> Result<Trail, CliError> {
+    if let Some(dir) = &location.data_dir {
+        return Ok(Trail::Sqlite(dir.clone()));
+    }
+    let config = crate::config::load(&location.config)?;
+    match &config.storage.backend {
+        crate::config::Backend::Sqlite => Ok(Trail::Sqlite(config.storage.data_dir.clone())),
+        crate::config::Backend::Postgres(settings) => {
+            let pg = super::storage::connect_postgres(settings)?;
+            Ok(Trail::Postgres(pg, config))
+        }
+    }
+}
+
+impl Trail {
+    /// Records matching `filter` after `after`, at most `limit`.
+    fn query(
+        &self,
+        filter: &crate::audit::Filter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, CliError> {
+        match self {
+            Self::Sqlite(dir) => Ok(open_audit(dir)?
+                .query(filter, after, limit)
+                .context("reading audit.db")?),
+            Self::Postgres(pg, _) => Ok(pg
+                .query_audit(filter, after, limit)
+                .map_err(|error| anyhow!("reading the audit trail: {error}"))?),
+        }
+    }
+}
+
+/// The keyring stored in the database, unwrapped with the configured key.
+fn postgres_keyring(
+    pg: &crate::store::pg::PgStore,
+    config: &crate::config::Config,
+) -> Result<Keyring, CliError> {
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    let document = pg
+        .keyring()
+        .map_err(|error| anyhow!("{error}"))?
+        .ok_or_else(|| {
+            anyhow!("no keyring is stored in the database\nhint: has this vault been initialised?")
+        })?;
+    Ok(Keyring::open_document(&document, &source, "the database's keyring").map_err(|error| {
+        anyhow!("{error}\nhint: verification needs the vault's passphrase or key file, as configured in [keys]")
+    })?)
+}
+
 fn open_audit(dir: &Path) -> Result<Reader, CliError> {
     let path = dir.join("audit.db");
     if !path.is_file() {
@@ -163,8 +227,7 @@ fn query(
             problems.join("\n")
         )
     })?;
-    let dir = data_dir(location)?;
-    let connection = open_audit(&dir)?;
+    let trail = locate(location)?;
     let mut out = std::io::stdout().lock();
     let mut after = 0;
     let mut written = 0;
@@ -186,9 +249,7 @@ fn query(
         }
     }
     while written < limit {
-        let page = connection
-            .query(&filter, after, 1000.min(limit - written))
-            .context("reading audit.db")?;
+        let page = trail.query(&filter, after, 1000.min(limit - written))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for stored in &page {
@@ -294,12 +355,20 @@ fn load_keyring(location: &Location, dir: &Path) -> Result<Keyring, CliError> {
 }
 
 fn verify(location: &Location) -> Result<(), CliError> {
-    let dir = data_dir(location)?;
-    let keyring = load_keyring(location, &dir)?;
-    let connection = open_audit(&dir)?;
-    let recorded = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
-        .context("cannot read the audit head in vault.db")?;
-    match connection.verify(&keyring.audit_key(), recorded) {
+    let verified = match locate(location)? {
+        Trail::Sqlite(dir) => {
+            let keyring = load_keyring(location, &dir)?;
+            let connection = open_audit(&dir)?;
+            let recorded = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
+                .context("cannot read the audit head in vault.db")?;
+            connection.verify(&keyring.audit_key(), recorded)
+        }
+        Trail::Postgres(pg, config) => {
+            let keyring = postgres_keyring(&pg, &config)?;
+            pg.verify_audit(&keyring.audit_key())
+        }
+    };
+    match verified {
         Ok(verified) => {
             println!("audit trail OK: {} records verified", verified.count);
             match verified.head {
@@ -396,8 +465,10 @@ fn export(location: &Location, args: &FilterText, out: &Path) -> Result<(), CliE
 }
 
 fn verify_export(location: &Location, file: &Path) -> Result<(), CliError> {
-    let dir = data_dir(location)?;
-    let keyring = load_keyring(location, &dir)?;
+    let keyring = match locate(location)? {
+        Trail::Sqlite(dir) => load_keyring(location, &dir)?,
+        Trail::Postgres(pg, config) => postgres_keyring(&pg, &config)?,
+    };
     let key = keyring.audit_key();
     let text = fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let document: Value = serde_json::from_slice(&text).context("the export is not JSON")?;

@@ -184,17 +184,17 @@ impl From<anyhow::Error> for CliError {
 
 /// Loads the configuration of a command that opens the store.
 ///
-/// On PostgreSQL (issue 17) `init`, `serve` and `storage check` run; the
-/// administrative commands (status, keys, backup, audit, consent, subject,
-/// client list and revoke) still read the SQLite files of the data
-/// directory, so they refuse a postgres backend here, before they touch
+/// On PostgreSQL (issue 17) `init`, `serve`, `storage check` and `audit
+/// verify|query` run; the other administrative commands (status, keys,
+/// backup, audit export and acknowledge-gap, consent, subject, client list
+/// and revoke) still read the SQLite files of the data directory, so they refuse a postgres backend here, before they touch
 /// anything, rather than answer from files no node writes.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = crate::config::load(path)?;
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "this command does not run on postgres yet: init, serve and storage check do"
+            message: "this command does not run on postgres yet: init, serve, storage check and audit verify|query do"
                 .to_owned(),
             hint: Some(
                 "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""

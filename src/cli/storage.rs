@@ -80,3 +80,17 @@ pub(crate) fn open_postgres(
     store.migrate().map_err(|error| anyhow!("{error}"))?;
     Ok(std::sync::Arc::new(store))
 }
+
+/// Connects to the configured PostgreSQL store without changing its
+/// schema, for commands that only read (an auditor's role may not be
+/// allowed to migrate).
+pub(crate) fn connect_postgres(
+    settings: &crate::config::PostgresSettings,
+) -> Result<std::sync::Arc<PgStore>, CliError> {
+    let store = PgStore::connect(settings).map_err(|error| {
+        anyhow!(
+            "{error}\nhint: check storage.url, the password and, off this machine, storage.ca_file"
+        )
+    })?;
+    Ok(std::sync::Arc::new(store))
+}

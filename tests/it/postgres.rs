@@ -105,7 +105,7 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
     // writes.
     for args in [
         &["status", "--config"][..],
-        &["audit", "verify", "--config"][..],
+        &["keys", "status", "--config"][..],
     ] {
         let out = setup.run(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}");
@@ -1004,6 +1004,43 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
         "{} tokens acknowledged ({at_kill} before the kill), all revealed on B; {} audit records verified",
         done.len(),
         verified.count
+    );
+
+    // The auditor's commands read the same trail from the database.
+    let out = setup.run(&["audit", "verify", "--config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "audit trail OK: {} records verified",
+            verified.count
+        )),
+        "{stdout}"
+    );
+    let out = setup.run(&[
+        "audit", "query", "--action", "init", "--format", "json", "--config",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // An edit made in the database is named by `audit verify`.
+    cluster.psql_in(
+        "vault",
+        "UPDATE tokenvault.records SET actor = 'x' WHERE seq = 5",
+    );
+    let out = setup.run(&["audit", "verify", "--config"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("BROKEN at record 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
