@@ -146,7 +146,7 @@ enum Trail {
     Sqlite(PathBuf),
     Postgres(
         std::sync::Arc<crate::store::pg::PgStore>,
-        crate::config::Config,
+        Box<crate::config::Config>,
     ),
 }
 
@@ -159,7 +159,7 @@ fn locate(location: &Location) -> Result<Trail, CliError> {
         crate::config::Backend::Sqlite => Ok(Trail::Sqlite(config.storage.data_dir.clone())),
         crate::config::Backend::Postgres(settings) => {
             let pg = super::storage::connect_postgres(settings)?;
-            Ok(Trail::Postgres(pg, config))
+            Ok(Trail::Postgres(pg, Box::new(config)))
         }
     }
 }
