@@ -10,8 +10,13 @@
 //! binaries with PostgreSQL's default durability (fsync and synchronous
 //! commit on), on the same machine, so the database shares the CPU.
 //!
+//! Then the engine itself (tokenize new values, the same values again,
+//! detokenize them; 1,000-item batches from concurrent workers) on SQLite,
+//! on PostgreSQL through one node, and through two nodes sharing the
+//! database (workers alternate between them).
+//!
 //! Run: `cargo bench --bench pg_store` (optional env: BENCH_CALLERS,
-//! BENCH_CALLS, BENCH_ROUNDS).
+//! BENCH_CALLS, BENCH_ROUNDS, BENCH_WORKERS, BENCH_BATCHES).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,11 +28,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use tokenvault::audit::{Action, Context, Outcome, Record};
+use tokenvault::config::{ClassSpec, NamespaceSpec};
 use tokenvault::config::{DatabaseUrl, PostgresSettings, SchemaName, SecretRef};
 use tokenvault::crypto::keys::{AuditKey, MasterKey};
+use tokenvault::crypto::tokens::TokenFormat;
+use tokenvault::crypto::wrapping::Keyring;
+use tokenvault::normalize::Normalization;
+use tokenvault::pii::Pii;
+use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
 use tokenvault::store::pg::PgStore;
 use tokenvault::store::{NewRow, Store};
+use tokenvault::vault::{TokenizeItem, Vault};
 
 use pg_cluster::PgCluster;
 
@@ -201,4 +215,193 @@ fn main() {
     );
     postgres.shutdown();
     sqlite.shutdown();
+
+    engine(&runtime, &cluster, &settings);
+}
+
+const BATCH: usize = 1000;
+
+fn namespaces() -> BTreeMap<String, NamespaceSpec> {
+    BTreeMap::from([(
+        "retail".to_owned(),
+        NamespaceSpec {
+            token_domain: "tokens.invalid".to_owned(),
+            classes: BTreeMap::from([(
+                "email".to_owned(),
+                ClassSpec {
+                    normalize: Normalization::Email,
+                    format: TokenFormat::Email,
+                    deterministic: true,
+                    token_prefixes: Vec::new(),
+                    retain_days: None,
+                },
+            )]),
+        },
+    )])
+}
+
+fn caller() -> Caller {
+    Caller {
+        client: "bench".to_owned(),
+        role: Arc::new(Role {
+            operations: [Operation::Tokenize, Operation::Detokenize].into(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+            reveal_by_purpose: Default::default(),
+            clevertap_purpose: None,
+        }),
+    }
+}
+
+/// Items per second for new values, the same values again, and their
+/// detokenization, with `workers` concurrent workers spread over `nodes`.
+fn engine_round(
+    runtime: &tokio::runtime::Runtime,
+    nodes: &[Arc<Vault>],
+    workers: usize,
+    batches: usize,
+    tag: &str,
+) -> [f64; 3] {
+    let values = |worker: usize, batch: usize| -> Vec<TokenizeItem> {
+        (0..BATCH)
+            .map(|i| TokenizeItem {
+                class: "email".to_owned(),
+                value: Pii::new(format!("{tag}.{worker}.{batch}.{i}@example.com")),
+                subject: None,
+            })
+            .collect()
+    };
+    let items = (workers * batches * BATCH) as f64;
+    let mut figures = [0.0; 3];
+    let mut tokens: Vec<Vec<String>> = Vec::new();
+    for (phase, expect_new) in [(0, true), (1, false)] {
+        let started = Instant::now();
+        let done = runtime.block_on(async {
+            let tasks: Vec<_> = (0..workers)
+                .map(|worker| {
+                    let vault = nodes[worker % nodes.len()].clone();
+                    let batch_values: Vec<_> = (0..batches).map(|b| values(worker, b)).collect();
+                    tokio::spawn(async move {
+                        let (caller, context) = (caller(), Context::cli("bench"));
+                        let mut all = Vec::new();
+                        for items in batch_values {
+                            let answered = vault
+                                .tokenize(&context, &caller, "retail", items)
+                                .await
+                                .unwrap();
+                            assert!(answered.iter().all(|t| t.created == expect_new));
+                            all.push(answered.into_iter().map(|t| t.token).collect::<Vec<_>>());
+                        }
+                        all
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.unwrap());
+            }
+            all
+        });
+        figures[phase] = items / started.elapsed().as_secs_f64();
+        tokens = done;
+    }
+    let started = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = tokens
+            .chunks(batches)
+            .enumerate()
+            .map(|(worker, chunk)| {
+                let vault = nodes[worker % nodes.len()].clone();
+                let chunk = chunk.to_vec();
+                tokio::spawn(async move {
+                    let (caller, context) = (caller(), Context::cli("bench"));
+                    for batch in chunk {
+                        let values = vault
+                            .detokenize(&context, &caller, "retail", "bench", batch)
+                            .await
+                            .unwrap();
+                        assert_eq!(values.len(), BATCH);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    figures[2] = items / started.elapsed().as_secs_f64();
+    figures
+}
+
+fn engine(runtime: &tokio::runtime::Runtime, cluster: &PgCluster, settings: &PostgresSettings) {
+    let workers = env("BENCH_WORKERS", 4);
+    let batches = env("BENCH_BATCHES", 5);
+    let rounds = env("BENCH_ROUNDS", 3);
+    let keyring = Keyring::ephemeral();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = |store: Store| {
+        let mut vault = Vault::new(Arc::new(store), &keyring, &namespaces());
+        vault.set_purpose_names(["bench".to_owned()].into());
+        Arc::new(vault)
+    };
+    let sqlite = vec![vault(
+        Store::open(
+            &dir.path().join("engine.db"),
+            &dir.path().join("engine-audit.db"),
+            keyring.audit_key(),
+            16,
+        )
+        .unwrap(),
+    )];
+    let mut schema_settings = settings.clone();
+    schema_settings.schema = SchemaName::parse("engine").unwrap();
+    let node = || {
+        let pg = Arc::new(PgStore::connect(&schema_settings).unwrap());
+        pg.migrate().unwrap();
+        vault(Store::open_postgres(pg, keyring.audit_key()).unwrap())
+    };
+    let one = vec![node()];
+    let two = vec![one[0].clone(), node()];
+    let _ = cluster;
+    println!();
+    println!(
+        "engine: {workers} workers x {batches} batches of {BATCH} emails, {rounds} rounds (median), items/s"
+    );
+    let mut figures: BTreeMap<&str, Vec<[f64; 3]>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (name, nodes) in [
+            ("sqlite", &sqlite),
+            ("postgres, 1 node", &one),
+            ("postgres, 2 nodes", &two),
+        ] {
+            let tag = format!("{}.{round}", name.replace([' ', ','], ""));
+            figures
+                .entry(name)
+                .or_default()
+                .push(engine_round(runtime, nodes, workers, batches, &tag));
+        }
+    }
+    let pick = |name: &str, index: usize| median(figures[name].iter().map(|f| f[index]).collect());
+    println!(
+        "{:<20} {:>10} {:>10} {:>12}",
+        "", "new", "known", "detokenize"
+    );
+    for name in ["sqlite", "postgres, 1 node", "postgres, 2 nodes"] {
+        println!(
+            "{name:<20} {:>10.0} {:>10.0} {:>12.0}",
+            pick(name, 0),
+            pick(name, 1),
+            pick(name, 2)
+        );
+    }
+    for name in ["postgres, 1 node", "postgres, 2 nodes"] {
+        println!(
+            "{name} / sqlite:  new {:.2}x, known {:.2}x, detokenize {:.2}x",
+            pick(name, 0) / pick("sqlite", 0),
+            pick(name, 1) / pick("sqlite", 1),
+            pick(name, 2) / pick("sqlite", 2)
+        );
+    }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod activation;
 pub mod backup;
 pub mod budgets;
+pub mod migrate;
 pub mod pg;
 pub mod retention;
 pub mod rotation;

@@ -1109,3 +1109,113 @@ fn while_the_database_is_down_a_node_answers_503_and_it_recovers_without_a_resta
         .unwrap();
     assert!(verified.count >= 4);
 }
+
+#[test]
+fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() {
+    const TOKENS: usize = 100_000;
+    let cluster = PgCluster::start(None);
+    let setup = Setup::new("");
+    let mut server = setup.serve();
+    let mut tokens = Vec::with_capacity(TOKENS);
+    for batch in 0..TOKENS / 1000 {
+        let items: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"class": "email", "value": format!("m.{batch}.{i}@example.com")}))
+            .collect();
+        let (status, body) = post(
+            &server,
+            "/v1/tokenize",
+            &key("crm"),
+            &serde_json::json!({"namespace": "retail", "items": items}),
+        );
+        assert_eq!(status, 200, "{body}");
+        tokens.extend(
+            body["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["token"].as_str().unwrap().to_owned()),
+        );
+    }
+    let (status, body) = crate::activation::put_consent(
+        &server,
+        &key("consent"),
+        &serde_json::json!({"namespace": "retail", "token": tokens[1], "purpose": "support", "withdrawn": true, "source": "app-settings"}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Refused while the vault serves the directory.
+    let pg_config = setup.dir.path().join("pg.toml");
+    let password = cluster.password_file(setup.dir.path());
+    let text = fs::read_to_string(&setup.config).unwrap().replace(
+        "[storage]\n",
+        &format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            cluster.url(),
+            password.display()
+        ),
+    );
+    fs::write(&pg_config, text).unwrap();
+    let migrate = || {
+        std::process::Command::new(BIN)
+            .args(["storage", "migrate", "--to", "postgres", "--config"])
+            .arg(&pg_config)
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop the vault"));
+    assert!(server.stop().success());
+
+    let out = migrate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{TOKENS:>10} rows -> {TOKENS:>10} rows")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("audit chain verified on the target"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sample: 1000 values open to the same plaintext"),
+        "{stdout}"
+    );
+    // Once is enough: the target now holds a vault.
+    let out = migrate();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a vault"));
+
+    // The same vault, served from PostgreSQL: the same values, the consent
+    // withdrawal, and a chain that goes on verifying.
+    let moved = Setup {
+        dir: tempfile::tempdir().unwrap(),
+        config: pg_config.clone(),
+        data_dir: setup.data_dir.clone(),
+    };
+    let server = moved.serve();
+    let picks: Vec<String> = [0, 2, 54_321, TOKENS - 1]
+        .iter()
+        .map(|&i| tokens[i].clone())
+        .collect();
+    let values = detokenize(&server, "admin", "retail", "support", &picks);
+    assert_eq!(values[0]["value"], "m.0.0@example.com");
+    assert_eq!(values[2]["value"], "m.54.321@example.com");
+    assert_eq!(values[3]["value"], "m.99.999@example.com");
+    let withdrawn = detokenize(&server, "admin", "retail", "support", &[tokens[1].clone()]);
+    assert_eq!(withdrawn[0]["error"]["code"], "consent_withdrawn", "{withdrawn:?}");
+    let again = tokenize(&server, "crm", "retail", &[("email", "m.7.7@example.com")]);
+    assert_eq!(again[0], tokens[7007]);
+    drop(server);
+    let out = moved.run(&["audit", "verify", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
