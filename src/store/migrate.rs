@@ -258,7 +258,7 @@ fn compare_sample(
     let mut index = 0usize;
     while let Some(row) = rows.next()? {
         index += 1;
-        if (index - 1) % step != 0 || compared as usize >= sample {
+        if !(index - 1).is_multiple_of(step) || compared as usize >= sample {
             continue;
         }
         let namespace: String = row.get(0)?;

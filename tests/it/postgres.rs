@@ -1208,7 +1208,10 @@ fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() 
     assert_eq!(values[2]["value"], "m.54.321@example.com");
     assert_eq!(values[3]["value"], "m.99.999@example.com");
     let withdrawn = detokenize(&server, "admin", "retail", "support", &[tokens[1].clone()]);
-    assert_eq!(withdrawn[0]["error"]["code"], "consent_withdrawn", "{withdrawn:?}");
+    assert_eq!(
+        withdrawn[0]["error"]["code"], "consent_withdrawn",
+        "{withdrawn:?}"
+    );
     let again = tokenize(&server, "crm", "retail", &[("email", "m.7.7@example.com")]);
     assert_eq!(again[0], tokens[7007]);
     drop(server);
