@@ -487,10 +487,7 @@ impl Store {
         tokens: &[&str],
     ) -> Result<Vec<bool>, StoreError> {
         if let Reads::Postgres(pg) = &self.reads {
-            return Ok(tokens
-                .iter()
-                .map(|token| pg.consent_withdrawn(namespace, token, purpose))
-                .collect::<Result<_, _>>()?);
+            return Ok(pg.consent_withdrawn_all(namespace, purpose, tokens)?);
         }
         self.with_reader(|db| {
             // Most namespaces have no consent events at all: one query then

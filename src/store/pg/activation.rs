@@ -4,7 +4,7 @@
 
 use postgres::{GenericClient, Transaction};
 
-use super::super::activation::{ActivationWrite, ConsentTarget};
+use super::super::activation::ActivationWrite;
 use super::PgError;
 
 /// Applies one write inside the writer's transaction; a claim answers
@@ -63,32 +63,42 @@ pub(super) fn apply(
     }
 }
 
-/// True when the newest event for the token, or for any subject linked to
-/// it, about `purpose` or `*`, withdrew it (the SQLite store's rule).
+/// For each of `tokens`, whether the newest event for the token, or for
+/// any subject linked to it, about `purpose` or `*`, withdrew it (the
+/// SQLite store's rule), in one statement.
 pub(super) fn withdrawn(
     client: &mut impl GenericClient,
     namespace: &str,
-    token: &str,
     purpose: &str,
-) -> Result<bool, PgError> {
-    let row = client.query_one(
-        "SELECT coalesce((
-             SELECT withdrawn FROM consent_events
-             WHERE namespace = $1 AND scope = 'token' AND target = $2 AND purpose IN ($3, '*')
-             ORDER BY id DESC LIMIT 1), false)
-         OR EXISTS (
-             SELECT 1 FROM subject_links AS link
-             WHERE link.namespace = $1 AND link.token = $4
-               AND (SELECT withdrawn FROM consent_events
-                    WHERE namespace = $1 AND scope = 'subject' AND target = link.subject_hash
-                      AND purpose IN ($3, '*')
-                    ORDER BY id DESC LIMIT 1))",
-        &[
-            &namespace,
-            &ConsentTarget::Token(token.to_owned()).bytes(),
-            &purpose,
-            &token,
-        ],
+    tokens: &[&str],
+) -> Result<Vec<bool>, PgError> {
+    let rows = client.query(
+        "SELECT item.ord,
+                coalesce((
+                    SELECT c.withdrawn FROM consent_events AS c
+                    WHERE c.namespace = $1 AND c.scope = 'token'
+                      AND c.target = convert_to(item.t, 'UTF8') AND c.purpose IN ($2, '*')
+                    ORDER BY c.id DESC LIMIT 1), false)
+                OR EXISTS (
+                    SELECT 1 FROM subject_links AS link
+                    WHERE link.namespace = $1 AND link.token = item.t
+                      AND coalesce((
+                          SELECT c.withdrawn FROM consent_events AS c
+                          WHERE c.namespace = $1 AND c.scope = 'subject'
+                            AND c.target = link.subject_hash AND c.purpose IN ($2, '*')
+                          ORDER BY c.id DESC LIMIT 1), false))
+         FROM unnest($3::text[]) WITH ORDINALITY AS item (t, ord)",
+        &[&namespace, &purpose, &tokens],
     )?;
-    Ok(row.get(0))
+    let mut withdrawn = vec![false; tokens.len()];
+    for row in rows {
+        let ord: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| withdrawn.get_mut(i))
+        {
+            *slot = row.get(1);
+        }
+    }
+    Ok(withdrawn)
 }

@@ -408,7 +408,17 @@ impl PgStore {
         token: &str,
         purpose: &str,
     ) -> Result<bool, PgError> {
-        activation::withdrawn(&mut *self.borrow()?, namespace, token, purpose)
+        Ok(self.consent_withdrawn_all(namespace, purpose, &[token])?[0])
+    }
+
+    /// [`PgStore::consent_withdrawn`] for many tokens, in one statement.
+    pub fn consent_withdrawn_all(
+        &self,
+        namespace: &str,
+        purpose: &str,
+        tokens: &[&str],
+    ) -> Result<Vec<bool>, PgError> {
+        activation::withdrawn(&mut *self.borrow()?, namespace, purpose, tokens)
     }
 
     /// Transactions the writer has committed so far.
