@@ -649,10 +649,12 @@ fn insert_all(
         .collect();
     // The stored token of every value that was not inserted here.
     let existing = transaction.query(
-        "SELECT item.ord, tokens.token
+        "SELECT item.ord, found.token
          FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS item (n, c, b, ord)
-         JOIN tokens ON tokens.namespace = item.n AND tokens.class = item.c
-                    AND tokens.blind_index = item.b",
+         CROSS JOIN LATERAL (
+             SELECT token FROM tokens
+             WHERE namespace = item.n AND class = item.c AND blind_index = item.b
+         ) AS found",
         &[&namespaces, &classes, &indexes],
     )?;
     let mut stored_token: BTreeMap<usize, String> = BTreeMap::new();

@@ -36,10 +36,14 @@ pub(super) fn find_by_blind_index(
     let classes: Vec<&str> = lookups.iter().map(|(class, _)| *class).collect();
     let indexes: Vec<&[u8]> = lookups.iter().map(|(_, index)| &index[..]).collect();
     let rows = client.query(
-        "SELECT item.ord, tokens.token, tokens.used_day
+        // LATERAL: one index probe per item, whatever the planner guesses
+        // about an array's size (a hash join scanned the whole table).
+        "SELECT item.ord, found.token, found.used_day
          FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS item (c, b, ord)
-         JOIN tokens ON tokens.namespace = $1 AND tokens.class = item.c
-                    AND tokens.blind_index = item.b",
+         CROSS JOIN LATERAL (
+             SELECT token, used_day FROM tokens
+             WHERE namespace = $1 AND class = item.c AND blind_index = item.b
+         ) AS found",
         &[&namespace, &classes, &indexes],
     )?;
     let mut found = vec![None; lookups.len()];
@@ -64,9 +68,12 @@ pub(super) fn fetch(
     tokens: &[String],
 ) -> Result<Vec<Option<StoredValue>>, PgError> {
     let rows = client.query(
-        "SELECT item.ord, tokens.class, tokens.key_version, tokens.sealed, tokens.used_day
+        "SELECT item.ord, found.class, found.key_version, found.sealed, found.used_day
          FROM unnest($2::text[]) WITH ORDINALITY AS item (t, ord)
-         JOIN tokens ON tokens.namespace = $1 AND tokens.token = item.t",
+         CROSS JOIN LATERAL (
+             SELECT class, key_version, sealed, used_day FROM tokens
+             WHERE namespace = $1 AND token = item.t
+         ) AS found",
         &[&namespace, &tokens],
     )?;
     let mut found = vec![None; tokens.len()];
