@@ -211,7 +211,7 @@ fn assert_refused(rig: &Rig, (status, body): (u16, String), expected: u16) {
 }
 
 #[test]
-fn a_signed_callback_reaches_the_provider_with_real_values() {
+pub(crate) fn a_signed_callback_reaches_the_provider_with_real_values() {
     let rig = rig();
     rig.provider.behave(Behaviour::Fail(202));
     let people = person(&rig.server, "+14155550199", "Priya Raman", "user-7781");
@@ -251,7 +251,7 @@ fn a_signed_callback_reaches_the_provider_with_real_values() {
 }
 
 #[test]
-fn a_callback_without_signature_is_refused() {
+pub(crate) fn a_callback_without_signature_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550101", "No Signature", "user-1");
     let body = callback_body(&people);
@@ -259,7 +259,7 @@ fn a_callback_without_signature_is_refused() {
 }
 
 #[test]
-fn a_callback_signed_with_another_secret_is_refused() {
+pub(crate) fn a_callback_signed_with_another_secret_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550102", "Wrong Secret", "user-2");
     let body = callback_body(&people);
@@ -278,7 +278,7 @@ fn a_callback_signed_with_another_secret_is_refused() {
 }
 
 #[test]
-fn a_callback_changed_after_signing_is_refused() {
+pub(crate) fn a_callback_changed_after_signing_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550103", "Changed Body", "user-3");
     let body = callback_body(&people);
@@ -291,7 +291,7 @@ fn a_callback_changed_after_signing_is_refused() {
 }
 
 #[test]
-fn a_callback_outside_the_timestamp_tolerance_is_refused() {
+pub(crate) fn a_callback_outside_the_timestamp_tolerance_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550104", "Stale Stamp", "user-4");
     let body = callback_body(&people);
@@ -317,7 +317,7 @@ fn a_callback_outside_the_timestamp_tolerance_is_refused() {
 }
 
 #[test]
-fn a_replayed_message_id_is_refused_even_after_a_restart() {
+pub(crate) fn a_replayed_message_id_is_refused_even_after_a_restart() {
     let mut rig = rig();
     let people = person(&rig.server, "+14155550105", "Replay Person", "user-5");
     let body = callback_body(&people);
@@ -339,7 +339,7 @@ fn a_replayed_message_id_is_refused_even_after_a_restart() {
 }
 
 #[test]
-fn a_callback_from_outside_its_allow_list_is_refused() {
+pub(crate) fn a_callback_from_outside_its_allow_list_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550106", "Wrong Source", "user-6");
     let body = callback_body(&people);
@@ -351,7 +351,7 @@ fn a_callback_from_outside_its_allow_list_is_refused() {
 }
 
 #[test]
-fn a_token_from_another_namespace_is_refused() {
+pub(crate) fn a_token_from_another_namespace_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550107", "Right Namespace", "user-7");
     let health = tokenize(&rig.server, "crm", "health", &[("name", "Other Namespace")]);
@@ -367,7 +367,7 @@ fn a_token_from_another_namespace_is_refused() {
 }
 
 #[test]
-fn a_purpose_the_callbacks_role_lacks_is_refused() {
+pub(crate) fn a_purpose_the_callbacks_role_lacks_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550108", "Wrong Purpose", "user-8");
     let body = callback_body(&people);
@@ -582,7 +582,7 @@ fn withdrawn_consent_blocks_every_path_until_restored() {
 }
 
 #[test]
-fn consent_through_the_api_needs_the_consent_operation() {
+pub(crate) fn consent_through_the_api_needs_the_consent_operation() {
     let rig = rig();
     let people = person(&rig.server, "+14155550110", "Api Consent", "user-10");
     let body = json!({"namespace": "retail", "token": people.phone, "purpose": "sms_delivery", "withdrawn": true, "source": "ticket-9"});
@@ -612,7 +612,7 @@ fn consent_through_the_api_needs_the_consent_operation() {
 }
 
 #[test]
-fn a_worker_over_its_budget_gets_429_and_nothing_more() {
+pub(crate) fn a_worker_over_its_budget_gets_429_and_nothing_more() {
     let rig = rig();
     let phones: Vec<String> = (0..6).map(|i| format!("+1415555012{i}")).collect();
     let items: Vec<(&str, &str)> = phones.iter().map(|p| ("phone", p.as_str())).collect();
@@ -662,7 +662,7 @@ fn a_worker_over_its_budget_gets_429_and_nothing_more() {
 }
 
 #[test]
-fn a_message_accepted_at_one_callback_is_refused_at_another() {
+pub(crate) fn a_message_accepted_at_one_callback_is_refused_at_another() {
     let secrets = tempfile::tempdir().unwrap();
     let echo_secret = secrets.path().join("echo.secret");
     fs::write(
@@ -723,7 +723,7 @@ fields = [ {{ select = "$.to" }} ]
 }
 
 #[test]
-fn a_restart_does_not_refill_a_budget() {
+pub(crate) fn a_restart_does_not_refill_a_budget() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let tokens = tokenize(&server, "crm", "retail", &[("phone", "+14155550111")]);

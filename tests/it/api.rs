@@ -9,7 +9,7 @@ fn error_code(body: &Value) -> &str {
 }
 
 #[test]
-fn token_api_behaviour_and_authorization() {
+pub(crate) fn token_api_behaviour_and_authorization() {
     let setup = Setup::new("max_body_bytes = 1048576\nmax_batch_items = 2000");
     let server = setup.serve();
 
@@ -402,7 +402,7 @@ fn token_api_behaviour_and_authorization() {
 }
 
 #[test]
-fn sigterm_drains_in_flight_requests() {
+pub(crate) fn sigterm_drains_in_flight_requests() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let url = server.url("/v1/tokenize");
@@ -430,7 +430,7 @@ fn sigterm_drains_in_flight_requests() {
 }
 
 #[test]
-fn a_wrong_method_on_a_known_path_is_405_with_allow() {
+pub(crate) fn a_wrong_method_on_a_known_path_is_405_with_allow() {
     let setup = Setup::new("");
     let server = setup.serve();
     let client = http();

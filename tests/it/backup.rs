@@ -34,6 +34,7 @@ fn setup_at(setup: &Setup, data_dir: &Path) -> Setup {
         dir,
         config,
         data_dir: data_dir.to_owned(),
+        postgres: setup.postgres.clone(),
     }
 }
 

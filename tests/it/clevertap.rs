@@ -141,7 +141,7 @@ fn is_e164(token: &str) -> bool {
 }
 
 #[test]
-fn plaintext_operations_answer_as_the_spec_says() {
+pub(crate) fn plaintext_operations_answer_as_the_spec_says() {
     let setup = Setup::new_with("", SECTION);
     let server = setup.serve();
     let crm = key("crm");
@@ -383,7 +383,7 @@ fn plaintext_operations_answer_as_the_spec_says() {
 }
 
 #[test]
-fn encrypted_requests_get_encrypted_answers_and_bad_envelopes_get_419() {
+pub(crate) fn encrypted_requests_get_encrypted_answers_and_bad_envelopes_get_419() {
     let setup = Setup::new_with("", SECTION);
     let server = setup.serve();
     let crm = key("crm");
@@ -518,7 +518,7 @@ fn encrypted_requests_get_encrypted_answers_and_bad_envelopes_get_419() {
 }
 
 #[test]
-fn access_tokens_are_issued_verified_and_expire() {
+pub(crate) fn access_tokens_are_issued_verified_and_expire() {
     let setup = Setup::new_with("", SECTION);
     let server = setup.serve();
     let crm = key("crm");
@@ -850,7 +850,7 @@ fn roles_purposes_and_audit_apply_as_on_v1() {
 }
 
 #[test]
-fn the_same_value_gets_the_same_token_on_every_surface() {
+pub(crate) fn the_same_value_gets_the_same_token_on_every_surface() {
     let upstream = Upstream::start();
     let route = format!(
         "[[routes]]\nname = \"clevertap\"\npath_prefix = \"/clevertap\"\nupstream = \"{}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\"]\nfields = [\n  {{ select = \"$.d[*].identity\", class = \"name\" }},\n  {{ select = \"$.d[*].profileData.Email\", class = \"email\" }},\n  {{ select = \"$.d[*].profileData.Phone\", class = \"phone\" }},\n  {{ select = \"$.d[*].profileData.Name\", class = \"name\" }},\n]\n",

@@ -137,7 +137,7 @@ fn check_rewrite(original: &Value, sent: &Value) {
 }
 
 #[test]
-fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
+pub(crate) fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
     let rig = rig();
     for (name, gzip) in [
         ("clevertap-upload-profiles-10.json", false),
@@ -220,7 +220,7 @@ fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
 }
 
 #[test]
-fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
+pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
     let rig = rig();
     let dir = fixture("malformed");
     for entry in fs::read_dir(&dir).unwrap() {
@@ -302,7 +302,7 @@ fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
 }
 
 #[test]
-fn upstream_failures_answer_in_time_and_the_vault_keeps_serving() {
+pub(crate) fn upstream_failures_answer_in_time_and_the_vault_keeps_serving() {
     let rig = rig();
     let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
     let (status, error) = send(&rig, "/down/1/upload", body.clone(), false);
@@ -347,7 +347,7 @@ fn upstream_failures_answer_in_time_and_the_vault_keeps_serving() {
 }
 
 #[test]
-fn tls_upstreams_are_verified_against_the_route_ca_bundle() {
+pub(crate) fn tls_upstreams_are_verified_against_the_route_ca_bundle() {
     let (upstream, ca_pem) = Upstream::start_tls();
     let secrets = tempfile::tempdir().unwrap();
     let bundle = secrets.path().join("platform-ca.pem");
@@ -401,7 +401,7 @@ fn tls_upstreams_are_verified_against_the_route_ca_bundle() {
 }
 
 #[test]
-fn form_bodies_select_by_field_name() {
+pub(crate) fn form_bodies_select_by_field_name() {
     let upstream = Upstream::start();
     let route = format!(
         "[[routes]]\nname = \"form\"\npath_prefix = \"/form\"\nupstream = \"{}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\"]\ncontent_types = [\"application/x-www-form-urlencoded\"]\nfields = [ {{ select = \"$.Email\", class = \"email\" }}, {{ select = \"$['Contact Phone']\", class = \"phone\" }} ]\n",
@@ -457,7 +457,7 @@ fn form_bodies_select_by_field_name() {
 }
 
 #[test]
-fn response_rules_reveal_only_to_callers_allowed_the_purpose() {
+pub(crate) fn response_rules_reveal_only_to_callers_allowed_the_purpose() {
     let upstream = Upstream::start();
     upstream.behave(Behaviour::Echo);
     let route = format!(

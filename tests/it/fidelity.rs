@@ -162,7 +162,7 @@ fn assert_byte_exact(name: &str, original: &[u8], sent: &[u8]) {
 }
 
 #[test]
-fn fixtures_and_unusual_documents_go_out_byte_exact_outside_the_selected_values() {
+pub(crate) fn fixtures_and_unusual_documents_go_out_byte_exact_outside_the_selected_values() {
     let rig = rig();
     let unusual = br#"{ "z" : 1, "big":123456789012345678901234567890,
  "exp": 1e2, "Exp": 1E+2, "neg": -0, "dec": 1.50, "uni": "caf\u00e9 \ud83d\ude00 \"q\"",
@@ -272,7 +272,7 @@ fn gaps() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
 }
 
 #[test]
-fn the_scan_covers_numbers_keys_form_names_and_query_parameters() {
+pub(crate) fn the_scan_covers_numbers_keys_form_names_and_query_parameters() {
     let rig = rig();
     let values: Vec<String> = [
         "4111111111111111",
@@ -353,7 +353,7 @@ fn raw_request(server: &Server, path: &str) -> u16 {
 }
 
 #[test]
-fn paths_that_leave_the_route_are_refused_and_forwarding_headers_are_dropped() {
+pub(crate) fn paths_that_leave_the_route_are_refused_and_forwarding_headers_are_dropped() {
     let rig = rig();
     for path in [
         "/block/../../admin",
@@ -398,7 +398,7 @@ fn paths_that_leave_the_route_are_refused_and_forwarding_headers_are_dropped() {
 }
 
 #[test]
-fn a_route_takes_the_vault_key_in_the_platform_header_and_never_forwards_it() {
+pub(crate) fn a_route_takes_the_vault_key_in_the_platform_header_and_never_forwards_it() {
     let rig = rig();
     let send = |key: &str| {
         http()

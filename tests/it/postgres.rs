@@ -879,6 +879,7 @@ fn second_node(setup: &Setup) -> Setup {
         dir,
         config,
         data_dir,
+        postgres: setup.postgres.clone(),
     }
 }
 
@@ -1197,6 +1198,7 @@ fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() 
         dir: tempfile::tempdir().unwrap(),
         config: pg_config.clone(),
         data_dir: setup.data_dir.clone(),
+        postgres: None,
     };
     let server = moved.serve();
     let picks: Vec<String> = [0, 2, 54_321, TOKENS - 1]
@@ -1221,4 +1223,77 @@ fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------
+// The backend-independent suites, run again on PostgreSQL: the same test
+// functions, with every `Setup` they make storing in a throwaway cluster.
+// Left out: the tests that break the audit trail through SQLite's own files
+// (egress, clevertap) and the one that drives the `consent` CLI, which does
+// not run on PostgreSQL yet.
+
+fn each_on_postgres(tests: &[fn()]) {
+    for test in tests {
+        on_postgres(*test);
+    }
+}
+
+#[test]
+fn the_token_api_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::api::token_api_behaviour_and_authorization,
+        crate::api::sigterm_drains_in_flight_requests,
+        crate::api::a_wrong_method_on_a_known_path_is_405_with_allow,
+    ]);
+}
+
+#[test]
+fn the_egress_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::egress::fixtures_go_upstream_with_tokens_in_every_selected_field,
+        crate::egress::malformed_bodies_are_refused_and_nothing_is_forwarded,
+        crate::egress::upstream_failures_answer_in_time_and_the_vault_keeps_serving,
+        crate::egress::tls_upstreams_are_verified_against_the_route_ca_bundle,
+        crate::egress::form_bodies_select_by_field_name,
+        crate::egress::response_rules_reveal_only_to_callers_allowed_the_purpose,
+    ]);
+}
+
+#[test]
+fn the_fidelity_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::fidelity::fixtures_and_unusual_documents_go_out_byte_exact_outside_the_selected_values,
+        crate::fidelity::the_scan_covers_numbers_keys_form_names_and_query_parameters,
+        crate::fidelity::paths_that_leave_the_route_are_refused_and_forwarding_headers_are_dropped,
+        crate::fidelity::a_route_takes_the_vault_key_in_the_platform_header_and_never_forwards_it,
+    ]);
+}
+
+#[test]
+fn the_clevertap_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::clevertap::plaintext_operations_answer_as_the_spec_says,
+        crate::clevertap::encrypted_requests_get_encrypted_answers_and_bad_envelopes_get_419,
+        crate::clevertap::access_tokens_are_issued_verified_and_expire,
+        crate::clevertap::the_same_value_gets_the_same_token_on_every_surface,
+    ]);
+}
+
+#[test]
+fn the_activation_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::activation::a_signed_callback_reaches_the_provider_with_real_values,
+        crate::activation::a_callback_without_signature_is_refused,
+        crate::activation::a_callback_signed_with_another_secret_is_refused,
+        crate::activation::a_callback_changed_after_signing_is_refused,
+        crate::activation::a_callback_outside_the_timestamp_tolerance_is_refused,
+        crate::activation::a_replayed_message_id_is_refused_even_after_a_restart,
+        crate::activation::a_callback_from_outside_its_allow_list_is_refused,
+        crate::activation::a_token_from_another_namespace_is_refused,
+        crate::activation::a_purpose_the_callbacks_role_lacks_is_refused,
+        crate::activation::consent_through_the_api_needs_the_consent_operation,
+        crate::activation::a_worker_over_its_budget_gets_429_and_nothing_more,
+        crate::activation::a_message_accepted_at_one_callback_is_refused_at_another,
+        crate::activation::a_restart_does_not_refill_a_budget,
+    ]);
 }

@@ -167,6 +167,33 @@ pub struct Setup {
     pub config: PathBuf,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The PostgreSQL cluster the vault stores in, when the test runs on
+    /// PostgreSQL ([`on_postgres`]); stopped when the last holder drops.
+    pub postgres: Option<std::sync::Arc<crate::pg_cluster::PgCluster>>,
+}
+
+thread_local! {
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CLUSTERS_STARTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `test` with every [`Setup`] it makes storing in a throwaway
+/// PostgreSQL cluster instead of SQLite: the same test, the other backend.
+pub fn on_postgres(test: fn()) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_POSTGRES.with(|on| on.set(false));
+        }
+    }
+    ON_POSTGRES.with(|on| on.set(true));
+    let _reset = Reset;
+    let before = CLUSTERS_STARTED.with(std::cell::Cell::get);
+    test();
+    assert!(
+        CLUSTERS_STARTED.with(std::cell::Cell::get) > before,
+        "the test made no Setup, so it did not run on PostgreSQL"
+    );
 }
 
 impl Setup {
@@ -206,12 +233,29 @@ impl Setup {
                 "\n[clients.{name}]\nrole = \"{role}\"\napi_key_hash = \"{hash}\"\n{extra}\n"
             ));
         }
+        let mut postgres = None;
+        if ON_POSTGRES.with(std::cell::Cell::get) {
+            let cluster = crate::pg_cluster::PgCluster::start(None);
+            let password = cluster.password_file(dir.path());
+            text = text.replacen(
+                "[storage]\n",
+                &format!(
+                    "[storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
+                    cluster.url(),
+                    password.display()
+                ),
+                1,
+            );
+            postgres = Some(std::sync::Arc::new(cluster));
+            CLUSTERS_STARTED.with(|started| started.set(started.get() + 1));
+        }
         let config = dir.path().join("vault.toml");
         fs::write(&config, text).unwrap();
         Self {
             dir,
             config,
             data_dir,
+            postgres,
         }
     }
 
