@@ -1297,3 +1297,62 @@ fn the_activation_suite_passes_on_postgres() {
         crate::activation::a_restart_does_not_refill_a_budget,
     ]);
 }
+
+/// PostgreSQL's counterpart of the SQLite tests that lock `audit.db`: when
+/// the trail cannot be written, nothing is stored or revealed, `/readyz`
+/// says why, and the node recovers once it can write again.
+#[test]
+fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = setup.serve();
+    let stored = tokenize(&server, "crm", "retail", &[("email", "kept@example.com")]);
+
+    cluster.psql_in("vault", "REVOKE INSERT ON tokenvault.records FROM vault");
+    let (status, body) = post(
+        &server,
+        "/v1/detokenize",
+        &key("admin"),
+        &serde_json::json!({"namespace": "retail", "purpose": "support", "tokens": stored}),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.to_string().contains("kept@example.com"), "{body}");
+    let (status, body) = post(
+        &server,
+        "/v1/tokenize",
+        &key("crm"),
+        &serde_json::json!({"namespace": "retail", "items": [{"class": "email", "value": "new@example.com"}]}),
+    );
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = http()
+        .get(server.url("/readyz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["checks"]["audit"], "failing", "{ready}");
+    assert_eq!(
+        cluster
+            .psql_in("vault", "SELECT count(*) FROM tokenvault.tokens")
+            .trim(),
+        "1",
+        "the refused tokenize stored nothing"
+    );
+
+    cluster.psql_in("vault", "GRANT INSERT ON tokenvault.records TO vault");
+    let values = detokenize(&server, "admin", "retail", "support", &stored);
+    assert_eq!(values[0]["value"], "kept@example.com");
+    let ready: serde_json::Value = http()
+        .get(server.url("/readyz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+}

@@ -125,8 +125,15 @@ impl Batch for PgBatch<'_> {
             .locked
             .take()
             .ok_or_else(|| Failure::Write("the audit head was not locked".to_owned()))?;
+        // A record that cannot be written is an audit failure (`/readyz`
+        // says "failing"), whatever the database said.
         let head =
-            trail::append(&mut self.transaction, self.key, locked, records).map_err(failure)?;
+            trail::append(&mut self.transaction, self.key, locked, records).map_err(|error| {
+                match error {
+                    PgError::AuditMismatch(reason) => Failure::Mismatch(reason),
+                    other => Failure::Audit(other.to_string()),
+                }
+            })?;
         self.transaction.commit().map_err(|e| failure(e.into()))?;
         Ok((head, (!records.is_empty()).then(|| started.elapsed())))
     }
