@@ -39,12 +39,19 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
 fn gather(config_path: &Path) -> Result<Value, CliError> {
     let bytes = std::fs::read(config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config = super::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     let storage = &config.storage;
-    let versions = crate::crypto::wrapping::versions_on_disk(&storage.keyring_path())
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let rows = crate::store::rows_per_key_version_offline(&storage.database_path())
-        .context("cannot read vault.db")?;
+    let facts = match &storage.backend {
+        crate::config::Backend::Sqlite => sqlite_facts(storage)?,
+        crate::config::Backend::Postgres(settings) => postgres_facts(settings)?,
+    };
+    let Facts {
+        versions,
+        rows,
+        states,
+        head,
+        last_backup,
+    } = facts;
     let mut tokens = serde_json::Map::new();
     let mut per_version = serde_json::Map::new();
     for (namespace, version, count) in &rows {
@@ -55,8 +62,6 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
         add(&mut tokens, namespace.clone());
         add(&mut per_version, format!("v{version}"));
     }
-    let states = crate::store::key_states_offline(&storage.database_path())
-        .context("cannot read vault.db")?;
     let rotations: Vec<Value> = states
         .iter()
         .filter(|state| state.rotating)
@@ -75,11 +80,7 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
             })
         })
         .collect();
-    let head = crate::store::recorded_audit_head_offline(&storage.database_path())
-        .context("cannot read vault.db")?;
-    let last_backup = crate::store::trail::last_of_action(&storage.audit_path(), "backup_create")
-        .context("cannot read the audit trail")?
-        .map(crate::audit::format_time);
+    let last_backup = last_backup.map(crate::audit::format_time);
     let vault = match super::healthcheck::readiness(&config, None) {
         Ok((url, code, body)) => json!({
             "running": true,
@@ -97,6 +98,10 @@ fn gather(config_path: &Path) -> Result<Value, CliError> {
             "sha256": hex::encode(Sha256::digest(&bytes)),
         },
         "data_dir": storage.data_dir.display().to_string(),
+        "storage": match &storage.backend {
+            crate::config::Backend::Sqlite => json!("sqlite"),
+            crate::config::Backend::Postgres(settings) => json!(format!("postgres {} (schema {})", settings.url, settings.schema)),
+        },
         "vault": vault,
         "master_keys": {
             "versions": versions,
@@ -161,4 +166,45 @@ fn table(status: &Value) -> String {
         status["audit_head"].as_u64().map_or("none".to_owned(), |s| s.to_string()),
         status["last_backup"].as_str().unwrap_or("never"),
     )
+}
+
+/// What `status` reads from the store, whichever it is.
+struct Facts {
+    versions: Vec<u32>,
+    rows: Vec<(String, u32, u64)>,
+    states: Vec<crate::store::KeyState>,
+    head: Option<crate::audit::Head>,
+    last_backup: Option<i64>,
+}
+
+fn sqlite_facts(storage: &crate::config::StorageSettings) -> Result<Facts, CliError> {
+    Ok(Facts {
+        versions: crate::crypto::wrapping::versions_on_disk(&storage.keyring_path())
+            .map_err(|error| anyhow::anyhow!("{error}"))?,
+        rows: crate::store::rows_per_key_version_offline(&storage.database_path())
+            .context("cannot read vault.db")?,
+        states: crate::store::key_states_offline(&storage.database_path())
+            .context("cannot read vault.db")?,
+        head: crate::store::recorded_audit_head_offline(&storage.database_path())
+            .context("cannot read vault.db")?,
+        last_backup: crate::store::trail::last_of_action(&storage.audit_path(), "backup_create")
+            .context("cannot read the audit trail")?,
+    })
+}
+
+fn postgres_facts(settings: &crate::config::PostgresSettings) -> Result<Facts, CliError> {
+    let pg = super::storage::connect_postgres(settings)?;
+    let failed = |error: crate::store::pg::PgError| anyhow::anyhow!("{error}");
+    let document = pg.keyring().map_err(failed)?.ok_or_else(|| {
+        anyhow::anyhow!("no keyring is stored in the database\nhint: run `tokenvault init` once")
+    })?;
+    Ok(Facts {
+        versions: document
+            .versions("the database's keyring")
+            .map_err(|error| anyhow::anyhow!("{error}"))?,
+        rows: pg.rows_per_key_version().map_err(failed)?,
+        states: pg.key_states().map_err(failed)?,
+        head: pg.recorded_audit_head().map_err(failed)?,
+        last_backup: pg.last_of_action("backup_create").map_err(failed)?,
+    })
 }

@@ -104,8 +104,8 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
     // refuse postgres (exit 78) rather than answer from files no node
     // writes.
     for args in [
-        &["status", "--config"][..],
         &["keys", "status", "--config"][..],
+        &["client", "list", "--config"][..],
     ] {
         let out = setup.run(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}");
@@ -1031,6 +1031,25 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // `status` reads the shared store and asks the node in the config.
+    let out = setup.run(&["status", "--format", "json", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["tokens"]["retail"],
+        done.len() as u64 + 1,
+        "{status}"
+    );
+    assert_eq!(status["audit_head"], verified.count, "{status}");
+    assert_eq!(status["master_keys"]["versions"], serde_json::json!([1]));
+    assert!(
+        status["storage"].as_str().unwrap().starts_with("postgres "),
+        "{status}"
+    );
     // An edit made in the database is named by `audit verify`.
     cluster.psql_in(
         "vault",

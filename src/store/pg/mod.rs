@@ -538,6 +538,16 @@ impl PgStore {
         trail::tail_is_consistent(&mut transaction, key)
     }
 
+    /// Token rows per namespace and key version.
+    pub fn rows_per_key_version(&self) -> Result<Vec<(String, u32, u64)>, PgError> {
+        reads::rows_per_key_version(&mut *self.borrow()?)
+    }
+
+    /// The time (µs) of the newest successful record of `action`.
+    pub fn last_of_action(&self, action: &str) -> Result<Option<i64>, PgError> {
+        reads::last_of_action(&mut *self.borrow()?, action)
+    }
+
     /// The keyring every node unwraps, if one is stored. With PostgreSQL
     /// the keyring lives in the database, not in a node's data directory,
     /// so that nodes configured with the same key source hold the same

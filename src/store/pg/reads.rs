@@ -281,3 +281,31 @@ pub(super) fn recorded_audit_head(
         None => Ok(None),
     }
 }
+
+/// Token rows per namespace and key version.
+pub(super) fn rows_per_key_version(
+    client: &mut impl GenericClient,
+) -> Result<Vec<(String, u32, u64)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT namespace, key_version, count(*) FROM tokens
+             GROUP BY namespace, key_version ORDER BY key_version, namespace COLLATE \"C\"",
+            &[],
+        )?
+        .iter()
+        .map(|row| (row.get(0), as_u32(row.get(1)), as_u64(row.get(2))))
+        .collect())
+}
+
+/// The time (µs) of the newest successful record of `action`.
+pub(super) fn last_of_action(
+    client: &mut impl GenericClient,
+    action: &str,
+) -> Result<Option<i64>, PgError> {
+    Ok(client
+        .query_one(
+            "SELECT max(time_us) FROM records WHERE action = $1 AND outcome = 'ok'",
+            &[&action],
+        )?
+        .get(0))
+}
