@@ -184,7 +184,7 @@ impl Trail {
 }
 
 /// The keyring stored in the database, unwrapped with the configured key.
-fn postgres_keyring(
+pub(super) fn postgres_keyring(
     pg: &crate::store::pg::PgStore,
     config: &crate::config::Config,
 ) -> Result<Keyring, CliError> {

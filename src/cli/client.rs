@@ -84,9 +84,16 @@ pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
     if format != "table" && format != "json" {
         return Err(anyhow!("--format must be table or json").into());
     }
-    let config = super::load_config(config_path)?;
-    let last_use = crate::store::trail::last_use_by_actor(&config.storage.audit_path())
-        .context("cannot read the audit trail")?;
+    let config = crate::config::load(config_path)?;
+    let last_use = match &config.storage.backend {
+        crate::config::Backend::Sqlite => {
+            crate::store::trail::last_use_by_actor(&config.storage.audit_path())
+                .context("cannot read the audit trail")?
+        }
+        crate::config::Backend::Postgres(settings) => super::storage::connect_postgres(settings)?
+            .last_use_by_actor()
+            .map_err(|error| anyhow!("cannot read the audit trail: {error}"))?,
+    };
     let rows: Vec<serde_json::Value> = config
         .clients
         .iter()

@@ -114,12 +114,21 @@ fn open(config: &crate::config::Config) -> Result<Keyring, CliError> {
 }
 
 fn status(config_path: &std::path::Path) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
-    let keyring = open(&config)?;
-    let database = config.storage.database_path();
-    let rows =
-        crate::store::rows_per_key_version_offline(&database).context("cannot read vault.db")?;
-    let states = crate::store::key_states_offline(&database).context("cannot read vault.db")?;
+    let config = crate::config::load(config_path)?;
+    let (keyring, facts) = match &config.storage.backend {
+        crate::config::Backend::Sqlite => (
+            open(&config)?,
+            super::status::sqlite_facts(&config.storage)?,
+        ),
+        crate::config::Backend::Postgres(settings) => {
+            let pg = super::storage::connect_postgres(settings)?;
+            (
+                super::audit::postgres_keyring(&pg, &config)?,
+                super::status::postgres_facts_of(&pg)?,
+            )
+        }
+    };
+    let (rows, states) = (facts.rows, facts.states);
     let current = keyring.versions().last().copied().unwrap_or(0);
     let mut text = String::new();
     for version in keyring.versions() {

@@ -169,15 +169,15 @@ fn table(status: &Value) -> String {
 }
 
 /// What `status` reads from the store, whichever it is.
-struct Facts {
-    versions: Vec<u32>,
-    rows: Vec<(String, u32, u64)>,
-    states: Vec<crate::store::KeyState>,
-    head: Option<crate::audit::Head>,
-    last_backup: Option<i64>,
+pub(super) struct Facts {
+    pub(super) versions: Vec<u32>,
+    pub(super) rows: Vec<(String, u32, u64)>,
+    pub(super) states: Vec<crate::store::KeyState>,
+    pub(super) head: Option<crate::audit::Head>,
+    pub(super) last_backup: Option<i64>,
 }
 
-fn sqlite_facts(storage: &crate::config::StorageSettings) -> Result<Facts, CliError> {
+pub(super) fn sqlite_facts(storage: &crate::config::StorageSettings) -> Result<Facts, CliError> {
     Ok(Facts {
         versions: crate::crypto::wrapping::versions_on_disk(&storage.keyring_path())
             .map_err(|error| anyhow::anyhow!("{error}"))?,
@@ -193,7 +193,11 @@ fn sqlite_facts(storage: &crate::config::StorageSettings) -> Result<Facts, CliEr
 }
 
 fn postgres_facts(settings: &crate::config::PostgresSettings) -> Result<Facts, CliError> {
-    let pg = super::storage::connect_postgres(settings)?;
+    postgres_facts_of(&*super::storage::connect_postgres(settings)?)
+}
+
+/// [`Facts`] read from a PostgreSQL store.
+pub(super) fn postgres_facts_of(pg: &crate::store::pg::PgStore) -> Result<Facts, CliError> {
     let failed = |error: crate::store::pg::PgError| anyhow::anyhow!("{error}");
     let document = pg.keyring().map_err(failed)?.ok_or_else(|| {
         anyhow::anyhow!("no keyring is stored in the database\nhint: run `tokenvault init` once")

@@ -103,9 +103,19 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
     // The commands that still read the data directory's SQLite files
     // refuse postgres (exit 78) rather than answer from files no node
     // writes.
+    let out_file = setup.dir.path().join("refused.out");
+    let out_file = out_file.to_str().unwrap();
     for args in [
-        &["keys", "status", "--config"][..],
-        &["client", "list", "--config"][..],
+        &["backup", "create", "--out", out_file, "--config"][..],
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2026-01-01",
+            "--out",
+            out_file,
+            "--config",
+        ][..],
     ] {
         let out = setup.run(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}");
@@ -1050,6 +1060,29 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
         status["storage"].as_str().unwrap().starts_with("postgres "),
         "{status}"
     );
+    let out = setup.run(&["keys", "status", "--config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("master key v1 (newest): {} rows", done.len() + 1)),
+        "{stdout}"
+    );
+    let out = setup.run(&["client", "list", "--format", "json", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crm: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|client| client["client"] == "crm")
+        .unwrap();
+    assert!(crm["last_use"].is_string(), "{crm}");
     // An edit made in the database is named by `audit verify`.
     cluster.psql_in(
         "vault",

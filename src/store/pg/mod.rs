@@ -548,6 +548,11 @@ impl PgStore {
         reads::last_of_action(&mut *self.borrow()?, action)
     }
 
+    /// The time (µs) of each actor's newest successful record.
+    pub fn last_use_by_actor(&self) -> Result<BTreeMap<String, i64>, PgError> {
+        reads::last_use_by_actor(&mut *self.borrow()?)
+    }
+
     /// The keyring every node unwraps, if one is stored. With PostgreSQL
     /// the keyring lives in the database, not in a node's data directory,
     /// so that nodes configured with the same key source hold the same

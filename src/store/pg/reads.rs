@@ -309,3 +309,17 @@ pub(super) fn last_of_action(
         )?
         .get(0))
 }
+
+/// The time (µs) of each actor's newest successful record.
+pub(super) fn last_use_by_actor(
+    client: &mut impl GenericClient,
+) -> Result<std::collections::BTreeMap<String, i64>, PgError> {
+    Ok(client
+        .query(
+            "SELECT actor, max(time_us) FROM records WHERE outcome = 'ok' GROUP BY actor",
+            &[],
+        )?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
