@@ -77,10 +77,12 @@ pub fn run(command: ConsentCommand) -> Result<(), CliError> {
 struct Opened {
     config: crate::config::Config,
     keyring: Keyring,
+    /// The shared store, when the configuration names PostgreSQL.
+    postgres: Option<std::sync::Arc<crate::store::pg::PgStore>>,
 }
 
 fn open(args: &TargetArgs) -> Result<Opened, CliError> {
-    let config = super::load_config(&args.config)?;
+    let config = crate::config::load(&args.config)?;
     if !config.namespaces.contains_key(&args.namespace) {
         return Err(anyhow!(
             "namespace `{}` is not defined\nhint: check [namespaces] in {}",
@@ -89,13 +91,26 @@ fn open(args: &TargetArgs) -> Result<Opened, CliError> {
         )
         .into());
     }
+    if let crate::config::Backend::Postgres(settings) = &config.storage.backend {
+        let pg = super::storage::connect_postgres(settings)?;
+        let keyring = super::audit::postgres_keyring(&pg, &config)?;
+        return Ok(Opened {
+            config,
+            keyring,
+            postgres: Some(pg),
+        });
+    }
     let source = config
         .keys
         .kek_source()
         .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
     let keyring = Keyring::open(&config.storage.keyring_path(), &source)
         .map_err(|error| anyhow!("{error}"))?;
-    Ok(Opened { config, keyring })
+    Ok(Opened {
+        config,
+        keyring,
+        postgres: None,
+    })
 }
 
 fn target(args: &TargetArgs, keyring: &Keyring) -> Result<ConsentTarget, CliError> {
@@ -122,12 +137,17 @@ fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result
     }
     let target = target(args, &opened.keyring)?;
     if let ConsentTarget::Token(token) = &target {
-        let exists = crate::store::token_exists_offline(
-            &opened.config.storage.database_path(),
-            &args.namespace,
-            token,
-        )
-        .context("cannot read vault.db")?;
+        let exists = match &opened.postgres {
+            Some(pg) => pg
+                .existing(&args.namespace, std::slice::from_ref(token))
+                .map_err(|error| anyhow!("{error}"))?[0],
+            None => crate::store::token_exists_offline(
+                &opened.config.storage.database_path(),
+                &args.namespace,
+                token,
+            )
+            .context("cannot read vault.db")?,
+        };
         if !exists {
             return Err(anyhow!("no such token in namespace {}\nhint: copy the token exactly as the vault issued it; to act on a customer, use --subject-stdin", args.namespace).into());
         }
@@ -150,14 +170,24 @@ fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result
         changed_at: crate::audit::now_us(),
         source: format!("{}: {source}", record.actor),
     };
-    crate::store::record_consent_offline(
-        &opened.config.storage.database_path(),
-        &opened.config.storage.audit_path(),
-        &opened.keyring.audit_key(),
-        &event,
-        &record,
-    )
-    .context("cannot record the consent change")?;
+    match &opened.postgres {
+        Some(pg) => {
+            pg.activation_now(
+                &opened.keyring.audit_key(),
+                &crate::store::activation::ActivationWrite::Consent(event),
+                &[record],
+            )
+            .map_err(|error| anyhow!("cannot record the consent change: {error}"))?;
+        }
+        None => crate::store::record_consent_offline(
+            &opened.config.storage.database_path(),
+            &opened.config.storage.audit_path(),
+            &opened.keyring.audit_key(),
+            &event,
+            &record,
+        )
+        .context("cannot record the consent change")?,
+    }
     println!(
         "{} {purpose} in namespace {}",
         if withdraw { "withdrew" } else { "restored" },
@@ -169,12 +199,17 @@ fn set(args: &TargetArgs, purpose: &str, withdraw: bool, source: &str) -> Result
 fn show(args: &TargetArgs) -> Result<(), CliError> {
     let opened = open(args)?;
     let target = target(args, &opened.keyring)?;
-    let events = crate::store::consent_history_offline(
-        &opened.config.storage.database_path(),
-        &args.namespace,
-        &target,
-    )
-    .context("cannot read the consent records")?;
+    let events = match &opened.postgres {
+        Some(pg) => pg
+            .consent_history(&args.namespace, &target)
+            .map_err(|error| anyhow!("cannot read the consent records: {error}"))?,
+        None => crate::store::consent_history_offline(
+            &opened.config.storage.database_path(),
+            &args.namespace,
+            &target,
+        )
+        .context("cannot read the consent records")?,
+    };
     if events.is_empty() {
         println!("no consent changes recorded");
     }

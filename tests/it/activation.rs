@@ -415,7 +415,7 @@ fn consent_cli(setup: &Setup, args: &[&str]) -> String {
 }
 
 #[test]
-fn withdrawn_consent_blocks_every_path_until_restored() {
+pub(crate) fn withdrawn_consent_blocks_every_path_until_restored() {
     let rig = rig();
     let people = person(&rig.server, "+14155550109", "Consent Person", "user-9");
     let body = callback_body(&people);

@@ -1281,8 +1281,8 @@ fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() 
 // The backend-independent suites, run again on PostgreSQL: the same test
 // functions, with every `Setup` they make storing in a throwaway cluster.
 // Left out: the tests that break the audit trail through SQLite's own files
-// (egress, clevertap) and the one that drives the `consent` CLI, which does
-// not run on PostgreSQL yet.
+// (egress, clevertap); `when_the_trail_cannot_be_written_…` above is their
+// PostgreSQL counterpart.
 
 fn each_on_postgres(tests: &[fn()]) {
     for test in tests {
@@ -1343,6 +1343,7 @@ fn the_activation_suite_passes_on_postgres() {
         crate::activation::a_callback_from_outside_its_allow_list_is_refused,
         crate::activation::a_token_from_another_namespace_is_refused,
         crate::activation::a_purpose_the_callbacks_role_lacks_is_refused,
+        crate::activation::withdrawn_consent_blocks_every_path_until_restored,
         crate::activation::consent_through_the_api_needs_the_consent_operation,
         crate::activation::a_worker_over_its_budget_gets_429_and_nothing_more,
         crate::activation::a_message_accepted_at_one_callback_is_refused_at_another,

@@ -553,6 +553,33 @@ impl PgStore {
         reads::last_use_by_actor(&mut *self.borrow()?)
     }
 
+    /// Every consent event for `target`, oldest first.
+    pub fn consent_history(
+        &self,
+        namespace: &str,
+        target: &super::activation::ConsentTarget,
+    ) -> Result<Vec<ConsentRecord>, PgError> {
+        reads::consent_history(&mut *self.borrow()?, namespace, target)
+    }
+
+    /// An activation write (a consent change from the command line) with
+    /// its records, in one transaction of its own: for commands that run
+    /// beside the nodes, which see it from their next request.
+    pub fn activation_now(
+        &self,
+        key: &AuditKey,
+        write: &ActivationWrite,
+        records: &[Record],
+    ) -> Result<bool, PgError> {
+        let mut client = self.borrow()?;
+        let mut transaction = client.transaction()?;
+        let locked = trail::lock(&mut transaction, key)?;
+        let result = activation::apply(&mut transaction, write, super::unix_now())?;
+        trail::append(&mut transaction, key, locked, records)?;
+        transaction.commit()?;
+        Ok(result)
+    }
+
     /// The keyring every node unwraps, if one is stored. With PostgreSQL
     /// the keyring lives in the database, not in a node's data directory,
     /// so that nodes configured with the same key source hold the same

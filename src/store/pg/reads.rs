@@ -140,22 +140,7 @@ pub(super) fn subject_holdings(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let target = ConsentTarget::Subject(*subject);
-    let history = client
-        .query(
-            "SELECT scope, purpose, withdrawn, changed_at, source FROM consent_events
-             WHERE namespace = $1 AND scope = $2 AND target = $3 ORDER BY id",
-            &[&namespace, &target.scope(), &target.bytes()],
-        )?
-        .iter()
-        .map(|row| ConsentRecord {
-            scope: row.get(0),
-            purpose: row.get(1),
-            withdrawn: row.get(2),
-            changed_at: row.get(3),
-            source: row.get(4),
-        })
-        .collect();
+    let history = consent_history(client, namespace, &ConsentTarget::Subject(*subject))?;
     Ok((tokens, history))
 }
 
@@ -321,5 +306,38 @@ pub(super) fn last_use_by_actor(
         )?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+/// Every consent event for `target`, oldest first; for a token, also the
+/// events of the subjects linked to it (as the SQLite store answers).
+pub(super) fn consent_history(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    target: &ConsentTarget,
+) -> Result<Vec<ConsentRecord>, PgError> {
+    let token = match target {
+        ConsentTarget::Token(token) => token.as_str(),
+        ConsentTarget::Subject(_) => "",
+    };
+    Ok(client
+        .query(
+            "SELECT scope, purpose, withdrawn, changed_at, source FROM consent_events
+             WHERE namespace = $1
+               AND ((scope = $2 AND target = $3)
+                    OR ($2 = 'token' AND scope = 'subject' AND target IN (
+                        SELECT subject_hash FROM subject_links
+                        WHERE namespace = $1 AND token = $4)))
+             ORDER BY changed_at, id",
+            &[&namespace, &target.scope(), &target.bytes(), &token],
+        )?
+        .iter()
+        .map(|row| ConsentRecord {
+            scope: row.get(0),
+            purpose: row.get(1),
+            withdrawn: row.get(2),
+            changed_at: row.get(3),
+            source: row.get(4),
+        })
         .collect())
 }
