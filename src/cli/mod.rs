@@ -185,7 +185,8 @@ impl From<anyhow::Error> for CliError {
 /// Loads the configuration of a command that opens the store.
 ///
 /// On PostgreSQL (issue 17) `init`, `serve`, `status`, `keys status`,
-/// `client list`, `consent`, `storage` and `audit verify|query` run; the other
+/// `client list`, `consent`, `subject`, `storage` and `audit verify|query`
+/// run; the other
 /// administrative commands (keys rotate and the like,
 /// backup, audit export and acknowledge-gap, consent, subject, client list
 /// and revoke) still read the SQLite files of the data directory, so they refuse a postgres backend here, before they touch
@@ -195,7 +196,7 @@ pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, storage and audit verify|query do"
+            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit verify|query do"
                 .to_owned(),
             hint: Some(
                 "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""

@@ -63,7 +63,7 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         SubjectCommand::Export(args) => (args, "subject export"),
         SubjectCommand::Correct { subject, .. } => (subject, "subject correct"),
     };
-    let config = super::load_config(&args.config)?;
+    let config = crate::config::load(&args.config)?;
     if !config.namespaces.contains_key(&args.namespace) {
         return Err(anyhow!(
             "namespace `{}` is not defined\nhint: check [namespaces] in {}",
@@ -77,21 +77,34 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         SubjectCommand::Correct { .. } => Some(super::line_from_stdin("the new value")?),
         _ => None,
     };
-    let source = config
-        .keys
-        .kek_source()
-        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
-        .map_err(|error| anyhow!("{error}"))?;
-    let store = Arc::new(
-        Store::open(
-            &config.storage.database_path(),
-            &config.storage.audit_path(),
-            keyring.audit_key(),
-            config.limits.sqlite_cache_mib,
-        )
-        .context("cannot open the stores")?,
-    );
+    // Beside the running nodes: on PostgreSQL through the shared store,
+    // on SQLite through the files (waiting for the server's writer).
+    let (keyring, store) = match &config.storage.backend {
+        crate::config::Backend::Postgres(settings) => {
+            let pg = super::storage::connect_postgres(settings)?;
+            let keyring = super::audit::postgres_keyring(&pg, &config)?;
+            let store = Store::open_postgres(pg, keyring.audit_key())
+                .context("cannot open the PostgreSQL store")?;
+            (keyring, store)
+        }
+        crate::config::Backend::Sqlite => {
+            let source = config
+                .keys
+                .kek_source()
+                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+            let keyring = Keyring::open(&config.storage.keyring_path(), &source)
+                .map_err(|error| anyhow!("{error}"))?;
+            let store = Store::open(
+                &config.storage.database_path(),
+                &config.storage.audit_path(),
+                keyring.audit_key(),
+                config.limits.sqlite_cache_mib,
+            )
+            .context("cannot open the stores")?;
+            (keyring, store)
+        }
+    };
+    let store = Arc::new(store);
     let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
     vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
         &config.storage.data_dir,

@@ -1409,3 +1409,19 @@ fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
         .unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
 }
+
+/// Customer rights on PostgreSQL: subject links, consent by subject,
+/// erasure with its receipt, correction, and the `subject` commands beside
+/// a running node. (Backups, and so the erasure-after-restore test, are
+/// SQLite's: PostgreSQL is backed up with its own tools.)
+#[test]
+fn the_subjects_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::subjects::consent_withdrawn_for_an_identity_blocks_exactly_its_profiles_tokens_on_every_path,
+        crate::subjects::a_value_sent_again_for_another_subject_belongs_to_both,
+        crate::subjects::the_clevertap_surface_binds_values_to_the_subject_in_its_metadata,
+        crate::subjects::forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_receipt,
+        crate::subjects::the_cli_exports_and_forgets_a_subject_beside_a_running_vault,
+        crate::subjects::a_correction_keeps_the_token_and_moves_the_deterministic_mapping,
+    ]);
+}

@@ -111,7 +111,7 @@ fn reveals(rig: &Rig, people: &People, message_id: &str) -> (bool, bool, bool) {
 }
 
 #[test]
-fn consent_withdrawn_for_an_identity_blocks_exactly_its_profiles_tokens_on_every_path() {
+pub(crate) fn consent_withdrawn_for_an_identity_blocks_exactly_its_profiles_tokens_on_every_path() {
     let upstream = Upstream::start();
     let rig = rig_with(&subject_route(&upstream));
     let profiles = upload(&rig, &upstream);
@@ -140,7 +140,7 @@ fn consent_withdrawn_for_an_identity_blocks_exactly_its_profiles_tokens_on_every
 }
 
 #[test]
-fn a_value_sent_again_for_another_subject_belongs_to_both() {
+pub(crate) fn a_value_sent_again_for_another_subject_belongs_to_both() {
     let upstream = Upstream::start();
     let rig = rig_with(&subject_route(&upstream));
     // A family phone: first CUST-A's, then CUST-B sends the same number.
@@ -179,7 +179,7 @@ fn a_value_sent_again_for_another_subject_belongs_to_both() {
 }
 
 #[test]
-fn the_clevertap_surface_binds_values_to_the_subject_in_its_metadata() {
+pub(crate) fn the_clevertap_surface_binds_values_to_the_subject_in_its_metadata() {
     let setup = Setup::new_with(
         "",
         "[clevertap]\nenabled = true\nnamespace = \"retail\"\ndefault_class = \"name\"\nphone_class = \"phone\"\nsubject_metadata_key = \"customerId\"\n",
@@ -211,8 +211,17 @@ fn the_clevertap_surface_binds_values_to_the_subject_in_its_metadata() {
     assert_eq!(values[1]["value"], "+14155550178");
 }
 
-/// The sealed bytes stored for `token`, read from vault.db directly.
+/// The sealed bytes stored for `token`, read from the store directly.
 fn sealed_bytes(setup: &Setup, token: &str) -> Vec<u8> {
+    if let Some(cluster) = &setup.postgres {
+        let hex = cluster.psql_in(
+            "vault",
+            &format!(
+                "SELECT encode(sealed, 'hex') FROM tokenvault.tokens WHERE namespace = 'retail' AND token = '{token}'"
+            ),
+        );
+        return hex::decode(hex.trim()).unwrap();
+    }
     let db = rusqlite::Connection::open_with_flags(
         setup.data_dir.join("vault.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -259,7 +268,7 @@ fn receipt_verifies(server: &Server, receipt: &Value) -> bool {
 }
 
 #[test]
-fn forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_receipt() {
+pub(crate) fn forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_receipt() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let tokenize_for = |subject: &str, items: &[(&str, &str)]| -> Vec<String> {
@@ -417,7 +426,7 @@ fn forgetting_a_subject_erases_its_own_values_keeps_shared_ones_and_signs_a_rece
 }
 
 #[test]
-fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
+pub(crate) fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
     let setup = Setup::new("");
     let server = setup.serve();
     let (status, body) = post(
@@ -500,7 +509,7 @@ fn the_cli_exports_and_forgets_a_subject_beside_a_running_vault() {
 }
 
 #[test]
-fn a_correction_keeps_the_token_and_moves_the_deterministic_mapping() {
+pub(crate) fn a_correction_keeps_the_token_and_moves_the_deterministic_mapping() {
     let setup = Setup::new("");
     let server = setup.serve();
     let tokenize_for = |subject: &str, class: &str, value: &str| -> String {
