@@ -132,13 +132,6 @@ pub fn run(command: AuditCommand) -> Result<(), CliError> {
     }
 }
 
-fn data_dir(location: &Location) -> Result<PathBuf, CliError> {
-    match &location.data_dir {
-        Some(dir) => Ok(dir.clone()),
-        None => Ok(super::load_config(&location.config)?.storage.data_dir),
-    }
-}
-
 /// Where the trail is read: a data directory's `audit.db` (named by
 /// `--data-dir`, or by a SQLite configuration), or the PostgreSQL database
 /// the configuration names.
@@ -165,6 +158,50 @@ fn locate(location: &Location) -> Result<Trail, CliError> {
 }
 
 impl Trail {
+    /// Records `first..=last`, oldest first.
+    fn range(&self, first: u64, last: u64) -> Result<Vec<Stored>, CliError> {
+        match self {
+            Self::Sqlite(dir) => Ok(open_audit(dir)?
+                .range(first, last)
+                .context("reading audit.db")?),
+            Self::Postgres(..) => {
+                let count = usize::try_from(last.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+                let mut run = self.query(
+                    &crate::audit::Filter::default(),
+                    first.saturating_sub(1),
+                    count,
+                )?;
+                run.retain(|stored| stored.seq <= last);
+                Ok(run)
+            }
+        }
+    }
+
+    /// The MAC the record `seq` chains to.
+    fn previous_mac(&self, seq: u64) -> Result<Vec<u8>, CliError> {
+        match self {
+            Self::Sqlite(dir) => Ok(open_audit(dir)?
+                .previous_mac(seq)
+                .context("reading audit.db")?),
+            Self::Postgres(pg, _) => Ok(pg
+                .previous_mac(seq)
+                .map_err(|error| anyhow!("reading the audit trail: {error}"))?),
+        }
+    }
+
+    /// The head the store records.
+    fn recorded_head(&self) -> Result<Option<crate::audit::Head>, CliError> {
+        match self {
+            Self::Sqlite(dir) => Ok(crate::store::recorded_audit_head_offline(
+                &dir.join("vault.db"),
+            )
+            .context("cannot read the audit head in vault.db")?),
+            Self::Postgres(pg, _) => Ok(pg
+                .recorded_audit_head()
+                .map_err(|error| anyhow!("reading the audit head: {error}"))?),
+        }
+    }
+
     /// Records matching `filter` after `after`, at most `limit`.
     fn query(
         &self,
@@ -407,8 +444,7 @@ fn export(location: &Location, args: &FilterText, out: &Path) -> Result<(), CliE
     let filter = args
         .parse()
         .map_err(|problems| anyhow!("{}", problems.join("\n")))?;
-    let dir = data_dir(location)?;
-    let connection = open_audit(&dir)?;
+    let trail = locate(location)?;
     if out.exists() {
         return Err(anyhow!(
             "{} already exists\nhint: choose a new file name",
@@ -418,25 +454,20 @@ fn export(location: &Location, args: &FilterText, out: &Path) -> Result<(), CliE
     }
     // An export is a contiguous run of the chain, so that it verifies on its
     // own: from the first record in the time range to the last.
-    let selected = connection
-        .query(&filter, 0, usize::MAX >> 1)
-        .context("reading audit.db")?;
+    let selected = trail.query(&filter, 0, usize::MAX >> 1)?;
     let (first, last) = match (selected.first(), selected.last()) {
         (Some(first), Some(last)) => (first.seq, last.seq),
         _ => return Err(anyhow!("no records in that time range").into()),
     };
-    let run = connection.range(first, last).context("reading audit.db")?;
+    let run = trail.range(first, last)?;
     // The MAC the first exported record chains to (across a gap, the record
     // before the gap).
     let chained_from = run
         .first()
         .and_then(|s| s.record.gap)
         .map_or(first, |gap| gap.first);
-    let previous = connection
-        .previous_mac(chained_from)
-        .context("reading audit.db")?;
-    let head = crate::store::recorded_audit_head_offline(&dir.join("vault.db"))
-        .context("cannot read the audit head in vault.db")?;
+    let previous = trail.previous_mac(chained_from)?;
+    let head = trail.recorded_head()?;
     let document = json!({
         "format": EXPORT_FORMAT,
         "exported_at": trail::format_time(trail::now_us()),

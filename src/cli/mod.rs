@@ -184,19 +184,20 @@ impl From<anyhow::Error> for CliError {
 
 /// Loads the configuration of a command that opens the store.
 ///
-/// On PostgreSQL (issue 17) `init`, `serve`, `status`, `keys status`,
-/// `client list`, `consent`, `subject`, `storage` and `audit verify|query`
-/// run; the other
-/// administrative commands (keys rotate and the like,
-/// backup, audit export and acknowledge-gap, consent, subject, client list
-/// and revoke) still read the SQLite files of the data directory, so they refuse a postgres backend here, before they touch
-/// anything, rather than answer from files no node writes.
+/// On PostgreSQL (issue 17) most commands run against the shared store:
+/// init, serve, status, keys status, client list, consent, subject,
+/// storage, and audit verify, query and export. The ones that still read
+/// the SQLite files of the data directory (keys rotate, pause, resume,
+/// retire and rewrap; backup; audit acknowledge-gap; client new with
+/// --config, and client revoke) load their configuration here, which
+/// refuses a postgres backend before they touch anything, rather than
+/// answer from files no node writes.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = crate::config::load(path)?;
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit verify|query do"
+            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit verify|query|export do"
                 .to_owned(),
             hint: Some(
                 "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""

@@ -107,15 +107,7 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
     let out_file = out_file.to_str().unwrap();
     for args in [
         &["backup", "create", "--out", out_file, "--config"][..],
-        &[
-            "audit",
-            "export",
-            "--since",
-            "2026-01-01",
-            "--out",
-            out_file,
-            "--config",
-        ][..],
+        &["keys", "rotate", "--config"][..],
     ] {
         let out = setup.run(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}");
@@ -1041,6 +1033,39 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // An export for an auditor, checked on its own.
+    let export = setup.dir.path().join("export.json");
+    let out = setup.run(&[
+        "audit",
+        "export",
+        "--since",
+        "2000-01-01",
+        "--out",
+        export.to_str().unwrap(),
+        "--config",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = setup.run(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().unwrap(),
+        "--config",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("export OK: {} records verified", verified.count)),
+        "{stdout}"
+    );
     // `status` reads the shared store and asks the node in the config.
     let out = setup.run(&["status", "--format", "json", "--config"]);
     assert!(

@@ -580,6 +580,11 @@ impl PgStore {
         Ok(result)
     }
 
+    /// The MAC the record `seq` chains to.
+    pub fn previous_mac(&self, seq: u64) -> Result<Vec<u8>, PgError> {
+        reads::previous_mac(&mut *self.borrow()?, seq)
+    }
+
     /// The keyring every node unwraps, if one is stored. With PostgreSQL
     /// the keyring lives in the database, not in a node's data directory,
     /// so that nodes configured with the same key source hold the same

@@ -341,3 +341,14 @@ pub(super) fn consent_history(
         })
         .collect())
 }
+
+/// The MAC the record `seq` chains to: its predecessor's, or the genesis
+/// value for the first record.
+pub(super) fn previous_mac(client: &mut impl GenericClient, seq: u64) -> Result<Vec<u8>, PgError> {
+    Ok(client
+        .query_opt(
+            "SELECT mac FROM records WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+            &[&i64::try_from(seq).unwrap_or(i64::MAX)],
+        )?
+        .map_or_else(|| crate::audit::GENESIS.to_vec(), |row| row.get(0)))
+}
