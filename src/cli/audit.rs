@@ -542,22 +542,28 @@ fn acknowledge_gap(config_path: &Path, reason: &str) -> Result<(), CliError> {
         )
         .into());
     }
-    let config = super::load_config(config_path)?;
-    let dir = config.storage.data_dir.clone();
     let location = Location {
         config: config_path.to_owned(),
         data_dir: None,
     };
-    let keyring = load_keyring(&location, &dir)?;
     let record = Context::cli("audit acknowledge-gap")
         .record(Action::AuditGap, Outcome::Ok)
         .reason(reason);
-    let done = crate::store::acknowledge_audit_gap(
-        &config.storage.database_path(),
-        &config.storage.audit_path(),
-        &keyring.audit_key(),
-        record,
-    )
+    let done = match locate(&location)? {
+        Trail::Sqlite(dir) => {
+            let keyring = load_keyring(&location, &dir)?;
+            crate::store::acknowledge_audit_gap(
+                &dir.join("vault.db"),
+                &dir.join("audit.db"),
+                &keyring.audit_key(),
+                record,
+            )
+        }
+        Trail::Postgres(pg, config) => {
+            let keyring = postgres_keyring(&pg, &config)?;
+            pg.acknowledge_audit_gap(&keyring.audit_key(), record)
+        }
+    }
     .map_err(|error| {
         let hint = match error {
             crate::store::AcknowledgeError::NoGap => "nothing to do: `tokenvault audit verify` shows the trail",

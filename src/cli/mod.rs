@@ -186,9 +186,9 @@ impl From<anyhow::Error> for CliError {
 ///
 /// On PostgreSQL (issue 17) most commands run against the shared store:
 /// init, serve, status, keys status, client list, consent, subject,
-/// storage, and audit verify, query and export. The ones that still read
-/// the SQLite files of the data directory (keys rotate, pause, resume,
-/// retire and rewrap; backup; audit acknowledge-gap; client new with
+/// storage, and audit verify, query, export and acknowledge-gap. The ones
+/// that still read the SQLite files of the data directory (keys rotate,
+/// pause, resume, retire and rewrap; backup; client new with
 /// --config, and client revoke) load their configuration here, which
 /// refuses a postgres backend before they touch anything, rather than
 /// answer from files no node writes.
@@ -197,7 +197,7 @@ pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit verify|query|export do"
+            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit do"
                 .to_owned(),
             hint: Some(
                 "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""

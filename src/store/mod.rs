@@ -1073,6 +1073,12 @@ impl From<rusqlite::Error> for AcknowledgeError {
     }
 }
 
+impl From<pg::PgError> for AcknowledgeError {
+    fn from(error: pg::PgError) -> Self {
+        Self::Store(error.into())
+    }
+}
+
 /// Appends a gap record for the records missing from the end of `audit.db`
 /// (those between its last record and the head `vault.db` records), so that
 /// the vault may append again. Nothing is deleted or rewritten: the gap

@@ -1450,3 +1450,104 @@ fn the_subjects_suite_passes_on_postgres() {
         crate::subjects::a_correction_keeps_the_token_and_moves_the_deterministic_mapping,
     ]);
 }
+
+/// A tail cut in the database is detected by every node, stays detected
+/// after more writes are attempted, and `audit acknowledge-gap` bridges it
+/// with a record that `audit verify` keeps showing.
+#[test]
+fn a_cut_tail_in_postgres_refuses_writes_until_acknowledged() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = setup.serve();
+    for n in 0..3 {
+        tokenize(
+            &server,
+            "crm",
+            "retail",
+            &[("email", &format!("cut{n}@example.com"))],
+        );
+    }
+    let out = setup.run(&[
+        "audit",
+        "acknowledge-gap",
+        "--reason",
+        "disk_failure",
+        "--config",
+    ]);
+    assert!(!out.status.success(), "no gap yet");
+
+    cluster.psql_in(
+        "vault",
+        "DELETE FROM tokenvault.records WHERE seq > (SELECT max(seq) - 2 FROM tokenvault.records)",
+    );
+    for _ in 0..2 {
+        let (status, body) = post(
+            &server,
+            "/v1/tokenize",
+            &key("crm"),
+            &serde_json::json!({"namespace": "retail", "items": [{"class": "email", "value": "after.cut@example.com"}]}),
+        );
+        assert_eq!(status, 503, "{body}");
+    }
+    let ready: serde_json::Value = http()
+        .get(server.url("/readyz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["checks"]["audit"], "broken", "{ready}");
+    let out = setup.run(&["audit", "verify", "--config"]);
+    assert!(!out.status.success());
+
+    let out = setup.run(&[
+        "audit",
+        "acknowledge-gap",
+        "--reason",
+        "disk_failure",
+        "--config",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("acknowledged: records"), "{stdout}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready: serde_json::Value = http()
+            .get(server.url("/readyz"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if ready["status"] == "ready" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    tokenize(
+        &server,
+        "crm",
+        "retail",
+        &[("email", "after.cut@example.com")],
+    );
+    let out = setup.run(&["audit", "verify", "--config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("are missing, acknowledged by record"),
+        "{stdout}"
+    );
+}

@@ -585,6 +585,20 @@ impl PgStore {
         reads::previous_mac(&mut *self.borrow()?, seq)
     }
 
+    /// Acknowledges records missing from the end of the trail (see
+    /// `store::acknowledge_audit_gap`), so that the nodes may write again.
+    pub fn acknowledge_audit_gap(
+        &self,
+        key: &AuditKey,
+        record: Record,
+    ) -> Result<super::GapAcknowledged, super::AcknowledgeError> {
+        let mut client = self.borrow()?;
+        let mut transaction = client.transaction().map_err(PgError::from)?;
+        let (gap, head) = trail::acknowledge_gap(&mut transaction, key, record)?;
+        transaction.commit().map_err(PgError::from)?;
+        Ok(super::GapAcknowledged { gap, head })
+    }
+
     /// The keyring every node unwraps, if one is stored. With PostgreSQL
     /// the keyring lives in the database, not in a node's data directory,
     /// so that nodes configured with the same key source hold the same

@@ -12,6 +12,7 @@
 use postgres::Transaction;
 
 use super::super::trail::{encoded_lists, next_place, Columns, COLUMNS};
+use super::super::AcknowledgeError;
 use super::PgError;
 use crate::audit::{Broken, ChainCheck, Head, Record, Stored, Verified, GENESIS};
 use crate::crypto::keys::AuditKey;
@@ -360,4 +361,54 @@ pub(super) fn verify(
         beyond_recorded_head: 0,
         gaps: chain.into_gaps(),
     })
+}
+
+/// `audit acknowledge-gap` on PostgreSQL: with the head locked, when the
+/// trail ends before the recorded head (records cut off its end), appends
+/// one gap record naming the missing range, chained to the last record
+/// present, at the sequence number after the head, and moves the head to
+/// it. Nothing is deleted or rewritten; `verify` keeps showing the hole.
+pub(super) fn acknowledge_gap(
+    transaction: &mut Transaction<'_>,
+    key: &AuditKey,
+    mut record: Record,
+) -> Result<(crate::audit::Gap, Head), AcknowledgeError> {
+    let head = lock_head(transaction)?;
+    let reason = match check_tail(transaction, key, head)? {
+        Ok(()) => return Err(AcknowledgeError::NoGap),
+        Err(reason) => reason,
+    };
+    let mut chain = ChainCheck::from_start();
+    let rows = transaction
+        .query(&format!("SELECT {COLUMNS} FROM records ORDER BY seq"), &[])
+        .map_err(PgError::from)?;
+    for row in rows {
+        let stored = decode(&row)?;
+        chain
+            .check(key, &stored)
+            .map_err(|broken| AcknowledgeError::ChainBroken {
+                seq: broken.seq,
+                reason: broken.reason,
+            })?;
+    }
+    let present = chain.head();
+    let last = present.map_or(0, |h| h.seq);
+    let recorded = match head {
+        Some(recorded) if recorded.seq > last => recorded,
+        _ => return Err(AcknowledgeError::NotATail(reason)),
+    };
+    let gap = crate::audit::Gap {
+        first: last + 1,
+        last: recorded.seq,
+    };
+    record.gap = Some(gap);
+    record.item_count = gap.last - gap.first + 1;
+    let head = append(
+        transaction,
+        key,
+        Locked(present),
+        std::slice::from_ref(&record),
+    )?
+    .ok_or_else(|| PgError::Query("nothing was appended".to_owned()))?;
+    Ok((gap, head))
 }
