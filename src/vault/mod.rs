@@ -36,8 +36,9 @@ pub use crate::store::AuditState;
 pub const MAX_VALUE_CHARS: usize = 4096;
 /// Times a taken token is re-minted before the request fails.
 const MINT_ATTEMPTS: usize = 8;
-/// Times a phone token that equals a stored number is re-minted before the
-/// request fails (a small number block can be nearly full).
+/// Times a phone token that equals a stored number, or a taken token of a
+/// class with number blocks, is re-minted before the request fails (a small
+/// number block can be nearly full).
 const PHONE_MINT_ATTEMPTS: usize = 64;
 
 /// One value to tokenize.
@@ -714,7 +715,18 @@ impl Vault {
         if let Some(touch) = touch {
             self.store.append_audit_touching(Vec::new(), touch).await?;
         }
-        for _attempt in 0..MINT_ATTEMPTS {
+        // A class drawing from number blocks has a small token space: a
+        // request can take a good part of it, so its taken tokens are
+        // re-minted as often as its stored-number collisions are.
+        let attempts = if open
+            .iter()
+            .any(|&i| !pending[i].class.token_prefixes.is_empty())
+        {
+            PHONE_MINT_ATTEMPTS
+        } else {
+            MINT_ATTEMPTS
+        };
+        for _attempt in 0..attempts {
             if open.is_empty() {
                 break;
             }
