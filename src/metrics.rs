@@ -6,7 +6,6 @@
 //! configured namespace, a reason code from the code base. None is ever a
 //! value, a token, a client name or anything else a caller sent.
 
-use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -324,30 +323,21 @@ pub fn tls_reload(ok: bool) {
         .inc();
 }
 
-/// The metrics in the text format, with the store sizes read now from
-/// `vault_db` and `audit_db` (and their write-ahead logs).
-pub fn render(vault_db: &Path, audit_db: &Path) -> String {
-    for (file, path) in [("vault", vault_db), ("audit", audit_db)] {
-        let size = [path.to_owned(), wal_path(path)]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum::<u64>();
-        METRICS
-            .store_bytes
-            .get_or_create(&FileLabels { file })
-            .set(i64::try_from(size).unwrap_or(i64::MAX));
+/// The metrics in the text format, with the store sizes (token store,
+/// audit trail) read now; `None` keeps the last sizes read.
+pub fn render(sizes: Option<(u64, u64)>) -> String {
+    if let Some((vault, audit)) = sizes {
+        for (file, size) in [("vault", vault), ("audit", audit)] {
+            METRICS
+                .store_bytes
+                .get_or_create(&FileLabels { file })
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
     }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
     out
-}
-
-fn wal_path(path: &Path) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push("-wal");
-    name.into()
 }
 
 #[cfg(test)]

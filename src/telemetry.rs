@@ -117,8 +117,24 @@ pub fn escape_control_chars(text: &str) -> String {
     out
 }
 
+/// Targets held at `info` whatever `[log] level` or `RUST_LOG` asks: the
+/// PostgreSQL client logs every statement with its bind parameters at
+/// debug, and a parameter can be what a caller sent (a "token" that is
+/// really a value).
+const HELD_AT_INFO: [&str; 2] = ["tokio_postgres", "postgres"];
+
 fn filter(level: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
+    held_at_info(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+}
+
+fn held_at_info(mut filter: EnvFilter) -> EnvFilter {
+    for target in HELD_AT_INFO {
+        // A directive for the same target replaces the one given.
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 /// Logging for one-shot commands: plain text on stderr, so that stdout stays
@@ -182,6 +198,38 @@ pub fn init_server(settings: &LogSettings) -> Result<Option<WorkerGuard>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_client_never_logs_below_info_whatever_is_asked() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        for asked in ["trace", "tokio_postgres=trace,postgres=debug,trace"] {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(held_at_info(EnvFilter::new(asked)))
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!(target: "tokio_postgres::query", "bind parameters");
+                tracing::info!(target: "tokio_postgres::connection", "connection info");
+                tracing::debug!(target: "tokenvault::store", "own debug");
+            });
+            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("bind parameters"), "{asked}: {text}");
+            assert!(text.contains("connection info"), "{asked}: {text}");
+            assert!(text.contains("own debug"), "{asked}: {text}");
+        }
+    }
 
     #[test]
     fn a_forged_line_stays_one_escaped_line() {

@@ -6,9 +6,8 @@ use anyhow::{anyhow, Context as _};
 
 use super::CliError;
 use crate::audit::{Action, Context, Outcome};
-use crate::config::{valid_name, ConfigErrors};
+use crate::config::valid_name;
 use crate::crypto::password::{hash_api_key, new_api_key};
-use crate::crypto::wrapping::Keyring;
 
 /// Mints an API key, prints it once, and prints the TOML snippet holding only
 /// its argon2id hash.
@@ -52,7 +51,7 @@ pub fn new(name: &str, role: &str, config_path: Option<&Path>) -> Result<(), Cli
 }
 
 fn record_creation(config_path: &Path, name: &str, role: &str) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     if !config.roles.contains_key(role) {
         return Err(anyhow!(
             "role `{role}` is not defined in {}\nhint: add a [roles.{role}] section first",
@@ -60,21 +59,9 @@ fn record_creation(config_path: &Path, name: &str, role: &str) -> Result<(), Cli
         )
         .into());
     }
-    let source = config
-        .keys
-        .kek_source()
-        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
-        .map_err(|error| anyhow!("{error}"))?;
     let record = Context::cli(&format!("client new {name} --role {role}"))
         .record(Action::ClientCreate, Outcome::Ok);
-    crate::store::append_audit_offline(
-        &config.storage.database_path(),
-        &config.storage.audit_path(),
-        &keyring.audit_key(),
-        &[record],
-    )
-    .context("cannot record the new client in the audit trail")?;
+    super::record_offline(&config, &[record], "the new client")?;
     Ok(())
 }
 
@@ -156,7 +143,7 @@ pub fn list(config_path: &Path, format: &str) -> Result<(), CliError> {
 /// records the revocation; and sends SIGHUP to the vault serving the data
 /// directory, which refuses the client from its next request.
 pub fn revoke(name: &str, config_path: &Path) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     if !config.clients.contains_key(name) {
         return Err(anyhow!(
             "no client `{name}` in {}\nhint: `tokenvault client list` shows the configured clients",
@@ -207,22 +194,14 @@ pub fn revoke(name: &str, config_path: &Path) -> Result<(), CliError> {
         )
         .into());
     }
-    let source = config
-        .keys
-        .kek_source()
-        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-    let keyring = Keyring::open(&config.storage.keyring_path(), &source)
-        .map_err(|error| anyhow!("{error}"))?;
     let record = Context::cli(&format!("client revoke {name}"))
         .record(Action::ClientRevoke, Outcome::Ok)
         .items(1);
-    crate::store::append_audit_offline(
-        &config.storage.database_path(),
-        &config.storage.audit_path(),
-        &keyring.audit_key(),
-        &[record],
-    )
-    .context("cannot record the revocation in the audit trail; nothing was changed")?;
+    if let Err(error) = super::record_offline(&config, &[record], "the revocation") {
+        // Nothing was changed: the configuration in place is the old one.
+        let _ = std::fs::remove_file(&next);
+        return Err(error);
+    }
     std::fs::rename(&next, config_path)
         .with_context(|| format!("cannot replace {}", config_path.display()))?;
     match crate::store::serving_pid(&config.storage.data_dir) {

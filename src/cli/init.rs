@@ -108,7 +108,7 @@ fn init_postgres(
         .map_err(|error| anyhow!("{error}"))?
     {
         return Err(anyhow!(
-            "a keyring is already stored in {} (schema {}); refusing to replace it\nhint: this vault is initialised; start more nodes with `tokenvault serve` and the same [keys]",
+            "a keyring is already stored in {} (schema {}); refusing to overwrite it\nhint: this vault is initialised; start more nodes with `tokenvault serve` and the same [keys]",
             settings.url,
             settings.schema
         )

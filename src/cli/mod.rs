@@ -208,6 +208,45 @@ pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
+/// Appends `records` to the audit trail of the configured store from a
+/// command outside the server: the SQLite files of the data directory
+/// (waiting for a running writer through SQLite's locks), or the chain in
+/// the PostgreSQL database with its head row locked, as a node does.
+///
+/// A failure to write says `cannot record <what> in the audit trail`.
+pub(crate) fn record_offline(
+    config: &Config,
+    records: &[crate::audit::Record],
+    what: &str,
+) -> Result<(), CliError> {
+    use anyhow::anyhow;
+    match &config.storage.backend {
+        Backend::Sqlite => {
+            let source = config
+                .keys
+                .kek_source()
+                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+            let keyring =
+                crate::crypto::wrapping::Keyring::open(&config.storage.keyring_path(), &source)
+                    .map_err(|error| anyhow!("{error}"))?;
+            crate::store::append_audit_offline(
+                &config.storage.database_path(),
+                &config.storage.audit_path(),
+                &keyring.audit_key(),
+                records,
+            )
+            .map_err(|error| anyhow!("cannot record {what} in the audit trail: {error}"))?;
+        }
+        Backend::Postgres(settings) => {
+            let pg = storage::connect_postgres(settings)?;
+            let keyring = audit::postgres_keyring(&pg, config)?;
+            pg.append_audit(&keyring.audit_key(), records)
+                .map_err(|error| anyhow!("cannot record {what} in the audit trail: {error}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to stdout; a reader that went away (`| head -1`) ends the
 /// output quietly, as for any Unix tool.
 pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {

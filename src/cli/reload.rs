@@ -147,22 +147,29 @@ impl Reloader {
         }
         // Built first, recorded second, swapped last: a state that cannot
         // be built or recorded never serves. (The key watcher notices the
-        // new vault and gives it any key change made meanwhile.)
+        // new vault and gives it any key change made meanwhile.) Built on a
+        // blocking thread: it reads the saved budget spending from the
+        // store, which on PostgreSQL is a blocking client.
         let built = {
-            let keyring = self.keyring.lock().unwrap_or_else(|p| p.into_inner());
-            let vault = old.vault.reconfigured(
-                &keyring,
-                &states,
-                &config.namespaces,
-                &config.clients,
-                config.purpose_names(),
-            );
-            drop(keyring);
-            let (routes, callbacks) = (config.routes.len(), config.callbacks.len());
-            build_state(&mut config, Arc::new(vault), Some(&old))
-                .map(|state| (state, routes, callbacks))
+            let (keyring, old) = (self.keyring.clone(), old.clone());
+            tokio::task::spawn_blocking(move || {
+                let keyring = keyring.lock().unwrap_or_else(|p| p.into_inner());
+                let vault = old.vault.reconfigured(
+                    &keyring,
+                    &states,
+                    &config.namespaces,
+                    &config.clients,
+                    config.purpose_names(),
+                );
+                drop(keyring);
+                let (routes, callbacks) = (config.routes.len(), config.callbacks.len());
+                build_state(&mut config, Arc::new(vault), Some(&old))
+                    .map(|state| (state, routes, callbacks, config))
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("building the new state panicked")))
         };
-        let (state, routes, callbacks) = match built {
+        let (state, routes, callbacks, config) = match built {
             Ok(built) => built,
             Err(error) => {
                 crate::metrics::config_reload(false);

@@ -104,7 +104,12 @@ async fn metrics(
             &id,
         ));
     }
-    let body = crate::metrics::render(&state.data_files.0, &state.data_files.1);
+    let vault = state.vault.clone();
+    let sizes = actix_web::web::block(move || vault.store_sizes())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let body = crate::metrics::render(sizes);
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(body))

@@ -333,24 +333,18 @@ fn flush_inserts(
     Ok(())
 }
 
-/// What a committed batch reports for metrics: new rows per namespace, the
-/// records written, and how long the audit write took.
-pub(super) struct Committed {
-    pub(super) created: BTreeMap<String, u64>,
-    pub(super) records: Vec<Record>,
-    pub(super) audit_write: Option<Duration>,
-}
-
 /// Applies a batch in one transaction (opened by `open` once every job
 /// has its answer slot): every job in queue order
 /// (the inserts of a run of jobs that commute with them stored in one
 /// call), then every job's records in queue order, the audit append and
-/// the commit. Each job's answer is in `done` once this returns `Ok`.
+/// the commit, then the metrics of what was committed (new rows per
+/// namespace, refusals, the audit write's time) on either backend. Each
+/// job's answer is in `done` once this returns `Ok`.
 pub(super) fn apply<B: Batch>(
     open: impl FnOnce() -> Result<B, Failure>,
     batch: Vec<Job>,
     done: &mut Vec<Done>,
-) -> Result<Committed, Failure> {
+) -> Result<(), Failure> {
     let mut work = register(batch, done);
     let mut tx = open()?;
     let now = super::unix_now();
@@ -478,11 +472,14 @@ pub(super) fn apply<B: Batch>(
             }
         }
     }
-    Ok(Committed {
-        created,
-        records,
+    crate::metrics::batch_committed(
+        created
+            .iter()
+            .map(|(namespace, count)| (namespace.as_str(), *count)),
+        &records,
         audit_write,
-    })
+    );
+    Ok(())
 }
 
 /// Answers every job of a batch with its result, and keeps the audit

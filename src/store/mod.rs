@@ -201,6 +201,8 @@ pub struct Store {
 enum Reads {
     /// Read-only connections to `vault.db` and `audit.db`.
     Sqlite {
+        /// `audit.db`, for its size.
+        audit_path: PathBuf,
         audit_reader: Mutex<trail::Reader>,
         readers: Vec<Mutex<Connection>>,
         next_reader: AtomicUsize,
@@ -306,6 +308,7 @@ impl Store {
             audit_state,
             audit_key,
             reads: Reads::Sqlite {
+                audit_path: audit_path.to_owned(),
                 audit_reader,
                 readers,
                 next_reader: AtomicUsize::new(0),
@@ -575,6 +578,27 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// The bytes the token store and the audit trail take: the SQLite
+    /// files with their write-ahead logs, or the tables in PostgreSQL.
+    /// Blocking.
+    pub fn sizes(&self) -> Result<(u64, u64), StoreError> {
+        match &self.reads {
+            Reads::Postgres(pg) => Ok(pg.sizes()?),
+            Reads::Sqlite { audit_path, .. } => {
+                let size = |path: &Path| {
+                    let mut wal = path.as_os_str().to_owned();
+                    wal.push("-wal");
+                    [path.to_owned(), PathBuf::from(wal)]
+                        .iter()
+                        .filter_map(|p| std::fs::metadata(p).ok())
+                        .map(|m| m.len())
+                        .sum::<u64>()
+                };
+                Ok((size(&self.path), size(audit_path)))
+            }
+        }
     }
 
     /// Every rotated namespace's key state. Blocking.
@@ -1303,7 +1327,7 @@ impl Writer {
         batch: Vec<Job>,
         done: &mut Vec<Done>,
     ) -> Result<(), Failure> {
-        let committed = batch::apply(
+        batch::apply(
             || {
                 Ok(SqliteBatch {
                     audit_tx: audit_db
@@ -1318,14 +1342,6 @@ impl Writer {
             batch,
             done,
         )?;
-        crate::metrics::batch_committed(
-            committed
-                .created
-                .iter()
-                .map(|(namespace, count)| (namespace.as_str(), *count)),
-            &committed.records,
-            committed.audit_write,
-        );
         Ok(())
     }
 }

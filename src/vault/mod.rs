@@ -357,6 +357,11 @@ impl Vault {
         vault
     }
 
+    /// The bytes the token store and the audit trail take. Blocking.
+    pub fn store_sizes(&self) -> Result<(u64, u64), VaultError> {
+        Ok(self.store.sizes()?)
+    }
+
     /// The rotation state of every rotated namespace. Blocking.
     pub fn key_states(&self) -> Result<Vec<crate::store::KeyState>, VaultError> {
         Ok(self.store.key_states()?)

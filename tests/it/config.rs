@@ -124,15 +124,24 @@ auth_failures_per_client = 5000000000
 #[test]
 fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
     let setup = Setup::new("");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(&setup.data_dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700);
-    let keyring = setup.data_dir.join("keyring.json");
-    let before = fs::read(&keyring).unwrap();
+    // The keyring as stored: keyring.json, or the row in PostgreSQL.
+    let keyring = || match &setup.postgres {
+        Some(cluster) => cluster
+            .psql_in("vault", "SELECT md5(document) FROM tokenvault.keyring")
+            .into_bytes(),
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&setup.data_dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+            fs::read(setup.data_dir.join("keyring.json")).unwrap()
+        }
+    };
+    let before = keyring();
+    assert!(before.len() > 16);
     let out = setup.run(&["init", "--config"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
-    assert_eq!(fs::read(&keyring).unwrap(), before);
+    assert_eq!(keyring(), before);
     // Wrong passphrase: clear error with a hint, exit 1, nothing served.
     fs::write(
         setup.dir.path().join("passphrase"),

@@ -234,7 +234,9 @@ impl Setup {
             ));
         }
         let mut postgres = None;
-        if ON_POSTGRES.with(std::cell::Cell::get) {
+        if ON_POSTGRES.with(std::cell::Cell::get)
+            || std::env::var("TOKENVAULT_TEST_BACKEND").as_deref() == Ok("postgres")
+        {
             let cluster = crate::pg_cluster::PgCluster::start(None);
             let password = cluster.password_file(dir.path());
             text = text.replacen(

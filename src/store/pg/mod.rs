@@ -487,6 +487,11 @@ impl PgStore {
         reads::budget_spending(&mut *self.borrow()?)
     }
 
+    /// The bytes the vault's tables and the audit trail take.
+    pub fn sizes(&self) -> Result<(u64, u64), PgError> {
+        reads::sizes(&mut *self.borrow()?)
+    }
+
     /// Every rotated namespace's key state.
     pub fn key_states(&self) -> Result<Vec<KeyState>, PgError> {
         reads::key_states(&mut *self.borrow()?)

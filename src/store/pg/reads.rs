@@ -169,6 +169,20 @@ pub(super) fn budget_spending(
 }
 
 /// Every rotated namespace's key state.
+/// The bytes the vault's tables take in the schema (indexes and TOAST
+/// included): the audit trail's `records`, and every other table.
+pub(super) fn sizes(client: &mut impl GenericClient) -> Result<(u64, u64), PgError> {
+    let row = client.query_one(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname <> 'records'), 0)::bigint,
+                coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relname = 'records'), 0)::bigint
+           FROM pg_class c
+          WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'",
+        &[],
+    )?;
+    let size = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok((size(0), size(1)))
+}
+
 pub(super) fn key_states(client: &mut impl GenericClient) -> Result<Vec<KeyState>, PgError> {
     Ok(client
         .query(
