@@ -235,7 +235,7 @@ pub(super) fn postgres_keyring(
         .ok_or_else(|| {
             anyhow!("no keyring is stored in the database\nhint: has this vault been initialised?")
         })?;
-    Ok(Keyring::open_document(&document, &source, "the database's keyring").map_err(|error| {
+    Ok(Keyring::open_document(&document, &source, super::KEYRING_IN_DATABASE).map_err(|error| {
         anyhow!("{error}\nhint: verification needs the vault's passphrase or key file, as configured in [keys]")
     })?)
 }
@@ -383,7 +383,7 @@ fn csv_line(stored: &Stored) -> String {
 }
 
 fn load_keyring(location: &Location, dir: &Path) -> Result<Keyring, CliError> {
-    let config = super::load_config(&location.config)?;
+    let config = super::load_sqlite_config(&location.config)?;
     let source = config
         .keys
         .kek_source()

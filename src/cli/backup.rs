@@ -133,7 +133,7 @@ pub fn run(command: BackupCommand) -> Result<(), CliError> {
 }
 
 fn keyring_for(config: &Path, keyring: &Path) -> anyhow::Result<Keyring> {
-    let config = super::load_config(config).map_err(|errors| anyhow!("{errors}"))?;
+    let config = super::load_sqlite_config(config).map_err(|errors| anyhow!("{errors}"))?;
     let source = config
         .keys
         .kek_source()
@@ -146,7 +146,7 @@ fn create(out: &Path, config_path: &Path, recipients: &[String]) -> Result<(), C
         .iter()
         .map(|text| backup::parse_recipient(text))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = super::load_config(config_path)?;
+    let config = super::load_sqlite_config(config_path)?;
     let storage = &config.storage;
     let file = fs::OpenOptions::new()
         .write(true)

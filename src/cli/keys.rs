@@ -13,6 +13,8 @@ use super::{CliError, DEFAULT_CONFIG};
 use crate::audit::{self, Action, Outcome};
 use crate::config::{ConfigErrors, KeySettings, SecretRef};
 use crate::crypto::wrapping::Keyring;
+use crate::store::pg::keys::{KeysChange, KeysRefused, KeysView};
+use crate::store::pg::PgStore;
 
 /// `keys` subcommands.
 #[derive(Subcommand)]
@@ -197,11 +199,14 @@ fn rotate(
     namespace: Option<String>,
     rate: u32,
 ) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     if let Some(name) = &namespace {
         if !config.namespaces.contains_key(name) {
             return Err(anyhow!("no namespace {name} in the configuration").into());
         }
+    }
+    if let Some(pg) = postgres(&config)? {
+        return pg.rotate(namespace, rate);
     }
     let source = config
         .keys
@@ -265,8 +270,7 @@ fn pause(
     namespace: Option<String>,
     paused: bool,
 ) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
-    let keyring = open(&config)?;
+    let config = crate::config::load(config_path)?;
     let record = audit::Context::cli(if paused { "keys pause" } else { "keys resume" })
         .record(Action::KeyRotate, Outcome::Ok)
         .reason(if paused { "paused" } else { "resumed" });
@@ -274,6 +278,21 @@ fn pause(
         Some(name) => record.namespace(name),
         None => record,
     };
+    if let Some(pg) = postgres(&config)? {
+        let changed = pg.change(|_, _| {
+            Ok(KeysChange {
+                pause: Some((namespace, paused)),
+                records: vec![record],
+                ..KeysChange::default()
+            })
+        })?;
+        println!(
+            "{} {changed} rotation(s)",
+            if paused { "paused" } else { "resumed" }
+        );
+        return Ok(());
+    }
+    let keyring = open(&config)?;
     let changed = crate::store::pause_rotation_offline(
         (
             &config.storage.database_path(),
@@ -293,7 +312,10 @@ fn pause(
 }
 
 fn retire(config_path: &std::path::Path, version: u32) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
+    if let Some(pg) = postgres(&config)? {
+        return pg.retire(version);
+    }
     let database = config.storage.database_path();
     if let Some(reason) = crate::store::key_version_in_use_offline(&database, version)
         .context("cannot read vault.db")?
@@ -337,8 +359,7 @@ fn rewrap(
     new_passphrase_file: Option<PathBuf>,
     new_key_file: Option<PathBuf>,
 ) -> Result<(), CliError> {
-    let config = super::load_config(config_path)?;
-    let keyring = open(&config)?;
+    let config = crate::config::load(config_path)?;
     let new = match (new_passphrase_file, new_key_file) {
         (Some(path), None) => KeySettings::Passphrase(SecretRef::File(path)),
         (None, Some(path)) => KeySettings::KeyFile(path),
@@ -347,6 +368,10 @@ fn rewrap(
     let source = new
         .kek_source()
         .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    if let Some(pg) = postgres(&config)? {
+        return pg.rewrap(&new, &source);
+    }
+    let keyring = open(&config)?;
     keyring
         .rewrap(&config.storage.keyring_path(), &source)
         .map_err(|error| anyhow!("{error}"))?;
@@ -374,4 +399,178 @@ fn rewrap(
         }
     );
     Ok(())
+}
+
+/// A `keys` command on PostgreSQL: the keyring and the rotation state are
+/// in the database, and each command changes them in one transaction with
+/// its audit record (see `store::pg::keys`). Every node notices within a
+/// second.
+struct OnPostgres {
+    pg: std::sync::Arc<PgStore>,
+    /// The configured namespaces.
+    configured: Vec<String>,
+    source: crate::crypto::wrapping::KekSource,
+    audit_key: crate::crypto::keys::AuditKey,
+}
+
+fn postgres(config: &crate::config::Config) -> Result<Option<OnPostgres>, CliError> {
+    let crate::config::Backend::Postgres(settings) = &config.storage.backend else {
+        return Ok(None);
+    };
+    let pg = super::storage::connect_postgres(settings)?;
+    let keyring = super::audit::postgres_keyring(&pg, config)?;
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    Ok(Some(OnPostgres {
+        pg,
+        configured: config.namespaces.keys().cloned().collect(),
+        source,
+        audit_key: keyring.audit_key(),
+    }))
+}
+
+impl OnPostgres {
+    /// Runs `decide` on what the database holds (with the namespaces of
+    /// the configuration added to those found), in one transaction.
+    fn change(
+        &self,
+        decide: impl FnOnce(&KeysView, Vec<String>) -> Result<KeysChange, String>,
+    ) -> Result<u64, CliError> {
+        let configured = self.configured.clone();
+        self.pg
+            .change_keys(&self.audit_key, |view| {
+                let mut known: std::collections::BTreeSet<String> =
+                    view.namespaces.iter().cloned().collect();
+                known.extend(configured);
+                decide(view, known.into_iter().collect())
+            })
+            .map_err(|refused| match refused {
+                in_use @ KeysRefused::InUse { .. } => anyhow!(
+                    "{in_use}\nhint: wait for the rotation to finish (`tokenvault keys status`)"
+                )
+                .into(),
+                other => anyhow!("{other}").into(),
+            })
+    }
+
+    fn rotate(&self, namespace: Option<String>, rate: u32) -> Result<(), CliError> {
+        let mut rotated = (0, Vec::new());
+        self.change(|view, known| {
+            let newest = view
+                .document
+                .versions(super::KEYRING_IN_DATABASE)
+                .map_err(|e| e.to_string())?
+                .last()
+                .copied()
+                .unwrap_or(0);
+            let (keyring, document) = Keyring::add_version_document(
+                &view.document,
+                &self.source,
+                super::KEYRING_IN_DATABASE,
+            )
+            .map_err(|e| e.to_string())?;
+            let version = keyring.current().version();
+            let keep = known
+                .iter()
+                .map(|name| {
+                    let write = view
+                        .states
+                        .iter()
+                        .find(|s| &s.namespace == name)
+                        .map_or(newest, |s| s.version);
+                    (name.clone(), write)
+                })
+                .collect();
+            let rotate = namespace.map_or(known, |name| vec![name]);
+            let records = rotate
+                .iter()
+                .map(|name| {
+                    audit::Context::cli("keys rotate")
+                        .record(Action::KeyRotate, Outcome::Ok)
+                        .namespace(name)
+                        .reason("started")
+                })
+                .collect();
+            rotated = (version, rotate.clone());
+            Ok(KeysChange {
+                document: Some(document),
+                rotate,
+                keep,
+                to_version: version,
+                rate,
+                records,
+                ..KeysChange::default()
+            })
+        })?;
+        let (version, rotate) = rotated;
+        println!(
+            "master key v{version} created; {} namespace(s) now seal with it: {}\nevery node moves their rows in the background; `tokenvault keys status` shows the progress",
+            rotate.len(),
+            rotate.join(", ")
+        );
+        Ok(())
+    }
+
+    fn retire(&self, version: u32) -> Result<(), CliError> {
+        let mut left = Vec::new();
+        self.change(|view, known| {
+            let (keyring, document) = Keyring::retire_document(
+                &view.document,
+                &self.source,
+                super::KEYRING_IN_DATABASE,
+                version,
+                &known,
+            )
+            .map_err(|e| e.to_string())?;
+            left = keyring.versions();
+            Ok(KeysChange {
+                document: Some(document),
+                unused: Some(version),
+                records: vec![audit::Context::cli("keys retire")
+                    .record(Action::KeyRetire, Outcome::Ok)
+                    .reason(&format!("v{version}"))],
+                ..KeysChange::default()
+            })
+        })?;
+        println!(
+            "master key v{version} destroyed; the keyring holds {left:?}; database backups taken before now still hold it"
+        );
+        Ok(())
+    }
+
+    fn rewrap(
+        &self,
+        new: &KeySettings,
+        new_source: &crate::crypto::wrapping::KekSource,
+    ) -> Result<(), CliError> {
+        let mut count = 0;
+        let what = match new {
+            KeySettings::KeyFile(_) => "key_file",
+            _ => "passphrase",
+        };
+        self.change(|view, _| {
+            let keyring =
+                Keyring::open_document(&view.document, &self.source, super::KEYRING_IN_DATABASE)
+                    .map_err(|e| e.to_string())?;
+            count = keyring.versions().len();
+            Ok(KeysChange {
+                document: Some(
+                    keyring
+                        .rewrap_document(new_source)
+                        .map_err(|e| e.to_string())?,
+                ),
+                records: vec![audit::Context::cli("keys rewrap")
+                    .record(Action::KeyRewrap, Outcome::Ok)
+                    .reason(what)],
+                ..KeysChange::default()
+            })
+        })?;
+        println!(
+            "rewrapped {count} master key version(s) in the database; point [keys] on every node at the new {} before it next starts",
+            if what == "key_file" { "key file" } else { "passphrase" }
+        );
+        Ok(())
+    }
 }

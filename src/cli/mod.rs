@@ -182,26 +182,24 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
-/// Loads the configuration of a command that opens the store.
-///
-/// On PostgreSQL (issue 17) most commands run against the shared store:
-/// init, serve, status, keys status, client list, consent, subject,
-/// storage, and audit verify, query, export and acknowledge-gap. The ones
-/// that still read the SQLite files of the data directory (keys rotate,
-/// pause, resume, retire and rewrap; backup; client new with
-/// --config, and client revoke) load their configuration here, which
-/// refuses a postgres backend before they touch anything, rather than
-/// answer from files no node writes.
-pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
+/// How errors name the keyring stored in PostgreSQL.
+pub(crate) const KEYRING_IN_DATABASE: &str = "the database's keyring";
+
+/// Loads the configuration of a command that works on the SQLite files of
+/// a data directory only: `backup` (PostgreSQL is backed up with its own
+/// tools, pg_dump or pgBackRest, plus the keyring row), and `audit` run on
+/// a copied data directory. A postgres backend is refused before anything
+/// is touched, rather than answered from files no node writes. Every other
+/// command runs on either backend.
+pub(crate) fn load_sqlite_config(path: &Path) -> Result<Config, ConfigErrors> {
     let config = crate::config::load(path)?;
     if matches!(config.storage.backend, Backend::Postgres(_)) {
         return Err(ConfigErrors(vec![Problem {
             key: "storage.backend".to_owned(),
-            message: "this command does not run on postgres yet: init, serve, status, keys status, client list, consent, subject, storage and audit do"
+            message: "this command works on the SQLite files of a data directory; on postgres, back up with pg_dump or pgBackRest (the keyring is a row in the same database)"
                 .to_owned(),
             hint: Some(
-                "query the database through a node's API (/v1/audit), or keep backend = \"sqlite\""
-                    .to_owned(),
+                "see \"Several nodes on PostgreSQL\" in docs/operations.md".to_owned(),
             ),
         }]));
     }

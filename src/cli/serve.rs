@@ -74,7 +74,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 args.config.display()
             )
         })?;
-        let keyring = Keyring::open_document(&document, &source, "the database's keyring")
+        let keyring = Keyring::open_document(&document, &source, super::KEYRING_IN_DATABASE)
             .map_err(|error| match error {
                 KeyringError::Unwrap => {
                     anyhow!("{error}\nhint: check the passphrase or key file named in [keys]")
@@ -132,7 +132,7 @@ fn start(
     let _lock = crate::store::lock_data_dir(&config.storage.data_dir).map_err(|error| {
         anyhow!("{error}\nhint: another tokenvault serves this data directory; stop it first")
     })?;
-    let on_postgres = postgres.is_some();
+    let shared_db = postgres.clone();
     let store = Arc::new(match postgres {
         Some(pg) => Store::open_postgres(pg, keyring.audit_key())
             .context("cannot open the PostgreSQL store")?,
@@ -162,23 +162,48 @@ fn start(
     let keyring: crate::vault::rotation::SharedKeyring = Arc::new(std::sync::Mutex::new(keyring));
     let key_settings = Arc::new(std::sync::Mutex::new(config.keys.clone()));
     let mut watcher = {
-        let path = config.storage.keyring_path();
+        use crate::vault::rotation::{versions_in_file, Reopen, StoredVersions};
         let settings = key_settings.clone();
-        let reopen_path = path.clone();
-        let reopen: crate::vault::rotation::Reopen = Box::new(move || {
+        let source = move || {
             let settings = settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let source = settings
-                .kek_source()
-                .map_err(|problem| problem.to_string())?;
-            Keyring::open(&reopen_path, &source).map_err(|error| error.to_string())
-        });
-        // On PostgreSQL the keyring is in the database; a rotation there is
-        // not followed yet (`keys` refuses postgres), so nothing is watched.
-        let ephemeral = matches!(config.keys, KeySettings::Ephemeral) || on_postgres;
+            settings.kek_source().map_err(|problem| problem.to_string())
+        };
+        // The keyring file, or on PostgreSQL the row every node shares.
+        let (stored, reopen): (StoredVersions, Reopen) = match shared_db {
+            Some(pg) => {
+                let (probe, db) = (pg.clone(), pg);
+                let stored: StoredVersions = Arc::new(move || {
+                    probe
+                        .keyring()
+                        .map_err(|error| error.to_string())?
+                        .ok_or_else(|| "no keyring in the database".to_owned())?
+                        .versions(super::KEYRING_IN_DATABASE)
+                        .map_err(|error| error.to_string())
+                });
+                let reopen: Reopen = Arc::new(move || {
+                    let document = db
+                        .keyring()
+                        .map_err(|error| error.to_string())?
+                        .ok_or_else(|| "no keyring in the database".to_owned())?;
+                    Keyring::open_document(&document, &source()?, super::KEYRING_IN_DATABASE)
+                        .map_err(|error| error.to_string())
+                });
+                (stored, reopen)
+            }
+            None => {
+                let path = config.storage.keyring_path();
+                let reopen_path = path.clone();
+                let reopen: Reopen = Arc::new(move || {
+                    Keyring::open(&reopen_path, &source()?).map_err(|error| error.to_string())
+                });
+                (versions_in_file(path), reopen)
+            }
+        };
+        let ephemeral = matches!(config.keys, KeySettings::Ephemeral);
         let current_live = live.clone();
         crate::vault::rotation::KeyWatcher::new(
             keyring.clone(),
-            (!ephemeral).then_some(path),
+            (!ephemeral).then_some(stored),
             reopen,
             Box::new(move || current_live.load().vault.clone()),
         )

@@ -204,7 +204,7 @@ pub(super) fn postgres_facts_of(pg: &crate::store::pg::PgStore) -> Result<Facts,
     })?;
     Ok(Facts {
         versions: document
-            .versions("the database's keyring")
+            .versions(super::KEYRING_IN_DATABASE)
             .map_err(|error| anyhow::anyhow!("{error}"))?,
         rows: pg.rows_per_key_version().map_err(failed)?,
         states: pg.key_states().map_err(failed)?,

@@ -509,7 +509,7 @@ pub(super) fn settle(result: Result<(), Failure>, done: Vec<Done>, audit_state: 
                         super::log_mismatch(detail);
                     }
                 }
-                Failure::Write(detail) => {
+                Failure::Write(detail) | Failure::Stale(detail) => {
                     tracing::error!(detail, jobs = done.len(), "write batch failed; rolled back");
                 }
             }

@@ -81,6 +81,10 @@ pub enum StoreError {
     /// The writer thread is gone (shutting down or crashed).
     #[error("the store writer has stopped")]
     WriterGone,
+    /// New rows were sealed with a master key version their namespace no
+    /// longer writes with; the vault adopts the new keys and tries again.
+    #[error("master key version changed: {0}")]
+    KeyVersionChanged(String),
     /// SQLite would not switch the database to WAL mode.
     #[error("the database could not be put in WAL mode")]
     NotWal,
@@ -151,6 +155,10 @@ pub struct Found {
 enum Failure {
     Write(String),
     Audit(String),
+    /// The job's new rows are sealed with another master key version than
+    /// their namespace writes with now (PostgreSQL: this node has not yet
+    /// adopted a `keys rotate` made elsewhere). Only that job fails.
+    Stale(String),
     /// The trail's tail does not match the recorded head.
     Mismatch(String),
 }
@@ -1272,6 +1280,7 @@ impl From<Failure> for StoreError {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Write(detail) => StoreError::Write(detail),
+            Failure::Stale(detail) => StoreError::KeyVersionChanged(detail),
             Failure::Audit(detail) | Failure::Mismatch(detail) => StoreError::Audit(detail),
         }
     }

@@ -595,10 +595,25 @@ impl Vault {
             .items(items.len());
         let mut records = vec![record.clone()];
         records.extend(also);
-        match self
-            .tokenize_audited(records, caller, namespace, items)
-            .await
-        {
+        let sealing_with = self
+            .namespace(namespace)
+            .ok()
+            .map(|ns| ns.keys().writer().sealer().version());
+        let mut result = self
+            .tokenize_audited(records.clone(), caller, namespace, &items)
+            .await;
+        if let Err(VaultError::Store(StoreError::KeyVersionChanged(_))) = &result {
+            // Another node rotated the keys and this one has not adopted
+            // them yet (PostgreSQL): once it has, the request runs again
+            // under the new keys; nothing of the first try was stored.
+            if self.new_keys_adopted(namespace, sealing_with).await {
+                result = self
+                    .tokenize_audited(records, caller, namespace, &items)
+                    .await;
+            }
+        }
+        drop(items);
+        match result {
             Ok(tokens) => Ok(tokens),
             Err(error) => {
                 self.record_failure(record, &error).await;
@@ -607,12 +622,29 @@ impl Vault {
         }
     }
 
+    /// Waits, up to a few of the key watcher's polls, until `namespace`
+    /// seals with another version than `before`; true when it does.
+    async fn new_keys_adopted(&self, namespace: &str, before: Option<u32>) -> bool {
+        let deadline = std::time::Instant::now() + rotation::POLL_INTERVAL * 5;
+        while std::time::Instant::now() < deadline {
+            let now = self
+                .namespace(namespace)
+                .ok()
+                .map(|ns| ns.keys().writer().sealer().version());
+            if now != before {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     async fn tokenize_audited(
         &self,
         mut records: Vec<Record>,
         caller: &Caller,
         namespace: &str,
-        items: Vec<TokenizeItem>,
+        items: &[TokenizeItem],
     ) -> Result<Vec<Tokenized>, VaultError> {
         caller.role.check(Operation::Tokenize, namespace)?;
         let ns = self.namespace(namespace)?;
@@ -650,7 +682,6 @@ impl Vault {
                 candidate: String::new(),
             });
         }
-        drop(items);
 
         let mut results: Vec<Option<Tokenized>> = vec![None; pending.len()];
         // Known values are answered from a read connection, without the

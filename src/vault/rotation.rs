@@ -42,7 +42,18 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const STUCK_RETRY: Duration = Duration::from_secs(60);
 
 /// Opens the keyring again (reads the key source anew each time).
-pub type Reopen = Box<dyn Fn() -> Result<Keyring, String> + Send + Sync>;
+/// Blocking: the watcher calls it on a blocking thread.
+pub type Reopen = Arc<dyn Fn() -> Result<Keyring, String> + Send + Sync>;
+
+/// The master key versions of the stored keyring (the file in the data
+/// directory, or the row in PostgreSQL), read without unwrapping it, to
+/// notice a change. Blocking, like [`Reopen`].
+pub type StoredVersions = Arc<dyn Fn() -> Result<Vec<u32>, String> + Send + Sync>;
+
+/// The stored versions of the keyring file at `path`.
+pub fn versions_in_file(path: PathBuf) -> StoredVersions {
+    Arc::new(move || wrapping::versions_on_disk(&path).map_err(|error| error.to_string()))
+}
 
 /// The vault in force (a reload replaces it).
 pub type Current = Box<dyn Fn() -> Arc<Vault> + Send + Sync>;
@@ -56,8 +67,9 @@ pub type SharedKeyring = Arc<std::sync::Mutex<Keyring>>;
 pub struct KeyWatcher {
     keyring: SharedKeyring,
     current: Current,
-    /// The keyring file (none: an in-memory keyring, `serve --dev`).
-    path: Option<PathBuf>,
+    /// Where the keyring is stored (none: an in-memory keyring,
+    /// `serve --dev`).
+    stored: Option<StoredVersions>,
     reopen: Reopen,
     adopted: Option<Vec<(String, u32, bool)>>,
     draining: Vec<Weak<KeySet>>,
@@ -76,14 +88,14 @@ impl KeyWatcher {
     /// vault `current` answers.
     pub fn new(
         keyring: SharedKeyring,
-        path: Option<PathBuf>,
+        stored: Option<StoredVersions>,
         reopen: Reopen,
         current: Current,
     ) -> Self {
         Self {
             keyring,
             current,
-            path,
+            stored,
             reopen,
             adopted: None,
             draining: Vec::new(),
@@ -157,11 +169,17 @@ impl KeyWatcher {
             .map(|s| (s.namespace.clone(), s.version, s.rotating))
             .collect();
         let mut changed = self.adopted.as_ref() != Some(&shape);
-        if let Some(path) = self.path.clone() {
-            let on_disk = wrapping::versions_on_disk(&path).ok();
+        if let Some(stored) = self.stored.clone() {
+            let on_disk = tokio::task::spawn_blocking(move || stored())
+                .await
+                .ok()
+                .and_then(Result::ok);
             if on_disk.is_some_and(|versions| versions != held) {
-                let reopen = &self.reopen;
-                match reopen() {
+                let reopen = self.reopen.clone();
+                let reopened = tokio::task::spawn_blocking(move || reopen())
+                    .await
+                    .unwrap_or_else(|_| Err("reopening the keyring panicked".to_owned()));
+                match reopened {
                     Ok(keyring) => {
                         tracing::info!(versions = ?keyring.versions(), "keyring reopened");
                         *self.keyring() = keyring;
@@ -170,7 +188,7 @@ impl KeyWatcher {
                     }
                     Err(error) => {
                         if !self.reopen_failed {
-                            tracing::error!(%error, "the keyring changed on disk but cannot be opened; new values stay under the current key");
+                            tracing::error!(%error, "the stored keyring changed but cannot be opened; new values stay under the current key");
                             self.reopen_failed = true;
                         }
                     }

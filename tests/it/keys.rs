@@ -14,6 +14,14 @@ use crate::support::*;
 
 /// A digest of every token row as stored (sealed bytes included).
 fn rows_digest(setup: &Setup) -> String {
+    if let Some(cluster) = &setup.postgres {
+        return cluster.psql_in(
+            "vault",
+            "SELECT md5(string_agg(namespace || '|' || token || '|' || class || '|' || key_version \
+             || '|' || encode(sealed, 'hex') || '|' || coalesce(encode(blind_index, 'hex'), ''), \
+             ',' ORDER BY namespace, token)) FROM tokenvault.tokens",
+        );
+    }
     let db = rusqlite::Connection::open_with_flags(
         setup.data_dir.join("vault.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -189,6 +197,17 @@ fn status_reports_the_running_vault_keys_tokens_and_last_backup() {
 
 /// Rows per master key version, from the database itself.
 fn rows_per_version(setup: &Setup) -> BTreeMap<u32, i64> {
+    if let Some(cluster) = &setup.postgres {
+        return cluster
+            .psql_in(
+                "vault",
+                "SELECT key_version || '=' || count(*) FROM tokenvault.tokens GROUP BY key_version",
+            )
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(version, count)| (version.parse().unwrap(), count.parse().unwrap()))
+            .collect();
+    }
     let db = rusqlite::Connection::open_with_flags(
         setup.data_dir.join("vault.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -100,23 +100,24 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
     );
     assert!(!stderr.contains("not the password"), "{stderr}");
 
-    // The commands that still read the data directory's SQLite files
-    // refuse postgres (exit 78) rather than answer from files no node
-    // writes.
+    // `backup`, which copies the data directory's SQLite files, refuses
+    // postgres (exit 78) and names the database's own tools, rather than
+    // answer from files no node writes.
     let out_file = setup.dir.path().join("refused.out");
-    let out_file = out_file.to_str().unwrap();
-    for args in [
-        &["backup", "create", "--out", out_file, "--config"][..],
-        &["keys", "rotate", "--config"][..],
-    ] {
-        let out = setup.run(args);
-        assert_eq!(out.status.code(), Some(78), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("storage.backend"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = setup.run(&[
+        "backup",
+        "create",
+        "--out",
+        out_file.to_str().unwrap(),
+        "--config",
+    ]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("storage.backend") && stderr.contains("pg_dump"),
+        "{stderr}"
+    );
+    assert!(!out_file.exists());
     assert!(!setup.data_dir.join("vault.db").exists());
 }
 
@@ -1550,4 +1551,163 @@ fn a_cut_tail_in_postgres_refuses_writes_until_acknowledged() {
         stdout.contains("are missing, acknowledged by record"),
         "{stdout}"
     );
+}
+
+/// Tokens of `values` (emails in retail) through the node at `base`, or
+/// None when it did not answer 200.
+fn tokenize_through(base: &str, values: &[String]) -> Option<Vec<String>> {
+    let items: Vec<serde_json::Value> = values
+        .iter()
+        .map(|value| serde_json::json!({"class": "email", "value": value}))
+        .collect();
+    let response = http()
+        .post(format!("{base}/v1/tokenize"))
+        .bearer_auth(key("crm"))
+        .json(&serde_json::json!({"namespace": "retail", "items": items}))
+        .send()
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body: serde_json::Value = response.json().ok()?;
+    Some(
+        body["tokens"]
+            .as_array()?
+            .iter()
+            .map(|t| t["token"].as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+/// A `keys rotate` while two nodes tokenize: both adopt the new version,
+/// the node that has not noticed yet has its new rows refused by the
+/// database and tries again under the new keys, so the same new value
+/// sent to both nodes at once gets one token before, during and after the
+/// switch; known values keep theirs; every row moves; the old version
+/// retires; and every token answers on either node.
+#[test]
+fn a_rotation_while_two_nodes_tokenize_keeps_one_token_per_value() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = second_node(&setup);
+    let (a, b) = (setup.serve(), other.serve());
+    let known: Vec<String> = (0..400)
+        .map(|i| format!("known-{i}@two-node-rotation.example"))
+        .collect();
+    let known_tokens = tokenize_through(&a.base, &known).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let keys = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("keys")
+            .args(args)
+            .arg("--config")
+            .arg(&setup.config)
+            .output()
+            .unwrap()
+    };
+    let (rounds, refused, created) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let (mut rounds, mut refused, mut created) = (0u64, 0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                rounds += 1;
+                let mut values: Vec<String> = (0..8)
+                    .map(|i| format!("new-{rounds}-{i}@two-node-rotation.example"))
+                    .collect();
+                let start = (rounds as usize * 13) % (known.len() - 8);
+                values.extend(known[start..start + 8].iter().cloned());
+                let barrier = Barrier::new(2);
+                let (through_a, through_b) = std::thread::scope(|both| {
+                    let on_a = both.spawn(|| {
+                        barrier.wait();
+                        tokenize_through(&a.base, &values)
+                    });
+                    let on_b = both.spawn(|| {
+                        barrier.wait();
+                        tokenize_through(&b.base, &values)
+                    });
+                    (on_a.join().unwrap(), on_b.join().unwrap())
+                });
+                for tokens in [&through_a, &through_b].into_iter().flatten() {
+                    assert_eq!(&tokens[8..], &known_tokens[start..start + 8]);
+                }
+                match (through_a, through_b) {
+                    (Some(x), Some(y)) => {
+                        assert_eq!(x, y, "round {rounds}: one value, two tokens");
+                        created.extend(values.into_iter().zip(x).take(8));
+                    }
+                    _ => refused += 1,
+                }
+            }
+            (rounds, refused, created)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = keys(&["rotate"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status = String::from_utf8_lossy(&keys(&["status"]).stdout).into_owned();
+            if status.contains("retail: writes with v2\n")
+                && status.contains("master key v1: 0 rows")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rotation did not finish: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // A little more load after the rotation ended.
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::SeqCst);
+        load.join().unwrap()
+    });
+    assert!(rounds > 10, "{rounds}");
+    assert_eq!(refused, 0, "{refused} of {rounds} rounds had a refusal");
+
+    let out = keys(&["retire", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let versions = cluster.psql_in(
+        "vault",
+        "SELECT DISTINCT key_version FROM tokenvault.tokens ORDER BY 1",
+    );
+    assert_eq!(versions.trim(), "2");
+    // Each node adopts the keyring without v1 within a second, then every
+    // token answers on both.
+    std::thread::sleep(Duration::from_millis(2500));
+    let all: Vec<(String, String)> = known
+        .iter()
+        .cloned()
+        .zip(known_tokens.iter().cloned())
+        .chain(created)
+        .collect();
+    for node in [&a, &b] {
+        for chunk in all.chunks(400) {
+            let tokens: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
+            let values = detokenize(node, "admin", "retail", "support", &tokens);
+            for ((value, _), answer) in chunk.iter().zip(&values) {
+                assert_eq!(answer["value"].as_str(), Some(value.as_str()));
+            }
+        }
+    }
+    drop((a, b));
+    assert_chain_verifies(&setup);
 }

@@ -21,7 +21,7 @@ fn as_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn version_sql(version: u32) -> i32 {
+pub(super) fn version_sql(version: u32) -> i32 {
     i32::try_from(version).unwrap_or(i32::MAX)
 }
 

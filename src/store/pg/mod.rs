@@ -14,6 +14,7 @@
 mod activation;
 mod changes;
 mod connect;
+pub mod keys;
 mod pool;
 mod reads;
 pub mod schema;

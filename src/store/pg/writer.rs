@@ -53,10 +53,11 @@ pub(super) fn run(
         }
         let mut done = Vec::with_capacity(batch.len());
         let result = pool.borrow().map_err(failure).and_then(|mut client| {
+            let mut transaction = client.transaction().map_err(|e| failure(e.into()))?;
+            let locked = trail::lock(&mut transaction, key).map_err(failure)?;
+            let batch = refuse_stale(&mut transaction, batch).map_err(failure)?;
             batch::apply(
-                || {
-                    let mut transaction = client.transaction().map_err(|e| failure(e.into()))?;
-                    let locked = trail::lock(&mut transaction, key).map_err(failure)?;
+                move || {
                     Ok(PgBatch {
                         transaction,
                         key,
@@ -72,6 +73,54 @@ pub(super) fn run(
         }
         batch::settle(result.map(drop), done, audit_state);
     }
+}
+
+/// Answers, with [`Failure::Stale`], every insert job whose rows are
+/// sealed with another master key version than their namespace writes
+/// with (see `keys::write_versions`), and answers the jobs left. Runs with
+/// the audit head locked, so no `keys rotate` commits until this batch has.
+fn refuse_stale(transaction: &mut Transaction<'_>, batch: Vec<Job>) -> Result<Vec<Job>, PgError> {
+    let inserts: Vec<(&str, u32)> = batch
+        .iter()
+        .filter_map(|job| match job {
+            Job::Insert {
+                namespace, rows, ..
+            } => rows
+                .first()
+                .map(|row| (namespace.as_str(), row.key_version)),
+            _ => None,
+        })
+        .collect();
+    if inserts.is_empty() {
+        return Ok(batch);
+    }
+    let writes = super::keys::write_versions(transaction, &inserts)?;
+    Ok(batch
+        .into_iter()
+        .filter_map(|job| match job {
+            Job::Insert {
+                namespace,
+                rows,
+                audit,
+                reply,
+            } => match rows.first().map(|row| row.key_version) {
+                Some(sealed) if writes.get(&namespace).is_some_and(|w| *w != sealed) => {
+                    let write = writes[&namespace];
+                    let _ = reply.send(Err(Failure::Stale(format!(
+                        "namespace {namespace} writes with master key v{write}, the rows came sealed under v{sealed}"
+                    ))));
+                    None
+                }
+                _ => Some(Job::Insert {
+                    namespace,
+                    rows,
+                    audit,
+                    reply,
+                }),
+            },
+            other => Some(other),
+        })
+        .collect())
 }
 
 /// A writer batch on PostgreSQL: one transaction, whose first statement
