@@ -19,7 +19,7 @@ fn find<'a>(records: &'a [Value], action: &str, outcome: &str, reason: Option<&s
 }
 
 #[test]
-fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
+pub fn every_kind_of_action_is_recorded_with_its_fields_and_no_values() {
     let setup = Setup::new("");
     let out = Command::new(BIN)
         .args(["client", "new", "extra", "--role", "backend", "--config"])
@@ -377,7 +377,7 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
 }
 
 #[test]
-fn queries_filter_and_format_and_the_api_paginates() {
+pub fn queries_filter_and_format_and_the_api_paginates() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let tokens = tokenize(
@@ -526,7 +526,7 @@ fn queries_filter_and_format_and_the_api_paginates() {
 }
 
 #[test]
-fn exports_for_auditors_are_safe_to_open() {
+pub fn exports_for_auditors_are_safe_to_open() {
     // Hostile strings that reach the trail legitimately: purposes the
     // configuration names, and the operator's user name.
     let hostile = [
@@ -614,7 +614,7 @@ fn exports_for_auditors_are_safe_to_open() {
 }
 
 #[test]
-fn since_takes_durations_and_output_to_a_closed_pipe_ends_quietly() {
+pub fn since_takes_durations_and_output_to_a_closed_pipe_ends_quietly() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     tokenize(&server, "crm", "retail", &[("name", "Since Person")]);

@@ -119,7 +119,7 @@ fn median_refusal(server: &Server, key: &str, n: usize) -> Duration {
 }
 
 #[test]
-fn a_wrong_key_costs_the_same_for_known_and_unknown_clients() {
+pub fn a_wrong_key_costs_the_same_for_known_and_unknown_clients() {
     let setup = Setup::new("");
     let server = setup.serve();
     let known = median_refusal(&server, "tv.crm.wrong-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 5);
@@ -131,7 +131,7 @@ fn a_wrong_key_costs_the_same_for_known_and_unknown_clients() {
 }
 
 #[test]
-fn ten_thousand_refusals_add_a_few_dozen_audit_records() {
+pub fn ten_thousand_refusals_add_a_few_dozen_audit_records() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let before = audit_records(&setup).len();

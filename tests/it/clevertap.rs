@@ -7,7 +7,6 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -703,7 +702,7 @@ pub(crate) fn access_tokens_are_issued_verified_and_expire() {
 }
 
 #[test]
-fn roles_purposes_and_audit_apply_as_on_v1() {
+pub fn roles_purposes_and_audit_apply_as_on_v1() {
     let setup = Setup::new_with("", SECTION);
     let server = setup.serve();
     let (_, _, email) = call(
@@ -800,8 +799,7 @@ fn roles_purposes_and_audit_apply_as_on_v1() {
     assert!(body["value"].as_str().unwrap().contains('*'), "{body}");
 
     // An audit trail that cannot be written reveals nothing.
-    let locker = Connection::open(setup.data_dir.join("audit.db")).unwrap();
-    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let blocked = TrailBlocked::start(&setup);
     let (status, raw, _) = detokenize("dispatcher", json!({"token": email_token}));
     assert_eq!(status, 503, "{raw}");
     assert!(!raw.contains("role.check"), "{raw}");
@@ -821,8 +819,7 @@ fn roles_purposes_and_audit_apply_as_on_v1() {
         ],
     );
     assert_eq!(status, 503, "no access token without its record");
-    locker.execute_batch("ROLLBACK").unwrap();
-    drop(locker);
+    drop(blocked);
     let (status, _, _) = detokenize("dispatcher", json!({"token": email_token}));
     assert_eq!(status, 200, "recovered");
 

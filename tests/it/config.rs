@@ -122,7 +122,7 @@ auth_failures_per_client = 5000000000
 }
 
 #[test]
-fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
+pub fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
     let setup = Setup::new("");
     // The keyring as stored: keyring.json, or the row in PostgreSQL.
     let keyring = || match &setup.postgres {
@@ -159,7 +159,7 @@ fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
 }
 
 #[test]
-fn keyfile_source_works_end_to_end() {
+pub fn keyfile_source_works_end_to_end() {
     let setup = Setup::configure("", STANDARD);
     let key_file = setup.dir.path().join("master.kek");
     fs::write(&key_file, [42u8; 32]).unwrap();
@@ -418,7 +418,7 @@ fn config_check_refuses_a_short_passphrase_as_init_does() {
 }
 
 #[test]
-fn client_list_shows_roles_auth_and_last_use() {
+pub fn client_list_shows_roles_auth_and_last_use() {
     let setup = Setup::new("");
     let server = setup.serve();
     tokenize(&server, "crm", "retail", &[("name", "Listed")]);

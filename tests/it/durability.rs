@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 #[test]
-fn every_token_received_survives_sigkill() {
+pub fn every_token_received_survives_sigkill() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();

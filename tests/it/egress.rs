@@ -507,11 +507,10 @@ pub(crate) fn response_rules_reveal_only_to_callers_allowed_the_purpose() {
 }
 
 #[test]
-fn nothing_is_forwarded_when_the_forward_cannot_be_audited() {
+pub fn nothing_is_forwarded_when_the_forward_cannot_be_audited() {
     let rig = rig();
     let body = fs::read(fixture("clevertap-upload-profiles-10.json")).unwrap();
-    let locker = rusqlite::Connection::open(rig.setup.data_dir.join("audit.db")).unwrap();
-    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let blocked = TrailBlocked::start(&rig.setup);
     let (status, answer) = send(&rig, "/clevertap/1/upload", body.clone(), false);
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
@@ -522,8 +521,7 @@ fn nothing_is_forwarded_when_the_forward_cannot_be_audited() {
         rig.upstream.take().is_empty(),
         "forwarded without an audit record"
     );
-    locker.execute_batch("ROLLBACK").unwrap();
-    drop(locker);
+    drop(blocked);
     let (status, _) = send(&rig, "/clevertap/1/upload", body, false);
     assert_eq!(status, 200);
     assert_eq!(rig.upstream.take().len(), 1);

@@ -52,7 +52,7 @@ fn keys(args: &[&str], setup: &Setup) -> std::process::Output {
 }
 
 #[test]
-fn a_rewrap_changes_the_passphrase_and_rewrites_no_row() {
+pub fn a_rewrap_changes_the_passphrase_and_rewrites_no_row() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let tokens = tokenize(
@@ -289,7 +289,7 @@ fn load(
 }
 
 #[test]
-fn a_rotation_under_load_survives_a_restart_and_ends_in_a_retired_version() {
+pub fn a_rotation_under_load_survives_a_restart_and_ends_in_a_retired_version() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     // 1,500 emails (deterministic), 300 notes (random), a few in the
@@ -454,7 +454,7 @@ fn a_rotation_under_load_survives_a_restart_and_ends_in_a_retired_version() {
 }
 
 #[test]
-fn a_paused_rotation_moves_nothing_until_resumed_and_one_namespace_can_rotate_alone() {
+pub fn a_paused_rotation_moves_nothing_until_resumed_and_one_namespace_can_rotate_alone() {
     let setup = Setup::new("");
     let server = setup.serve();
     let retail = tokenize(

@@ -287,7 +287,7 @@ fn probes(count: usize) -> Vec<String> {
 }
 
 #[test]
-fn caller_strings_never_reach_the_audit_trail() {
+pub fn caller_strings_never_reach_the_audit_trail() {
     let rig = rig();
     let real = tokenize(
         &rig.server,
@@ -351,7 +351,7 @@ fn caller_strings_never_reach_the_audit_trail() {
 }
 
 #[test]
-fn canaries_never_reach_disk_or_logs() {
+pub fn canaries_never_reach_disk_or_logs() {
     let canaries = scan::canaries();
     let mut rig = rig();
     let server = &rig.server;

@@ -39,7 +39,7 @@ fn send(server: &Server, path: &str, body: &Value) -> u16 {
 }
 
 #[test]
-fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
+pub fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
     let upstream = Upstream::start();
     let sections = [
         route(
@@ -99,7 +99,7 @@ fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
 }
 
 #[test]
-fn with_json_logs_every_line_on_stdout_is_json() {
+pub fn with_json_logs_every_line_on_stdout_is_json() {
     let setup = Setup::new_with("", "[log]\nformat = \"json\"\n");
     let mut server = setup.serve();
     tokenize(

@@ -77,7 +77,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[test]
-fn metrics_count_real_traffic_and_no_label_carries_a_value_or_token() {
+pub fn metrics_count_real_traffic_and_no_label_carries_a_value_or_token() {
     // A route whose upstream is a closed port: every forward fails.
     let closed = closed_port();
     let route = format!(

@@ -417,7 +417,7 @@ fn served_certificate(response: &reqwest::blocking::Response) -> Vec<u8> {
 }
 
 #[test]
-fn sighup_serves_a_new_certificate_without_dropping_connections() {
+pub fn sighup_serves_a_new_certificate_without_dropping_connections() {
     let dir = tempfile::tempdir().unwrap();
     let first = ServerCert::write(dir.path());
     let setup = Setup::new(&first.server_extra());

@@ -145,7 +145,7 @@ fn every_route_is_documented_and_every_documented_route_exists() {
 }
 
 #[test]
-fn a_live_server_answers_every_documented_operation() {
+pub fn a_live_server_answers_every_documented_operation() {
     let setup = Setup::new_with(
         "",
         "[clevertap]\nenabled = true\nnamespace = \"retail\"\ndefault_class = \"name\"\n",

@@ -17,7 +17,7 @@ fn setup() -> Setup {
 }
 
 #[test]
-fn phone_tokens_avoid_stored_numbers_and_stay_in_their_block() {
+pub fn phone_tokens_avoid_stored_numbers_and_stay_in_their_block() {
     let setup = setup();
     let server = setup.serve();
     // 30 numbers of a 100-number block, in one request: every token must

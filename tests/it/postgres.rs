@@ -1306,9 +1306,10 @@ fn storage_migrate_copies_a_stopped_sqlite_vault_of_100k_tokens_and_checks_it() 
 // ---------------------------------------------------------------------------
 // The backend-independent suites, run again on PostgreSQL: the same test
 // functions, with every `Setup` they make storing in a throwaway cluster.
-// Left out: the tests that break the audit trail through SQLite's own files
-// (egress, clevertap); `when_the_trail_cannot_be_written_…` above is their
-// PostgreSQL counterpart.
+// Left out, by design: backups (PostgreSQL is backed up with its own
+// tools) and the tests that cut or edit SQLite's own audit files, whose
+// PostgreSQL counterparts are above (a cut tail, edits, deletions and
+// reorders in the chain, a trail that cannot be written).
 
 fn each_on_postgres(tests: &[fn()]) {
     for test in tests {
@@ -1334,6 +1335,7 @@ fn the_egress_suite_passes_on_postgres() {
         crate::egress::tls_upstreams_are_verified_against_the_route_ca_bundle,
         crate::egress::form_bodies_select_by_field_name,
         crate::egress::response_rules_reveal_only_to_callers_allowed_the_purpose,
+        crate::egress::nothing_is_forwarded_when_the_forward_cannot_be_audited,
     ]);
 }
 
@@ -1354,6 +1356,7 @@ fn the_clevertap_suite_passes_on_postgres() {
         crate::clevertap::encrypted_requests_get_encrypted_answers_and_bad_envelopes_get_419,
         crate::clevertap::access_tokens_are_issued_verified_and_expire,
         crate::clevertap::the_same_value_gets_the_same_token_on_every_surface,
+        crate::clevertap::roles_purposes_and_audit_apply_as_on_v1,
     ]);
 }
 
@@ -1710,4 +1713,70 @@ fn a_rotation_while_two_nodes_tokenize_keeps_one_token_per_value() {
     }
     drop((a, b));
     assert_chain_verifies(&setup);
+}
+
+/// The audit trail's surfaces on PostgreSQL: every action recorded with
+/// its fields and no values, exports, queries and the API's pages.
+/// (Breaking the trail through SQLite's files has its counterparts above:
+/// the cut tail, and the trail that cannot be written.)
+#[test]
+fn the_audit_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::audit::every_kind_of_action_is_recorded_with_its_fields_and_no_values,
+        crate::audit::exports_for_auditors_are_safe_to_open,
+        crate::audit::queries_filter_and_format_and_the_api_paginates,
+        crate::audit::since_takes_durations_and_output_to_a_closed_pipe_ends_quietly,
+    ]);
+}
+
+/// Key rotation under load with a restart, pause and resume, one
+/// namespace alone, and a rewrap, with the keyring in the database.
+#[test]
+fn the_keys_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::keys::a_rewrap_changes_the_passphrase_and_rewrites_no_row,
+        crate::keys::a_rotation_under_load_survives_a_restart_and_ends_in_a_retired_version,
+        crate::keys::a_paused_rotation_moves_nothing_until_resumed_and_one_namespace_can_rotate_alone,
+    ]);
+}
+
+/// The canary scans, with the whole cluster directory (tables, WAL, the
+/// server's log) among the files searched.
+#[test]
+fn the_leak_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::leak::caller_strings_never_reach_the_audit_trail,
+        crate::leak::canaries_never_reach_disk_or_logs,
+    ]);
+}
+
+/// Reloads, client commands, metrics and logs on PostgreSQL.
+#[test]
+fn the_operations_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::config::init_refuses_to_overwrite_and_serve_needs_the_right_passphrase,
+        crate::config::client_list_shows_roles_auth_and_last_use,
+        crate::config::keyfile_source_works_end_to_end,
+        crate::reload::a_broken_or_restart_only_config_keeps_the_old_one_and_budgets_survive_a_reload,
+        crate::reload::a_sighup_lets_a_new_client_in_and_a_revoked_one_is_shut_out_everywhere,
+        crate::mtls::sighup_serves_a_new_certificate_without_dropping_connections,
+        crate::metrics::metrics_count_real_traffic_and_no_label_carries_a_value_or_token,
+        crate::logs::caller_text_never_forges_a_plain_log_line_or_leaks_a_url,
+        crate::logs::with_json_logs_every_line_on_stdout_is_json,
+    ]);
+}
+
+/// Durability, retention, tampered rows, number blocks, refusals counted
+/// into the trail, and every documented operation of a live server.
+#[test]
+fn the_store_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::durability::every_token_received_survives_sigkill,
+        crate::retention::a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days,
+        crate::tamper::flipped_and_swapped_ciphertexts_fail_cleanly,
+        crate::phone_tokens::phone_tokens_avoid_stored_numbers_and_stay_in_their_block,
+        crate::auth_abuse::ten_thousand_refusals_add_a_few_dozen_audit_records,
+        crate::auth_abuse::a_wrong_key_costs_the_same_for_known_and_unknown_clients,
+        crate::openapi::a_live_server_answers_every_documented_operation,
+    ]);
 }

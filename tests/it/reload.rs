@@ -144,7 +144,7 @@ fn reload_records(setup: &Setup) -> Vec<Value> {
 }
 
 #[test]
-fn a_sighup_lets_a_new_client_in_and_a_revoked_one_is_shut_out_everywhere() {
+pub fn a_sighup_lets_a_new_client_in_and_a_revoked_one_is_shut_out_everywhere() {
     let setup = Setup::new_with("", CLEVERTAP);
     let text = fs::read_to_string(&setup.config).unwrap();
     assert!(text.contains(&intake_section()), "{text}");
@@ -223,7 +223,7 @@ fn a_sighup_lets_a_new_client_in_and_a_revoked_one_is_shut_out_everywhere() {
 }
 
 #[test]
-fn a_broken_or_restart_only_config_keeps_the_old_one_and_budgets_survive_a_reload() {
+pub fn a_broken_or_restart_only_config_keeps_the_old_one_and_budgets_survive_a_reload() {
     let setup = Setup::new("");
     let server = setup.serve();
     let tokens = tokenize(&server, "crm", "retail", &[("phone", "+14155550112")]);

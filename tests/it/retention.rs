@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::support::test_store;
 use tokenvault::audit::Context;
 use tokenvault::config::{ClassSpec, NamespaceSpec};
 use tokenvault::crypto::tokens::TokenFormat;
@@ -12,7 +13,6 @@ use tokenvault::crypto::wrapping::Keyring;
 use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
-use tokenvault::store::Store;
 use tokenvault::vault::clock::ManualClock;
 use tokenvault::vault::{Detokenized, TokenizeItem, Vault};
 
@@ -27,18 +27,11 @@ fn class(retain_days: Option<u32>) -> ClassSpec {
 }
 
 #[test]
-fn a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days() {
+pub fn a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days() {
     let dir = tempfile::tempdir().unwrap();
     let keyring = Keyring::ephemeral();
-    let store = Arc::new(
-        Store::open(
-            &dir.path().join("vault.db"),
-            &dir.path().join("audit.db"),
-            keyring.audit_key(),
-            8,
-        )
-        .unwrap(),
-    );
+    let (store, _cluster) = test_store(dir.path(), keyring.audit_key());
+    let store = Arc::new(store);
     let namespaces = BTreeMap::from([(
         "retail".to_owned(),
         NamespaceSpec {

@@ -601,3 +601,82 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().unwrap()
     }
 }
+
+/// Makes `setup`'s audit trail unwritable until dropped: an exclusive
+/// lock on `audit.db`, or on PostgreSQL the `vault` role's right to insert
+/// records taken away.
+pub enum TrailBlocked<'a> {
+    /// Holds `BEGIN EXCLUSIVE` on `audit.db`.
+    Sqlite(rusqlite::Connection),
+    /// Revoked INSERT on the records table.
+    Postgres(&'a crate::pg_cluster::PgCluster),
+}
+
+impl<'a> TrailBlocked<'a> {
+    /// Blocks the trail of `setup`.
+    pub fn start(setup: &'a Setup) -> Self {
+        match &setup.postgres {
+            Some(cluster) => {
+                cluster.psql_in("vault", "REVOKE INSERT ON tokenvault.records FROM vault");
+                Self::Postgres(cluster)
+            }
+            None => {
+                let locker = rusqlite::Connection::open(setup.data_dir.join("audit.db")).unwrap();
+                locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                Self::Sqlite(locker)
+            }
+        }
+    }
+}
+
+impl Drop for TrailBlocked<'_> {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite(locker) => {
+                let _ = locker.execute_batch("ROLLBACK");
+            }
+            Self::Postgres(cluster) => {
+                cluster.psql_in("vault", "GRANT INSERT ON tokenvault.records TO vault");
+            }
+        }
+    }
+}
+
+/// A store for an engine-level test: SQLite files in `dir`, or, under
+/// [`on_postgres`], a migrated schema in a throwaway cluster (returned too:
+/// keep it alive as long as the store).
+pub fn test_store(
+    dir: &Path,
+    audit_key: tokenvault::crypto::keys::AuditKey,
+) -> (
+    tokenvault::store::Store,
+    Option<crate::pg_cluster::PgCluster>,
+) {
+    if !ON_POSTGRES.with(std::cell::Cell::get) {
+        let store = tokenvault::store::Store::open(
+            &dir.join("vault.db"),
+            &dir.join("audit.db"),
+            audit_key,
+            8,
+        )
+        .unwrap();
+        return (store, None);
+    }
+    let cluster = crate::pg_cluster::PgCluster::start(None);
+    CLUSTERS_STARTED.with(|started| started.set(started.get() + 1));
+    let settings = tokenvault::config::PostgresSettings {
+        url: tokenvault::config::DatabaseUrl::parse(&cluster.url()).unwrap(),
+        password: Some(tokenvault::config::SecretRef::File(
+            cluster.password_file(dir),
+        )),
+        pool_size: 4,
+        statement_timeout: std::time::Duration::from_secs(5),
+        schema: tokenvault::config::SchemaName::parse("tokenvault").unwrap(),
+        ca_file: None,
+    };
+    let pg = tokenvault::store::pg::PgStore::connect(&settings).unwrap();
+    pg.migrate().unwrap();
+    let store =
+        tokenvault::store::Store::open_postgres(std::sync::Arc::new(pg), audit_key).unwrap();
+    (store, Some(cluster))
+}

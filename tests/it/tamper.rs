@@ -2,10 +2,74 @@
 
 use rusqlite::{params, Connection};
 
+use crate::pg_cluster::PgCluster;
 use crate::support::*;
 
+/// The token rows of `setup`'s store, edited behind the vault's back.
+enum Store<'a> {
+    Sqlite(Connection),
+    Postgres(&'a PgCluster),
+}
+
+impl<'a> Store<'a> {
+    fn open(setup: &'a Setup) -> Self {
+        match &setup.postgres {
+            Some(cluster) => Self::Postgres(cluster),
+            None => Self::Sqlite(Connection::open(setup.data_dir.join("vault.db")).unwrap()),
+        }
+    }
+
+    fn sealed(&mut self, token: &str) -> Vec<u8> {
+        match self {
+            Self::Sqlite(db) => db
+                .query_row(
+                    "SELECT sealed FROM tokens WHERE namespace = 'retail' AND token = ?1",
+                    params![token],
+                    |r| r.get(0),
+                )
+                .unwrap(),
+            Self::Postgres(cluster) => hex::decode(
+                cluster
+                    .psql_in(
+                        "vault",
+                        &format!(
+                            "SELECT encode(sealed, 'hex') FROM tokenvault.tokens \
+                             WHERE namespace = 'retail' AND token = '{token}'"
+                        ),
+                    )
+                    .trim(),
+            )
+            .unwrap(),
+        }
+    }
+
+    fn update(&mut self, token: &str, bytes: &[u8]) {
+        let changed = match self {
+            Self::Sqlite(db) => db
+                .execute(
+                    "UPDATE tokens SET sealed = ?1 WHERE namespace = 'retail' AND token = ?2",
+                    params![bytes, token],
+                )
+                .unwrap(),
+            Self::Postgres(cluster) => {
+                let out = cluster.psql_in(
+                    "vault",
+                    &format!(
+                        "WITH changed AS (UPDATE tokenvault.tokens SET sealed = '\\x{}'::bytea \
+                         WHERE namespace = 'retail' AND token = '{token}' RETURNING 1) \
+                         SELECT count(*) FROM changed",
+                        hex::encode(bytes)
+                    ),
+                );
+                out.trim().parse().unwrap()
+            }
+        };
+        assert_eq!(changed, 1);
+    }
+}
+
 #[test]
-fn flipped_and_swapped_ciphertexts_fail_cleanly() {
+pub fn flipped_and_swapped_ciphertexts_fail_cleanly() {
     let setup = Setup::new("");
     let mut server = setup.serve();
     let values = [
@@ -18,32 +82,17 @@ fn flipped_and_swapped_ciphertexts_fail_cleanly() {
     let tokens = tokenize(&server, "crm", "retail", &pairs);
     assert!(server.stop().success());
 
-    let db = Connection::open(setup.data_dir.join("vault.db")).unwrap();
-    let sealed = |token: &str| -> Vec<u8> {
-        db.query_row(
-            "SELECT sealed FROM tokens WHERE namespace = 'retail' AND token = ?1",
-            params![token],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    let mut flipped = sealed(&tokens[0]);
+    // The database's own tools do the edits: sqlite on the file, or psql
+    // as PostgreSQL's superuser.
+    let mut store = Store::open(&setup);
+    let mut flipped = store.sealed(&tokens[0]);
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x01;
-    let (one, two) = (sealed(&tokens[1]), sealed(&tokens[2]));
-    let update = |token: &str, bytes: &[u8]| {
-        let changed = db
-            .execute(
-                "UPDATE tokens SET sealed = ?1 WHERE namespace = 'retail' AND token = ?2",
-                params![bytes, token],
-            )
-            .unwrap();
-        assert_eq!(changed, 1);
-    };
-    update(&tokens[0], &flipped);
-    update(&tokens[1], &two);
-    update(&tokens[2], &one);
-    drop(db);
+    let (one, two) = (store.sealed(&tokens[1]), store.sealed(&tokens[2]));
+    store.update(&tokens[0], &flipped);
+    store.update(&tokens[1], &two);
+    store.update(&tokens[2], &one);
+    drop(store);
 
     let server = setup.serve();
     let answers = detokenize(&server, "admin", "retail", "support", &tokens);

@@ -1,11 +1,12 @@
 //! The PostgreSQL store, for several vault nodes sharing one database.
 //!
-//! Under construction (issue 17). Built so far: connections over rustls
-//! with a small pool, the schema in versioned steps kept in step with
-//! SQLite's and applied once however many nodes start together, and the
-//! insert-or-read by which two nodes storing the same new value at the same
-//! moment return the same token. The engine still reads and writes through
-//! the SQLite store; `tokenvault storage check` uses this one.
+//! The engine's second backend, behind the same `Store`: connections over
+//! rustls with a small pool; the schema in versioned steps kept in step
+//! with SQLite's and applied once however many nodes start together; the
+//! insert-or-read by which two nodes storing the same new value at the
+//! same moment return the same token; one audit chain serialized by its
+//! head row (`trail`); group commit (`writer`); the reads; and the key
+//! changes and the write-version check of a rotation across nodes (`keys`).
 //!
 //! The driver is the blocking `postgres` crate, which runs its own small
 //! runtime per connection: call it from a blocking thread (the writer, a
