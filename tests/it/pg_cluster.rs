@@ -5,6 +5,13 @@
 //! The server binaries come from Debian's `postgresql` package, which
 //! `.ci/run` installs. PostgreSQL refuses to run as root: as root the
 //! cluster runs as the `postgres` user the package creates.
+//!
+//! With `TOKENVAULT_TEST_PG_URL` set (a role on a server the tests may use
+//! freely, allowed to create roles and databases, e.g.
+//! `postgres://postgres:secret@127.0.0.1:5432/postgres`), each "cluster"
+//! is instead a fresh role and database on that server, dropped after the
+//! test. The tests that stop and restart the server, or scan its files,
+//! need a local cluster and say so.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +28,40 @@ pub struct PgCluster {
     /// The port it listens on, on 127.0.0.1.
     pub port: u16,
     options: String,
+    /// Set when the tests use `TOKENVAULT_TEST_PG_URL`'s server.
+    external: Option<External>,
+}
+
+/// A role and a database of their own on the server of
+/// `TOKENVAULT_TEST_PG_URL`.
+struct External {
+    /// The URL given (its role creates and drops the others).
+    admin: String,
+    host: String,
+    /// The role and database of this test.
+    name: String,
+}
+
+/// The variable naming a server to use instead of throwaway clusters.
+pub const EXTERNAL_URL: &str = "TOKENVAULT_TEST_PG_URL";
+
+fn admin_client(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap_or_else(|error| {
+        panic!("{EXTERNAL_URL} is set, but its server cannot be reached: {error}")
+    })
+}
+
+/// Rows as `psql -Atq` prints them: fields joined by `|`, one row a line.
+fn simple_rows(client: &mut postgres::Client, sql: &str) -> String {
+    let mut out = String::new();
+    for message in client.simple_query(sql).unwrap() {
+        if let postgres::SimpleQueryMessage::Row(row) = message {
+            let fields: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("")).collect();
+            out.push_str(&fields.join("|"));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The certificate a TLS cluster serves, and its key.
@@ -65,7 +106,8 @@ fn server_bin_dir() -> PathBuf {
     panic!(
         "these tests start a throwaway PostgreSQL cluster and need its server binaries \
          (initdb, pg_ctl, postgres): install Debian's `postgresql` package \
-         (apt-get install -y postgresql), as .ci/run does"
+         (apt-get install -y postgresql), as .ci/run does, or set {EXTERNAL_URL} to a \
+         server the tests may use"
     );
 }
 
@@ -134,6 +176,13 @@ impl PgCluster {
     }
 
     fn start_with(tls: Option<&ServerTls>, durable: bool) -> Self {
+        if let Ok(admin) = std::env::var(EXTERNAL_URL) {
+            assert!(
+                tls.is_none(),
+                "this test serves its own TLS certificate, which needs a local cluster: unset {EXTERNAL_URL}"
+            );
+            return Self::on_external(admin);
+        }
         let bin = server_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("tokenvault-pg")
@@ -217,10 +266,56 @@ impl PgCluster {
             bin,
             port,
             options,
+            external: None,
         };
         cluster.psql(&format!("CREATE ROLE vault LOGIN PASSWORD '{PASSWORD}'"));
         cluster.psql("CREATE DATABASE vault OWNER vault");
         cluster
+    }
+
+    fn on_external(admin: String) -> Self {
+        let parsed: url::Url = admin
+            .parse()
+            .unwrap_or_else(|_| panic!("{EXTERNAL_URL} is not a URL"));
+        let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = parsed.port().unwrap_or(5432);
+        let name = format!(
+            "vault_{}",
+            hex::encode(tokenvault::crypto::random_bytes::<6>())
+        );
+        let mut client = admin_client(&admin);
+        // One statement each: CREATE DATABASE runs outside a transaction.
+        client
+            .batch_execute(&format!("CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'"))
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {name}"))
+            .unwrap();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            bin: PathBuf::new(),
+            port,
+            options: String::new(),
+            external: Some(External { admin, host, name }),
+        }
+    }
+
+    /// The role the vault logs in as (`vault`, or this test's own role on
+    /// the server of `TOKENVAULT_TEST_PG_URL`).
+    pub fn role(&self) -> &str {
+        self.external.as_ref().map_or("vault", |e| e.name.as_str())
+    }
+
+    /// True for a throwaway cluster whose files and server this test owns.
+    pub fn is_local(&self) -> bool {
+        self.external.is_none()
+    }
+
+    fn needs_local(&self, what: &str) {
+        assert!(
+            self.is_local(),
+            "this test {what}, which needs a local throwaway cluster: unset {EXTERNAL_URL}"
+        );
     }
 
     /// Runs SQL as the superuser over the Unix socket; stdout comes back.
@@ -228,8 +323,16 @@ impl PgCluster {
         self.psql_in("postgres", sql)
     }
 
-    /// Runs SQL as the superuser in `database`.
+    /// Runs SQL as the superuser in `database` (`vault` is the vault's
+    /// database).
     pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        if let Some(external) = &self.external {
+            let mut url: url::Url = external.admin.parse().unwrap();
+            if database == "vault" {
+                url.set_path(&format!("/{}", external.name));
+            }
+            return simple_rows(&mut admin_client(url.as_str()), sql);
+        }
         let out = checked(
             as_server_user(&self.bin.join("psql"))
                 .arg("-h")
@@ -257,7 +360,10 @@ impl PgCluster {
 
     /// The URL of the `vault` database as the `vault` role, on 127.0.0.1.
     pub fn url(&self) -> String {
-        format!("postgres://vault@127.0.0.1:{}/vault", self.port)
+        match &self.external {
+            Some(e) => format!("postgres://{0}@{1}:{2}/{0}", e.name, e.host, self.port),
+            None => format!("postgres://vault@127.0.0.1:{}/vault", self.port),
+        }
     }
 
     /// A file holding the `vault` role's password, mode 0600, in `dir`.
@@ -277,6 +383,7 @@ impl PgCluster {
     /// Stops the server (fast shutdown: sessions are disconnected).
     #[allow(dead_code)]
     pub fn stop(&self) {
+        self.needs_local("stops the server");
         checked(
             as_server_user(&self.bin.join("pg_ctl"))
                 .arg("-D")
@@ -291,6 +398,7 @@ impl PgCluster {
     /// Starts the stopped server again, on the same port.
     #[allow(dead_code)]
     pub fn restart(&self) {
+        self.needs_local("restarts the server");
         checked(
             as_server_user(&self.bin.join("pg_ctl"))
                 .arg("-D")
@@ -309,6 +417,14 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        if let Some(e) = &self.external {
+            if let Ok(mut client) = postgres::Client::connect(&e.admin, postgres::NoTls) {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", e.name));
+                let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS {}", e.name));
+            }
+            return;
+        }
         let _ = as_server_user(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))

@@ -1396,7 +1396,13 @@ fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
     let server = setup.serve();
     let stored = tokenize(&server, "crm", "retail", &[("email", "kept@example.com")]);
 
-    cluster.psql_in("vault", "REVOKE INSERT ON tokenvault.records FROM vault");
+    cluster.psql_in(
+        "vault",
+        &format!(
+            "REVOKE INSERT ON tokenvault.records FROM {}",
+            cluster.role()
+        ),
+    );
     let (status, body) = post(
         &server,
         "/v1/detokenize",
@@ -1427,7 +1433,10 @@ fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
         "the refused tokenize stored nothing"
     );
 
-    cluster.psql_in("vault", "GRANT INSERT ON tokenvault.records TO vault");
+    cluster.psql_in(
+        "vault",
+        &format!("GRANT INSERT ON tokenvault.records TO {}", cluster.role()),
+    );
     let values = detokenize(&server, "admin", "retail", "support", &stored);
     assert_eq!(values[0]["value"], "kept@example.com");
     let ready: serde_json::Value = http()

@@ -617,7 +617,13 @@ impl<'a> TrailBlocked<'a> {
     pub fn start(setup: &'a Setup) -> Self {
         match &setup.postgres {
             Some(cluster) => {
-                cluster.psql_in("vault", "REVOKE INSERT ON tokenvault.records FROM vault");
+                cluster.psql_in(
+                    "vault",
+                    &format!(
+                        "REVOKE INSERT ON tokenvault.records FROM {}",
+                        cluster.role()
+                    ),
+                );
                 Self::Postgres(cluster)
             }
             None => {
@@ -636,7 +642,10 @@ impl Drop for TrailBlocked<'_> {
                 let _ = locker.execute_batch("ROLLBACK");
             }
             Self::Postgres(cluster) => {
-                cluster.psql_in("vault", "GRANT INSERT ON tokenvault.records TO vault");
+                cluster.psql_in(
+                    "vault",
+                    &format!("GRANT INSERT ON tokenvault.records TO {}", cluster.role()),
+                );
             }
         }
     }
