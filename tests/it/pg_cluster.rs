@@ -415,6 +415,69 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// `pg_dump` of the vault's schema into `file` (custom format), as
+    /// docs/operations.md tells operators to back up.
+    #[allow(dead_code)]
+    pub fn dump(&self, file: &Path) {
+        self.needs_local("dumps the database with pg_dump");
+        let out = checked(
+            as_server_user(&self.bin.join("pg_dump"))
+                .arg("-h")
+                .arg(self.dir.path())
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "vault",
+                ])
+                .args(["-n", "tokenvault", "-Fc"])
+                .output()
+                .unwrap(),
+            "pg_dump",
+        );
+        fs::write(file, out.stdout).unwrap();
+    }
+
+    /// Replaces the vault's schema by the dump in `file` (`pg_restore`).
+    #[allow(dead_code)]
+    pub fn restore(&self, file: &Path) {
+        self.needs_local("restores a dump with pg_restore");
+        self.psql_in("vault", "DROP SCHEMA tokenvault CASCADE");
+        let staged = self.dir.path().join("restore.dump");
+        fs::copy(file, &staged).unwrap();
+        if is_root() {
+            checked(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&staged)
+                    .output()
+                    .unwrap(),
+                "chown",
+            );
+        }
+        checked(
+            as_server_user(&self.bin.join("pg_restore"))
+                .arg("-h")
+                .arg(self.dir.path())
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "vault",
+                ])
+                .arg(&staged)
+                .output()
+                .unwrap(),
+            "pg_restore",
+        );
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if let Some(e) = &self.external {

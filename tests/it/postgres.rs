@@ -1789,3 +1789,77 @@ fn the_store_suite_passes_on_postgres() {
         crate::openapi::a_live_server_answers_every_documented_operation,
     ]);
 }
+
+/// docs/operations.md's promise for backups on PostgreSQL: a subject
+/// forgotten through one node after a `pg_dump` does not come back when
+/// the dump is restored, because that node's tombstone list erases it
+/// again at its next start; the other node's list holds its own erasures.
+#[test]
+fn a_restored_pg_dump_older_than_an_erasure_does_not_bring_the_subject_back() {
+    let cluster = PgCluster::start(None);
+    let setup = postgres_setup(&cluster, "");
+    let out = setup.run(&["init", "--config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = second_node(&setup);
+    let (mut a, mut b) = (setup.serve(), other.serve());
+    let tokenize_for = |server: &Server, subject: &str, value: &str| -> String {
+        let (status, body) = post(
+            server,
+            "/v1/tokenize",
+            &key("crm"),
+            &serde_json::json!({"namespace": "retail", "items": [
+                {"class": "email", "value": value, "subject": subject}]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["tokens"][0]["token"].as_str().unwrap().to_owned()
+    };
+    let gone = tokenize_for(&b, "CUST-GONE", "gone.after.dump@example.com");
+    let kept = tokenize_for(&b, "CUST-KEPT", "kept.after.dump@example.com");
+    let dump = setup.dir.path().join("vault.dump");
+    cluster.dump(&dump);
+
+    let (status, body) = post(
+        &a,
+        "/v1/subjects/forget",
+        &key("dpo"),
+        &serde_json::json!({"namespace": "retail", "subject": "CUST-GONE"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(a.stop().success() && b.stop().success());
+
+    // The dump from before the erasure holds the subject again.
+    cluster.restore(&dump);
+    assert_eq!(
+        cluster
+            .psql_in(
+                "vault",
+                &format!("SELECT count(*) FROM tokenvault.tokens WHERE token = '{gone}'"),
+            )
+            .trim(),
+        "1"
+    );
+    // Node B starts first: its list does not hold the erasure made through
+    // A, so the row is still there; A's start erases it again.
+    let b = other.serve();
+    drop(b);
+    let a = setup.serve();
+    let answers = detokenize(&a, "admin", "retail", "support", &[gone.clone(), kept]);
+    assert_eq!(answers[0]["error"]["code"], "not_found", "{answers:?}");
+    assert_eq!(answers[1]["value"], "kept.after.dump@example.com");
+    assert_eq!(
+        cluster
+            .psql_in(
+                "vault",
+                &format!("SELECT count(*) FROM tokenvault.tokens WHERE token = '{gone}'"),
+            )
+            .trim(),
+        "0"
+    );
+    assert!(audit_records(&setup)
+        .iter()
+        .any(|r| r["action"] == "subject_forget" && r["reason"] == "tombstone_reapplied"));
+}
