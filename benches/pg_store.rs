@@ -152,7 +152,9 @@ fn main() {
     };
     let postgres = Arc::new(PgStore::connect(&settings).unwrap());
     postgres.migrate().unwrap();
-    postgres.start_writer(key.clone()).unwrap();
+    // The engine's store on PostgreSQL: its writer batches the grouped run.
+    let engine_store =
+        Arc::new(Store::open_postgres(postgres.clone(), master.audit_key()).unwrap());
     let version: String = postgres
         .borrow()
         .unwrap()
@@ -192,7 +194,7 @@ fn main() {
         single_commits = commits(&cluster) - before;
 
         let before = postgres.batches_committed();
-        let store = postgres.clone();
+        let store = engine_store.clone();
         grouped.push(run_async(&runtime, callers, calls, move || {
             let store = store.clone();
             async move {
@@ -213,7 +215,7 @@ fn main() {
         grouped / lite,
         grouped / single
     );
-    postgres.shutdown();
+    engine_store.shutdown();
     sqlite.shutdown();
 
     engine(&runtime, &cluster, &settings);

@@ -178,9 +178,12 @@ fn record(node: &str) -> Record {
 
 /// Both nodes hold the same master key, so the same audit key.
 fn audit_key() -> Arc<AuditKey> {
-    static KEY: std::sync::OnceLock<Arc<AuditKey>> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| Arc::new(MasterKey::generate(1).audit_key()))
-        .clone()
+    Arc::new(master().audit_key())
+}
+
+fn master() -> &'static MasterKey {
+    static MASTER: std::sync::OnceLock<MasterKey> = std::sync::OnceLock::new();
+    MASTER.get_or_init(|| MasterKey::generate(1))
 }
 
 #[test]
@@ -405,14 +408,48 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A node: the engine's store on the shared database (with its writer),
+/// and the database's own reads.
+struct Node {
+    store: tokenvault::store::Store,
+    pg: Arc<PgStore>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = PgStore;
+    fn deref(&self) -> &PgStore {
+        &self.pg
+    }
+}
+
+impl Node {
+    async fn insert(
+        &self,
+        namespace: &str,
+        rows: Vec<NewRow>,
+        audit: Vec<Record>,
+    ) -> Result<Vec<InsertOutcome>, tokenvault::store::StoreError> {
+        self.store.insert(namespace, rows, audit).await
+    }
+
+    async fn activation(
+        &self,
+        write: ActivationWrite,
+        audit: Vec<Record>,
+    ) -> Result<bool, tokenvault::store::StoreError> {
+        self.store.activation(write, audit).await
+    }
+}
+
 /// Two nodes on one database, each with its writer.
-fn two_nodes(cluster: &PgCluster) -> (Arc<PgStore>, Arc<PgStore>) {
-    let nodes: Vec<Arc<PgStore>> = (0..2)
+fn two_nodes(cluster: &PgCluster) -> (Arc<Node>, Arc<Node>) {
+    let nodes: Vec<Arc<Node>> = (0..2)
         .map(|_| {
-            let store = PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap();
-            store.migrate().unwrap();
-            store.start_writer(audit_key()).unwrap();
-            Arc::new(store)
+            let pg = Arc::new(PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap());
+            pg.migrate().unwrap();
+            let store =
+                tokenvault::store::Store::open_postgres(pg.clone(), master().audit_key()).unwrap();
+            Arc::new(Node { store, pg })
         })
         .collect();
     (nodes[0].clone(), nodes[1].clone())

@@ -24,10 +24,10 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub use self::pool::Borrowed;
 use self::pool::Pool;
@@ -38,8 +38,8 @@ use super::budgets::Spending;
 use super::retention::Day;
 use super::rotation::{KeyState, StaleRow};
 use super::subjects::SubjectHash;
-use super::{Failure, InsertOutcome, NewRow, StoreError};
 use super::{Found, StoredValue};
+use super::{InsertOutcome, NewRow, StoreError};
 use crate::audit::{Broken, Filter, Head, Record, Stored, Verified};
 use crate::config::{PostgresSettings, SchemaName};
 use crate::crypto::keys::AuditKey;
@@ -105,18 +105,12 @@ impl From<postgres::Error> for PgError {
     }
 }
 
-/// The PostgreSQL store: a pool of connections to one schema and, once
-/// started, the node's writer.
+/// The PostgreSQL store: a pool of connections to one schema. The node's
+/// writer runs under the engine's `Store` (`Store::open_postgres`).
 pub struct PgStore {
     pool: Arc<Pool>,
     schema: SchemaName,
-    writer: Mutex<Option<WriterHandle>>,
     batches: Arc<AtomicU64>,
-}
-
-struct WriterHandle {
-    jobs: mpsc::Sender<Job>,
-    thread: std::thread::JoinHandle<()>,
 }
 
 /// What `storage check` reports.
@@ -137,7 +131,6 @@ impl PgStore {
         Ok(Self {
             pool: Arc::new(Pool::open(settings)?),
             schema: settings.schema.clone(),
-            writer: Mutex::new(None),
             batches: Arc::default(),
         })
     }
@@ -330,78 +323,6 @@ impl PgStore {
         Ok((jobs, thread))
     }
 
-    /// Starts this node's writer, kept by this handle (for callers that use
-    /// the PostgreSQL store alone). Until then the batched writes answer
-    /// that the writer stopped.
-    pub fn start_writer(&self, key: Arc<AuditKey>) -> Result<(), StoreError> {
-        let (jobs, thread) = self.spawn_writer(key, Arc::default())?;
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(WriterHandle { jobs, thread });
-        Ok(())
-    }
-
-    async fn submit<T>(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> Job,
-    ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let jobs = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|handle| handle.jobs.clone())
-            .ok_or(StoreError::WriterGone)?;
-        jobs.send(job(reply))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        Ok(answer.await.map_err(|_| StoreError::WriterGone)??)
-    }
-
-    /// Stores `rows` and their records through the writer: batched with
-    /// every other write waiting, answered after the commit.
-    pub async fn insert(
-        &self,
-        namespace: &str,
-        rows: Vec<NewRow>,
-        audit: Vec<Record>,
-    ) -> Result<Vec<InsertOutcome>, StoreError> {
-        let namespace = namespace.to_owned();
-        self.submit(|reply| Job::Insert {
-            namespace,
-            rows,
-            audit,
-            reply,
-        })
-        .await
-    }
-
-    /// A consent change or a callback message id, with its records, through
-    /// the writer; a claim answers whether the id was new on every node.
-    pub async fn activation(
-        &self,
-        write: ActivationWrite,
-        audit: Vec<Record>,
-    ) -> Result<bool, StoreError> {
-        self.submit(|reply| Job::Activation {
-            write,
-            audit,
-            reply,
-        })
-        .await
-    }
-
-    /// Records alone, through the writer.
-    pub async fn record(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        self.submit(|reply| Job::Audit {
-            records,
-            touch: None,
-            spending: None,
-            reply,
-        })
-        .await
-    }
-
     /// Whether consent for `purpose` is withdrawn for `token`, by a token
     /// or a linked subject's event, as committed by any node.
     pub fn consent_withdrawn(
@@ -426,15 +347,6 @@ impl PgStore {
     /// Transactions the writer has committed so far.
     pub fn batches_committed(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
-    }
-
-    /// Stops the writer after the jobs already queued.
-    pub fn shutdown(&self) {
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(WriterHandle { jobs, thread }) = handle {
-            drop(jobs);
-            let _ = thread.join();
-        }
     }
 
     /// Existing tokens by blind index, from one snapshot; the day of last
@@ -763,10 +675,4 @@ fn insert_all(
         )?;
     }
     Ok(outcomes)
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
