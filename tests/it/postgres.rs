@@ -1759,6 +1759,14 @@ fn a_rotation_while_two_nodes_tokenize_keeps_one_token_per_value() {
     }
     drop((a, b));
     assert_chain_verifies(&setup);
+    // Either node may end the rotation; it ends, and is recorded, once.
+    let completed = audit_records(&setup)
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "key_rotate" && r["reason"] == "completed" && r["namespace"] == "retail"
+        })
+        .count();
+    assert_eq!(completed, 1);
 }
 
 /// The audit trail's surfaces on PostgreSQL: every action recorded with
