@@ -223,32 +223,6 @@ fn rows_per_version(setup: &Setup) -> BTreeMap<u32, i64> {
     counts
 }
 
-/// Tokenizes `items` against `base`; answers the tokens (None on a
-/// non-200, which the caller counts).
-fn tokenize_at(base: &str, items: &[(&str, String)]) -> Option<Vec<String>> {
-    let items: Vec<serde_json::Value> = items
-        .iter()
-        .map(|(class, value)| serde_json::json!({"class": class, "value": value}))
-        .collect();
-    let response = http()
-        .post(format!("{base}/v1/tokenize"))
-        .bearer_auth(key("crm"))
-        .json(&serde_json::json!({"namespace": "retail", "items": items}))
-        .send()
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    let body: serde_json::Value = response.json().ok()?;
-    Some(
-        body["tokens"]
-            .as_array()?
-            .iter()
-            .map(|t| t["token"].as_str().unwrap().to_owned())
-            .collect(),
-    )
-}
-
 /// Known values must keep their tokens and new ones must be answered,
 /// until `stop`; answers (requests, refused, new (value, token) pairs).
 fn load(

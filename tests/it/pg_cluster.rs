@@ -318,6 +318,21 @@ impl PgCluster {
         );
     }
 
+    /// A client program of the server (`psql`, `pg_dump`, …) connecting to
+    /// `database` as the superuser over the Unix socket.
+    fn client_tool(&self, program: &str, database: &str) -> Command {
+        let mut command = as_server_user(&self.bin.join(program));
+        command.arg("-h").arg(self.dir.path()).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ]);
+        command
+    }
+
     /// Runs SQL as the superuser over the Unix socket; stdout comes back.
     pub fn psql(&self, sql: &str) -> String {
         self.psql_in("postgres", sql)
@@ -334,17 +349,7 @@ impl PgCluster {
             return simple_rows(&mut admin_client(url.as_str()), sql);
         }
         let out = checked(
-            as_server_user(&self.bin.join("psql"))
-                .arg("-h")
-                .arg(self.dir.path())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    database,
-                ])
+            self.client_tool("psql", database)
                 .args(["-v", "ON_ERROR_STOP=1", "-Atqc", sql])
                 .output()
                 .unwrap(),
@@ -422,17 +427,7 @@ impl PgCluster {
     pub fn dump(&self, file: &Path) {
         self.needs_local("dumps the database with pg_dump");
         let out = checked(
-            as_server_user(&self.bin.join("pg_dump"))
-                .arg("-h")
-                .arg(self.dir.path())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "vault",
-                ])
+            self.client_tool("pg_dump", "vault")
                 .args(["-n", "tokenvault", "-Fc"])
                 .output()
                 .unwrap(),
@@ -459,17 +454,7 @@ impl PgCluster {
             );
         }
         checked(
-            as_server_user(&self.bin.join("pg_restore"))
-                .arg("-h")
-                .arg(self.dir.path())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "vault",
-                ])
+            self.client_tool("pg_restore", "vault")
                 .arg(&staged)
                 .output()
                 .unwrap(),

@@ -1433,13 +1433,7 @@ fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
     let server = setup.serve();
     let stored = tokenize(&server, "crm", "retail", &[("email", "kept@example.com")]);
 
-    cluster.psql_in(
-        "vault",
-        &format!(
-            "REVOKE INSERT ON tokenvault.records FROM {}",
-            cluster.role()
-        ),
-    );
+    let blocked = TrailBlocked::in_postgres(&cluster);
     let (status, body) = post(
         &server,
         "/v1/detokenize",
@@ -1470,10 +1464,7 @@ fn when_the_trail_cannot_be_written_nothing_is_revealed_or_stored() {
         "the refused tokenize stored nothing"
     );
 
-    cluster.psql_in(
-        "vault",
-        &format!("GRANT INSERT ON tokenvault.records TO {}", cluster.role()),
-    );
+    drop(blocked);
     let values = detokenize(&server, "admin", "retail", "support", &stored);
     assert_eq!(values[0]["value"], "kept@example.com");
     let ready: serde_json::Value = http()
@@ -1605,27 +1596,8 @@ fn a_cut_tail_in_postgres_refuses_writes_until_acknowledged() {
 /// Tokens of `values` (emails in retail) through the node at `base`, or
 /// None when it did not answer 200.
 fn tokenize_through(base: &str, values: &[String]) -> Option<Vec<String>> {
-    let items: Vec<serde_json::Value> = values
-        .iter()
-        .map(|value| serde_json::json!({"class": "email", "value": value}))
-        .collect();
-    let response = http()
-        .post(format!("{base}/v1/tokenize"))
-        .bearer_auth(key("crm"))
-        .json(&serde_json::json!({"namespace": "retail", "items": items}))
-        .send()
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    let body: serde_json::Value = response.json().ok()?;
-    Some(
-        body["tokens"]
-            .as_array()?
-            .iter()
-            .map(|t| t["token"].as_str().unwrap().to_owned())
-            .collect(),
-    )
+    let items: Vec<(&str, String)> = values.iter().map(|v| ("email", v.clone())).collect();
+    tokenize_at(base, &items)
 }
 
 /// A `keys rotate` while two nodes tokenize: both adopt the new version,

@@ -616,22 +616,26 @@ impl<'a> TrailBlocked<'a> {
     /// Blocks the trail of `setup`.
     pub fn start(setup: &'a Setup) -> Self {
         match &setup.postgres {
-            Some(cluster) => {
-                cluster.psql_in(
-                    "vault",
-                    &format!(
-                        "REVOKE INSERT ON tokenvault.records FROM {}",
-                        cluster.role()
-                    ),
-                );
-                Self::Postgres(cluster)
-            }
+            Some(cluster) => Self::in_postgres(cluster),
             None => {
                 let locker = rusqlite::Connection::open(setup.data_dir.join("audit.db")).unwrap();
                 locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
                 Self::Sqlite(locker)
             }
         }
+    }
+
+    /// Takes INSERT on the records table from the vault's role in
+    /// `cluster`.
+    pub fn in_postgres(cluster: &'a crate::pg_cluster::PgCluster) -> Self {
+        cluster.psql_in(
+            "vault",
+            &format!(
+                "REVOKE INSERT ON tokenvault.records FROM {}",
+                cluster.role()
+            ),
+        );
+        Self::Postgres(cluster)
     }
 }
 
@@ -688,4 +692,30 @@ pub fn test_store(
     let store =
         tokenvault::store::Store::open_postgres(std::sync::Arc::new(pg), audit_key).unwrap();
     (store, Some(cluster))
+}
+
+/// Tokenizes `items` (class, value) in `retail` as `crm` against `base`;
+/// answers the tokens, or None on a non-200 (which load tests count).
+pub fn tokenize_at(base: &str, items: &[(&str, String)]) -> Option<Vec<String>> {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(class, value)| serde_json::json!({"class": class, "value": value}))
+        .collect();
+    let response = http()
+        .post(format!("{base}/v1/tokenize"))
+        .bearer_auth(key("crm"))
+        .json(&serde_json::json!({"namespace": "retail", "items": items}))
+        .send()
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body: serde_json::Value = response.json().ok()?;
+    Some(
+        body["tokens"]
+            .as_array()?
+            .iter()
+            .map(|t| t["token"].as_str().unwrap().to_owned())
+            .collect(),
+    )
 }
