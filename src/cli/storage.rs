@@ -97,13 +97,9 @@ fn check(path: &std::path::Path) -> Result<(), CliError> {
 pub(crate) fn open_postgres(
     settings: &crate::config::PostgresSettings,
 ) -> Result<std::sync::Arc<PgStore>, CliError> {
-    let store = PgStore::connect(settings).map_err(|error| {
-        anyhow!(
-            "{error}\nhint: check storage.url, the password and, off this machine, storage.ca_file"
-        )
-    })?;
+    let store = connect_postgres(settings)?;
     store.migrate().map_err(|error| anyhow!("{error}"))?;
-    Ok(std::sync::Arc::new(store))
+    Ok(store)
 }
 
 /// Connects to the configured PostgreSQL store without changing its
