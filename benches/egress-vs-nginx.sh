@@ -148,7 +148,15 @@ for url in "http://127.0.0.1:$VAULT_PORT/clevertap/1/upload" "http://127.0.0.1:$
 done
 
 run() { # name url -> "rps p50 p99"
-  local out; out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2")
+  local out perf_pid=
+  # PERF_OUT=FILE records a CPU profile of the vault during its first round
+  # (use a build with frame pointers: RUSTFLAGS="-C force-frame-pointers=yes").
+  if [ "$1" = vault ] && [ -n "${PERF_OUT:-}" ] && [ ! -e "$PERF_OUT" ]; then
+    perf record -q -F 499 --call-graph fp -o "$PERF_OUT" -p "$VAULT_PID" 2>/dev/null &
+    perf_pid=$!
+  fi
+  out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2")
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 had non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
   local rps p50 p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')

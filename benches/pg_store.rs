@@ -272,6 +272,7 @@ fn engine_round(
                 class: "email".to_owned(),
                 value: Pii::new(format!("{tag}.{worker}.{batch}.{i}@example.com")),
                 subject: None,
+                number: false,
             })
             .collect()
     };

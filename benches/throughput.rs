@@ -157,6 +157,7 @@ impl InProcess {
                                     class: "email".to_owned(),
                                     value: Pii::new(value(round, worker, batch, i)),
                                     subject: None,
+                                    number: false,
                                 })
                                 .collect();
                             let tokens = vault

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod harden;
 pub mod http;
 pub mod metrics;

@@ -89,6 +89,17 @@ pub fn normalize(rule: Normalization, value: &str) -> Result<Pii, NormalizeError
     Ok(Pii::new(normalized))
 }
 
+/// Normalizes a value that was written as a JSON number (`digits`, as
+/// written): a phone number sent as a number carries no `+`, so for E.164
+/// its digits are the international number; every other rule reads the
+/// digits as text.
+pub fn normalize_number(rule: Normalization, digits: &str) -> Result<Pii, NormalizeError> {
+    match rule {
+        Normalization::E164 => normalize(rule, &format!("+{digits}")),
+        _ => normalize(rule, digits),
+    }
+}
+
 /// The masked form of a value, for roles with `reveal = "masked"` and for the
 /// rare log line that must point at a value: `j***@example.com` for email
 /// classes, every character but the last four starred otherwise.

@@ -48,7 +48,7 @@ pub fn build_state(
         callbacks: http::callbacks::Callbacks::build(callbacks, &config.roles).map_err(|e| {
             anyhow!("{e}\nhint: check the callback's secret, headers and ca_bundle")
         })?,
-        routes: http::egress::Routes::build(routes)
+        routes: crate::egress::Routes::build(routes)
             .map_err(|e| anyhow!("{e}\nhint: check the route's headers and ca_bundle"))?,
         data_files: (config.storage.database_path(), config.storage.audit_path()),
         started: previous.map_or_else(std::time::Instant::now, |state| state.started),
@@ -76,6 +76,11 @@ pub fn restart_only(config: &Config) -> Vec<(&'static str, String)> {
         (
             "limits.sqlite_cache_mib",
             config.limits.sqlite_cache_mib.to_string(),
+        ),
+        // The engine's cache of known values is built once too.
+        (
+            "limits.token_cache_entries",
+            config.limits.token_cache_entries.to_string(),
         ),
         (
             "clevertap (on or off)",

@@ -150,6 +150,7 @@ fn start(
         })?,
     });
     let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
+    vault.set_token_cache(config.limits.token_cache_entries);
     vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
         &config.storage.data_dir,
     ));

@@ -25,6 +25,10 @@ pub struct Limits {
     /// Verified API keys remembered (for ten minutes each), so that a
     /// client's next request skips the argon2id verification.
     pub auth_cache_entries: u32,
+    /// Known values remembered (blind index to token) so that tokenizing
+    /// them again reads nothing from the store. Each entry is about 150
+    /// bytes; it holds a token, never a value.
+    pub token_cache_entries: u32,
 }
 
 impl Default for Limits {
@@ -34,6 +38,7 @@ impl Default for Limits {
             auth_failures_per_client: 60,
             sqlite_cache_mib: 16,
             auth_cache_entries: 10_000,
+            token_cache_entries: 200_000,
         }
     }
 }
@@ -44,6 +49,7 @@ pub(super) struct RawLimits {
     pub(super) auth_failures_per_client: Option<u64>,
     pub(super) sqlite_cache_mib: Option<u64>,
     pub(super) auth_cache_entries: Option<u64>,
+    pub(super) token_cache_entries: Option<u64>,
     #[serde(flatten)]
     pub(super) unknown: Unknown,
 }
@@ -85,6 +91,11 @@ impl RawLimits {
                 "auth_cache_entries",
                 self.auth_cache_entries,
                 defaults.auth_cache_entries,
+            ),
+            token_cache_entries: count(
+                "token_cache_entries",
+                self.token_cache_entries,
+                defaults.token_cache_entries,
             ),
         }
     }

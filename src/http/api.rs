@@ -154,6 +154,7 @@ async fn tokenize(
             class: item.class,
             value: item.value,
             subject: item.subject,
+            number: false,
         })
         .collect();
     let tokens = state

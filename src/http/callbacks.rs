@@ -10,7 +10,6 @@ use crate::http::state::State;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
@@ -21,12 +20,13 @@ use zeroize::Zeroizing;
 
 use super::api::read_body;
 use super::context::{request_id, LoggedClient, LoggedNamespace, RequestId};
-use super::egress::{injected_headers, upstream_client, upstream_error};
+use super::egress::upstream_answer;
 use super::error::{ApiError, ErrorCode};
 use super::tls::PeerCertificate;
 use super::MetricRoute;
 use crate::audit::{Action, Context, Outcome};
 use crate::config::CallbackSpec;
+use crate::egress::upstream::{Destination, Upstream};
 use crate::payload::{self, Selector};
 use crate::policy::{Caller, Role};
 use crate::vault::Detokenized;
@@ -39,7 +39,7 @@ pub struct Callback {
     spec: CallbackSpec,
     key: hmac::Key,
     caller: Caller,
-    provider: Option<(reqwest::Client, Vec<(HeaderName, HeaderValue)>)>,
+    provider: Option<Upstream>,
 }
 
 /// Every configured callback.
@@ -92,16 +92,17 @@ impl Callbacks {
                 role: Arc::new(role.clone()),
             };
             let provider = match &spec.forward {
-                Some(url) => Some((
-                    upstream_client(
-                        &label,
+                Some(url) => Some(
+                    Upstream::build(Destination {
+                        label: format!("callback:{}", spec.name),
                         url,
-                        spec.connect_timeout,
-                        spec.timeout,
-                        spec.ca_bundle.as_deref(),
-                    )?,
-                    injected_headers(&label, &spec.headers)?,
-                )),
+                        connect_timeout: spec.connect_timeout,
+                        timeout: spec.timeout,
+                        ca_bundle: spec.ca_bundle.as_deref(),
+                        headers: &spec.headers,
+                    })
+                    .map_err(|e| e.replacen(&format!("callback:{}", spec.name), &label, 1))?,
+                ),
                 None => None,
             };
             callbacks.push(Callback {
@@ -361,21 +362,25 @@ pub async fn handle(
     let body = Zeroizing::new(serde_json::to_vec(&document).unwrap_or_default());
     zeroize_document(document);
 
-    let Some((client, inject)) = &callback.provider else {
+    let Some(provider) = &callback.provider else {
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(body.to_vec()));
     };
     let url = spec.forward.as_deref().unwrap_or_default();
-    let mut request = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-request-id", id.as_str());
-    for (name, value) in inject {
-        request = request.header(name.as_str(), value.as_bytes());
-    }
-    let response = match request.body(body.to_vec()).send().await {
-        Ok(response) => response,
+    let content_type: &[u8] = b"application/json";
+    let relayed = match provider
+        .send(
+            "POST",
+            url,
+            std::iter::once(("content-type", content_type)),
+            &[],
+            body.to_vec(),
+            id.as_str(),
+        )
+        .await
+    {
+        Ok(relayed) => relayed,
         Err(error) => {
             // Not delivered: let the platform's retry of this message in.
             if let Err(release) = state
@@ -385,29 +390,21 @@ pub async fn handle(
             {
                 tracing::error!(request_id = %id, error = %release, "could not release a callback message id");
             }
-            return Err(upstream_error(
-                &format!("callback:{}", spec.name),
-                error,
-                &id,
-            ));
+            return Err(upstream_answer(error, &id));
         }
     };
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+    let status = StatusCode::from_u16(relayed.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = relayed
+        .headers
+        .iter()
+        .find(|(name, _)| name == "content-type")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|error| upstream_error(&format!("callback:{}", spec.name), error, &id))?;
-    tracing::info!(request_id = %id, callback = %spec.name, provider_status = status.as_u16(), "callback delivered");
+    tracing::info!(request_id = %id, callback = %spec.name, provider_status = relayed.status, "callback delivered");
     Ok(HttpResponse::build(status)
         .content_type(content_type)
-        .body(bytes))
+        .body(relayed.bytes))
 }
 
 /// The tokens named by `{{TOKEN}}` placeholders in a template.

@@ -412,6 +412,7 @@ async fn tokenize(
             subject: subject
                 .as_ref()
                 .map(|subject| Pii::new(subject.expose().to_owned())),
+            number: false,
         })
         .collect();
     state

@@ -157,6 +157,11 @@ impl ApiError {
         self.code
     }
 
+    /// The message the caller sees.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Maps an engine error, logging what the caller does not see.
     pub fn from_vault(error: VaultError, request_id: &RequestId) -> Self {
         let code = match &error {
@@ -176,6 +181,7 @@ impl ApiError {
             VaultError::Exhausted | VaultError::Integrity => ErrorCode::Internal,
             VaultError::Uncorrectable(_) => ErrorCode::Conflict,
             VaultError::BudgetExceeded => ErrorCode::TooManyRequests,
+            VaultError::TokenTooLong { .. } => ErrorCode::Unprocessable,
         };
         let message = match &error {
             VaultError::Denied(Denied::Class(index)) => {

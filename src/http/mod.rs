@@ -45,7 +45,7 @@ pub struct AppState {
     /// Request limits.
     pub limits: Limits,
     /// Egress routes.
-    pub routes: egress::Routes,
+    pub routes: crate::egress::Routes,
     /// The CleverTap Token Vault API surface, when `[clevertap]` enables it.
     pub clevertap: Option<clevertap::Surface>,
     /// Activation callbacks.

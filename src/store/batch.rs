@@ -119,6 +119,12 @@ impl Done {
         }
     }
 
+    /// True when the job may have changed what a value's blind index finds:
+    /// it erased values, or re-keyed rows (new indexes for the same tokens).
+    pub(super) fn changes_lookups(&self) -> bool {
+        self.erased() || matches!(self, Self::Rekey(..))
+    }
+
     pub(super) fn succeed(self) {
         match self {
             Self::Insert(reply, outcomes) => drop(reply.send(Ok(outcomes))),

@@ -21,7 +21,7 @@ mod schema;
 pub mod trail;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -203,6 +203,10 @@ pub struct Store {
     audit_state: Arc<AtomicU8>,
     audit_key: Arc<AuditKey>,
     reads: Reads,
+    /// Counts committed batches that deleted or re-keyed rows (SQLite):
+    /// what a cache of lookups compares against (see
+    /// [`Store::erasure_generation`]).
+    erasures: Arc<AtomicU64>,
 }
 
 /// Where the store reads from.
@@ -295,11 +299,13 @@ impl Store {
                 }
             };
         let audit_state = Arc::new(AtomicU8::new(state.as_u8()));
+        let erasures = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             db: writer,
             audit: audit_connection,
             audit_key: audit_key.clone(),
             audit_state: audit_state.clone(),
+            erasures: erasures.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -321,6 +327,7 @@ impl Store {
                 readers,
                 next_reader: AtomicUsize::new(0),
             },
+            erasures,
         })
     }
 
@@ -354,7 +361,20 @@ impl Store {
             audit_state,
             audit_key,
             reads: Reads::Postgres(pg),
+            erasures: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// How many committed batches have deleted or re-keyed rows, or `None`
+    /// when rows can change where this process does not see it (PostgreSQL:
+    /// another node's erasure). A lookup read with generation `g` may be
+    /// reused while the generation is still `g`: the counter moves after
+    /// such a batch commits and before any of its jobs is answered.
+    pub fn erasure_generation(&self) -> Option<u64> {
+        match self.reads {
+            Reads::Sqlite { .. } => Some(self.erasures.load(Ordering::SeqCst)),
+            Reads::Postgres(_) => None,
+        }
     }
 
     /// Where the database lives.
@@ -1241,6 +1261,7 @@ struct Writer {
     audit: Connection,
     audit_key: Arc<AuditKey>,
     audit_state: Arc<AtomicU8>,
+    erasures: Arc<AtomicU64>,
 }
 
 /// Logs a tail mismatch: sequence numbers only, never record content.
@@ -1325,6 +1346,11 @@ impl Writer {
             {
                 tracing::warn!(%error, "could not truncate the WAL after an erasure");
             }
+        }
+        if result.is_ok() && done.iter().any(Done::changes_lookups) {
+            // Before any job is answered: a lookup cached from before this
+            // batch is never used after its erasure is acknowledged.
+            self.erasures.fetch_add(1, Ordering::SeqCst);
         }
         batch::settle(result, done, &self.audit_state);
     }

@@ -2,8 +2,10 @@
 //! crypto, store and policy; `http` and `cli` call only this.
 
 mod budget;
+mod cache;
 pub mod classify;
 pub mod clock;
+mod forward;
 mod keyset;
 pub mod receipts;
 mod refusals;
@@ -11,6 +13,7 @@ pub mod retention;
 pub mod rotation;
 mod subjects;
 
+pub use forward::{AuditedRefusal, ForwardError, ForwardPlan};
 pub use subjects::SubjectExport;
 
 use std::collections::BTreeMap;
@@ -50,6 +53,10 @@ pub struct TokenizeItem {
     pub value: Pii,
     /// The customer this value belongs to; stored only as a keyed hash.
     pub subject: Option<Pii>,
+    /// The value was written as a JSON number (its digits, as written):
+    /// normalization reads it as the class's normalization says (a phone
+    /// number's digits are the international number).
+    pub number: bool,
 }
 
 /// The token of one item.
@@ -140,6 +147,15 @@ pub enum VaultError {
     /// Every minted token was already taken.
     #[error("could not mint an unused token")]
     Exhausted,
+    /// An item's token is longer than the destination takes (an egress
+    /// route's platform limit).
+    #[error("item {index}: the token exceeds {limit} bytes")]
+    TokenTooLong {
+        /// Position of the item in the request.
+        index: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The client's detokenization budget would be exceeded.
     #[error("detokenization budget exceeded")]
     BudgetExceeded,
@@ -181,6 +197,7 @@ impl VaultError {
             Self::Store(StoreError::Audit(_)) => (Outcome::Error, "audit_unavailable"),
             Self::Store(_) => (Outcome::Error, "store_unavailable"),
             Self::Exhausted => (Outcome::Error, "token_space_exhausted"),
+            Self::TokenTooLong { .. } => (Outcome::Error, "token_too_long"),
             Self::BudgetExceeded => (Outcome::Denied, "budget_exceeded"),
             Self::Integrity => (Outcome::Error, "integrity_error"),
             Self::Uncorrectable(Uncorrectable::Store(refused)) => (Outcome::Error, refused.code()),
@@ -256,6 +273,9 @@ pub struct Vault {
     /// Subjects ever forgotten, re-applied at start (none: not kept, for
     /// tests and benchmarks that need no restore).
     tombstones: Option<crate::store::tombstones::Tombstones>,
+    /// Known values' tokens by blind index (see `cache`); shared by the
+    /// vaults a reload builds over the same store.
+    cache: Arc<cache::TokenCache>,
 }
 
 /// What a reveal found, before it is recorded.
@@ -313,7 +333,15 @@ impl Vault {
             receipt_key: keyring.receipt_key(),
             clock: Arc::new(clock::SystemClock),
             tombstones: None,
+            cache: Arc::new(cache::TokenCache::new(u64::from(
+                crate::config::Limits::default().token_cache_entries,
+            ))),
         }
+    }
+
+    /// Remembers at most `entries` known values' tokens (0: none).
+    pub fn set_token_cache(&mut self, entries: u32) {
+        self.cache = Arc::new(cache::TokenCache::new(u64::from(entries)));
     }
 
     /// A vault over the same store with a new configuration (a reload).
@@ -352,6 +380,7 @@ impl Vault {
         }
         vault.tombstones = self.tombstones.clone();
         vault.clock = self.clock.clone();
+        vault.cache = self.cache.clone();
         vault.set_budgets(clients);
         vault.set_purpose_names(purposes);
         vault
@@ -575,32 +604,30 @@ impl Vault {
         namespace: &str,
         items: Vec<TokenizeItem>,
     ) -> Result<Vec<Tokenized>, VaultError> {
-        self.tokenize_and_record(context, caller, namespace, items, Vec::new())
+        let record = self.start_record(context, Action::Tokenize, namespace);
+        self.tokenize_recorded(record, caller, namespace, items, None)
             .await
     }
 
-    /// Like [`Vault::tokenize`], and appends `also` (e.g. the record of the
-    /// forward the tokens are for) in the same commit, with the tokens
-    /// added to each: one durable write per request instead of two.
-    pub async fn tokenize_and_record(
+    /// Tokenizes `items` under `record` (a tokenization's, or a forward's),
+    /// which is written exactly once: with the tokens when they are
+    /// committed, or with the failure. No token longer than `limit` bytes
+    /// is given out or stored.
+    async fn tokenize_recorded(
         &self,
-        context: &Context,
+        record: Record,
         caller: &Caller,
         namespace: &str,
         items: Vec<TokenizeItem>,
-        also: Vec<Record>,
+        limit: Option<usize>,
     ) -> Result<Vec<Tokenized>, VaultError> {
-        let record = self
-            .start_record(context, Action::Tokenize, namespace)
-            .items(items.len());
-        let mut records = vec![record.clone()];
-        records.extend(also);
+        let record = record.items(items.len());
         let sealing_with = self
             .namespace(namespace)
             .ok()
             .map(|ns| ns.keys().writer().sealer().version());
         let mut result = self
-            .tokenize_audited(records.clone(), caller, namespace, &items)
+            .tokenize_audited(vec![record.clone()], caller, namespace, &items, limit)
             .await;
         if let Err(VaultError::Store(StoreError::KeyVersionChanged(_))) = &result {
             // Another node rotated the keys and this one has not adopted
@@ -608,7 +635,7 @@ impl Vault {
             // under the new keys; nothing of the first try was stored.
             if self.new_keys_adopted(namespace, sealing_with).await {
                 result = self
-                    .tokenize_audited(records, caller, namespace, &items)
+                    .tokenize_audited(vec![record.clone()], caller, namespace, &items, limit)
                     .await;
             }
         }
@@ -645,8 +672,13 @@ impl Vault {
         caller: &Caller,
         namespace: &str,
         items: &[TokenizeItem],
+        limit: Option<usize>,
     ) -> Result<Vec<Tokenized>, VaultError> {
         caller.role.check(Operation::Tokenize, namespace)?;
+        let too_long = |index: usize, token: &str| match limit {
+            Some(limit) if token.len() > limit => Err(VaultError::TokenTooLong { index, limit }),
+            _ => Ok(()),
+        };
         let ns = self.namespace(namespace)?;
         // Held until the rows are committed (see `Namespace::keys`).
         let keyset = ns.keys();
@@ -665,8 +697,12 @@ impl Vault {
             if item.value.expose().chars().count() > MAX_VALUE_CHARS {
                 return Err(VaultError::ValueTooLarge { index });
             }
-            let normalized = normalize::normalize(class.normalize, item.value.expose())
-                .map_err(|e| item_error(e.into()))?;
+            let normalized = if item.number {
+                normalize::normalize_number(class.normalize, item.value.expose())
+            } else {
+                normalize::normalize(class.normalize, item.value.expose())
+            }
+            .map_err(|e| item_error(e.into()))?;
             pending.push(Pending {
                 class_name,
                 class,
@@ -709,6 +745,11 @@ impl Vault {
             }
         }
 
+        for (index, known) in results.iter().enumerate() {
+            if let Some(known) = known {
+                too_long(index, &known.token)?;
+            }
+        }
         let mut open: Vec<usize> = (0..pending.len())
             .filter(|i| results[*i].is_none())
             .collect();
@@ -777,6 +818,9 @@ impl Vault {
             }
             self.avoid_stored_numbers(namespace, &keyset, &mut pending, &open)
                 .await?;
+            for &i in &open {
+                too_long(i, &pending[i].candidate)?;
+            }
             let rows = open
                 .iter()
                 .map(|&i| {
@@ -836,44 +880,21 @@ impl Vault {
     }
 
     /// The token stored for each `(position, class, normalized value)`,
-    /// looked up under every version the key set consults (one read).
+    /// looked up under every version the key set consults: from the cache
+    /// of known values when it holds a current answer, else in one read.
     async fn find_known(
         &self,
         namespace: &str,
         keyset: &keyset::KeySet,
         values: Vec<(usize, String, &str)>,
     ) -> Result<Vec<(usize, Option<Found>)>, VaultError> {
-        let mut lookups = Vec::with_capacity(values.len());
-        let mut per_value = Vec::with_capacity(values.len());
-        for (position, class, value) in values {
-            let indexes = keyset.lookup_indexes(&class, value);
-            per_value.push((position, indexes.len()));
-            lookups.extend(indexes.into_iter().map(|index| (class.clone(), index)));
-        }
-        let mut found = self
-            .find_by_blind_index(namespace, lookups)
-            .await?
-            .into_iter();
-        Ok(per_value
-            .into_iter()
-            .map(|(position, count)| {
-                // Every answer of this value is taken, the first found wins.
-                let answers: Vec<Option<Found>> = found.by_ref().take(count).collect();
-                (position, answers.into_iter().flatten().next())
-            })
-            .collect())
-    }
-
-    /// The tokens stored under each `(class, blind index)`, read on a
-    /// blocking thread.
-    async fn find_by_blind_index(
-        &self,
-        namespace: &str,
-        lookups: Vec<(String, [u8; 32])>,
-    ) -> Result<Vec<Option<Found>>, VaultError> {
-        let store = self.store.clone();
-        let owned_namespace = namespace.to_owned();
-        // Only classes with retention need the day of last use.
+        // Read before the store is: see `cache`.
+        let generation = self
+            .store
+            .erasure_generation()
+            .filter(|_| self.cache.enabled());
+        // Only classes with retention need the day of last use; they are
+        // not cached (a cached day would skip the marking of a use).
         let dated: std::collections::BTreeSet<String> = self
             .namespace(namespace)?
             .spec
@@ -882,6 +903,59 @@ impl Vault {
             .filter(|(_, class)| class.retain_days.is_some())
             .map(|(name, _)| name.clone())
             .collect();
+        // One answer per value, in the order asked.
+        let mut answers: Vec<(usize, Option<Found>)> = Vec::with_capacity(values.len());
+        let mut lookups = Vec::with_capacity(values.len());
+        let mut per_value = Vec::with_capacity(values.len());
+        for (position, class, value) in values {
+            let indexes = keyset.lookup_indexes(&class, value);
+            let cacheable = generation.filter(|_| !dated.contains(&class));
+            let hit = cacheable.and_then(|generation| {
+                indexes
+                    .iter()
+                    .find_map(|index| self.cache.get(index, generation))
+            });
+            if hit.is_none() {
+                per_value.push((answers.len(), indexes.len(), cacheable));
+                lookups.extend(indexes.into_iter().map(|index| (class.clone(), index)));
+            }
+            answers.push((position, hit));
+        }
+        if lookups.is_empty() {
+            return Ok(answers);
+        }
+        let indexes: Vec<[u8; 32]> = lookups.iter().map(|(_, index)| *index).collect();
+        let mut found = self
+            .find_by_blind_index(namespace, lookups, dated)
+            .await?
+            .into_iter()
+            .zip(indexes);
+        for (slot, count, cacheable) in per_value {
+            // Every answer of this value is taken, the first found wins.
+            let mut first = None;
+            for (stored, index) in found.by_ref().take(count) {
+                if first.is_none() {
+                    first = stored.map(|stored| (stored, index));
+                }
+            }
+            if let (Some(generation), Some((stored, index))) = (cacheable, &first) {
+                self.cache.put(*index, stored, generation);
+            }
+            answers[slot].1 = first.map(|(stored, _)| stored);
+        }
+        Ok(answers)
+    }
+
+    /// The tokens stored under each `(class, blind index)`, read on a
+    /// blocking thread; the day of last use only for the `dated` classes.
+    async fn find_by_blind_index(
+        &self,
+        namespace: &str,
+        lookups: Vec<(String, [u8; 32])>,
+        dated: std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Option<Found>>, VaultError> {
+        let store = self.store.clone();
+        let owned_namespace = namespace.to_owned();
         Ok(tokio::task::spawn_blocking(move || {
             let keys: Vec<(&str, [u8; 32])> = lookups
                 .iter()

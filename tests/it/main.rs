@@ -10,6 +10,7 @@ mod audit;
 mod audit_gap;
 mod auth_abuse;
 mod backup;
+mod cache;
 mod clevertap;
 mod config;
 mod dev;

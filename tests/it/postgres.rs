@@ -816,6 +816,7 @@ fn the_engine_runs_on_two_nodes_sharing_one_database() {
                 class: "email".to_owned(),
                 value: Pii::new(format!("Person.{n}@Example.com")),
                 subject: None,
+                number: false,
             })
             .collect()
     };

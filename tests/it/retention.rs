@@ -67,6 +67,7 @@ pub fn a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days() {
             class: class.to_owned(),
             value: Pii::new(value.to_owned()),
             subject: None,
+            number: false,
         };
         runtime
             .block_on(vault.tokenize(&context, &caller, "retail", vec![item]))

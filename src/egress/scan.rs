@@ -1,0 +1,176 @@
+//! The PII scan: every place a route's rules do not select that a detector
+//! flags (string values, numbers as written and member names in a JSON
+//! body; form names and values; query names and values), in document order.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::plan::Place;
+use crate::payload::detect::{self, Detector};
+use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
+use crate::pii::Pii;
+
+/// A flagged place: where, which detectors, and its text.
+pub(super) type Finding = (Place, Vec<Detector>, Pii);
+
+/// One walk over a JSON body: where the selected values are, and what the
+/// detectors flag everywhere else. Nothing is allocated for a place that is
+/// neither.
+struct JsonWalk<'a> {
+    body: &'a [u8],
+    wanted: HashMap<&'a str, usize>,
+    spans: Vec<Option<(Leaf, Span)>>,
+    findings: Vec<(usize, Finding)>,
+}
+
+/// What a JSON walk found.
+pub(super) struct JsonFound {
+    /// The span of each selected value, in the order of the selection.
+    pub spans: Vec<Option<(Leaf, Span)>>,
+    /// Flagged places, with their offset (for document order).
+    findings: Vec<(usize, Finding)>,
+}
+
+/// Walks `body` once for the `selected` pointers and the findings.
+pub(super) fn walk_json(body: &[u8], selected: &[&str]) -> JsonFound {
+    let mut walk = JsonWalk {
+        body,
+        wanted: selected.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+        spans: vec![None; selected.len()],
+        findings: Vec::new(),
+    };
+    splice::walk(body, &mut walk);
+    JsonFound {
+        spans: walk.spans,
+        findings: walk.findings,
+    }
+}
+
+impl Visit for JsonWalk<'_> {
+    fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
+        if let Some(&index) = self.wanted.get(pointer) {
+            self.spans[index] = Some((leaf, span));
+            return;
+        }
+        let bytes = &self.body[span.start..span.end];
+        let (text, found) = match leaf {
+            Leaf::String => {
+                let text = splice::unquote(bytes);
+                let found = detect::scan(&text);
+                (text, found)
+            }
+            Leaf::Number => {
+                let text = String::from_utf8_lossy(bytes);
+                let found = detect::scan_number(&text);
+                (text, found)
+            }
+            Leaf::Literal => return,
+        };
+        if !found.is_empty() {
+            let place = Place::Json {
+                pointer: pointer.to_owned(),
+                span,
+            };
+            self.findings
+                .push((span.start, (place, found, Pii::new(text.into_owned()))));
+        }
+    }
+
+    fn key(&mut self, pointer: &str, span: Span) {
+        let name = splice::unquote(&self.body[span.start..span.end]);
+        let found = detect::scan(&name);
+        if !found.is_empty() {
+            let place = Place::JsonKey {
+                pointer: pointer.to_owned(),
+                span,
+            };
+            self.findings
+                .push((span.start, (place, found, Pii::new(name.into_owned()))));
+        }
+    }
+}
+
+/// Where the scan looks besides a JSON body.
+pub(super) struct Elsewhere<'a> {
+    /// The body's bytes (a form's pairs are spans of them).
+    pub body: &'a [u8],
+    /// A form body's pairs.
+    pub form: Option<&'a [FormPair]>,
+    /// Form fields the rules select (JSON pointers).
+    pub selected_form: &'a BTreeSet<String>,
+    /// The query string and its pairs.
+    pub query: &'a [u8],
+    pub query_pairs: &'a [FormPair],
+    /// Query pairs the rules select, by index.
+    pub selected_query: &'a BTreeSet<usize>,
+}
+
+/// Every flagged place, in document order: the JSON walk's findings, then
+/// form names and values, then the query string's.
+pub(super) fn findings(json: Option<JsonFound>, at: Elsewhere<'_>) -> Vec<Finding> {
+    let mut findings: Vec<(usize, Finding)> = json.map(|w| w.findings).unwrap_or_default();
+    let mut flag = |order: usize, place: Place, text: String, detectors: Vec<Detector>| {
+        if !detectors.is_empty() {
+            findings.push((order, (place, detectors, Pii::new(text))));
+        }
+    };
+    for (index, pair) in at.form.unwrap_or_default().iter().enumerate() {
+        let found = detect::scan(&pair.name);
+        flag(
+            pair.name_span.start,
+            Place::FormName(index),
+            pair.name.clone(),
+            found,
+        );
+        if !at.selected_form.contains(&form_pointer(&pair.name)) {
+            let value = decoded_value(at.body, pair);
+            let found = detect::scan(value.expose());
+            flag(
+                pair.value_span.start,
+                Place::FormValue(index),
+                value.expose().to_owned(),
+                found,
+            );
+        }
+    }
+    // After the body, in query order.
+    let base = at.body.len() + 1;
+    for (index, pair) in at.query_pairs.iter().enumerate() {
+        let found = detect::scan(&pair.name);
+        flag(
+            base + pair.name_span.start,
+            Place::QueryName(index),
+            pair.name.clone(),
+            found,
+        );
+        if !at.selected_query.contains(&index) {
+            let value = decoded_value(at.query, pair);
+            let found = detect::scan(value.expose());
+            flag(
+                base + pair.value_span.start,
+                Place::QueryValue(index),
+                value.expose().to_owned(),
+                found,
+            );
+        }
+    }
+    findings.sort_by_key(|(order, _)| *order);
+    findings.into_iter().map(|(_, finding)| finding).collect()
+}
+
+/// The JSON pointer a form field's name selects as (`$.Email` is `/Email`).
+pub(super) fn form_pointer(name: &str) -> String {
+    format!("/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// A form or query pair's decoded value.
+pub(super) fn decoded_value(bytes: &[u8], pair: &FormPair) -> Pii {
+    let encoded = &bytes[pair.value_span.start..pair.value_span.end];
+    let mut with_name = b"v=".to_vec();
+    with_name.extend_from_slice(encoded);
+    Pii::new(
+        form_urlencoded::parse(&with_name)
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,217 @@
+//! The engine's cache of known values (blind index to token) under races
+//! with erasure: through the engine over a real SQLite store in a temporary
+//! directory, on a multi-threaded runtime, so that a forget and a tokenize
+//! of the same value really overlap.
+//!
+//! What must hold, whatever the interleaving:
+//! - a token a caller was given detokenizes, unless it was erased after;
+//! - once an erasure is acknowledged, its value is never answered with the
+//!   erased token again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokenvault::audit::Context;
+use tokenvault::config::{ClassSpec, NamespaceSpec};
+use tokenvault::crypto::tokens::TokenFormat;
+use tokenvault::crypto::wrapping::Keyring;
+use tokenvault::normalize::Normalization;
+use tokenvault::pii::Pii;
+use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+use tokenvault::vault::{Detokenized, TokenizeItem, Vault};
+
+/// A vault on SQLite with one deterministic email class, and a caller who
+/// may do everything.
+fn engine(dir: &std::path::Path) -> (Arc<Vault>, Caller) {
+    let keyring = Keyring::ephemeral();
+    let store = tokenvault::store::Store::open(
+        &dir.join("vault.db"),
+        &dir.join("audit.db"),
+        keyring.audit_key(),
+        8,
+    )
+    .unwrap();
+    let class = ClassSpec {
+        normalize: Normalization::Email,
+        format: TokenFormat::Email,
+        deterministic: true,
+        token_prefixes: Vec::new(),
+        retain_days: None,
+    };
+    let namespaces = BTreeMap::from([(
+        "retail".to_owned(),
+        NamespaceSpec {
+            token_domain: "tok.invalid".to_owned(),
+            classes: BTreeMap::from([("email".to_owned(), class)]),
+        },
+    )]);
+    let vault = Vault::new(Arc::new(store), &keyring, &namespaces);
+    let caller = Caller {
+        client: "test".to_owned(),
+        role: Arc::new(Role {
+            operations: [
+                Operation::Tokenize,
+                Operation::Detokenize,
+                Operation::Forget,
+                Operation::SubjectForget,
+            ]
+            .into(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+            reveal_by_purpose: Default::default(),
+            clevertap_purpose: None,
+        }),
+    };
+    (Arc::new(vault), caller)
+}
+
+async fn tokenize(vault: &Vault, caller: &Caller, value: &str, subject: Option<&str>) -> String {
+    let item = TokenizeItem {
+        class: "email".to_owned(),
+        value: Pii::new(value.to_owned()),
+        subject: subject.map(|s| Pii::new(s.to_owned())),
+        number: false,
+    };
+    vault
+        .tokenize(&Context::cli("test"), caller, "retail", vec![item])
+        .await
+        .unwrap()
+        .remove(0)
+        .token
+}
+
+async fn reveals(vault: &Vault, caller: &Caller, token: &str) -> bool {
+    let answers = vault
+        .detokenize(
+            &Context::cli("test"),
+            caller,
+            "retail",
+            "support",
+            vec![token.to_owned()],
+        )
+        .await
+        .unwrap();
+    matches!(answers[0], Detokenized::Value { .. })
+}
+
+/// How a race erases the value.
+#[derive(Clone, Copy)]
+enum Erase {
+    Token,
+    Subject,
+}
+
+/// `rounds` rounds on each of `lanes` values: cache the value's token, then
+/// erase it while the same value is tokenized again, then check.
+fn race(erase: Erase, lanes: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, caller) = engine(dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut reused, mut fresh) = (0usize, 0usize);
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for lane in 0..lanes {
+            let (vault, caller) = (vault.clone(), caller.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = format!("lane{lane}@example.com");
+                let subject = format!("customer-{lane}");
+                let (mut reused, mut fresh) = (0usize, 0usize);
+                for round in 0..rounds {
+                    let before = tokenize(&vault, &caller, &value, Some(&subject)).await;
+                    // Twice: the second answer comes from the cache.
+                    assert_eq!(
+                        tokenize(&vault, &caller, &value, Some(&subject)).await,
+                        before
+                    );
+                    let erasing = {
+                        let (vault, caller, subject) =
+                            (vault.clone(), caller.clone(), subject.clone());
+                        let token = before.clone();
+                        tokio::spawn(async move {
+                            let context = Context::cli("test");
+                            match erase {
+                                Erase::Token => {
+                                    assert!(vault
+                                        .forget(&context, &caller, "retail", &token)
+                                        .await
+                                        .unwrap());
+                                }
+                                Erase::Subject => {
+                                    vault
+                                        .forget_subject(
+                                            &context,
+                                            &caller,
+                                            "retail",
+                                            &Pii::new(subject),
+                                        )
+                                        .await
+                                        .unwrap();
+                                }
+                            }
+                        })
+                    };
+                    // Tokenize the value again and again while the erasure
+                    // runs: once an answer is not the old token, the old
+                    // token never comes back.
+                    let mut during = Vec::new();
+                    while !erasing.is_finished() {
+                        during.push(tokenize(&vault, &caller, &value, None).await);
+                    }
+                    erasing.await.unwrap();
+                    // Acknowledged: the erased token is never answered again,
+                    // and what is answered now detokenizes.
+                    let after = tokenize(&vault, &caller, &value, None).await;
+                    assert_ne!(after, before, "round {round}: the erased token came back");
+                    assert!(
+                        reveals(&vault, &caller, &after).await,
+                        "round {round}: a token just given does not detokenize"
+                    );
+                    let old = during.iter().take_while(|t| **t == before).count();
+                    reused += old;
+                    fresh += during.len() - old;
+                    for token in &during[old..] {
+                        // Given after the erasure took effect: the value's
+                        // one live token.
+                        assert_eq!(token, &after, "round {round}: the erased token came back, or one value got two live tokens");
+                    }
+                    // The next round starts from nothing stored.
+                    vault
+                        .forget(&Context::cli("test"), &caller, "retail", &after)
+                        .await
+                        .unwrap();
+                }
+                (reused, fresh)
+            }));
+        }
+        for task in tasks {
+            let (old, new) = task.await.unwrap();
+            reused += old;
+            fresh += new;
+        }
+    });
+    println!(
+        "{} rounds: tokenizes racing the erasure got the old token {reused} times, the new one {fresh} times",
+        lanes * rounds
+    );
+    // The race really happened: answers on both sides of erasures.
+    assert!(
+        reused > 0 && fresh > 0,
+        "no overlap: {reused} old, {fresh} new"
+    );
+}
+
+#[test]
+pub fn forget_racing_tokenize_of_the_same_value_never_answers_an_erased_token() {
+    race(Erase::Token, 4, 2_500);
+}
+
+#[test]
+pub fn subject_erasure_racing_tokenize_never_answers_an_erased_token() {
+    race(Erase::Subject, 4, 250);
+}
