@@ -102,11 +102,11 @@ impl Bench {
                                 .await
                                 .unwrap();
                             for (i, token) in (start..end).zip(tokens) {
-                                if i % keep == 0 {
+                                if i.is_multiple_of(keep) {
                                     kept.push((i, token.token));
                                 }
                             }
-                            if progress && (start / batch) % 250 == 0 && start > from {
+                            if progress && (start / batch).is_multiple_of(250) && start > from {
                                 let done = start - from;
                                 let rate = done as f64 / started.elapsed().as_secs_f64();
                                 eprintln!(
