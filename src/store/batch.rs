@@ -94,6 +94,21 @@ pub(super) enum Job {
     },
 }
 
+impl Job {
+    /// True when the job only appends audit records: in `vault.db` it
+    /// changes nothing but the audit head.
+    pub(super) fn appends_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Audit {
+                touch: None,
+                spending: None,
+                ..
+            }
+        )
+    }
+}
+
 pub(super) enum Done {
     Insert(Reply<Vec<InsertOutcome>>, Vec<InsertOutcome>),
     Delete(Reply<bool>, bool),

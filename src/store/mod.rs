@@ -53,6 +53,9 @@ pub use subjects::{
 
 /// Largest number of queued jobs committed in one transaction.
 const GROUP_COMMIT_MAX_JOBS: usize = 512;
+/// How long `vault.db`'s audit head may go without an fsync of its own
+/// when batches only append records (see `Writer::commit_batch`).
+const HEAD_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Read connections in the pool.
 const READ_CONNECTIONS: usize = 4;
 /// Page cache of a connection the CLI opens for one command, in MiB.
@@ -306,6 +309,8 @@ impl Store {
             audit_key: audit_key.clone(),
             audit_state: audit_state.clone(),
             erasures: erasures.clone(),
+            head_synced: std::time::Instant::now(),
+            relaxed: false,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -1262,6 +1267,10 @@ struct Writer {
     audit_key: Arc<AuditKey>,
     audit_state: Arc<AtomicU8>,
     erasures: Arc<AtomicU64>,
+    /// When `vault.db` last committed with an fsync.
+    head_synced: std::time::Instant,
+    /// `vault.db` commits without an fsync (`synchronous=NORMAL`) now.
+    relaxed: bool,
 }
 
 /// Logs a tail mismatch: sequence numbers only, never record content.
@@ -1326,14 +1335,39 @@ impl Writer {
     /// both. Any failure rolls back everything not yet committed and every
     /// job gets the error.
     fn commit_batch(&mut self, batch: Vec<Job>) {
+        // `audit.db` always commits with an fsync, before anyone is
+        // answered: no record, no forward. A batch that only appends
+        // records changes nothing in `vault.db` but the audit head; that
+        // commit skips its own fsync (the head is still written, and an
+        // application crash keeps it) unless a second has passed since the
+        // last one. Every batch that changes rows fsyncs `vault.db`, which
+        // also makes the heads written before it durable. So only an OS
+        // crash or power loss can leave the recorded head up to a second of
+        // records behind the trail (docs/audit.md).
+        let relax =
+            batch.iter().all(Job::appends_only) && self.head_synced.elapsed() < HEAD_SYNC_INTERVAL;
+        let mut refused = None;
+        if relax != self.relaxed {
+            let mode = if relax { "NORMAL" } else { "FULL" };
+            match self.db.pragma_update(None, "synchronous", mode) {
+                Ok(()) => self.relaxed = relax,
+                // Still relaxed: a batch that needs its fsync fails instead.
+                Err(error) if !relax => refused = Some(write_failure(error)),
+                Err(_) => {}
+            }
+        }
+        let synced = !self.relaxed;
         let mut done = Vec::with_capacity(batch.len());
-        let result = Self::apply(
-            &mut self.db,
-            &mut self.audit,
-            &self.audit_key,
-            batch,
-            &mut done,
-        );
+        let result = match refused {
+            Some(failure) => Self::apply_refused(batch, &mut done, failure),
+            None => Self::apply(
+                &mut self.db,
+                &mut self.audit,
+                &self.audit_key,
+                batch,
+                &mut done,
+            ),
+        };
         if result.is_ok() && done.iter().any(Done::erased) {
             // Deleted values must not linger: secure_delete zeroed them in
             // the database's pages; the WAL still holds the frames that
@@ -1347,12 +1381,28 @@ impl Writer {
                 tracing::warn!(%error, "could not truncate the WAL after an erasure");
             }
         }
+        if result.is_ok() && synced {
+            self.head_synced = std::time::Instant::now();
+        }
         if result.is_ok() && done.iter().any(Done::changes_lookups) {
             // Before any job is answered: a lookup cached from before this
             // batch is never used after its erasure is acknowledged.
             self.erasures.fetch_add(1, Ordering::SeqCst);
         }
         batch::settle(result, done, &self.audit_state);
+    }
+
+    /// Answers every job of `batch` with `failure`, applying nothing.
+    fn apply_refused(
+        batch: Vec<Job>,
+        done: &mut Vec<Done>,
+        failure: Failure,
+    ) -> Result<(), Failure> {
+        batch::apply(
+            || Err::<SqliteBatch<'_>, _>(failure),
+            batch,
+            done,
+        )
     }
 
     fn apply(

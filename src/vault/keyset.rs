@@ -60,12 +60,24 @@ impl KeySet {
         self.versions.get(&version)
     }
 
-    /// The blind indexes of a value to look up, write version first.
-    pub(super) fn lookup_indexes(&self, class: &str, normalized: &str) -> Vec<[u8; 32]> {
+    /// The blind indexes of a value to look up, write version first;
+    /// `write_index` is the write version's, when the caller has it.
+    pub(super) fn lookup_indexes(
+        &self,
+        class: &str,
+        normalized: &str,
+        write_index: Option<[u8; 32]>,
+    ) -> Vec<[u8; 32]> {
         self.lookup
             .iter()
-            .filter_map(|version| self.versions.get(version))
-            .map(|keys| keys.blind_index(class, normalized))
+            .enumerate()
+            .filter_map(|(i, version)| match (i, write_index) {
+                (0, Some(index)) => Some(index),
+                _ => self
+                    .versions
+                    .get(version)
+                    .map(|keys| keys.blind_index(class, normalized)),
+            })
             .collect()
     }
 

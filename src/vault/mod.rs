@@ -289,6 +289,17 @@ struct Revealed {
     spending: Option<(String, crate::store::Spending)>,
 }
 
+/// A value to look up by its blind indexes.
+struct Lookup<'a> {
+    /// Where its answer goes.
+    position: usize,
+    class: &'a str,
+    /// The normalized value.
+    value: &'a str,
+    /// Its index under the write version, when already computed.
+    write_index: Option<[u8; 32]>,
+}
+
 struct Pending<'a> {
     class_name: &'a str,
     class: &'a ClassSpec,
@@ -722,11 +733,17 @@ impl Vault {
         let mut results: Vec<Option<Tokenized>> = vec![None; pending.len()];
         // Known values are answered from a read connection, without the
         // writer; during a rotation, under each version's index.
-        let lookups: Vec<(usize, String, &str)> = pending
+        let lookups: Vec<Lookup<'_>> = pending
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.blind_index.is_some())
-            .map(|(i, p)| (i, p.class_name.to_owned(), p.normalized.expose()))
+            .filter_map(|(i, p)| {
+                Some(Lookup {
+                    position: i,
+                    class: p.class_name,
+                    value: p.normalized.expose(),
+                    write_index: Some(p.blind_index?),
+                })
+            })
             .collect();
         let today = self.clock.today();
         let mut used = Vec::new();
@@ -879,14 +896,15 @@ impl Vault {
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// The token stored for each `(position, class, normalized value)`,
-    /// looked up under every version the key set consults: from the cache
-    /// of known values when it holds a current answer, else in one read.
+    /// The token stored for each value, looked up under every version the
+    /// key set consults: from the cache of known values when it holds a
+    /// current answer, else in one read. Answers `(position, found)` in the
+    /// order asked.
     async fn find_known(
         &self,
         namespace: &str,
         keyset: &keyset::KeySet,
-        values: Vec<(usize, String, &str)>,
+        values: Vec<Lookup<'_>>,
     ) -> Result<Vec<(usize, Option<Found>)>, VaultError> {
         // Read before the store is: see `cache`.
         let generation = self
@@ -907,9 +925,15 @@ impl Vault {
         let mut answers: Vec<(usize, Option<Found>)> = Vec::with_capacity(values.len());
         let mut lookups = Vec::with_capacity(values.len());
         let mut per_value = Vec::with_capacity(values.len());
-        for (position, class, value) in values {
-            let indexes = keyset.lookup_indexes(&class, value);
-            let cacheable = generation.filter(|_| !dated.contains(&class));
+        for Lookup {
+            position,
+            class,
+            value,
+            write_index,
+        } in values
+        {
+            let indexes = keyset.lookup_indexes(class, value, write_index);
+            let cacheable = generation.filter(|_| !dated.contains(class));
             let hit = cacheable.and_then(|generation| {
                 indexes
                     .iter()
@@ -917,7 +941,7 @@ impl Vault {
             });
             if hit.is_none() {
                 per_value.push((answers.len(), indexes.len(), cacheable));
-                lookups.extend(indexes.into_iter().map(|index| (class.clone(), index)));
+                lookups.extend(indexes.into_iter().map(|index| (class.to_owned(), index)));
             }
             answers.push((position, hit));
         }
@@ -1000,9 +1024,15 @@ impl Vault {
                 .collect();
             let lookups = check
                 .iter()
-                .map(|&i| {
+                .zip(&indexes)
+                .map(|(&i, index)| {
                     let p = &pending[i];
-                    (i, p.class_name.to_owned(), p.candidate.as_str())
+                    Lookup {
+                        position: i,
+                        class: p.class_name,
+                        value: p.candidate.as_str(),
+                        write_index: Some(*index),
+                    }
                 })
                 .collect();
             let found = self.find_known(namespace, keyset, lookups).await?;

@@ -214,7 +214,12 @@ impl Vault {
                 .find_known(
                     namespace,
                     &keyset,
-                    vec![(0, class_name.clone(), normalized.expose())],
+                    vec![super::Lookup {
+                        position: 0,
+                        class: &class_name,
+                        value: normalized.expose(),
+                        write_index: None,
+                    }],
                 )
                 .await?;
             if found
