@@ -165,6 +165,8 @@ run() { # name url -> "rps p50 p99"
   echo "$rps $p50 $p99"
 }
 
+rss() { awk -v f="$1:" '$1==f {printf "%.1f", $2/1024}' "/proc/$VAULT_PID/status"; }
+IDLE_RSS=$(rss VmRSS)
 echo "egress route vs nginx: $ROUNDS alternating rounds of wrk -t2 -c$CONNECTIONS -d$DURATION, payload $(basename "$FIXTURE") ($(printf %s "$BODY" | wc -c) bytes)"
 echo
 echo "| round | nginx req/s | nginx p50 | nginx p99 | vault req/s | vault p50 | vault p99 | vault / nginx |"
@@ -175,3 +177,5 @@ for round in $(seq "$ROUNDS"); do
   ratio=$(python3 -c "print(f'{100*$v_rps/$n_rps:.0f}%')")
   echo "| $round | $n_rps | $n_p50 | $n_p99 | $v_rps | $v_p50 | $v_p99 | $ratio |"
 done
+echo
+echo "vault RSS: idle after warm-up ${IDLE_RSS} MiB; after the runs $(rss VmRSS) MiB, peak (VmHWM) $(rss VmHWM) MiB"

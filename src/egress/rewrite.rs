@@ -32,27 +32,27 @@ impl<'a> Rewrite<'a> {
         let mut body_edits: Vec<(Span, Vec<u8>)> = Vec::new();
         let mut query_edits: Vec<(Span, Vec<u8>)> = Vec::new();
         for (place, token) in self.plan.places.iter().zip(tokens) {
-            match place {
+            // Which bytes, and where the pair of a form or query place is.
+            let (pairs, name) = match place {
                 Place::Json { span, .. } | Place::JsonKey { span, .. } => {
                     body_edits.push((*span, splice::json_string(token)));
+                    continue;
                 }
-                Place::FormValue(index) => {
-                    let pair = pair(&self.plan.form, *index)?;
-                    body_edits.push((pair.value_span, splice::form_encode(token)));
-                }
-                Place::FormName(index) => {
-                    let pair = pair(&self.plan.form, *index)?;
-                    body_edits.push((pair.name_span, splice::form_encode(token)));
-                }
-                Place::QueryValue(index) => {
-                    let pair = pair(&self.plan.query, *index)?;
-                    query_edits.push((pair.value_span, splice::form_encode(token)));
-                }
-                Place::QueryName(index) => {
-                    let pair = pair(&self.plan.query, *index)?;
-                    query_edits.push((pair.name_span, splice::form_encode(token)));
-                }
-            }
+                Place::FormValue(index) => (pair(&self.plan.form, *index)?, false),
+                Place::FormName(index) => (pair(&self.plan.form, *index)?, true),
+                Place::QueryValue(index) => (pair(&self.plan.query, *index)?, false),
+                Place::QueryName(index) => (pair(&self.plan.query, *index)?, true),
+            };
+            let span = if name {
+                pairs.name_span
+            } else {
+                pairs.value_span
+            };
+            let edits = match place {
+                Place::QueryValue(_) | Place::QueryName(_) => &mut query_edits,
+                _ => &mut body_edits,
+            };
+            edits.push((span, splice::form_encode(token)));
         }
         let query = if query_edits.is_empty() {
             String::from_utf8_lossy(query).into_owned()

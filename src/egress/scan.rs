@@ -45,6 +45,22 @@ pub(super) fn walk_json(body: &[u8], selected: &[&str]) -> JsonFound {
     }
 }
 
+impl JsonWalk<'_> {
+    /// Records `text` at `place` when a detector flags it.
+    fn flag(
+        &mut self,
+        place: Place,
+        span: Span,
+        text: std::borrow::Cow<'_, str>,
+        found: Vec<Detector>,
+    ) {
+        if !found.is_empty() {
+            self.findings
+                .push((span.start, (place, found, Pii::new(text.into_owned()))));
+        }
+    }
+}
+
 impl Visit for JsonWalk<'_> {
     fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
         if let Some(&index) = self.wanted.get(pointer) {
@@ -70,8 +86,7 @@ impl Visit for JsonWalk<'_> {
                 pointer: pointer.to_owned(),
                 span,
             };
-            self.findings
-                .push((span.start, (place, found, Pii::new(text.into_owned()))));
+            self.flag(place, span, text, found);
         }
     }
 
@@ -83,8 +98,7 @@ impl Visit for JsonWalk<'_> {
                 pointer: pointer.to_owned(),
                 span,
             };
-            self.findings
-                .push((span.start, (place, found, Pii::new(name.into_owned()))));
+            self.flag(place, span, name, found);
         }
     }
 }

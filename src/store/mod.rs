@@ -1398,11 +1398,7 @@ impl Writer {
         done: &mut Vec<Done>,
         failure: Failure,
     ) -> Result<(), Failure> {
-        batch::apply(
-            || Err::<SqliteBatch<'_>, _>(failure),
-            batch,
-            done,
-        )
+        batch::apply(|| Err::<SqliteBatch<'_>, _>(failure), batch, done)
     }
 
     fn apply(
