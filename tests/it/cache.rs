@@ -8,16 +8,13 @@
 //! - once an erasure is acknowledged, its value is never answered with the
 //!   erased token again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::support::{email_class, engine_caller, namespace_of};
 use tokenvault::audit::Context;
-use tokenvault::config::{ClassSpec, NamespaceSpec};
-use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
-use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
-use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+use tokenvault::policy::{Caller, Operation};
 use tokenvault::vault::{Detokenized, TokenizeItem, Vault};
 
 /// A vault on SQLite with one deterministic email class, and a caller who
@@ -31,39 +28,17 @@ fn engine(dir: &std::path::Path) -> (Arc<Vault>, Caller) {
         8,
     )
     .unwrap();
-    let class = ClassSpec {
-        normalize: Normalization::Email,
-        format: TokenFormat::Email,
-        deterministic: true,
-        token_prefixes: Vec::new(),
-        retain_days: None,
-    };
-    let namespaces = BTreeMap::from([(
-        "retail".to_owned(),
-        NamespaceSpec {
-            token_domain: "tok.invalid".to_owned(),
-            classes: BTreeMap::from([("email".to_owned(), class)]),
-        },
-    )]);
+    let namespaces = namespace_of("retail", &[("email", email_class(None))]);
     let vault = Vault::new(Arc::new(store), &keyring, &namespaces);
-    let caller = Caller {
-        client: "test".to_owned(),
-        role: Arc::new(Role {
-            operations: [
-                Operation::Tokenize,
-                Operation::Detokenize,
-                Operation::Forget,
-                Operation::SubjectForget,
-            ]
-            .into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
-    };
+    let caller = engine_caller(
+        "test",
+        &[
+            Operation::Tokenize,
+            Operation::Detokenize,
+            Operation::Forget,
+            Operation::SubjectForget,
+        ],
+    );
     (Arc::new(vault), caller)
 }
 

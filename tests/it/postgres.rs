@@ -748,35 +748,17 @@ fn the_reads_answer_what_either_node_committed() {
 /// writer, sharing the keyring stored in the database.
 #[test]
 fn the_engine_runs_on_two_nodes_sharing_one_database() {
-    use std::collections::BTreeMap;
-    use tokenvault::config::{ClassSpec, NamespaceSpec};
-    use tokenvault::crypto::tokens::TokenFormat;
     use tokenvault::crypto::wrapping::{KekSource, Keyring};
-    use tokenvault::normalize::Normalization;
     use tokenvault::pii::Pii;
-    use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+    use tokenvault::policy::Operation;
     use tokenvault::store::Store;
     use tokenvault::vault::{ConsentSubject, Detokenized, TokenizeItem, Vault};
     use zeroize::Zeroizing;
 
     let cluster = PgCluster::start(None);
     let source = || KekSource::KeyFile(Zeroizing::new([42u8; 32]));
-    let namespaces = BTreeMap::from([(
-        "retail".to_owned(),
-        NamespaceSpec {
-            token_domain: "tokens.invalid".to_owned(),
-            classes: BTreeMap::from([(
-                "email".to_owned(),
-                ClassSpec {
-                    normalize: Normalization::Email,
-                    format: TokenFormat::Email,
-                    deterministic: true,
-                    token_prefixes: Vec::new(),
-                    retain_days: None,
-                },
-            )]),
-        },
-    )]);
+    let namespaces =
+        crate::support::namespace_of("retail", &[("email", crate::support::email_class(None))]);
     let node = |first: bool| {
         let pg = Arc::new(PgStore::connect(&settings(&cluster, "tokenvault", None)).unwrap());
         pg.migrate().unwrap();
@@ -792,23 +774,14 @@ fn the_engine_runs_on_two_nodes_sharing_one_database() {
         Arc::new(vault)
     };
     let (a, b) = (node(true), node(false));
-    let caller = Caller {
-        client: "crm".to_owned(),
-        role: Arc::new(Role {
-            operations: [
-                Operation::Tokenize,
-                Operation::Detokenize,
-                Operation::Consent,
-            ]
-            .into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
-    };
+    let caller = crate::support::engine_caller(
+        "crm",
+        &[
+            Operation::Tokenize,
+            Operation::Detokenize,
+            Operation::Consent,
+        ],
+    );
     let context = Context::cli("test");
     let items = |from: usize, to: usize| -> Vec<TokenizeItem> {
         (from..to)

@@ -2,29 +2,15 @@
 //! directory, with a clock the test moves (no sleeps): a class with
 //! `retain_days` loses exactly the rows unused for that long.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::support::test_store;
+use crate::support::{email_class, engine_caller, namespace_of, test_store};
 use tokenvault::audit::Context;
-use tokenvault::config::{ClassSpec, NamespaceSpec};
-use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
-use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
-use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+use tokenvault::policy::Operation;
 use tokenvault::vault::clock::ManualClock;
 use tokenvault::vault::{Detokenized, TokenizeItem, Vault};
-
-fn class(retain_days: Option<u32>) -> ClassSpec {
-    ClassSpec {
-        normalize: Normalization::Email,
-        format: TokenFormat::Email,
-        deterministic: true,
-        token_prefixes: Vec::new(),
-        retain_days,
-    }
-}
 
 #[test]
 pub fn a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days() {
@@ -32,31 +18,14 @@ pub fn a_retention_sweep_deletes_exactly_the_rows_unused_for_retain_days() {
     let keyring = Keyring::ephemeral();
     let (store, _cluster) = test_store(dir.path(), keyring.audit_key());
     let store = Arc::new(store);
-    let namespaces = BTreeMap::from([(
-        "retail".to_owned(),
-        NamespaceSpec {
-            token_domain: "tok.invalid".to_owned(),
-            classes: BTreeMap::from([
-                ("email".to_owned(), class(Some(1))),
-                ("kept".to_owned(), class(None)),
-            ]),
-        },
-    )]);
+    let namespaces = namespace_of(
+        "retail",
+        &[("email", email_class(Some(1))), ("kept", email_class(None))],
+    );
     let clock = Arc::new(ManualClock::new());
     let mut vault = Vault::new(store.clone(), &keyring, &namespaces);
     vault.set_clock(clock.clone());
-    let caller = Caller {
-        client: "test".to_owned(),
-        role: Arc::new(Role {
-            operations: [Operation::Tokenize, Operation::Detokenize].into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
-    };
+    let caller = engine_caller("test", &[Operation::Tokenize, Operation::Detokenize]);
     let context = Context::cli("test");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -719,3 +719,52 @@ pub fn tokenize_at(base: &str, items: &[(&str, String)]) -> Option<Vec<String>> 
             .collect(),
     )
 }
+
+/// A deterministic email class (`retain_days` as given), for tests that
+/// build the engine directly.
+pub fn email_class(retain_days: Option<u32>) -> tokenvault::config::ClassSpec {
+    tokenvault::config::ClassSpec {
+        normalize: tokenvault::normalize::Normalization::Email,
+        format: tokenvault::crypto::tokens::TokenFormat::Email,
+        deterministic: true,
+        token_prefixes: Vec::new(),
+        retain_days,
+    }
+}
+
+/// One namespace with these classes, tokens in `tokens.invalid`.
+pub fn namespace_of(
+    name: &str,
+    classes: &[(&str, tokenvault::config::ClassSpec)],
+) -> std::collections::BTreeMap<String, tokenvault::config::NamespaceSpec> {
+    std::collections::BTreeMap::from([(
+        name.to_owned(),
+        tokenvault::config::NamespaceSpec {
+            token_domain: "tokens.invalid".to_owned(),
+            classes: classes
+                .iter()
+                .map(|(class, spec)| ((*class).to_owned(), spec.clone()))
+                .collect(),
+        },
+    )])
+}
+
+/// A caller `client` whose role grants `operations` everywhere, plain.
+pub fn engine_caller(
+    client: &str,
+    operations: &[tokenvault::policy::Operation],
+) -> tokenvault::policy::Caller {
+    use tokenvault::policy::{Reveal, Role, Scope};
+    tokenvault::policy::Caller {
+        client: client.to_owned(),
+        role: std::sync::Arc::new(Role {
+            operations: operations.iter().copied().collect(),
+            namespaces: Scope::Any,
+            classes: Scope::Any,
+            purposes: Scope::Any,
+            reveal: Reveal::Plain,
+            reveal_by_purpose: Default::default(),
+            clevertap_purpose: None,
+        }),
+    }
+}
