@@ -24,7 +24,7 @@ use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
 use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
-use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+use tokenvault::policy::{Caller, Operation, Role};
 use tokenvault::store::Store;
 use tokenvault::vault::{TokenizeItem, Vault};
 
@@ -54,6 +54,9 @@ fn rss() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Which value the `i`-th item is.
+type ValueOf = Arc<dyn Fn(usize) -> String + Send + Sync>;
+
 struct Bench {
     vault: Arc<Vault>,
     caller: Caller,
@@ -63,12 +66,14 @@ struct Bench {
 }
 
 impl Bench {
-    /// Tokenizes values `from..to` in batches from concurrent callers;
-    /// answers every `keep`-th token with its index.
+    /// Tokenizes `value_of(i)` for `i` in `from..to`, in batches from
+    /// concurrent callers, checking that each token was created or not as
+    /// `expect_new` says; answers every `keep`-th token with its index.
     fn tokenize(
         &self,
-        from: usize,
-        to: usize,
+        (from, to): (usize, usize),
+        value_of: ValueOf,
+        expect_new: Option<bool>,
         keep: usize,
         progress: bool,
     ) -> Vec<(usize, String)> {
@@ -77,8 +82,12 @@ impl Bench {
         self.runtime.block_on(async {
             let tasks: Vec<_> = (0..self.workers)
                 .map(|_| {
-                    let (vault, caller, next) =
-                        (self.vault.clone(), self.caller.clone(), next.clone());
+                    let (vault, caller, next, value_of) = (
+                        self.vault.clone(),
+                        self.caller.clone(),
+                        next.clone(),
+                        value_of.clone(),
+                    );
                     let batch = self.batch;
                     tokio::spawn(async move {
                         let context = Context::cli("bench");
@@ -92,7 +101,7 @@ impl Bench {
                             let items = (start..end)
                                 .map(|i| TokenizeItem {
                                     class: "email".to_owned(),
-                                    value: Pii::new(value(i)),
+                                    value: Pii::new(value_of(i)),
                                     subject: None,
                                     number: false,
                                 })
@@ -101,6 +110,9 @@ impl Bench {
                                 .tokenize(&context, &caller, "default", items)
                                 .await
                                 .unwrap();
+                            if let Some(new) = expect_new {
+                                assert!(tokens.iter().all(|t| t.created == new));
+                            }
                             for (i, token) in (start..end).zip(tokens) {
                                 if i.is_multiple_of(keep) {
                                     kept.push((i, token.token));
@@ -200,15 +212,10 @@ fn main() {
     vault.set_token_cache(0);
     let caller = Caller {
         client: "bench".to_owned(),
-        role: Arc::new(Role {
-            operations: [Operation::Tokenize, Operation::Detokenize].into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
+        role: Arc::new(Role::unrestricted([
+            Operation::Tokenize,
+            Operation::Detokenize,
+        ])),
     };
     let bench = Bench {
         vault: Arc::new(vault),
@@ -235,56 +242,27 @@ fn main() {
     for step in steps {
         let started = Instant::now();
         if step > rows {
-            kept.extend(bench.tokenize(rows, step, 97, true));
+            kept.extend(bench.tokenize((rows, step), Arc::new(value), None, 97, true));
         }
         let fill = (step - rows) as f64 / started.elapsed().as_secs_f64();
         rows = step;
         let (idle, _) = rss();
         // New values, past everything stored.
         let started = Instant::now();
-        bench.tokenize(fresh, fresh + sample, usize::MAX, false);
+        bench.tokenize(
+            (fresh, fresh + sample),
+            Arc::new(value),
+            Some(true),
+            usize::MAX,
+            false,
+        );
         let new = sample as f64 / started.elapsed().as_secs_f64();
         fresh += sample;
         // Known values, spread over the whole store.
         let stride = (rows / sample).max(1);
         let started = Instant::now();
-        let known_next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        bench.runtime.block_on(async {
-            let tasks: Vec<_> = (0..bench.workers)
-                .map(|_| {
-                    let (vault, caller, next) = (
-                        bench.vault.clone(),
-                        bench.caller.clone(),
-                        known_next.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let context = Context::cli("bench");
-                        loop {
-                            let start = next.fetch_add(batch, std::sync::atomic::Ordering::SeqCst);
-                            if start >= sample {
-                                return;
-                            }
-                            let items = (start..(start + batch).min(sample))
-                                .map(|k| TokenizeItem {
-                                    class: "email".to_owned(),
-                                    value: Pii::new(value((k * stride) % rows)),
-                                    subject: None,
-                                    number: false,
-                                })
-                                .collect();
-                            let tokens = vault
-                                .tokenize(&context, &caller, "default", items)
-                                .await
-                                .unwrap();
-                            assert!(tokens.iter().all(|t| !t.created));
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        });
+        let spread: ValueOf = Arc::new(move |k| value((k * stride) % rows));
+        bench.tokenize((0, sample), spread, Some(false), usize::MAX, false);
         let known = sample as f64 / started.elapsed().as_secs_f64();
         // Detokenize, spread over the whole store.
         let stride = (kept.len() / sample).max(1);

@@ -22,7 +22,7 @@ use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
 use tokenvault::normalize::Normalization;
 use tokenvault::pii::Pii;
-use tokenvault::policy::{Caller, Operation, Reveal, Role, Scope};
+use tokenvault::policy::{Caller, Operation, Role};
 use tokenvault::store::Store;
 use tokenvault::vault::{TokenizeItem, Vault};
 
@@ -106,15 +106,10 @@ impl InProcess {
         ));
         let caller = Caller {
             client: "bench".to_owned(),
-            role: Arc::new(Role {
-                operations: [Operation::Tokenize, Operation::Detokenize].into(),
-                namespaces: Scope::Any,
-                classes: Scope::Any,
-                purposes: Scope::Any,
-                reveal: Reveal::Plain,
-                reveal_by_purpose: Default::default(),
-                clevertap_purpose: None,
-            }),
+            role: Arc::new(Role::unrestricted([
+                Operation::Tokenize,
+                Operation::Detokenize,
+            ])),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -14,7 +14,7 @@ use super::{write_stdout, CliError, DEFAULT_CONFIG};
 use crate::audit::Context;
 use crate::config::ConfigErrors;
 use crate::crypto::wrapping::Keyring;
-use crate::policy::{Caller, Operation, Reveal, Role, Scope};
+use crate::policy::{Caller, Operation, Role};
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -114,20 +114,11 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
     // right over the data; the record names the operator.
     let operator = Caller {
         client: "operator".to_owned(),
-        role: Arc::new(Role {
-            operations: [
-                Operation::SubjectForget,
-                Operation::SubjectExport,
-                Operation::SubjectCorrect,
-            ]
-            .into(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
+        role: Arc::new(Role::unrestricted([
+            Operation::SubjectForget,
+            Operation::SubjectExport,
+            Operation::SubjectCorrect,
+        ])),
     };
     let context = Context::cli(name);
     let runtime = tokio::runtime::Builder::new_current_thread()

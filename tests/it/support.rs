@@ -754,17 +754,10 @@ pub fn engine_caller(
     client: &str,
     operations: &[tokenvault::policy::Operation],
 ) -> tokenvault::policy::Caller {
-    use tokenvault::policy::{Reveal, Role, Scope};
     tokenvault::policy::Caller {
         client: client.to_owned(),
-        role: std::sync::Arc::new(Role {
-            operations: operations.iter().copied().collect(),
-            namespaces: Scope::Any,
-            classes: Scope::Any,
-            purposes: Scope::Any,
-            reveal: Reveal::Plain,
-            reveal_by_purpose: Default::default(),
-            clevertap_purpose: None,
-        }),
+        role: std::sync::Arc::new(tokenvault::policy::Role::unrestricted(
+            operations.iter().copied(),
+        )),
     }
 }
