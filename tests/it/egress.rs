@@ -217,6 +217,24 @@ pub(crate) fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
         500 * 4 + 500 * 3
     );
     assert_eq!(forwards[0]["route"], "route:clevertap");
+    // Exactly one record per request that reached the route, written by the
+    // engine: no separate `tokenize` record, none written twice.
+    let routed: Vec<Value> = audit_query(&rig.setup, &[])
+        .into_iter()
+        .filter(|r| r["route"] == "route:clevertap")
+        .collect();
+    assert!(
+        routed.iter().all(|r| r["action"] == "forward"),
+        "a request through the route left another kind of record"
+    );
+    let mut requests = std::collections::BTreeSet::new();
+    for record in &routed {
+        assert!(
+            requests.insert(record["request_id"].as_str().unwrap().to_owned()),
+            "two records for one request: {record}"
+        );
+    }
+    assert_eq!(routed.len(), forwards.len());
 }
 
 #[test]
@@ -298,6 +316,19 @@ pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
     assert!(
         !logs.contains("canary.leak") && !logs.contains("9999912345"),
         "a finding logged its value"
+    );
+    // The reported forward is one record, with the finding noted on it.
+    let reported: Vec<Value> = audit_query(&rig.setup, &["--action", "forward"])
+        .into_iter()
+        .filter(|r| r["route"] == "route:reporting")
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(
+        (
+            reported[0]["outcome"].as_str(),
+            reported[0]["reason"].as_str()
+        ),
+        (Some("ok"), Some("unselected_pii_reported"))
     );
 }
 
