@@ -26,7 +26,7 @@ pub struct Limits {
     /// client's next request skips the argon2id verification.
     pub auth_cache_entries: u32,
     /// Known values remembered (blind index to token) so that tokenizing
-    /// them again reads nothing from the store. Each entry is about 150
+    /// them again reads nothing from the store. Each entry is about 250
     /// bytes; it holds a token, never a value.
     pub token_cache_entries: u32,
 }
