@@ -20,6 +20,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 #[path = "../tests/it/pg_cluster.rs"]
 #[allow(dead_code)]
 mod pg_cluster;
@@ -306,29 +308,13 @@ fn engine_round(
         tokens = done;
     }
     let started = Instant::now();
-    runtime.block_on(async {
-        let tasks: Vec<_> = tokens
-            .chunks(batches)
-            .enumerate()
-            .map(|(worker, chunk)| {
-                let vault = nodes[worker % nodes.len()].clone();
-                let chunk = chunk.to_vec();
-                tokio::spawn(async move {
-                    let (caller, context) = (caller(), Context::cli("bench"));
-                    for batch in chunk {
-                        let values = vault
-                            .detokenize(&context, &caller, "retail", "bench", batch)
-                            .await
-                            .unwrap();
-                        assert_eq!(values.len(), BATCH);
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
+    let groups = tokens.chunks(batches).map(<[_]>::to_vec).collect();
+    runtime.block_on(common::detokenize_groups(
+        groups,
+        |worker| nodes[worker % nodes.len()].clone(),
+        &caller(),
+        "retail",
+    ));
     figures[2] = items / started.elapsed().as_secs_f64();
     figures
 }

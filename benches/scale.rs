@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,31 +142,15 @@ impl Bench {
 
     /// Detokenizes `tokens` in batches from concurrent callers.
     fn detokenize(&self, tokens: &[String]) {
-        self.runtime.block_on(async {
-            let chunks: Vec<Vec<String>> = tokens.chunks(self.batch).map(<[_]>::to_vec).collect();
-            let per_worker = chunks.len().div_ceil(self.workers);
-            let tasks: Vec<_> = chunks
-                .chunks(per_worker.max(1))
-                .map(<[_]>::to_vec)
-                .map(|mine| {
-                    let (vault, caller) = (self.vault.clone(), self.caller.clone());
-                    tokio::spawn(async move {
-                        let context = Context::cli("bench");
-                        for batch in mine {
-                            let n = batch.len();
-                            let answers = vault
-                                .detokenize(&context, &caller, "default", "bench", batch)
-                                .await
-                                .unwrap();
-                            assert_eq!(answers.len(), n);
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        });
+        let batches: Vec<Vec<String>> = tokens.chunks(self.batch).map(<[_]>::to_vec).collect();
+        let per_worker = batches.len().div_ceil(self.workers).max(1);
+        let groups = batches.chunks(per_worker).map(<[_]>::to_vec).collect();
+        self.runtime.block_on(common::detokenize_groups(
+            groups,
+            |_| self.vault.clone(),
+            &self.caller,
+            "default",
+        ));
     }
 }
 

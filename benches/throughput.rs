@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -177,29 +179,15 @@ impl InProcess {
     fn round(&self, round: usize, shape: Shape) -> Figures {
         let (new_time, tokens) = self.tokenize_phase(round, shape, true);
         let (known_time, _) = self.tokenize_phase(round, shape, false);
-        let detokenize_time = self.runtime.block_on(async {
-            let started = Instant::now();
-            let tasks: Vec<_> = tokens
-                .chunks(shape.batches)
-                .map(<[_]>::to_vec)
-                .map(|chunk| {
-                    let (vault, caller, context) = self.handles();
-                    tokio::spawn(async move {
-                        for batch in chunk {
-                            let values = vault
-                                .detokenize(&context, &caller, "default", "bench", batch)
-                                .await
-                                .unwrap();
-                            assert_eq!(values.len(), BATCH);
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-            started.elapsed()
-        });
+        let started = Instant::now();
+        let groups = tokens.chunks(shape.batches).map(<[_]>::to_vec).collect();
+        self.runtime.block_on(common::detokenize_groups(
+            groups,
+            |_| self.vault.clone(),
+            &self.caller,
+            "default",
+        ));
+        let detokenize_time = started.elapsed();
         let items = shape.items();
         Figures {
             new: rate(items, new_time),

@@ -1,0 +1,40 @@
+//! What the engine benchmarks share.
+
+use std::sync::Arc;
+
+use tokenvault::audit::Context;
+use tokenvault::policy::Caller;
+use tokenvault::vault::Vault;
+
+/// Detokenizes each group of batches on a task of its own, against the
+/// vault `vault_of(group)` picks, for purpose `bench` in `namespace`, and
+/// checks that every token got an answer.
+pub async fn detokenize_groups(
+    groups: Vec<Vec<Vec<String>>>,
+    vault_of: impl Fn(usize) -> Arc<Vault>,
+    caller: &Caller,
+    namespace: &str,
+) {
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .enumerate()
+        .map(|(group, batches)| {
+            let (vault, caller, namespace) =
+                (vault_of(group), caller.clone(), namespace.to_owned());
+            tokio::spawn(async move {
+                let context = Context::cli("bench");
+                for batch in batches {
+                    let asked = batch.len();
+                    let answers = vault
+                        .detokenize(&context, &caller, &namespace, "bench", batch)
+                        .await
+                        .unwrap();
+                    assert_eq!(answers.len(), asked);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
