@@ -118,7 +118,10 @@ fn answer_failure(failure: Failure, id: &RequestId) -> ApiError {
             ),
             _ => ApiError::from_vault(error, id),
         },
-        Failure::Rewrite => ApiError::new(ErrorCode::Internal, "internal error", id),
+        Failure::Rewrite => {
+            tracing::error!(request_id = %id, "the rewrite failed after the forward was recorded; nothing was sent");
+            ApiError::new(ErrorCode::Internal, "internal error", id)
+        }
         Failure::Upstream(error) => upstream_answer(error, id),
     }
 }
