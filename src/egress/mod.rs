@@ -123,7 +123,7 @@ pub struct Incoming<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The query string, as sent.
     pub query: &'a str,
-    /// `Content-Type` and `Content-Encoding`.
+    /// `Content-Type`.
     pub content_type: Option<&'a str>,
     /// `Content-Encoding`.
     pub content_encoding: Option<&'a str>,
