@@ -216,6 +216,9 @@ struct Namespace {
     keys: std::sync::RwLock<Arc<keyset::KeySet>>,
     /// The subject-hash key (the same across rotations).
     subject: SubjectKey,
+    /// Classes with `retain_days`: lookups read their day of last use, and
+    /// the cache of known values skips them.
+    dated: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl Namespace {
@@ -327,6 +330,13 @@ impl Vault {
                 (
                     name.clone(),
                     Namespace {
+                        dated: Arc::new(
+                            spec.classes
+                                .iter()
+                                .filter(|(_, class)| class.retain_days.is_some())
+                                .map(|(name, _)| name.clone())
+                                .collect(),
+                        ),
                         spec: spec.clone(),
                         keys: std::sync::RwLock::new(Arc::new(keys)),
                         subject: keyring.subject_key(name),
@@ -913,14 +923,7 @@ impl Vault {
             .filter(|_| self.cache.enabled());
         // Only classes with retention need the day of last use; they are
         // not cached (a cached day would skip the marking of a use).
-        let dated: std::collections::BTreeSet<String> = self
-            .namespace(namespace)?
-            .spec
-            .classes
-            .iter()
-            .filter(|(_, class)| class.retain_days.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
+        let dated = self.namespace(namespace)?.dated.clone();
         // One answer per value, in the order asked.
         let mut answers: Vec<(usize, Option<Found>)> = Vec::with_capacity(values.len());
         let mut lookups = Vec::with_capacity(values.len());
@@ -976,7 +979,7 @@ impl Vault {
         &self,
         namespace: &str,
         lookups: Vec<(String, [u8; 32])>,
-        dated: std::collections::BTreeSet<String>,
+        dated: Arc<std::collections::BTreeSet<String>>,
     ) -> Result<Vec<Option<Found>>, VaultError> {
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
