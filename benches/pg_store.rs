@@ -33,13 +33,10 @@ use std::time::Instant;
 use std::collections::BTreeMap;
 
 use tokenvault::audit::{Action, Context, Outcome, Record};
-use tokenvault::config::{ClassSpec, NamespaceSpec};
+use tokenvault::config::NamespaceSpec;
 use tokenvault::config::{DatabaseUrl, PostgresSettings, SchemaName, SecretRef};
 use tokenvault::crypto::keys::{AuditKey, MasterKey};
-use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
-use tokenvault::normalize::Normalization;
-use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Role};
 use tokenvault::store::pg::PgStore;
 use tokenvault::store::{NewRow, Store};
@@ -226,22 +223,7 @@ fn main() {
 const BATCH: usize = 1000;
 
 fn namespaces() -> BTreeMap<String, NamespaceSpec> {
-    BTreeMap::from([(
-        "retail".to_owned(),
-        NamespaceSpec {
-            token_domain: "tokens.invalid".to_owned(),
-            classes: BTreeMap::from([(
-                "email".to_owned(),
-                ClassSpec {
-                    normalize: Normalization::Email,
-                    format: TokenFormat::Email,
-                    deterministic: true,
-                    token_prefixes: Vec::new(),
-                    retain_days: None,
-                },
-            )]),
-        },
-    )])
+    common::email_namespace("retail")
 }
 
 fn caller() -> Caller {
@@ -264,14 +246,7 @@ fn engine_round(
     tag: &str,
 ) -> [f64; 3] {
     let values = |worker: usize, batch: usize| -> Vec<TokenizeItem> {
-        (0..BATCH)
-            .map(|i| TokenizeItem {
-                class: "email".to_owned(),
-                value: Pii::new(format!("{tag}.{worker}.{batch}.{i}@example.com")),
-                subject: None,
-                number: false,
-            })
-            .collect()
+        common::email_items((0..BATCH).map(|i| format!("{tag}.{worker}.{batch}.{i}@example.com")))
     };
     let items = (workers * batches * BATCH) as f64;
     let mut figures = [0.0; 3];

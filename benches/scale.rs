@@ -16,19 +16,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokenvault::audit::Context;
-use tokenvault::config::{ClassSpec, NamespaceSpec};
-use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
-use tokenvault::normalize::Normalization;
-use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Role};
 use tokenvault::store::Store;
-use tokenvault::vault::{TokenizeItem, Vault};
+use tokenvault::vault::Vault;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -100,14 +95,7 @@ impl Bench {
                                 return kept;
                             }
                             let end = (start + batch).min(to);
-                            let items = (start..end)
-                                .map(|i| TokenizeItem {
-                                    class: "email".to_owned(),
-                                    value: Pii::new(value_of(i)),
-                                    subject: None,
-                                    number: false,
-                                })
-                                .collect();
+                            let items = common::email_items((start..end).map(|i| value_of(i)));
                             let tokens = vault
                                 .tokenize(&context, &caller, "default", items)
                                 .await
@@ -178,22 +166,7 @@ fn main() {
         )
         .unwrap(),
     );
-    let namespaces = BTreeMap::from([(
-        "default".to_owned(),
-        NamespaceSpec {
-            token_domain: "tokens.invalid".to_owned(),
-            classes: BTreeMap::from([(
-                "email".to_owned(),
-                ClassSpec {
-                    normalize: Normalization::Email,
-                    format: TokenFormat::Email,
-                    deterministic: true,
-                    token_prefixes: Vec::new(),
-                    retain_days: None,
-                },
-            )]),
-        },
-    )]);
+    let namespaces = common::email_namespace("default");
     let mut vault = Vault::new(store, &keyring, &namespaces);
     vault.set_token_cache(0);
     let caller = Caller {

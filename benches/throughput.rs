@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -19,14 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokenvault::audit::Context;
-use tokenvault::config::{ClassSpec, NamespaceSpec};
-use tokenvault::crypto::tokens::TokenFormat;
 use tokenvault::crypto::wrapping::Keyring;
-use tokenvault::normalize::Normalization;
-use tokenvault::pii::Pii;
 use tokenvault::policy::{Caller, Operation, Role};
 use tokenvault::store::Store;
-use tokenvault::vault::{TokenizeItem, Vault};
+use tokenvault::vault::Vault;
 
 const BATCH: usize = 1000;
 const API_KEY: &str = "bench-root-key";
@@ -84,23 +79,7 @@ impl InProcess {
             )
             .unwrap(),
         );
-        let classes = BTreeMap::from([(
-            "email".to_owned(),
-            ClassSpec {
-                normalize: Normalization::Email,
-                format: TokenFormat::Email,
-                deterministic: true,
-                token_prefixes: Vec::new(),
-                retain_days: None,
-            },
-        )]);
-        let namespaces = BTreeMap::from([(
-            "default".to_owned(),
-            NamespaceSpec {
-                token_domain: "tokens.invalid".to_owned(),
-                classes,
-            },
-        )]);
+        let namespaces = common::email_namespace("default");
         let vault = Arc::new(Vault::new(
             store.clone(),
             &Keyring::ephemeral(),
@@ -149,14 +128,9 @@ impl InProcess {
                     tokio::spawn(async move {
                         let mut all = Vec::new();
                         for batch in 0..shape.batches {
-                            let items = (0..BATCH)
-                                .map(|i| TokenizeItem {
-                                    class: "email".to_owned(),
-                                    value: Pii::new(value(round, worker, batch, i)),
-                                    subject: None,
-                                    number: false,
-                                })
-                                .collect();
+                            let items = common::email_items(
+                                (0..BATCH).map(|i| value(round, worker, batch, i)),
+                            );
                             let tokens = vault
                                 .tokenize(&context, &caller, "default", items)
                                 .await

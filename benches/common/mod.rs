@@ -38,3 +38,37 @@ pub async fn detokenize_groups(
         task.await.unwrap();
     }
 }
+
+/// One namespace, `name`, with a deterministic email class `email`.
+pub fn email_namespace(
+    name: &str,
+) -> std::collections::BTreeMap<String, tokenvault::config::NamespaceSpec> {
+    std::collections::BTreeMap::from([(
+        name.to_owned(),
+        tokenvault::config::NamespaceSpec {
+            token_domain: "tokens.invalid".to_owned(),
+            classes: std::collections::BTreeMap::from([(
+                "email".to_owned(),
+                tokenvault::config::ClassSpec {
+                    normalize: tokenvault::normalize::Normalization::Email,
+                    format: tokenvault::crypto::tokens::TokenFormat::Email,
+                    deterministic: true,
+                    token_prefixes: Vec::new(),
+                    retain_days: None,
+                },
+            )]),
+        },
+    )])
+}
+
+/// `values` as items of the class `email`.
+pub fn email_items(values: impl Iterator<Item = String>) -> Vec<tokenvault::vault::TokenizeItem> {
+    values
+        .map(|value| tokenvault::vault::TokenizeItem {
+            class: "email".to_owned(),
+            value: tokenvault::pii::Pii::new(value),
+            subject: None,
+            number: false,
+        })
+        .collect()
+}
