@@ -57,6 +57,8 @@ pub(super) fn readiness(
         }
         None => reqwest::Client::builder(),
     }
+    // The vault itself, on loopback: never through a proxy from the environment.
+    .no_proxy()
     .timeout(TIMEOUT)
     .build()
     .context("cannot build the HTTP client")?;

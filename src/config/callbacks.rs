@@ -50,6 +50,8 @@ pub struct CallbackSpec {
     pub timeout: std::time::Duration,
     /// Extra CA certificates (PEM) for the provider.
     pub ca_bundle: Option<PathBuf>,
+    /// The addresses the provider's host may resolve to; empty: any.
+    pub forward_addresses: Vec<IpNet>,
     /// Only connections that presented a client certificate from
     /// `tls_client_ca` may call.
     pub require_client_cert: bool,
@@ -82,6 +84,8 @@ pub(super) struct RawCallback {
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) timeout_ms: Option<u64>,
     pub(super) ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) forward_addresses: Vec<String>,
     #[serde(default)]
     pub(super) insecure_allow_http_upstream: bool,
     #[serde(default)]
@@ -198,6 +202,18 @@ impl RawCallback {
                 problems,
             )
         });
+        let forward_addresses = destination_addresses(
+            &format!("{section}.forward_addresses"),
+            &self.forward_addresses,
+            forward.as_ref().and_then(Option::as_ref),
+            problems,
+        );
+        if forward.is_none() && !forward_addresses.is_empty() {
+            problems.push(Problem::new(
+                format!("{section}.forward_addresses"),
+                "only a callback with forward has a provider to resolve",
+            ));
+        }
         match (&forward, self.reveal_to_caller) {
             (None, false) => problems.push(
                 Problem::new(
@@ -252,6 +268,7 @@ impl RawCallback {
             connect_timeout: millis(self.connect_timeout_ms, 5_000),
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
+            forward_addresses,
             require_client_cert: self.require_client_cert,
             reveal_to_caller: self.reveal_to_caller,
         })

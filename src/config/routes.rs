@@ -69,6 +69,8 @@ pub struct RouteSpec {
     pub timeout: std::time::Duration,
     /// Extra CA certificates (PEM) to trust for this upstream.
     pub ca_bundle: Option<PathBuf>,
+    /// The addresses the upstream's host may resolve to; empty: any.
+    pub upstream_addresses: Vec<IpNet>,
     /// Only callers authenticated by a client certificate may use the route.
     pub require_client_cert: bool,
     /// Request content types the route accepts.
@@ -107,6 +109,8 @@ pub(super) struct RawRoute {
     pub(super) response_fields: Vec<RawField>,
     pub(super) subject: Option<String>,
     pub(super) client_key_header: Option<String>,
+    #[serde(default)]
+    pub(super) upstream_addresses: Vec<String>,
     #[serde(default)]
     pub(super) insecure_allow_http_upstream: bool,
     #[serde(default)]
@@ -169,6 +173,28 @@ pub(super) fn upstream_url(
     }
 }
 
+/// The addresses a destination's host may resolve to (`upstream_addresses`,
+/// `forward_addresses`). A URL whose host is an address must lie inside a
+/// non-empty list.
+pub(super) fn destination_addresses(
+    key: &str,
+    raw: &[String],
+    url: Option<&UpstreamUrl>,
+    problems: &mut Vec<Problem>,
+) -> Vec<IpNet> {
+    let nets = parse_cidrs(key, raw, problems);
+    let literal = url.and_then(UpstreamUrl::ip);
+    if let Some(address) = literal {
+        if !nets.is_empty() && !nets.iter().any(|net| net.contains(&address)) {
+            problems.push(Problem::new(
+                key,
+                format!("the URL's address {address} is outside this list"),
+            ));
+        }
+    }
+    nets
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawField {
     pub(super) select: Option<String>,
@@ -211,6 +237,12 @@ impl RawRoute {
             &format!("{section}.upstream"),
             self.upstream,
             self.insecure_allow_http_upstream,
+            problems,
+        );
+        let upstream_addresses = destination_addresses(
+            &format!("{section}.upstream_addresses"),
+            &self.upstream_addresses,
+            upstream.as_ref(),
             problems,
         );
         let namespace = self.namespace.unwrap_or_default();
@@ -370,6 +402,7 @@ impl RawRoute {
             connect_timeout: millis(self.connect_timeout_ms, 5_000),
             timeout: millis(self.timeout_ms, 30_000),
             ca_bundle: self.ca_bundle,
+            upstream_addresses,
             require_client_cert: self.require_client_cert,
             content_types,
             purpose: self.purpose,

@@ -120,6 +120,15 @@ impl UpstreamUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The host, when it is an IP address.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match url::Url::parse(&self.0).ok()?.host()? {
+            url::Host::Ipv4(address) => Some(address.into()),
+            url::Host::Ipv6(address) => Some(address.into()),
+            url::Host::Domain(_) => None,
+        }
+    }
 }
 
 impl Deref for UpstreamUrl {

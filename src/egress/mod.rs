@@ -18,6 +18,7 @@
 //! forwarded. This module knows nothing of HTTP servers; `http::egress`
 //! reads the request and writes the answer.
 
+pub mod allow;
 pub mod body;
 pub mod plan;
 pub mod refusal;
@@ -79,6 +80,7 @@ impl Routes {
                 timeout: spec.timeout,
                 ca_bundle: spec.ca_bundle.as_deref(),
                 headers: &spec.headers,
+                addresses: &spec.upstream_addresses,
             })
             .map_err(|e| e.replacen("route:", "route ", 1))?;
             let names = payload::KnownNames::of(

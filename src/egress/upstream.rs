@@ -2,11 +2,15 @@
 //! destination, the headers the vault injects (secrets, marked sensitive),
 //! hop-by-hop filtering of the caller's headers, and failures reported by
 //! a fixed kind (reqwest's messages carry the URL, and the URL the caller's
-//! path and query).
+//! path and query). Each client reaches only its destination (`allow.rs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use reqwest::header::{HeaderName, HeaderValue};
+
+use super::allow::{self, Origin, Pinned};
 
 /// Headers that belong to one connection and are never forwarded, plus the
 /// ones the vault sets itself.
@@ -38,6 +42,8 @@ pub struct Upstream {
     label: String,
     client: reqwest::Client,
     inject: Vec<(HeaderName, HeaderValue)>,
+    /// The only scheme, host and port this client sends to.
+    origin: Origin,
 }
 
 /// Where and how a destination is reached (from the configuration).
@@ -54,6 +60,8 @@ pub struct Destination<'a> {
     pub ca_bundle: Option<&'a std::path::Path>,
     /// Headers to inject, with their secrets.
     pub headers: &'a [(crate::config::HeaderName, crate::config::SecretRef)],
+    /// The addresses the URL's host may resolve to; empty: any.
+    pub addresses: &'a [IpNet],
 }
 
 /// A failed exchange with the upstream.
@@ -65,6 +73,11 @@ pub enum UpstreamError {
     Connect,
     /// The exchange broke off, or the request could not be built.
     Transfer,
+    /// The request would have left the allow-list: another origin, another
+    /// name, or an address outside the configured ones.
+    Refused,
+    /// The upstream answered with a redirect: not followed, not passed on.
+    Redirect,
 }
 
 impl UpstreamError {
@@ -73,6 +86,8 @@ impl UpstreamError {
             Self::Timeout => "timeout",
             Self::Connect => "connect",
             Self::Transfer => "transfer",
+            Self::Refused => "destination_refused",
+            Self::Redirect => "redirect_refused",
         }
     }
 }
@@ -90,18 +105,26 @@ pub struct Relayed {
 }
 
 impl Upstream {
-    /// A pooled rustls client for `to`: no redirects, https only unless the
-    /// URL is http (allowed by configuration), the extra CA bundle trusted,
-    /// and the injected headers' secrets read.
+    /// A pooled rustls client for `to`: https only unless the URL is http
+    /// (allowed by configuration), the extra CA bundle trusted, and the
+    /// injected headers' secrets read. It resolves only the URL's host (to
+    /// the configured addresses, when listed), follows no redirect, and
+    /// takes no proxy from the environment (`HTTPS_PROXY` and the like
+    /// would send every value's token, and every callback's values, to a
+    /// host the configuration never named).
     pub fn build(to: Destination<'_>) -> Result<Self, String> {
         let label = to.label;
+        let origin =
+            Origin::of(to.url).ok_or_else(|| format!("{label}: the URL does not parse"))?;
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(to.url.starts_with("https://"))
             .connect_timeout(to.connect_timeout)
             .timeout(to.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(Pinned::new(origin.host(), to.addresses)));
         if let Some(bundle) = to.ca_bundle {
             let pem = std::fs::read(bundle).map_err(|e| format!("{label}: ca_bundle: {e}"))?;
             for certificate in reqwest::Certificate::from_pem_bundle(&pem)
@@ -128,6 +151,7 @@ impl Upstream {
             label,
             client,
             inject,
+            origin,
         })
     }
 
@@ -146,6 +170,9 @@ impl Upstream {
     ) -> Result<Relayed, UpstreamError> {
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| self.failed(UpstreamError::Transfer, request_id))?;
+        if Origin::of(url).as_ref() != Some(&self.origin) {
+            return Err(self.failed(UpstreamError::Refused, request_id));
+        }
         let mut request = self.client.request(method, url);
         // Headers the client named in `Connection` are hop-by-hop too (RFC 9110).
         let named_in_connection: Vec<String> = headers
@@ -177,6 +204,11 @@ impl Upstream {
             .await
             .map_err(|error| self.failed(classify(&error), request_id))?;
         let status = response.status().as_u16();
+        // A caller that follows a relayed redirect sends its own request,
+        // values and all, to a place the vault never vetted.
+        if response.status().is_redirection() && response.headers().contains_key("location") {
+            return Err(self.failed(UpstreamError::Redirect, request_id));
+        }
         let headers = response
             .headers()
             .iter()
@@ -213,7 +245,9 @@ impl Upstream {
 }
 
 fn classify(error: &reqwest::Error) -> UpstreamError {
-    if error.is_timeout() {
+    if allow::is_refusal(error) {
+        UpstreamError::Refused
+    } else if error.is_timeout() {
         UpstreamError::Timeout
     } else if error.is_connect() {
         UpstreamError::Connect

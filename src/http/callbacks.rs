@@ -100,6 +100,7 @@ impl Callbacks {
                         timeout: spec.timeout,
                         ca_bundle: spec.ca_bundle.as_deref(),
                         headers: &spec.headers,
+                        addresses: &spec.forward_addresses,
                     })
                     .map_err(|e| e.replacen(&format!("callback:{}", spec.name), &label, 1))?,
                 ),

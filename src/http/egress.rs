@@ -150,5 +150,15 @@ pub(super) fn upstream_answer(error: UpstreamError, id: &RequestId) -> ApiError 
             "the upstream could not be reached or failed",
             id,
         ),
+        UpstreamError::Refused => ApiError::new(
+            ErrorCode::BadGateway,
+            "the destination is not on the egress allow-list (its origin, name or address)",
+            id,
+        ),
+        UpstreamError::Redirect => ApiError::new(
+            ErrorCode::BadGateway,
+            "the upstream answered with a redirect, which the vault neither follows nor passes on",
+            id,
+        ),
     }
 }

@@ -251,6 +251,22 @@ pub(crate) fn a_signed_callback_reaches_the_provider_with_real_values() {
 }
 
 #[test]
+pub(crate) fn a_provider_redirect_is_neither_followed_nor_passed_on() {
+    let rig = rig();
+    let elsewhere = Upstream::start();
+    rig.provider
+        .behave(Behaviour::Redirect(format!("{}/collect", elsewhere.url)));
+    let people = person(&rig.server, "+14155550177", "Moved Away", "user-3141");
+    let body = callback_body(&people);
+    let (status, answer) = send(&rig, "sms", &body, signed("sms", "msg_moved", &body));
+    assert_eq!(status, 502, "{answer}");
+    assert!(answer.contains("redirect") && !answer.contains(&elsewhere.url));
+    assert!(!answer.contains("+14155550177") && !answer.contains("Moved Away"));
+    assert_eq!(rig.provider.take().len(), 1, "the provider was asked once");
+    assert!(elsewhere.take().is_empty(), "the values went nowhere else");
+}
+
+#[test]
 pub(crate) fn a_callback_without_signature_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550101", "No Signature", "user-1");

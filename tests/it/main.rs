@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod activation;
+mod allow_list;
 mod api;
 mod audit;
 mod audit_gap;

@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -37,15 +37,6 @@ fn tokenize_as(server: &Server, client: &str) -> u16 {
         &json!({"namespace": "retail", "items": [{"class": "name", "value": "Re Load"}]}),
     )
     .0
-}
-
-/// Polls until `check` holds (a reload is asynchronous to the signal).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// One HTTP/1.1 request on a kept-alive connection; answers the status.

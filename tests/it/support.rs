@@ -368,6 +368,14 @@ impl Server {
             + &fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits (up to 20 s) until the logs contain `needle`: log lines are
+    /// written asynchronously to the requests that cause them.
+    pub fn wait_for_log(&self, needle: &str) {
+        eventually(&format!("the logs never said {needle}"), || {
+            self.logs().contains(needle)
+        });
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         signal(self.child.id(), "TERM");
@@ -404,6 +412,16 @@ impl Drop for Server {
 }
 
 /// Sends a signal with kill(1); false when the process is already gone.
+/// Polls until `check` holds, for at most 20 s (for what happens
+/// asynchronously to a request or a signal).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn signal(pid: u32, name: &str) -> bool {
     Command::new("kill")
         .arg(format!("-{name}"))

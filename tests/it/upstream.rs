@@ -32,7 +32,7 @@ impl Received {
 }
 
 /// How the upstream answers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Behaviour {
     /// 200 `{"status":"success"}`.
     Succeed,
@@ -42,6 +42,8 @@ pub enum Behaviour {
     Stall(Duration),
     /// 200 with the request body as a JSON answer.
     Echo,
+    /// 307 (method and body kept) to this URL.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ async fn record(
         .behaviour
         .lock()
         .unwrap()
+        .clone()
         .unwrap_or(Behaviour::Succeed);
     match behaviour {
         Behaviour::Succeed => HttpResponse::Ok()
@@ -104,6 +107,9 @@ async fn record(
                 .content_type("application/json")
                 .body(body)
         }
+        Behaviour::Redirect(to) => HttpResponse::TemporaryRedirect()
+            .insert_header(("location", to))
+            .json(serde_json::json!({"status": "moved"})),
         Behaviour::Stall(wait) => {
             actix_web::rt::time::sleep(wait).await;
             HttpResponse::Ok().json(serde_json::json!({"status": "late"}))
