@@ -57,14 +57,6 @@ const PROFILES: usize = 10;
 const REQUESTS: usize = 30;
 const QUERY_REQUESTS: usize = 100;
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
-}
-
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }

@@ -17,6 +17,7 @@ mod config;
 mod dev;
 mod durability;
 mod egress;
+mod faults;
 mod fidelity;
 mod keys;
 mod leak;

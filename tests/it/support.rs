@@ -412,6 +412,17 @@ impl Drop for Server {
 }
 
 /// Sends a signal with kill(1); false when the process is already gone.
+/// True when the tests run as root (CI does): the tests that mount, change
+/// file attributes or capture packets need it, and skip, saying so,
+/// otherwise.
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
 /// Polls until `check` holds, for at most 20 s (for what happens
 /// asynchronously to a request or a signal).
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
