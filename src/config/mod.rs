@@ -204,6 +204,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     raw.validate()
 }
 
+/// Parses and validates a configuration given as TOML text, without
+/// environment overrides (the fuzz target's entry; `load` is the server's).
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(extraction_problems)?;
+    raw.validate()
+}
+
 /// `TOKENVAULT_SECTION__KEY` variables. Only variables with `__` are config
 /// keys: every key lives in a section, and this keeps TOKENVAULT_PASSPHRASE,
 /// TOKENVAULT_CONFIG and friends from being read as unknown keys.

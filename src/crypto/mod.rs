@@ -8,6 +8,7 @@
 //! - [`envelope`]: the CleverTap SDKs' AES-256-GCM encryption in transit.
 //! - [`access`]: short-lived access tokens of the CleverTap surface.
 //! - [`receipts`]: the Ed25519 key that signs erasure receipts.
+//! - [`webhook`]: Standard Webhooks signatures of activation callbacks.
 
 pub mod access;
 pub mod envelope;
@@ -16,6 +17,7 @@ pub mod password;
 pub mod receipts;
 pub mod seal;
 pub mod tokens;
+pub mod webhook;
 pub mod wrapping;
 
 use rand::RngCore;

@@ -509,7 +509,7 @@ async fn open<'s, T: DeserializeOwned>(
         .insert(LoggedNamespace(surface.namespace.clone()));
     let body = read_json_body(state, req, payload, id).await?;
     let (plain, session) = if encrypted(req.headers()) {
-        let (plain, key) = unseal(&body).map_err(|()| {
+        let (plain, key) = unseal(&body).map_err(|Undecryptable| {
             ApiError::new(
                 ErrorCode::Undecryptable,
                 "the encrypted body cannot be decrypted; resend it in plaintext",
@@ -537,15 +537,20 @@ struct SealedRequest {
     itv: String,
 }
 
+/// A sealed request that does not open (which part failed is not told).
+#[derive(Debug, thiserror::Error)]
+#[error("the sealed request does not open")]
+pub struct Undecryptable;
+
 /// Opens `{itp, itk, itv}`. Which part failed is not told: every failure is
-/// the same 419.
-fn unseal(body: &[u8]) -> Result<(Zeroizing<Vec<u8>>, SessionKey), ()> {
-    let sealed: SealedRequest = serde_json::from_slice(body).map_err(|_| ())?;
-    let key = Zeroizing::new(STANDARD.decode(sealed.itk.expose()).map_err(|_| ())?);
-    let nonce = STANDARD.decode(&sealed.itv).map_err(|_| ())?;
-    let ciphertext = STANDARD.decode(&sealed.itp).map_err(|_| ())?;
-    let key = SessionKey::new(&key).map_err(|_| ())?;
-    let plain = key.open(&nonce, &ciphertext).map_err(|_| ())?;
+/// the same 419. Public for the fuzz target (`fuzz/`).
+pub fn unseal(body: &[u8]) -> Result<(Zeroizing<Vec<u8>>, SessionKey), Undecryptable> {
+    let sealed: SealedRequest = serde_json::from_slice(body).map_err(|_| Undecryptable)?;
+    let key = Zeroizing::new(STANDARD.decode(sealed.itk.expose()).map_err(|_| Undecryptable)?);
+    let nonce = STANDARD.decode(&sealed.itv).map_err(|_| Undecryptable)?;
+    let ciphertext = STANDARD.decode(&sealed.itp).map_err(|_| Undecryptable)?;
+    let key = SessionKey::new(&key).map_err(|_| Undecryptable)?;
+    let plain = key.open(&nonce, &ciphertext).map_err(|_| Undecryptable)?;
     Ok((plain, key))
 }
 
