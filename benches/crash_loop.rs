@@ -167,7 +167,8 @@ fn write_until_killed(
 ) -> Vec<std::thread::JoinHandle<Vec<(String, String)>>> {
     (0..clients)
         .map(|_| {
-            let (base, key, next, stop) = (base.to_owned(), key.to_owned(), next.clone(), stop.clone());
+            let (base, key, next, stop) =
+                (base.to_owned(), key.to_owned(), next.clone(), stop.clone());
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::builder()
                     .timeout(Duration::from_secs(10))
@@ -197,7 +198,8 @@ fn write_until_killed(
                     let Ok(body) = response.json::<Value>() else {
                         break;
                     };
-                    for (value, token) in values.into_iter().zip(body["tokens"].as_array().unwrap()) {
+                    for (value, token) in values.into_iter().zip(body["tokens"].as_array().unwrap())
+                    {
                         acknowledged.push((value, token["token"].as_str().unwrap().to_owned()));
                     }
                 }
@@ -282,7 +284,8 @@ fn main() {
         let server = Server::start(&config);
         let lost_now = lost(&server.base, &key, &fresh);
         server.stop();
-        let integrity = integrity_ok(&data.join("vault.db")) && integrity_ok(&data.join("audit.db"));
+        let integrity =
+            integrity_ok(&data.join("vault.db")) && integrity_ok(&data.join("audit.db"));
         let verified = Command::new(BIN)
             .args(["audit", "verify", "--config"])
             .arg(&config)

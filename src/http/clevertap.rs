@@ -546,7 +546,11 @@ pub struct Undecryptable;
 /// the same 419. Public for the fuzz target (`fuzz/`).
 pub fn unseal(body: &[u8]) -> Result<(Zeroizing<Vec<u8>>, SessionKey), Undecryptable> {
     let sealed: SealedRequest = serde_json::from_slice(body).map_err(|_| Undecryptable)?;
-    let key = Zeroizing::new(STANDARD.decode(sealed.itk.expose()).map_err(|_| Undecryptable)?);
+    let key = Zeroizing::new(
+        STANDARD
+            .decode(sealed.itk.expose())
+            .map_err(|_| Undecryptable)?,
+    );
     let nonce = STANDARD.decode(&sealed.itv).map_err(|_| Undecryptable)?;
     let ciphertext = STANDARD.decode(&sealed.itp).map_err(|_| Undecryptable)?;
     let key = SessionKey::new(&key).map_err(|_| Undecryptable)?;

@@ -195,7 +195,11 @@ pub async fn serve(
             .default_service(web::to(egress::handle))
     })
     .on_connect(tls::on_connect)
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    // The vault registers its own signal handlers, before it says it is
+    // listening (below): actix's are installed only once the server runs,
+    // and a signal in between took the default action (exit at once).
+    .disable_signals();
     let (server, scheme, certificate) = match tls {
         Some(tls) => (
             server.bind_rustls_0_23(settings.listen, tls.config)?,
@@ -204,7 +208,9 @@ pub async fn serve(
         ),
         None => (server.bind(settings.listen)?, "http", None),
     };
-    actix_web::rt::spawn(tls::reload_on_sighup(certificate, reload));
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stops = StopSignals::register()?;
+    actix_web::rt::spawn(tls::reload_on_sighup(hangups, certificate, reload));
     // Counted authentication refusals go to the audit trail once a minute,
     // and once more when the server stops.
     let flusher = live.clone();
@@ -251,12 +257,46 @@ pub async fn serve(
     }
     out.flush()?;
     drop(out);
-    server.run().await?;
+    let server = server.run();
+    actix_web::rt::spawn(stops.stop(server.handle()));
+    server.await?;
     if let Err(error) = live.load().vault.flush_refusals().await {
         tracing::error!(%error, "could not record counted authentication refusals");
     }
     tracing::info!("server stopped; in-flight requests drained");
     Ok(())
+}
+
+/// The signals that stop the server, registered up front.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// Stops the server at the first SIGTERM (gracefully: in-flight
+    /// requests drain for up to the shutdown grace), SIGINT or SIGQUIT (at
+    /// once), as actix's own handlers did.
+    async fn stop(self, server: actix_web::dev::ServerHandle) {
+        let (mut terminate, mut interrupt, mut quit) = (self.terminate, self.interrupt, self.quit);
+        let graceful = tokio::select! {
+            _ = terminate.recv() => true,
+            _ = interrupt.recv() => false,
+            _ = quit.recv() => false,
+        };
+        tracing::info!(graceful, "stopping");
+        server.stop(graceful).await;
+    }
 }
 
 #[cfg(test)]

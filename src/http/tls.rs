@@ -178,19 +178,16 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// Reloads the certificate on every SIGHUP until the server stops. Without
-/// TLS, SIGHUP is logged and otherwise ignored (it must not stop the vault).
+/// Reloads the certificate on every SIGHUP in `hangups` until the server
+/// stops. Without TLS, SIGHUP is logged and otherwise ignored (it must not
+/// stop the vault). The caller registers `hangups` before it says it is
+/// listening: a SIGHUP right after that line must not hit the default
+/// action, which ends the process.
 pub async fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
     certificate: Option<Arc<ServedCertificate>>,
     reload: Option<super::Reload>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "cannot listen for SIGHUP; certificate and configuration reload need a restart"
-        );
-        return;
-    };
     while hangups.recv().await.is_some() {
         if let Some(reload) = &reload {
             reload().await;

@@ -403,30 +403,53 @@ pub(crate) fn token_api_behaviour_and_authorization() {
 
 #[test]
 pub(crate) fn sigterm_drains_in_flight_requests() {
-    let setup = Setup::new("");
+    // A stalled upstream holds the request in flight for as long as the
+    // test needs: the signal goes only once the upstream has it.
+    let upstream = crate::upstream::Upstream::start();
+    upstream.behave(crate::upstream::Behaviour::Stall(
+        std::time::Duration::from_secs(2),
+    ));
+    let setup = Setup::new_with(
+        "",
+        &format!(
+            "[[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"{}\"\ninsecure_allow_http_upstream = true\nnamespace = \"retail\"\nclients = [\"crm\"]\nfields = [ {{ select = \"$.email\", class = \"email\" }} ]\n",
+            upstream.url
+        ),
+    );
     let mut server = setup.serve();
-    let url = server.url("/v1/tokenize");
+    let url = server.url("/slow/events");
     let api_key = key("crm");
-    let items: Vec<Value> = (0..10_000)
-        .map(|i| json!({"class": "name", "value": format!("drain person {i}")}))
-        .collect();
     let request = std::thread::spawn(move || {
         http()
             .post(url)
             .bearer_auth(api_key)
-            .json(&json!({"namespace": "retail", "items": items}))
+            .json(&json!({"email": "drain@example.com"}))
             .send()
             .unwrap()
     });
-    // Wait until the request is being handled, then ask the server to stop.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    signal(server.pid(), "TERM");
+    upstream.wait_for(1);
+    assert!(signal(server.pid(), "TERM"));
     let response = request.join().unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().unwrap();
-    assert_eq!(body["tokens"].as_array().unwrap().len(), 10_000);
+    assert_eq!(response.json::<Value>().unwrap()["status"], "late");
     assert!(server.stop().success());
     assert!(server.logs().contains("in-flight requests drained"));
+}
+
+#[test]
+pub(crate) fn a_signal_right_after_the_listening_line_is_handled() {
+    // The vault's handlers are in place before it says it is listening: a
+    // SIGTERM (or SIGHUP) at once stops it cleanly (or is a reload), never
+    // the default action. Before, a signal in that window ended the process
+    // by the signal (seen in the crash loop).
+    let setup = Setup::new("");
+    for _ in 0..10 {
+        let mut server = setup.serve();
+        assert!(signal(server.pid(), "HUP"));
+        assert!(signal(server.pid(), "TERM"));
+        let status = server.stop();
+        assert!(status.success(), "{status}: {}", server.logs());
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ const FIELDS: &str = r#"fields = [
 
 struct Rig {
     upstream: Upstream,
+    _down: ClosedPort,
     _secrets: tempfile::TempDir,
     setup: Setup,
     server: Server,
@@ -30,6 +31,7 @@ struct Rig {
 
 fn rig() -> Rig {
     let upstream = Upstream::start();
+    let down = closed_port();
     let secrets = tempfile::tempdir().unwrap();
     let passcode = secrets.path().join("passcode");
     fs::write(&passcode, format!("{PASSCODE}\n")).unwrap();
@@ -54,13 +56,14 @@ fn rig() -> Rig {
             &upstream.url,
             "unselected_pii = \"report\"",
         ),
-        route("down", "/down", "http://127.0.0.1:9", ""),
+        route("down", "/down", &format!("http://{down}"), ""),
     ]
     .concat();
     let setup = Setup::new_with("", &sections);
     let server = setup.serve_with_env(&[("TV_TEST_CT_ACCOUNT", ACCOUNT)]);
     Rig {
         upstream,
+        _down: down,
         _secrets: secrets,
         setup,
         server,

@@ -72,6 +72,7 @@ fields = [
             passcode.display()
         )
     };
+    let closed = closed_port();
     let sections = format!(
         r#"
 [clevertap]
@@ -98,7 +99,7 @@ directory = "{}"
         secret.display(),
         provider.url,
         route("platform", "/platform", &upstream.url),
-        route("down", "/down", &format!("http://{}", closed_port())),
+        route("down", "/down", &format!("http://{closed}")),
         log_dir.display(),
     );
     setup.append_and_init(&sections);

@@ -41,6 +41,7 @@ fn send(server: &Server, path: &str, body: &Value) -> u16 {
 #[test]
 pub fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
     let upstream = Upstream::start();
+    let closed = closed_port();
     let sections = [
         route(
             "reporting",
@@ -54,7 +55,7 @@ pub fn caller_text_never_forges_a_plain_log_line_or_leaks_a_url() {
         route(
             "down",
             "/down",
-            &format!("http://{}", closed_port()),
+            &format!("http://{closed}"),
             "unselected_pii = \"report\"",
         ),
     ]

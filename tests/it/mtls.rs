@@ -475,7 +475,7 @@ pub fn sighup_serves_a_new_certificate_without_dropping_connections() {
     // A broken certificate on the next SIGHUP keeps the current one.
     fs::write(&second.cert_path, "not a certificate").unwrap();
     assert!(signal(server.pid(), "HUP"));
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_log("SIGHUP: TLS reload failed");
     let still = client(&[&second.pem], None)
         .get(localhost(&server, "/healthz"))
         .send()

@@ -442,13 +442,43 @@ pub fn signal(pid: u32, name: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// An address on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn closed_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+/// An address on 127.0.0.1 that refuses connections for as long as this
+/// value lives: a socket bound to it that never listens, so no other
+/// process can take the port meanwhile.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    address: String,
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
+impl std::ops::Deref for ClosedPort {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.address
+    }
+}
+
+/// A [`ClosedPort`] (keep it bound to a variable for the test's length).
+pub fn closed_port() -> ClosedPort {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&SockAddr::from(any)).unwrap();
+    let address = socket
         .local_addr()
         .unwrap()
-        .to_string()
+        .as_socket()
+        .unwrap()
+        .to_string();
+    ClosedPort {
+        _socket: socket,
+        address,
+    }
 }
 
 /// A blocking HTTP client with a generous timeout.

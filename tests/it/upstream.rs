@@ -186,6 +186,13 @@ impl Upstream {
         *self.shared.behaviour.lock().unwrap() = Some(behaviour);
     }
 
+    /// Waits until `count` requests have arrived (not taking them).
+    pub fn wait_for(&self, count: usize) {
+        crate::support::eventually("the upstream received the requests", || {
+            self.shared.received.lock().unwrap().len() >= count
+        });
+    }
+
     /// Everything received so far, and forgets it.
     pub fn take(&self) -> Vec<Received> {
         std::mem::take(&mut *self.shared.received.lock().unwrap())
