@@ -5,28 +5,37 @@
 //! start: a restart does not refill a budget.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+
+use super::clock::{Clock, SystemClock};
 
 use crate::policy::Budget;
 use crate::store::Spending;
 
 /// Every client's budget and what it has spent.
-#[derive(Default)]
 pub struct Budgets {
     limits: BTreeMap<String, Budget>,
     spent: Mutex<BTreeMap<String, Spending>>,
+    /// The engine's clock: the windows are its minutes and days.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self::new(BTreeMap::new(), Arc::new(SystemClock))
+    }
 }
 
 impl Budgets {
-    /// Budgets for the clients that have one.
-    pub fn new(limits: BTreeMap<String, Budget>) -> Self {
+    /// Budgets for the clients that have one, in windows of `clock`.
+    pub fn new(limits: BTreeMap<String, Budget>, clock: Arc<dyn Clock>) -> Self {
         Self {
             limits: limits
                 .into_iter()
                 .filter(|(_, b)| b.per_minute.is_some() || b.per_day.is_some())
                 .collect(),
             spent: Mutex::default(),
+            clock,
         }
     }
 
@@ -45,10 +54,7 @@ impl Budgets {
     /// nothing spent) when it would go over either window; otherwise the
     /// client's spending to save, when it has a budget.
     pub fn spend(&self, client: &str, count: u64) -> Result<Option<Spending>, Exceeded> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = u64::try_from(self.clock.now_us() / 1_000_000).unwrap_or(0);
         self.spend_at(client, count, now)
     }
 
@@ -88,13 +94,16 @@ mod tests {
 
     #[test]
     fn windows_refuse_all_or_nothing_and_roll_over() {
-        let budgets = Budgets::new(BTreeMap::from([(
-            "worker".to_owned(),
-            Budget {
-                per_minute: Some(5),
-                per_day: Some(8),
-            },
-        )]));
+        let budgets = Budgets::new(
+            BTreeMap::from([(
+                "worker".to_owned(),
+                Budget {
+                    per_minute: Some(5),
+                    per_day: Some(8),
+                },
+            )]),
+            Arc::new(SystemClock),
+        );
         let t = 86_400 * 100;
         assert!(budgets.spend_at("worker", 3, t).is_ok());
         assert!(

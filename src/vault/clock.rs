@@ -37,6 +37,16 @@ impl ManualClock {
         Self(AtomicI64::new(crate::audit::now_us()))
     }
 
+    /// Moves the clock forward by `seconds`.
+    pub fn advance_secs(&self, seconds: i64) {
+        self.0.fetch_add(seconds * 1_000_000, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `seconds` since the epoch.
+    pub fn set_secs(&self, seconds: i64) {
+        self.0.store(seconds * 1_000_000, Ordering::SeqCst);
+    }
+
     /// Moves the clock forward by `days`.
     pub fn advance_days(&self, days: i64) {
         self.0.fetch_add(days * DAY_US, Ordering::SeqCst);

@@ -422,7 +422,9 @@ impl Vault {
         self.tombstones = Some(tombstones);
     }
 
-    /// Replaces the clock (tests, simulations).
+    /// Replaces the clock (tests, simulations): retention's days and the
+    /// budgets' minute and day windows count by it. Call before
+    /// `set_budgets`.
     pub fn set_clock(&mut self, clock: Arc<dyn clock::Clock>) {
         self.clock = clock;
     }
@@ -490,7 +492,6 @@ impl Vault {
             .unwrap_or_else(|| vec![false; tokens.len()])
     }
 
-    /// Sets the clients' detokenization budgets.
     /// Sets the clients' budgets, with what each has spent in its current
     /// windows as saved in the store (a restart does not refill a budget).
     pub fn set_budgets(&mut self, clients: &BTreeMap<String, crate::policy::ClientSpec>) {
@@ -499,6 +500,7 @@ impl Vault {
                 .iter()
                 .map(|(name, spec)| (name.clone(), spec.budget))
                 .collect(),
+            self.clock.clone(),
         );
         match self.store.budget_spending() {
             Ok(saved) => self.budgets.restore(saved),

@@ -190,3 +190,67 @@ pub fn forget_racing_tokenize_of_the_same_value_never_answers_an_erased_token() 
 pub fn subject_erasure_racing_tokenize_never_answers_an_erased_token() {
     race(Erase::Subject, 4, 250);
 }
+
+/// The budgets' windows are the engine clock's minutes: a test crosses a
+/// minute on purpose, never by accident (the HTTP test of budgets runs
+/// inside one minute only by luck of the calendar).
+#[test]
+fn budget_windows_follow_the_engine_clock() {
+    use tokenvault::policy::{Budget, ClientSpec};
+    use tokenvault::vault::clock::ManualClock;
+
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = Keyring::ephemeral();
+    let store = tokenvault::store::Store::open(
+        &dir.path().join("vault.db"),
+        &dir.path().join("audit.db"),
+        keyring.audit_key(),
+        8,
+    )
+    .unwrap();
+    let namespaces = namespace_of("retail", &[("email", email_class(None))]);
+    let mut vault = Vault::new(Arc::new(store), &keyring, &namespaces);
+    let clock = Arc::new(ManualClock::new());
+    // The last second of a minute: the next second is a new window.
+    clock.set_secs(1_800_000_000 / 60 * 60 + 59);
+    vault.set_clock(clock.clone());
+    let worker = ClientSpec {
+        role: "worker".to_owned(),
+        api_key_hash: None,
+        cert_identity: None,
+        allow_from: Vec::new(),
+        budget: Budget {
+            per_minute: Some(5),
+            per_day: None,
+        },
+    };
+    vault.set_budgets(&std::collections::BTreeMap::from([(
+        "worker".to_owned(),
+        worker,
+    )]));
+    let admin = engine_caller("admin", &[Operation::Tokenize]);
+    let worker = engine_caller("worker", &[Operation::Detokenize]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut tokens = Vec::new();
+        for i in 0..6 {
+            tokens.push(tokenize(&vault, &admin, &format!("budget{i}@example.com"), None).await);
+        }
+        let context = Context::cli("test");
+        let reveal = |tokens: &[String]| {
+            vault.detokenize(&context, &worker, "retail", "sms_delivery", tokens.to_vec())
+        };
+        assert!(reveal(&tokens[..4]).await.is_ok());
+        let refused = reveal(&tokens[4..6]).await.err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            tokenvault::vault::VaultError::BudgetExceeded.to_string()
+        );
+        assert!(reveal(&tokens[4..5]).await.is_ok(), "one more fits the 5");
+        assert!(reveal(&tokens[5..6]).await.is_err());
+        // One second on: a new minute, a new budget.
+        clock.advance_secs(1);
+        assert!(reveal(&tokens[..5]).await.is_ok());
+        assert!(reveal(&tokens[5..6]).await.is_err());
+    });
+}
