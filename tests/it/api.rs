@@ -63,6 +63,12 @@ pub(crate) fn token_api_behaviour_and_authorization() {
     let parsed: email_address::EmailAddress =
         email_token.parse().expect("email token is a valid address");
     assert_eq!(parsed.domain(), "tok.retail.invalid");
+    assert!(
+        !parsed.local_part().contains("alice"),
+        "the token does not carry the value: {email_token}"
+    );
+    // An opaque token is not its value either.
+    assert!(tokens[4].starts_with("TKN_") && !tokens[4].contains("Olivia"));
 
     // Phone tokens keep the country code and the length, and are E.164.
     let phones = [
@@ -104,6 +110,10 @@ pub(crate) fn token_api_behaviour_and_authorization() {
     );
     assert!(shaped[1].starts_with("AC-") || shaped[1].chars().nth(2) == Some('-'));
     assert_eq!(shaped[1].len(), 11);
+    assert_ne!(
+        shaped[1], "AC-99812345",
+        "a length-preserving token is still not the value"
+    );
 
     // Round trip with a plain-reveal role, values in normalized form.
     let values = detokenize(
@@ -185,6 +195,12 @@ pub(crate) fn token_api_behaviour_and_authorization() {
     }
     let (status, _) = post(&server, "/v1/tokenize", &key("office"), &body);
     assert_eq!(status, 401, "office may only connect from 10.20.0.0/16");
+    // The positive control: the same role, allowed from where the test is.
+    let (status, answer) = post(&server, "/v1/tokenize", &key("onsite"), &body);
+    assert_eq!(
+        status, 200,
+        "onsite connects from inside 127.0.0.0/8: {answer}"
+    );
 
     // 403: operation, namespace, class, purpose.
     let detokenize_body = |ns: &str, purpose: &str| json!({"namespace": ns, "purpose": purpose, "tokens": [tokens[2]]});
@@ -349,6 +365,18 @@ pub(crate) fn token_api_behaviour_and_authorization() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 415);
+
+    // A token named through another namespace is not there: 404, and the
+    // token survives in its own.
+    let elsewhere = server.url(&format!("/v1/namespaces/health/tokens/{}", tokens[4]));
+    let response = http()
+        .delete(&elsewhere)
+        .bearer_auth(key("admin"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let still = detokenize(&server, "admin", "retail", "support", &[tokens[4].clone()]);
+    assert_eq!(still[0]["value"], "Olivia Nair");
 
     // Forget: gone afterwards, 404 the second time.
     let forget_url = server.url(&format!("/v1/namespaces/retail/tokens/{}", tokens[4]));

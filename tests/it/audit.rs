@@ -432,6 +432,7 @@ pub fn queries_filter_and_format_and_the_api_paginates() {
     }
     let sorted: Vec<u64> = (1..=seen.len() as u64).collect();
     assert_eq!(seen, sorted, "pages are contiguous and in order");
+    assert!(seen.len() >= 4, "at least two full pages: {seen:?}");
     let page: Value = http()
         .get(server.url(&format!(
             "/v1/audit?action=detokenize&namespace=retail&token={}",
@@ -475,6 +476,17 @@ pub fn queries_filter_and_format_and_the_api_paginates() {
     assert_eq!(by(&["--namespace", "health"]).len(), 1);
     assert!(by(&["--since", "2999-01-01"]).is_empty());
     assert_eq!(by(&["--until", "2999-01-01"]).len(), by(&[]).len());
+    assert!(
+        by(&["--until", "2000-01-01"]).is_empty(),
+        "--until filters (an ignored filter would answer every record)"
+    );
+    // The pages held every record that existed then (later ones are the
+    // audit reads themselves).
+    assert!(by(&["--limit", "1000"])
+        .iter()
+        .take(seen.len())
+        .zip(&seen)
+        .all(|(r, seq)| r["seq"] == *seq));
     assert_eq!(by(&["--limit", "3"]).len(), 3);
     let table = audit_cli(&setup, &["query"]);
     let table = String::from_utf8(table.stdout).unwrap();

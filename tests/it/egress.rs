@@ -244,12 +244,34 @@ pub(crate) fn fixtures_go_upstream_with_tokens_in_every_selected_field() {
 pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
     let rig = rig();
     let dir = fixture("malformed");
+    // Each fixture's exact answer: 400 for bytes that are not acceptable
+    // JSON, 422 for JSON that cannot be forwarded safely.
+    let expected = [
+        ("deep-nesting.json", 400, "invalid_request"),
+        ("duplicate-keys.json", 400, "invalid_request"),
+        ("email-is-object.json", 422, "unprocessable"),
+        ("huge-value.json", 413, "payload_too_large"),
+        ("invalid-utf8.json", 400, "invalid_request"),
+        ("not-json.txt", 400, "invalid_request"),
+        ("pii-in-unmapped-field.json", 422, "unprocessable"),
+        ("truncated.json", 400, "invalid_request"),
+    ];
+    let mut ran = 0;
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = fs::read(&path).unwrap();
         let (status, body) = send(&rig, "/clevertap/1/upload", bytes, false);
-        assert!((400..500).contains(&status), "{name}: {status}");
+        let (_, code, error) = expected
+            .iter()
+            .find(|(file, _, _)| *file == name)
+            .unwrap_or_else(|| panic!("{name}: a fixture without an expected answer"));
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap_or_default()),
+            (*code, *error),
+            "{name}: {body}"
+        );
+        ran += 1;
         assert!(
             body["error"]["code"].is_string() && body["error"]["request_id"].is_string(),
             "{name}: {body}"
@@ -260,6 +282,7 @@ pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
         );
         assert!(rig.upstream.take().is_empty(), "{name} was forwarded");
     }
+    assert_eq!(ran, expected.len(), "every malformed fixture ran");
     // A content type the route does not declare.
     let response = http()
         .post(rig.server.url("/clevertap/1/upload"))

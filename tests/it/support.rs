@@ -24,6 +24,7 @@ pub const CLIENTS: &[(&str, &str, &str)] = &[
     ("helpdesk", "support", ""),
     ("admin", "admin", ""),
     ("office", "admin", "allow_from = [\"10.20.0.0/16\"]"),
+    ("onsite", "admin", "allow_from = [\"127.0.0.0/8\"]"),
     ("auditor", "auditor", ""),
     ("dispatcher", "dispatcher", ""),
     ("consent", "consent_desk", ""),
