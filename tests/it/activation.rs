@@ -267,6 +267,45 @@ pub(crate) fn a_provider_redirect_is_neither_followed_nor_passed_on() {
 }
 
 #[test]
+pub(crate) fn signed_but_malformed_callbacks_are_refused() {
+    let rig = rig();
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let bodies: [(&str, &[u8]); 3] = [
+        ("truncated", br#"{"to": "TKN_x", "profile": {"na"#),
+        ("duplicate keys", br#"{"to": "TKN_a", "to": "TKN_b"}"#),
+        ("deep nesting", deep.as_bytes()),
+    ];
+    for (what, body) in bodies {
+        let id = format!("msg_{}", what.replace(' ', "_"));
+        let answer = send(&rig, "sms", body, signed("sms", &id, body));
+        assert_refused(&rig, answer, 400);
+    }
+    // Well-formed body, malformed signature headers, each correctly signed
+    // as sent: only the headers' shape refuses them.
+    let body = br#"{"to": "TKN_x"}"#;
+    let timestamp = unix_now();
+    let key = tokenvault::crypto::webhook::WebhookKey::new(&secret_of("sms"));
+    for (id, stamp) in [
+        ("msg with space", timestamp.to_string()),
+        (&"m".repeat(129) as &str, timestamp.to_string()),
+        ("msg_ok", format!("+{timestamp}")),
+        ("msg_ok", "soon".to_owned()),
+    ] {
+        let response = http()
+            .post(rig.server.url("/callbacks/sms"))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", stamp.as_str())
+            .header("webhook-signature", key.sign(id, &stamp, body))
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        assert_refused(&rig, (status, response.text().unwrap()), 401);
+    }
+}
+
+#[test]
 pub(crate) fn a_callback_without_signature_is_refused() {
     let rig = rig();
     let people = person(&rig.server, "+14155550101", "No Signature", "user-1");

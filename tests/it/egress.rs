@@ -583,3 +583,57 @@ pub fn nothing_is_forwarded_when_the_forward_cannot_be_audited() {
     assert_eq!(status, 200);
     assert_eq!(rig.upstream.take().len(), 1);
 }
+
+#[test]
+fn a_selected_value_that_cannot_be_tokenized_or_a_corrupt_body_forwards_nothing() {
+    let rig = rig();
+    let upload = |email: &str, phone: &str| {
+        serde_json::to_vec(
+            &serde_json::json!({"d": [{"identity": "CUST-9", "type": "profile",
+            "profileData": {"Email": email, "Phone": phone}}]}),
+        )
+        .unwrap()
+    };
+    for (what, body) in [
+        (
+            "an email that is not one",
+            upload("not an address", "+14155550100"),
+        ),
+        (
+            "an unknown country code",
+            upload("ok@example.com", "+999123456789"),
+        ),
+        (
+            "a phone that is not a number",
+            upload("ok@example.com", "call me"),
+        ),
+    ] {
+        let (status, answer) = send(&rig, "/clevertap/1/upload", body, false);
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (422, Some("unprocessable")),
+            "{what}: {answer}"
+        );
+        assert!(answer["error"]["request_id"].is_string(), "{what}");
+        assert!(
+            !answer.to_string().contains("not an address")
+                && !answer.to_string().contains("999123"),
+            "{what}: the answer echoes the value: {answer}"
+        );
+        assert!(rig.upstream.take().is_empty(), "{what} was forwarded");
+    }
+    // A body that says gzip and is cut short.
+    let mut corrupt = fs::read(fixture("clevertap-upload-profiles-10.json.gz")).unwrap();
+    let middle = corrupt.len() / 2;
+    corrupt.truncate(middle);
+    let (status, answer) = send(&rig, "/clevertap/1/upload", corrupt, true);
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{answer}"
+    );
+    assert!(
+        rig.upstream.take().is_empty(),
+        "a corrupt gzip body was forwarded"
+    );
+}
