@@ -482,6 +482,18 @@ pub fn closed_port() -> ClosedPort {
     }
 }
 
+/// An error and every error that caused it, on one line (lower-case):
+/// for asserting *why* a request failed, not only that it did.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        parts.push(error.to_string());
+        cause = error.source();
+    }
+    parts.join(": ").to_lowercase()
+}
+
 /// A blocking HTTP client with a generous timeout.
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
