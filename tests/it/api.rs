@@ -8,14 +8,17 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-#[test]
-pub(crate) fn token_api_behaviour_and_authorization() {
+/// A vault with the token API's limits raised for the limit tests.
+fn api_server() -> (Setup, Server) {
     let setup = Setup::new("max_body_bytes = 1048576\nmax_batch_items = 2000");
     let server = setup.serve();
+    (setup, server)
+}
 
-    // Deterministic classes: one token per normalized value.
-    let tokens = tokenize(
-        &server,
+/// Two spellings each of an email, a phone and a name, tokenized.
+fn standard_tokens(server: &Server) -> Vec<String> {
+    tokenize(
+        server,
         "crm",
         "retail",
         &[
@@ -26,7 +29,14 @@ pub(crate) fn token_api_behaviour_and_authorization() {
             ("name", "  Olivia Nair "),
             ("name", "Olivia Nair"),
         ],
-    );
+    )
+}
+
+#[test]
+pub(crate) fn token_api_formats_round_trip_and_isolation() {
+    let (_setup, server) = api_server();
+    // Deterministic classes: one token per normalized value.
+    let tokens = standard_tokens(&server);
     assert_eq!(tokens[0], tokens[1]);
     assert_eq!(tokens[2], tokens[3]);
     assert_eq!(tokens[4], tokens[5]);
@@ -169,7 +179,13 @@ pub(crate) fn token_api_behaviour_and_authorization() {
         json!({"token": "nope@tok.retail.invalid", "error": {"code": "not_found"}})
     );
     assert_eq!(sms[2]["value"], "+919876543210");
+}
 
+#[test]
+pub(crate) fn token_api_refuses_the_unauthenticated_and_the_unauthorized() {
+    let (_setup, server) = api_server();
+    let tokens = standard_tokens(&server);
+    let canary = "canary.7.0003.zq@example.com";
     // 401: no key, wrong key, unknown client, key from a source outside allow_from.
     let body = json!({"namespace": "retail", "items": [{"class": "name", "value": "x"}]});
     let response = http()
@@ -264,7 +280,6 @@ pub(crate) fn token_api_behaviour_and_authorization() {
     assert_eq!(response.status().as_u16(), 403);
 
     // 404: a class the namespace does not define, like an unknown namespace.
-    let canary = "canary.7.0003.zq@example.com";
     let (status, body) = post(
         &server,
         "/v1/tokenize",
@@ -277,7 +292,18 @@ pub(crate) fn token_api_behaviour_and_authorization() {
         .unwrap()
         .contains("item 1"));
     assert!(!body.to_string().contains("canary"), "value echoed: {body}");
+    // The log records the refusals without the keys or values involved.
+    let logs = server.logs();
+    assert!(logs.contains("authentication failed"));
+    assert!(!logs.contains(&key("crm")) && !logs.contains(canary));
+}
 
+#[test]
+pub(crate) fn token_api_refuses_malformed_and_oversized_requests() {
+    let (_setup, server) = api_server();
+    let tokens = standard_tokens(&server);
+    let detokenize_body = |ns: &str, purpose: &str| json!({"namespace": ns, "purpose": purpose, "tokens": [tokens[2]]});
+    let canary = "canary.7.0003.zq@example.com";
     // 400: bad JSON, invalid value, empty purpose, empty batch; never echoing the value.
     let bad_inputs = [
         json!({"namespace": "retail", "items": [{"class": "phone", "value": "+919000700001"}, {"class": "email", "value": canary}, {"class": "phone", "value": canary}]}),
@@ -365,7 +391,14 @@ pub(crate) fn token_api_behaviour_and_authorization() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 415);
+    // No refused value reaches the log.
+    assert!(!server.logs().contains(canary));
+}
 
+#[test]
+pub(crate) fn token_api_forget_health_and_process_limits() {
+    let (_setup, server) = api_server();
+    let tokens = standard_tokens(&server);
     // A token named through another namespace is not there: 404, and the
     // token survives in its own.
     let elsewhere = server.url(&format!("/v1/namespaces/health/tokens/{}", tokens[4]));
@@ -422,11 +455,6 @@ pub(crate) fn token_api_behaviour_and_authorization() {
         ["0", "0"],
         "{core}"
     );
-
-    // The log records refusals without the keys or values involved.
-    let logs = server.logs();
-    assert!(logs.contains("authentication failed"));
-    assert!(!logs.contains(&key("crm")) && !logs.contains(canary));
 }
 
 #[test]

@@ -225,7 +225,7 @@ fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
         .post(localhost(&server, "/v1/tokenize"))
         .json(&json!({"namespace": "retail", "items": [{"class": "email", "value": "x@example.com"}]}))
         .send();
-    let chain = error_chain(&result.err().expect("the handshake must fail"));
+    let chain = error_chain(&result.expect_err("the handshake must fail"));
     assert!(
         chain.contains("received fatal alert"),
         "refused by a TLS alert, not by some other failure: {chain}"

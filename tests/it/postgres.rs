@@ -1331,7 +1331,10 @@ fn each_on_postgres(tests: &[fn()]) {
 #[test]
 fn the_token_api_suite_passes_on_postgres() {
     each_on_postgres(&[
-        crate::api::token_api_behaviour_and_authorization,
+        crate::api::token_api_formats_round_trip_and_isolation,
+        crate::api::token_api_refuses_the_unauthenticated_and_the_unauthorized,
+        crate::api::token_api_refuses_malformed_and_oversized_requests,
+        crate::api::token_api_forget_health_and_process_limits,
         crate::api::sigterm_drains_in_flight_requests,
         crate::api::a_wrong_method_on_a_known_path_is_405_with_allow,
     ]);
