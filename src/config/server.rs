@@ -58,10 +58,10 @@ impl RawLog {
             })
             .unwrap_or(defaults.format);
         let level = self.level.unwrap_or(defaults.level);
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        if !plain_filter(&level) || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             problems.push(
                 Problem::new("log.level", format!("`{level}` is not a log filter"))
-                    .hint("use error, warn, info, debug or trace"),
+                    .hint("use error, warn, info, debug or trace, or target=level pairs separated by commas"),
             );
         }
         let retention_days = match self.retention_days {
@@ -192,11 +192,64 @@ impl RawServer {
     }
 }
 
+/// True for a filter of levels and `target=level` pairs only, such as
+/// `info` or `info,tokenvault=debug`. Span and field filters (`[span{field=value}]`)
+/// are refused: their values compile to regular expressions, and one found
+/// by fuzzing the configuration loader took minutes to compile.
+fn plain_filter(text: &str) -> bool {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word.trim()));
+    text.split(',')
+        .all(|directive| match directive.split_once('=') {
+            None => level(directive),
+            Some((target, word)) => {
+                let target = target.trim();
+                !target.is_empty()
+                    && target
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b))
+                    && level(word)
+            }
+        })
+}
+
 #[cfg(test)]
 // figment's Jail closures return its large error type.
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::super::testing::*;
+
+    #[test]
+    fn log_filters_are_levels_and_target_pairs_only() {
+        assert!(super::plain_filter("info"));
+        assert!(super::plain_filter(
+            "WARN, tokenvault=debug,actix_web::middleware=error"
+        ));
+        assert!(!super::plain_filter(""));
+        assert!(!super::plain_filter("info,"));
+        assert!(!super::plain_filter("loud"));
+        assert!(!super::plain_filter("tokenvault[span{field=value}]=debug"));
+    }
+
+    /// Found by the `config` fuzz target: this level took minutes to
+    /// compile as a filter (its field value is a regular expression).
+    #[test]
+    fn a_pathological_log_filter_is_refused_at_once() {
+        let level = "0mioni[0.ZZZZZZZZZZZZZnZZZZZZZZZZZ{{v{wwswwwwwwww=wwwwwwwwwwww..............................................................................ww}wwwwwwwwwwwwwwwwwwwwwwZ082.5 =e oke0.dfcd";
+        Jail::expect_with(|jail| {
+            let started = std::time::Instant::now();
+            let refused = problems(load_in(
+                jail,
+                &format!("[log]\nlevel = \"{level}\"\n{BASE}"),
+            ));
+            assert!(
+                refused.iter().any(|p| p.contains("log.level")),
+                "{refused:?}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+            Ok(())
+        });
+    }
 
     #[test]
     fn defaults_env_overrides_and_plain_http_off_loopback() {
