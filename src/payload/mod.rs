@@ -26,8 +26,13 @@ impl Selector {
     /// Compiles a selector; the error says what is wrong, for the config
     /// problem that names the route and rule.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let path = JsonPath::parse(text)
-            .map_err(|error| format!("`{text}` is not a valid selector: {error}"))?;
+        // serde_json_path 0.7 panics (an `unreachable!` on nom's
+        // `Incomplete`) on some unfinished text, such as `$['0\u`: found by
+        // the `selector` fuzz target. A selector it cannot finish reading is
+        // not a valid selector, not a crash of `config check`.
+        let parsed = std::panic::catch_unwind(|| JsonPath::parse(text))
+            .map_err(|_| format!("`{text}` is not a valid selector: it ends too early"))?;
+        let path = parsed.map_err(|error| format!("`{text}` is not a valid selector: {error}"))?;
         Ok(Self {
             text: text.to_owned(),
             path,
@@ -366,6 +371,13 @@ mod tests {
             parse_strict(deep.as_bytes(), 64),
             Err(PayloadError::TooDeep(64))
         );
+    }
+
+    #[test]
+    fn an_unfinished_selector_is_refused_not_a_panic() {
+        // The input the `selector` fuzz target found.
+        let error = Selector::parse("$['0\\u").err().unwrap();
+        assert!(error.contains("not a valid selector"), "{error}");
     }
 
     #[test]
