@@ -2,7 +2,8 @@
 #
 # tokenvault container image.
 #
-#   docker build -t tokenvault .
+#   docker build -t tokenvault \
+#     --build-arg SOURCE_DATE_EPOCH="$(git log -1 --format=%ct)" .
 #   docker run -d --name tokenvault -p 8443:8443 \
 #     -v /srv/tokenvault/vault.toml:/etc/tokenvault/vault.toml:ro \
 #     -v /srv/tokenvault/tls:/etc/tokenvault/tls:ro \
@@ -19,6 +20,9 @@
 
 # --- build: the same script CI runs for the .deb (packaging/build-release.sh)
 FROM rust:1.95-bookworm AS build
+# The commit's time, for a reproducible binary and SBOM (without it the
+# build uses Cargo.lock's modification time).
+ARG SOURCE_DATE_EPOCH
 WORKDIR /src
 COPY . .
 RUN bash packaging/build-release.sh \
@@ -31,6 +35,8 @@ LABEL org.opencontainers.image.title="tokenvault" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /src/target/release/tokenvault /usr/bin/tokenvault
 COPY --from=build /src/vault.toml.example /usr/share/doc/tokenvault/vault.toml.example
+# The CycloneDX SBOM of the binary, as in the .deb.
+COPY --from=build /src/target/packaging/tokenvault.cdx.json /usr/share/doc/tokenvault/sbom/tokenvault.cdx.json
 COPY --from=build --chown=65532:65532 --chmod=0700 /out/data /var/lib/tokenvault
 # The distroless "nonroot" user, by number so that runtimes can check it.
 USER 65532:65532

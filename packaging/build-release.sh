@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The release build, shared by the .deb (packaging/build-deb.sh) and the
 # container (Dockerfile): the binary, then the manual pages and shell
-# completions generated from it into target/packaging/.
+# completions generated from it, and the CycloneDX SBOM, into
+# target/packaging/.
+#
+# The build is reproducible (packaging/check-reproducible.sh proves it):
+# SOURCE_DATE_EPOCH is the commit's time, and the source and cargo home
+# paths are remapped so that neither the checkout's location nor the
+# builder's home ends up in the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+source packaging/release-env.sh
 
 cargo build --release --locked
 bin=target/release/tokenvault
@@ -14,3 +22,10 @@ mkdir -p "$out/completions"
 "$bin" completions bash >"$out/completions/tokenvault.bash"
 "$bin" completions zsh >"$out/completions/_tokenvault"
 "$bin" completions fish >"$out/completions/tokenvault.fish"
+
+# The SBOM: every crate compiled into the binary for this target, with
+# its version, licence, crates.io checksum and package URL.
+bash packaging/tools.sh cargo-cyclonedx
+cargo cyclonedx --format json --spec-version 1.5 --no-build-deps \
+  --override-filename tokenvault.cdx -q
+mv tokenvault.cdx.json "$out/tokenvault.cdx.json"

@@ -62,6 +62,32 @@ expect_stat /usr/share/zsh/vendor-completions/_tokenvault root:root 644
 expect_stat /usr/share/fish/vendor_completions.d/tokenvault.fish root:root 644
 expect_stat /usr/share/doc/tokenvault/operations.md root:root 644
 expect_stat /usr/share/doc/tokenvault/openapi.yaml root:root 644
+# The SBOM: CycloneDX, for this version, and every component is a crate of
+# Cargo.lock with the same checksum; the TLS and cipher crates are in it,
+# OpenSSL and native-tls are not.
+sbom=/usr/share/doc/tokenvault/sbom/tokenvault.cdx.json
+expect_stat "$sbom" root:root 644
+python3 - "$sbom" Cargo.lock <<'PY' || fail "the SBOM does not describe this build"
+import json, sys, tomllib
+bom = json.load(open(sys.argv[1]))
+lock = {(p["name"], p["version"]): p.get("checksum") for p in tomllib.load(open(sys.argv[2], "rb"))["package"]}
+assert bom["bomFormat"] == "CycloneDX", bom["bomFormat"]
+top = bom["metadata"]["component"]
+assert (top["name"], top["version"]) in lock, top
+names = set()
+for c in bom["components"]:
+    key = (c["name"], c["version"])
+    assert key in lock, f"{key} is not in Cargo.lock"
+    sha = [h["content"] for h in c.get("hashes", []) if h["alg"] == "SHA-256"]
+    assert sha == [lock[key]], f"{key}: checksum {sha} is not Cargo.lock's"
+    assert c.get("licenses"), f"{key} has no licence"
+    names.add(c["name"])
+for needed in ("rustls", "aes-gcm-siv", "rusqlite", "ring", "argon2", "hkdf"):
+    assert needed in names, f"{needed} missing"
+for banned in ("openssl", "openssl-sys", "native-tls"):
+    assert banned not in names, f"{banned} present"
+print(f"ok: SBOM lists {len(names)} crates, each with Cargo.lock's version and checksum")
+PY
 grep -qx /etc/tokenvault/vault.toml /var/lib/dpkg/info/tokenvault.conffiles || fail "vault.toml is not a conffile"
 echo "ok: vault.toml is a conffile"
 cmp -s vault.toml.example /etc/tokenvault/vault.toml || fail "installed vault.toml differs from vault.toml.example"

@@ -4,7 +4,8 @@
 #  1. its build stage runs the release build script CI itself runs
 #     (packaging/build-release.sh), on the toolchain CI uses;
 #  2. its runtime stage runs as a numeric non-root user, declares the data
-#     volume and a HEALTHCHECK through `tokenvault healthcheck`;
+#     volume and a HEALTHCHECK through `tokenvault healthcheck`, and ships
+#     the SBOM the release build wrote;
 #  3. the runtime contract is exercised with the binary CI built: as uid
 #     65532, configuration by file, passphrase by file named in an
 #     environment variable, `init`, `serve`, then `healthcheck`.
@@ -22,7 +23,11 @@ grep -qx 'USER 65532:65532' "$df" || fail "runtime user is not numeric 65532:655
 grep -qx 'VOLUME /var/lib/tokenvault' "$df" || fail "no VOLUME /var/lib/tokenvault"
 grep -q 'CMD \["/usr/bin/tokenvault", "healthcheck"\]' "$df" || fail "HEALTHCHECK does not run tokenvault healthcheck"
 [ "$(grep -c '^FROM ' "$df")" -eq 2 ] || fail "expected a two-stage build"
-echo "ok: Dockerfile stages, user, volume and healthcheck"
+grep -qx 'COPY --from=build /src/target/packaging/tokenvault.cdx.json /usr/share/doc/tokenvault/sbom/tokenvault.cdx.json' "$df" \
+  || fail "the image does not ship the SBOM"
+[ -s target/packaging/tokenvault.cdx.json ] || fail "the release build wrote no SBOM"
+grep -qx 'ARG SOURCE_DATE_EPOCH' "$df" || fail "the build stage does not take SOURCE_DATE_EPOCH"
+echo "ok: Dockerfile stages, user, volume, healthcheck and SBOM"
 
 bin=target/release/tokenvault
 [ -x "$bin" ] || fail "$bin missing; run packaging/build-release.sh first"
