@@ -345,11 +345,9 @@ fn an_unwritable_audit_trail_reveals_nothing_and_recovers_without_restart() {
 
     // Locked by another process (an auditor's tool holding a write lock).
     let audit_db = setup.data_dir.join("audit.db");
-    let locker = Connection::open(&audit_db).unwrap();
-    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let blocked = TrailBlocked::start(&setup);
     check_refused("locked");
-    locker.execute_batch("ROLLBACK").unwrap();
-    drop(locker);
+    drop(blocked);
     check_recovered("after the lock");
 
     // Made unwritable (immutable, which binds root too). Setting the flag

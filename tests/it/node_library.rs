@@ -26,23 +26,13 @@ fn the_platforms_node_library_uploads_through_a_route() {
     );
     let upstream = Upstream::start();
     let setup = Setup::configure("", STANDARD);
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert = setup.dir.path().join("vault-cert.pem");
-    let key_file = setup.dir.path().join("vault-key.pem");
-    fs::write(&cert, certified.cert.pem()).unwrap();
-    fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+    let cert = TestCert::write(setup.dir.path(), "vault", &["localhost"]);
     let passcode = setup.dir.path().join("passcode");
     fs::write(&passcode, PASSCODE).unwrap();
-    for file in [&key_file, &passcode] {
-        fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    fs::set_permissions(&passcode, fs::Permissions::from_mode(0o600)).unwrap();
     let config = fs::read_to_string(&setup.config).unwrap().replacen(
         "[server]\n",
-        &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key_file.display()
-        ),
+        &format!("[server]\n{}\n", cert.server_config()),
         1,
     ) + &format!(
         r#"
@@ -81,7 +71,7 @@ fields = [
     let out = Command::new("node")
         .arg(node_dir.join("upload.js"))
         .env("NODE_PATH", node_dir.join("node_modules"))
-        .env("NODE_EXTRA_CA_CERTS", &cert)
+        .env("NODE_EXTRA_CA_CERTS", &cert.cert_path)
         .env("CT_ACCOUNT_ID", ACCOUNT)
         .env("VAULT_KEY", key("crm"))
         .env("VAULT_ROUTE", &route)

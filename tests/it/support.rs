@@ -674,6 +674,60 @@ impl OutputWithStdin for std::process::Command {
     }
 }
 
+/// A self-signed certificate made for one test and written as PEM files,
+/// the key with the mode the vault demands of secrets (0600) unless a test
+/// asks for another.
+pub struct TestCert {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// The certificate, DER (what a TLS peer presents).
+    pub der: Vec<u8>,
+    /// Where the certificate was written.
+    pub cert_path: PathBuf,
+    /// Where the private key was written.
+    pub key_path: PathBuf,
+}
+
+impl TestCert {
+    /// A certificate for `names` written to `<dir>/<stem>-cert.pem` and
+    /// `<dir>/<stem>-key.pem` (mode 0600).
+    pub fn write(dir: &Path, stem: &str, names: &[&str]) -> Self {
+        Self::write_with_key_mode(dir, stem, names, 0o600)
+    }
+
+    /// As [`TestCert::write`], with the key file given `key_mode`.
+    pub fn write_with_key_mode(dir: &Path, stem: &str, names: &[&str], key_mode: u32) -> Self {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert_path = dir.join(format!("{stem}-cert.pem"));
+        let key_path = dir.join(format!("{stem}-key.pem"));
+        fs::write(&cert_path, certified.cert.pem()).unwrap();
+        fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(key_mode)).unwrap();
+        Self {
+            pem: certified.cert.pem(),
+            der: certified.cert.der().to_vec(),
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// The `[server]` lines that serve this certificate.
+    pub fn server_config(&self) -> String {
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            self.cert_path.display(),
+            self.key_path.display()
+        )
+    }
+
+    /// A client that trusts this certificate (and nothing else added).
+    pub fn trusting_client(&self) -> reqwest::blocking::ClientBuilder {
+        reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+    }
+}
+
 /// Makes `setup`'s audit trail unwritable until dropped: an exclusive
 /// lock on `audit.db`, or on PostgreSQL the `vault` role's right to insert
 /// records taken away.
