@@ -28,4 +28,11 @@ mkdir -p "$out/completions"
 bash packaging/tools.sh cargo-cyclonedx
 cargo cyclonedx --format json --spec-version 1.5 --no-build-deps \
   --override-filename tokenvault.cdx -q
-mv tokenvault.cdx.json "$out/tokenvault.cdx.json"
+# The vault's own component is named by its checkout path; use the same
+# fixed path as the binary, so that the SBOM is reproducible too.
+sed "s|path+file://$PWD#|path+file:///build/tokenvault#|g" tokenvault.cdx.json >"$out/tokenvault.cdx.json"
+rm tokenvault.cdx.json
+if grep -q "$PWD" "$out/tokenvault.cdx.json"; then
+  echo "the SBOM names the checkout path" >&2
+  exit 1
+fi
