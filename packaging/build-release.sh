@@ -28,9 +28,11 @@ mkdir -p "$out/completions"
 bash packaging/tools.sh cargo-cyclonedx
 cargo cyclonedx --format json --spec-version 1.5 --no-build-deps \
   --override-filename tokenvault.cdx -q
-# The vault's own component is named by its checkout path; use the same
-# fixed path as the binary, so that the SBOM is reproducible too.
-sed "s|path+file://$PWD#|path+file:///build/tokenvault#|g" tokenvault.cdx.json >"$out/tokenvault.cdx.json"
+# The vault's own component is named by its checkout path (and, when the
+# directory is not called "tokenvault", cargo adds the package name); use
+# the binary's fixed path and the long form, so the SBOM is reproducible.
+sed -e "s|path+file://$PWD#\([0-9]\)|path+file:///build/tokenvault#tokenvault@\1|g" \
+  -e "s|path+file://$PWD#|path+file:///build/tokenvault#|g" tokenvault.cdx.json >"$out/tokenvault.cdx.json"
 rm tokenvault.cdx.json
 if grep -q "$PWD" "$out/tokenvault.cdx.json"; then
   echo "the SBOM names the checkout path" >&2
