@@ -31,8 +31,8 @@ cargo cyclonedx --format json --spec-version 1.5 --no-build-deps \
 # The vault's own component is named by its checkout path (and, when the
 # directory is not called "tokenvault", cargo adds the package name); use
 # the binary's fixed path and the long form, so the SBOM is reproducible.
-sed -e "s|path+file://$PWD#\([0-9]\)|path+file:///build/tokenvault#tokenvault@\1|g" \
-  -e "s|path+file://$PWD#|path+file:///build/tokenvault#|g" tokenvault.cdx.json >"$out/tokenvault.cdx.json"
+sed -e "s|path+file://$PWD#\([0-9]\)|path+file://$RELEASE_SOURCE_PATH#tokenvault@\1|g" \
+  -e "s|path+file://$PWD#|path+file://$RELEASE_SOURCE_PATH#|g" tokenvault.cdx.json >"$out/tokenvault.cdx.json"
 rm tokenvault.cdx.json
 if grep -q "$PWD" "$out/tokenvault.cdx.json"; then
   echo "the SBOM names the checkout path" >&2

@@ -9,4 +9,6 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || stat -c %Y Cargo.lock)
 fi
 export SOURCE_DATE_EPOCH
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/build/tokenvault --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+# The fixed path the checkout is known by in the binary and the SBOM.
+RELEASE_SOURCE_PATH=/build/tokenvault
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=$RELEASE_SOURCE_PATH --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
