@@ -4,7 +4,8 @@
 //! Dependencies point one way: `cli` and `http` call the engine in [`vault`],
 //! which joins [`store`], [`crypto`] and [`policy`]. [`config`] reads the
 //! file into typed values; [`normalize`] and [`pii`] are leaves that all of
-//! them use.
+//! them use. [`files`] streams bulk files through the engine for `cli` and
+//! `http`.
 
 pub mod audit;
 pub mod backup;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod egress;
+pub mod files;
 pub mod harden;
 pub mod http;
 pub mod metrics;

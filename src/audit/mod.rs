@@ -74,11 +74,14 @@ pub enum Action {
     ConfigReload,
     /// A client removed from the configuration (`client revoke`).
     ClientRevoke,
+    /// A bulk file tokenized (`file tokenize`, `POST /v1/files/tokenize`):
+    /// one record per run, with its [`FileRun`] facts.
+    FileTokenize,
 }
 
 impl Action {
     /// Every action, for parsing filters.
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 26] = [
         Self::Tokenize,
         Self::Detokenize,
         Self::Forget,
@@ -104,6 +107,7 @@ impl Action {
         Self::KeyRetire,
         Self::ConfigReload,
         Self::ClientRevoke,
+        Self::FileTokenize,
     ];
 
     /// The stored name.
@@ -134,6 +138,7 @@ impl Action {
             Self::KeyRetire => "key_retire",
             Self::ConfigReload => "config_reload",
             Self::ClientRevoke => "client_revoke",
+            Self::FileTokenize => "file_tokenize",
         }
     }
 
@@ -229,6 +234,7 @@ impl Context {
             reason: None,
             gap: None,
             unrecognized: Vec::new(),
+            file: None,
         }
     }
 }
@@ -283,6 +289,43 @@ pub struct Record {
     /// that does not exist, an unconfigured purpose or namespace), as
     /// [`Unrecognized`] fingerprints: never the text itself.
     pub unrecognized: Vec<Unrecognized>,
+    /// For [`Action::FileTokenize`] only: what the run did.
+    pub file: Option<FileRun>,
+}
+
+/// What one bulk file run did: a digest of the file and counts, never a
+/// value. The columns' names are caller text and go in the record's
+/// `unrecognized` fingerprints; their classes (configured names) go here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRun {
+    /// SHA-256 of the input as received (compressed or encrypted, if it
+    /// was), in hex: what `sha256sum` prints for the file.
+    pub sha256: String,
+    /// `csv` or `jsonl`.
+    pub format: String,
+    /// Rows written out.
+    pub rows: u64,
+    /// Rows rejected (reported by number, never by value).
+    pub rejected: u64,
+    /// Tokens created by this run.
+    pub created: u64,
+    /// Tokens that already existed.
+    pub reused: u64,
+    /// The class of each column rule, in the order given.
+    pub classes: Vec<String>,
+}
+
+impl FileRun {
+    /// The stored form: JSON with a fixed field order.
+    pub fn to_text(&self) -> String {
+        // Invariant: strings and integers always serialize.
+        serde_json::to_string(self).expect("file facts serialize")
+    }
+
+    /// Reads back the stored form.
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// What kind of caller text an [`Unrecognized`] fingerprint stands for.
@@ -294,6 +337,8 @@ pub enum TextKind {
     Purpose,
     /// A namespace that is not configured.
     Namespace,
+    /// A column of a bulk file (its name or selector).
+    Column,
 }
 
 impl TextKind {
@@ -303,6 +348,7 @@ impl TextKind {
             Self::Token => "token",
             Self::Purpose => "purpose",
             Self::Namespace => "namespace",
+            Self::Column => "column",
         }
     }
 }
@@ -327,9 +373,14 @@ impl Unrecognized {
     /// Reads back a stored fingerprint; `None` unless it has the stored shape.
     pub fn parse(stored: &str) -> Option<Self> {
         let (kind, digits) = stored.split_once(':')?;
-        let known = [TextKind::Token, TextKind::Purpose, TextKind::Namespace]
-            .iter()
-            .any(|k| k.as_str() == kind);
+        let known = [
+            TextKind::Token,
+            TextKind::Purpose,
+            TextKind::Namespace,
+            TextKind::Column,
+        ]
+        .iter()
+        .any(|k| k.as_str() == kind);
         (known && digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| Self(stored.to_owned()))
     }
@@ -439,6 +490,10 @@ impl Record {
             for text in &self.unrecognized {
                 field(&mut out, Some(text.as_str()));
             }
+        }
+        if let Some(file) = &self.file {
+            out.extend_from_slice(b"file");
+            field(&mut out, Some(&file.to_text()));
         }
         out
     }
@@ -643,6 +698,7 @@ impl Stored {
             "reason": r.reason,
             "gap": r.gap.map(|g| serde_json::json!({"first": g.first, "last": g.last})),
             "unrecognized": r.unrecognized.iter().map(Unrecognized::as_str).collect::<Vec<_>>(),
+            "file": r.file,
             "mac": hex::encode(&self.mac),
         })
     }
@@ -685,6 +741,10 @@ impl Stored {
                         .iter()
                         .map(|t| t.as_str().and_then(Unrecognized::parse))
                         .collect::<Option<Vec<_>>>()?,
+                },
+                file: match value.get("file") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(file) => Some(serde_json::from_value(file.clone()).ok()?),
                 },
                 gap: match value.get("gap") {
                     None | Some(serde_json::Value::Null) => None,

@@ -5,6 +5,7 @@ mod backup;
 mod client;
 mod config_check;
 mod consent;
+mod file;
 mod generate;
 mod healthcheck;
 mod init;
@@ -80,6 +81,13 @@ enum Command {
     Subject {
         #[command(subcommand)]
         command: subject::SubjectCommand,
+    },
+    /// Bulk files: tokenize a CSV or JSON Lines export before it leaves
+    /// (optionally OpenPGP-encrypted to the platform's key), detokenize a
+    /// campaign list at send time.
+    File {
+        #[command(subcommand)]
+        command: file::FileCommand,
     },
     /// The database behind the store: `storage check`.
     Storage {
@@ -245,6 +253,53 @@ pub(crate) fn record_offline(
     Ok(())
 }
 
+/// The engine over the configured store, for a command that works beside
+/// the running nodes: on PostgreSQL through the shared store, on SQLite
+/// through the files (waiting for the server's writer through SQLite's
+/// locks). Budgets and purpose names are the configuration's, as in
+/// `serve`. Shut the store down when done.
+pub(crate) fn open_engine(
+    config: &Config,
+) -> Result<(std::sync::Arc<crate::store::Store>, crate::vault::Vault), CliError> {
+    use crate::store::Store;
+    use anyhow::{anyhow, Context as _};
+    let (keyring, store) = match &config.storage.backend {
+        Backend::Postgres(settings) => {
+            let pg = storage::connect_postgres(settings)?;
+            let keyring = audit::postgres_keyring(&pg, config)?;
+            let store = Store::open_postgres(pg, keyring.audit_key())
+                .context("cannot open the PostgreSQL store")?;
+            (keyring, store)
+        }
+        Backend::Sqlite => {
+            let source = config
+                .keys
+                .kek_source()
+                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+            let keyring =
+                crate::crypto::wrapping::Keyring::open(&config.storage.keyring_path(), &source)
+                    .map_err(|error| anyhow!("{error}"))?;
+            let store = Store::open(
+                &config.storage.database_path(),
+                &config.storage.audit_path(),
+                keyring.audit_key(),
+                config.limits.sqlite_cache_mib,
+            )
+            .context("cannot open the stores")?;
+            (keyring, store)
+        }
+    };
+    let store = std::sync::Arc::new(store);
+    let mut vault = crate::vault::Vault::new(store.clone(), &keyring, &config.namespaces);
+    vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
+        &config.storage.data_dir,
+    ));
+    vault.set_token_cache(config.limits.token_cache_entries);
+    vault.set_budgets(&config.clients);
+    vault.set_purpose_names(config.purpose_names());
+    Ok((store, vault))
+}
+
 /// Writes `bytes` to stdout; a reader that went away (`| head -1`) ends the
 /// output quietly, as for any Unix tool.
 pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
@@ -283,6 +338,7 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => audit::run(command),
         Command::Consent { command } => consent::run(command),
         Command::Subject { command } => subject::run(command),
+        Command::File { command } => file::run(command),
         Command::Backup { command } => backup::run(command),
         Command::Keys { command } => keys::run(command),
         Command::Status(args) => status::run(args),

@@ -12,11 +12,7 @@ use serde_json::json;
 
 use super::{write_stdout, CliError, DEFAULT_CONFIG};
 use crate::audit::Context;
-use crate::config::ConfigErrors;
-use crate::crypto::wrapping::Keyring;
 use crate::policy::{Caller, Operation, Role};
-use crate::store::Store;
-use crate::vault::Vault;
 
 /// `subject` subcommands.
 #[derive(Subcommand)]
@@ -77,39 +73,7 @@ pub fn run(command: SubjectCommand) -> Result<(), CliError> {
         SubjectCommand::Correct { .. } => Some(super::line_from_stdin("the new value")?),
         _ => None,
     };
-    // Beside the running nodes: on PostgreSQL through the shared store,
-    // on SQLite through the files (waiting for the server's writer).
-    let (keyring, store) = match &config.storage.backend {
-        crate::config::Backend::Postgres(settings) => {
-            let pg = super::storage::connect_postgres(settings)?;
-            let keyring = super::audit::postgres_keyring(&pg, &config)?;
-            let store = Store::open_postgres(pg, keyring.audit_key())
-                .context("cannot open the PostgreSQL store")?;
-            (keyring, store)
-        }
-        crate::config::Backend::Sqlite => {
-            let source = config
-                .keys
-                .kek_source()
-                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-            let keyring = Keyring::open(&config.storage.keyring_path(), &source)
-                .map_err(|error| anyhow!("{error}"))?;
-            let store = Store::open(
-                &config.storage.database_path(),
-                &config.storage.audit_path(),
-                keyring.audit_key(),
-                config.limits.sqlite_cache_mib,
-            )
-            .context("cannot open the stores")?;
-            (keyring, store)
-        }
-    };
-    let store = Arc::new(store);
-    let mut vault = Vault::new(store.clone(), &keyring, &config.namespaces);
-    vault.set_tombstones(crate::store::tombstones::Tombstones::in_dir(
-        &config.storage.data_dir,
-    ));
-    drop(keyring);
+    let (store, vault) = super::open_engine(&config)?;
     // Whoever can read the configuration and unwrap the key holds every
     // right over the data; the record names the operator.
     let operator = Caller {

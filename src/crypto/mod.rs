@@ -11,9 +11,11 @@
 //! - [`webhook`]: Standard Webhooks signatures of activation callbacks.
 
 pub mod access;
+pub mod digest;
 pub mod envelope;
 pub mod keys;
 pub mod password;
+pub mod pgp;
 pub mod receipts;
 pub mod seal;
 pub mod tokens;

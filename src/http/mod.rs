@@ -9,6 +9,7 @@ pub mod clevertap;
 pub mod context;
 pub mod egress;
 pub mod error;
+mod files;
 pub mod state;
 mod subjects;
 pub mod tls;
@@ -110,6 +111,7 @@ pub fn endpoints(clevertap: bool) -> impl Iterator<Item = &'static Endpoint> {
     api::ENDPOINTS
         .iter()
         .chain(subjects::ENDPOINTS)
+        .chain(files::ENDPOINTS)
         .chain(admin::ENDPOINTS)
         .chain(surface)
 }

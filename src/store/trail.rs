@@ -24,7 +24,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Every column of `records`, in the order `read_row` expects.
 pub(super) const COLUMNS: &str =
     "seq, time_us, request_id, actor, auth, source, action, namespace, route,
-     purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last, unrecognized";
+     purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last, unrecognized, file";
 
 /// The audit trail's migrations, in order, with their names; the
 /// PostgreSQL store keeps steps of the same names (`pg::schema`).
@@ -68,6 +68,9 @@ pub fn steps() -> Vec<(&'static str, M<'static>)> {
             "unrecognized",
             M::up("ALTER TABLE records ADD COLUMN unrecognized TEXT;"),
         ),
+        // What a bulk file run did (`FileRun` as JSON; NULL on every other
+        // record).
+        ("file", M::up("ALTER TABLE records ADD COLUMN file TEXT;")),
     ]
 }
 
@@ -118,13 +121,17 @@ impl Reader {
                 |row| row.get(0),
             )
         };
-        let (has_gaps, has_unrecognized) = (has_column("gap_first")?, has_column("unrecognized")?);
+        let (has_gaps, has_unrecognized, has_file) = (
+            has_column("gap_first")?,
+            has_column("unrecognized")?,
+            has_column("file")?,
+        );
         let has_table: bool = connection.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records')",
             [],
             |row| row.get(0),
         )?;
-        if has_table && !(has_gaps && has_unrecognized) {
+        if has_table && !(has_gaps && has_unrecognized && has_file) {
             let gaps = if has_gaps {
                 ""
             } else {
@@ -135,8 +142,9 @@ impl Reader {
             } else {
                 ", NULL AS unrecognized"
             };
+            let file = if has_file { "" } else { ", NULL AS file" };
             connection.execute_batch(&format!(
-                "CREATE TEMP VIEW records AS SELECT *{gaps}{unrecognized} FROM main.records"
+                "CREATE TEMP VIEW records AS SELECT *{gaps}{unrecognized}{file} FROM main.records"
             ))?;
         }
         Ok(Self(connection))
@@ -254,8 +262,9 @@ pub fn append(
     let mut insert = connection.prepare_cached(
         "INSERT INTO records (seq, time_us, request_id, actor, auth, source, action, namespace, route,
                               purpose, item_count, tokens, outcome, reason, mac, gap_first, gap_last,
-                              unrecognized)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                              unrecognized, file)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19)",
     )?;
     for record in records {
         let (seq, previous) = next_place(head, record)
@@ -281,6 +290,7 @@ pub fn append(
             record.gap.map(|g| to_sql(g.first)),
             record.gap.map(|g| to_sql(g.last)),
             unrecognized,
+            record.file.as_ref().map(crate::audit::FileRun::to_text),
         ])?;
         head = Some(Head { seq, mac });
     }
@@ -347,6 +357,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
         gap_first: row.get(15)?,
         gap_last: row.get(16)?,
         unrecognized: row.get(17)?,
+        file: row.get(18)?,
     };
     columns.into_stored().map_err(|(index, what)| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -377,6 +388,7 @@ pub(super) struct Columns {
     pub(super) gap_first: Option<i64>,
     pub(super) gap_last: Option<i64>,
     pub(super) unrecognized: Option<String>,
+    pub(super) file: Option<String>,
 }
 
 impl Columns {
@@ -416,6 +428,13 @@ impl Columns {
                 reason: self.reason,
                 gap,
                 unrecognized,
+                file: match self.file {
+                    None => None,
+                    Some(text) => Some(
+                        crate::audit::FileRun::parse(&text)
+                            .ok_or((18, "file is not a file run's facts"))?,
+                    ),
+                },
             },
             mac: self.mac,
         })
@@ -728,7 +747,7 @@ mod tests {
             .execute(
                 "INSERT INTO records SELECT 10, time_us, request_id, 'mallory', auth, source, action,
                         namespace, route, purpose, item_count, tokens, outcome, reason, ?1, NULL, NULL,
-                        NULL
+                        NULL, NULL
                  FROM records WHERE seq = 7",
                 params![&head.unwrap().mac[..]],
             )

@@ -5,6 +5,7 @@ mod budget;
 mod cache;
 pub mod classify;
 pub mod clock;
+mod files;
 mod forward;
 mod keyset;
 pub mod receipts;
@@ -13,6 +14,7 @@ pub mod retention;
 pub mod rotation;
 mod subjects;
 
+pub use files::{Ended, FileTokenizeRun};
 pub use forward::{AuditedRefusal, ForwardError, ForwardPlan};
 pub use subjects::SubjectExport;
 
@@ -110,6 +112,9 @@ pub enum ItemProblem {
     /// No token of the class's format fits the value.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The value is longer than [`MAX_VALUE_CHARS`].
+    #[error("value is longer than {MAX_VALUE_CHARS} characters")]
+    TooLong,
 }
 
 /// An engine failure. Messages never contain a value.
@@ -814,6 +819,8 @@ impl Vault {
         if open.is_empty() {
             match touch {
                 Some(touch) => self.store.append_audit_touching(records, touch).await?,
+                // A file run's batch has no record of its own.
+                None if records.is_empty() => {}
                 None => self.store.append_audit(records).await?,
             }
             return Ok(results.into_iter().flatten().collect());

@@ -19,6 +19,7 @@ mod durability;
 mod egress;
 mod faults;
 mod fidelity;
+mod files;
 mod keys;
 mod leak;
 mod logs;

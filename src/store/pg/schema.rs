@@ -230,6 +230,7 @@ const AUDIT: &[(&str, &str)] = &[
         "unrecognized",
         "ALTER TABLE records ADD COLUMN unrecognized TEXT;",
     ),
+    ("file", "ALTER TABLE records ADD COLUMN file TEXT;"),
 ];
 
 const KEYRING: &[(&str, &str)] = &[(
@@ -250,7 +251,7 @@ mod tests {
     fn both_backends_have_the_same_steps_in_the_same_order() {
         check_in_step().unwrap();
         assert_eq!(Component::Vault.steps().len(), 9);
-        assert_eq!(Component::Audit.steps().len(), 3);
+        assert_eq!(Component::Audit.steps().len(), 4);
     }
 
     /// A step missing on one side, or two steps swapped, is named.

@@ -73,6 +73,7 @@ fn decode_at(row: &postgres::Row, at: usize) -> Result<Stored, PgError> {
         gap_first: row.try_get(at + 15)?,
         gap_last: row.try_get(at + 16)?,
         unrecognized: row.try_get(at + 17)?,
+        file: row.try_get(at + 18)?,
     };
     columns
         .into_stored()
@@ -206,7 +207,7 @@ pub(super) fn append(
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                                   $11::int8[], $12::text[], $13::text[], $14::text[], $15::bytea[],
-                                  $16::int8[], $17::int8[], $18::text[])"
+                                  $16::int8[], $17::int8[], $18::text[], $19::text[])"
         ),
         &[
             &rows.seq,
@@ -227,6 +228,7 @@ pub(super) fn append(
             &rows.gap_first,
             &rows.gap_last,
             &rows.unrecognized,
+            &rows.file,
         ],
     )?;
     if let Some(head) = head {
@@ -259,6 +261,7 @@ struct RecordColumns<'a> {
     gap_first: Vec<Option<i64>>,
     gap_last: Vec<Option<i64>>,
     unrecognized: Vec<Option<String>>,
+    file: Vec<Option<String>>,
 }
 
 impl<'a> RecordColumns<'a> {
@@ -282,6 +285,8 @@ impl<'a> RecordColumns<'a> {
         self.gap_first.push(record.gap.map(|g| to_sql(g.first)));
         self.gap_last.push(record.gap.map(|g| to_sql(g.last)));
         self.unrecognized.push(unrecognized);
+        self.file
+            .push(record.file.as_ref().map(crate::audit::FileRun::to_text));
     }
 }
 

@@ -1,0 +1,242 @@
+//! `file tokenize`: every selected cell becomes its token; rows that cannot
+//! be tokenized are rejected whole and reported without their values.
+
+use std::io::{BufRead, Write};
+
+use super::rows::{Format, Next, Row, Rows};
+use super::{csv, ColumnRule, Counts, FileError};
+use crate::payload::splice;
+use crate::pii::Pii;
+use crate::vault::{FileTokenizeRun, TokenizeItem, VaultError};
+
+/// What to tokenize and how.
+pub struct Job<'a> {
+    /// The input's format.
+    pub format: Format,
+    /// The columns (or selectors) to tokenize, with their classes.
+    pub rules: &'a [ColumnRule],
+    /// The column (or selector) naming each row's customer.
+    pub subject: Option<&'a str>,
+    /// Rows per engine call.
+    pub batch_rows: usize,
+    /// Stop once more rows than this are rejected.
+    pub max_rejects: Option<u64>,
+    /// The counts an interrupted run saved: its records are skipped (they
+    /// are in the output already).
+    pub resume: Option<Counts>,
+}
+
+/// Where a run's batches go: each batch's bytes (whole rows, in order), and
+/// the counts once the batch is out. A batch is handed over only after its
+/// tokens are durably committed.
+pub type Output<'a> = dyn FnMut(&[u8], &Counts) -> std::io::Result<()> + 'a;
+
+/// One row waiting for its batch's tokens, or bytes to copy.
+enum Waiting {
+    Copy(Vec<u8>),
+    Row {
+        row: Row,
+        /// Its items: `items[first..first + row.cells.len()]`.
+        first: usize,
+    },
+}
+
+struct Batch {
+    waiting: Vec<Waiting>,
+    items: Vec<TokenizeItem>,
+    rows: usize,
+}
+
+/// Tokenizes `input` into `output`, rejects into `rejects` (`row,reason`
+/// lines). `stop` is asked between rows; when it answers true the run ends
+/// with [`FileError::Interrupted`] after the last whole batch.
+pub fn run<R: BufRead>(
+    vault: &FileTokenizeRun<'_>,
+    handle: &tokio::runtime::Handle,
+    job: &Job<'_>,
+    input: R,
+    output: &mut Output<'_>,
+    rejects: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> Result<Counts, FileError> {
+    let mut rows = Rows::new(job.format, input, job.rules, job.subject)?;
+    let mut counts = job.resume.clone().unwrap_or_default();
+    let skip = counts.records;
+    while rows.records() < skip {
+        if matches!(rows.next()?, Next::End) {
+            break;
+        }
+    }
+    if rows.records() != skip || rows.consumed() != counts.input_bytes {
+        return Err(FileError::Header(
+            "the input is not the one the interrupted run read; run again without --resume"
+                .to_owned(),
+        ));
+    }
+    let mut batch = Batch {
+        waiting: Vec::new(),
+        items: Vec::new(),
+        rows: 0,
+    };
+    loop {
+        if stop() {
+            return Err(FileError::Interrupted);
+        }
+        let next = rows.next()?;
+        let end = matches!(next, Next::End);
+        match next {
+            Next::End => {}
+            Next::Copy(bytes) | Next::Header(bytes, _) => batch.waiting.push(Waiting::Copy(bytes)),
+            Next::Reject(number, reason) => reject(&mut counts, job, rejects, number, &reason)?,
+            Next::Row(row) => {
+                let first = batch.items.len();
+                let mut problem = None;
+                for cell in &row.cells {
+                    let class = &job.rules[cell.rule].class;
+                    match vault.check(class, cell.text.expose(), cell.number) {
+                        Ok(normalized) => batch.items.push(TokenizeItem {
+                            class: class.clone(),
+                            value: normalized,
+                            subject: row.subject.as_ref().map(copy),
+                            number: false,
+                        }),
+                        Err(error) => {
+                            problem = Some(format!(
+                                "{} ({class}): {error}",
+                                describe(job.format, &job.rules[cell.rule].column)
+                            ));
+                            break;
+                        }
+                    }
+                }
+                match problem {
+                    Some(reason) => {
+                        batch.items.truncate(first);
+                        reject(&mut counts, job, rejects, row.number, &reason)?;
+                    }
+                    None => {
+                        batch.waiting.push(Waiting::Row { row, first });
+                        batch.rows += 1;
+                    }
+                }
+            }
+        }
+        if end || batch.rows >= job.batch_rows {
+            counts.records = rows.records();
+            counts.input_bytes = rows.consumed();
+            flush(vault, handle, job, &mut batch, &mut counts, output, rejects)?;
+        }
+        if end {
+            return Ok(counts);
+        }
+    }
+}
+
+/// Tokenizes the batch's items in one engine call and hands the rewritten
+/// rows over. An item the engine refuses rejects its row, and the call is
+/// made again without it.
+fn flush(
+    vault: &FileTokenizeRun<'_>,
+    handle: &tokio::runtime::Handle,
+    job: &Job<'_>,
+    batch: &mut Batch,
+    counts: &mut Counts,
+    output: &mut Output<'_>,
+    rejects: &mut dyn Write,
+) -> Result<(), FileError> {
+    let tokens = loop {
+        if batch.items.is_empty() {
+            break Vec::new();
+        }
+        match handle.block_on(vault.tokenize(&batch.items)) {
+            Ok(tokens) => break tokens,
+            Err(VaultError::Item { index, problem }) => {
+                let (at, number, first, len) = batch
+                    .waiting
+                    .iter()
+                    .enumerate()
+                    .find_map(|(at, waiting)| match waiting {
+                        Waiting::Row { row, first }
+                            if (*first..*first + row.cells.len()).contains(&index) =>
+                        {
+                            Some((at, row.number, *first, row.cells.len()))
+                        }
+                        _ => None,
+                    })
+                    .ok_or(VaultError::Item { index, problem })?;
+                batch.waiting.remove(at);
+                batch.rows -= 1;
+                batch.items.drain(first..first + len);
+                for waiting in &mut batch.waiting[at..] {
+                    if let Waiting::Row { first: later, .. } = waiting {
+                        *later -= len;
+                    }
+                }
+                reject(counts, job, rejects, number, &problem.to_string())?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let mut bytes = Vec::new();
+    for waiting in batch.waiting.drain(..) {
+        match waiting {
+            Waiting::Copy(copied) => bytes.extend_from_slice(&copied),
+            Waiting::Row { row, first } => {
+                let edits = row
+                    .cells
+                    .iter()
+                    .zip(&tokens[first..first + row.cells.len()])
+                    .map(|(cell, token)| {
+                        let token = match job.format {
+                            Format::Csv => csv::cell(&token.token).into_owned(),
+                            Format::Jsonl => splice::json_string(&token.token),
+                        };
+                        (cell.span, token)
+                    })
+                    .collect();
+                bytes.extend_from_slice(&splice::splice(&row.bytes, edits));
+                counts.rows += 1;
+            }
+        }
+    }
+    for token in &tokens {
+        if token.created {
+            counts.created += 1;
+        } else {
+            counts.reused += 1;
+        }
+    }
+    batch.items.clear();
+    batch.rows = 0;
+    output(&bytes, counts).map_err(FileError::Output)
+}
+
+fn reject(
+    counts: &mut Counts,
+    job: &Job<'_>,
+    rejects: &mut dyn Write,
+    number: u64,
+    reason: &str,
+) -> Result<(), FileError> {
+    counts.rejected += 1;
+    let line = format!("{number},{}\n", String::from_utf8_lossy(&csv::cell(reason)));
+    rejects
+        .write_all(line.as_bytes())
+        .map_err(FileError::Output)?;
+    match job.max_rejects {
+        Some(limit) if counts.rejected > limit => Err(FileError::TooManyRejects(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// How a reject names a rule's column.
+pub(super) fn describe(format: Format, column: &str) -> String {
+    match format {
+        Format::Csv => format!("column {column}"),
+        Format::Jsonl => format!("field {column}"),
+    }
+}
+
+fn copy(pii: &Pii) -> Pii {
+    Pii::new(pii.expose().to_owned())
+}
