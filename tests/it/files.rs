@@ -100,7 +100,7 @@ fn normalized(column: &str, value: &str) -> String {
 }
 
 #[test]
-fn csv_goes_through_tokenize_and_back_with_every_other_byte_kept() {
+pub(crate) fn csv_goes_through_tokenize_and_back_with_every_other_byte_kept() {
     let setup = Setup::new("");
     let dir = setup.dir.path();
     let input = fixture("profiles-10.csv");
@@ -289,7 +289,7 @@ fn json_lines_go_through_tokenize_and_back_numbers_and_all() {
 }
 
 #[test]
-fn rejected_rows_are_reported_by_number_and_reason_never_by_value() {
+pub(crate) fn rejected_rows_are_reported_by_number_and_reason_never_by_value() {
     let setup = Setup::new("");
     let dir = setup.dir.path();
     let input = fixture("profiles-bad.csv");

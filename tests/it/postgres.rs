@@ -65,7 +65,7 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            stdout.contains("schema: audit 3, keyring 1, vault 9 (up to date)"),
+            stdout.contains("schema: audit 4, keyring 1, vault 9 (up to date)"),
             "{stdout}"
         );
         assert!(
@@ -77,7 +77,7 @@ fn storage_check_migrates_once_reports_versions_and_sqlite_only_commands_refuse(
         "vault",
         "SELECT component || '=' || version FROM vault_a.schema_versions ORDER BY component",
     );
-    assert_eq!(versions, "audit=3\nkeyring=1\nvault=9\n");
+    assert_eq!(versions, "audit=4\nkeyring=1\nvault=9\n");
     let tables = cluster.psql_in(
         "vault",
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
@@ -142,7 +142,7 @@ fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
         for node in nodes {
             let versions = node.join().unwrap();
             assert_eq!(versions["vault"], 9);
-            assert_eq!(versions["audit"], 3);
+            assert_eq!(versions["audit"], 4);
         }
     }
     let store = PgStore::connect(&settings(&cluster, "race_0", None)).unwrap();
@@ -1856,4 +1856,12 @@ fn a_restored_pg_dump_older_than_an_erasure_does_not_bring_the_subject_back() {
     assert!(audit_records(&setup)
         .iter()
         .any(|r| r["action"] == "subject_forget" && r["reason"] == "tombstone_reapplied"));
+}
+
+#[test]
+fn the_bulk_file_suite_passes_on_postgres() {
+    each_on_postgres(&[
+        crate::files::csv_goes_through_tokenize_and_back_with_every_other_byte_kept,
+        crate::files::rejected_rows_are_reported_by_number_and_reason_never_by_value,
+    ]);
 }
