@@ -5,6 +5,7 @@
 #
 #   bash fuzz/run.sh                 # every target for FUZZ_SECONDS (30) each
 #   FUZZ_RUNS=10000000 bash fuzz/run.sh config   # one target, 10 M executions
+#   FUZZ_OPT_LEVEL=0 bash fuzz/run.sh  # quicker to build, slower to run (CI)
 #
 # Each target starts from its seeds (fuzz/seeds/<target>/) in a scratch
 # corpus under fuzz/target/, so the repository is not modified. A crash
@@ -21,7 +22,8 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 # An explicit target keeps the flags off build scripts and proc macros.
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
-cargo build --locked --release --bins --target "$TRIPLE"
+CARGO_PROFILE_RELEASE_OPT_LEVEL="${FUZZ_OPT_LEVEL:-1}" \
+  cargo build --locked --release --bins --target "$TRIPLE"
 
 for target in "${TARGETS[@]}"; do
   corpus="target/corpus/$target"

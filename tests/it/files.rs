@@ -788,3 +788,86 @@ fn the_http_surface_streams_a_file_for_a_client_that_may_tokenize() {
         .unwrap();
     assert_eq!(bad_query.status().as_u16(), 400);
 }
+
+#[test]
+fn a_detokenization_budget_stops_a_list_and_nothing_is_published() {
+    let setup = Setup::new("");
+    let dir = setup.dir.path();
+    let tokenized = dir.join("p.tok.csv");
+    ok(&tokenize_csv(
+        &setup,
+        &fixture("profiles-10.csv"),
+        &tokenized,
+        &[],
+    ));
+    // `budgeted` may reveal 5 values a minute; the list holds 10 phones.
+    let run = |client: &str, out: &Path| {
+        Command::new(BIN)
+            .args([
+                "file",
+                "detokenize",
+                "--in",
+                tokenized.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--namespace",
+                "retail",
+                "--columns",
+                "Phone=phone",
+                "--client",
+                client,
+                "--purpose",
+                "sms_delivery",
+                "--config",
+            ])
+            .arg(&setup.config)
+            .output()
+            .unwrap()
+    };
+    let over = dir.join("over.csv");
+    let out = run("budgeted", &over);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("budget"), "{stderr}");
+    assert!(!over.exists());
+    assert!(!dir.join("over.csv.partial").exists());
+    // The same list for a client without a budget: every phone, and the
+    // email column (not asked for) stays a token.
+    let fine = dir.join("fine.csv");
+    ok(&run("sms", &fine));
+    let rows = csv_rows(&fine);
+    assert!(rows
+        .iter()
+        .all(|r| r["Phone"].starts_with('+') && r["tokenvault_reason"].is_empty()));
+    assert!(rows
+        .iter()
+        .all(|r| r["Email"].ends_with("@tok.retail.invalid")));
+    // A column of a class the role may not see answers not_found.
+    let hidden = dir.join("hidden.csv");
+    let out = Command::new(BIN)
+        .args([
+            "file",
+            "detokenize",
+            "--in",
+            tokenized.to_str().unwrap(),
+            "--out",
+            hidden.to_str().unwrap(),
+            "--namespace",
+            "retail",
+            "--columns",
+            "Email=email",
+            "--client",
+            "sms",
+            "--purpose",
+            "sms_delivery",
+            "--config",
+        ])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    ok(&out);
+    let rows = csv_rows(&hidden);
+    assert!(rows
+        .iter()
+        .all(|r| r["Email"].is_empty() && r["tokenvault_reason"] == "Email:not_found"));
+}
