@@ -84,6 +84,11 @@ pub fn run<R: BufRead>(
         }
         let next = rows.next()?;
         let end = matches!(next, Next::End);
+        if end && rows.records() == 0 {
+            return Err(FileError::Header(
+                "the input is empty (a CSV file starts with its header row)".to_owned(),
+            ));
+        }
         match next {
             Next::End => {}
             Next::Copy(bytes) | Next::Header(bytes, _) => batch.waiting.push(Waiting::Copy(bytes)),

@@ -79,6 +79,17 @@ async fn tokenize_file(
         })?
         .into_inner();
     log_namespace(&state, &req, &query.namespace);
+    if state.vault.namespace_spec(&query.namespace).is_none() {
+        // Refused (and recorded, the namespace as a fingerprint) before the
+        // columns are looked at: a missing resource is a 404.
+        let refused = state
+            .vault
+            .start_file_tokenize(&context, &caller, &query.namespace, &[])
+            .await
+            .err()
+            .unwrap_or(crate::vault::VaultError::UnknownNamespace);
+        return Err(ApiError::from_vault(refused, &id));
+    }
     let rules = ColumnRule::parse_list(&query.columns).map_err(|error| {
         ApiError::new(ErrorCode::InvalidRequest, format!("columns: {error}"), &id)
     })?;
@@ -144,6 +155,9 @@ async fn tokenize_file(
         let mut rejects = RejectNote(&mut first_reject);
         let result = input.map_err(FileError::Output).and_then(|input| {
             let mut output = |bytes: &[u8], _: &Counts| {
+                if bytes.is_empty() {
+                    return Ok(());
+                }
                 if let Some(started) = started.take() {
                     let _ = started.send(Start::Streaming);
                 }
