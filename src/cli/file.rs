@@ -205,7 +205,10 @@ fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
         }
     };
 
-    let (store, vault) = super::open_engine(&config)?;
+    let (store, mut vault) = super::open_engine(&config)?;
+    // A file's values come once each: the cache of known values would only
+    // take memory.
+    vault.set_token_cache(0);
     let runtime = runtime()?;
     let stop = interrupt_flag(&runtime);
     let operator = Caller {
@@ -425,10 +428,11 @@ fn settings_digest(parts: &[&str]) -> String {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    // One worker: the engine's calls run there while this thread reads and
-    // writes the file, and the signal watcher runs between them.
+    // Two workers: the engine's calls (two halves of a batch at once) run
+    // there while this thread reads and writes the file, and the signal
+    // watcher runs between them.
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the runtime")?)
