@@ -538,11 +538,19 @@ impl Destination {
         else {
             return Ok(());
         };
-        if resume.exists() || partial.exists() {
+        if resume.exists() {
             return Err(anyhow!(
                 "an interrupted run left {}\nhint: add --resume to continue it, or delete it and {}",
                 partial.display(),
                 resume.display()
+            )
+            .into());
+        }
+        if partial.exists() {
+            // An encrypted run keeps no checkpoint: it cannot be continued.
+            return Err(anyhow!(
+                "an unfinished run left {}, with no checkpoint to resume from\nhint: delete it and run again; tokens already created are reused",
+                partial.display()
             )
             .into());
         }
