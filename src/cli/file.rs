@@ -18,12 +18,11 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Subcommand};
 
 use super::{CliError, DEFAULT_CONFIG};
-use crate::audit::{Context, FileRun};
+use crate::audit::Context;
 use crate::crypto::digest::{HashingReader, StreamDigest};
 use crate::files::output::{BatchWriter, Checkpoint};
 use crate::files::{self, ColumnRule, Counts, FileError, Format};
 use crate::policy::{Caller, Operation, Role};
-use crate::vault::Ended;
 
 /// `file` subcommands.
 #[derive(Subcommand)]
@@ -273,23 +272,8 @@ fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
         Err(_) => sink.last_counts().cloned().unwrap_or_default(),
     };
     progress.finish();
-    let facts = FileRun {
-        sha256: digest.hex(),
-        format: format.as_str().to_owned(),
-        rows: counts.rows,
-        rejected: counts.rejected,
-        created: counts.created,
-        reused: counts.reused,
-        classes: rules.iter().map(|rule| rule.class.clone()).collect(),
-    };
-    let ended = match &result {
-        Ok(_) => Ended::Completed,
-        Err(FileError::Vault(error)) => Ended::Failed(error),
-        Err(FileError::Interrupted) => Ended::Stopped("interrupted"),
-        Err(FileError::TooManyRejects(_)) => Ended::Stopped("too_many_rejects"),
-        Err(FileError::Output(_)) => Ended::Stopped("output_failed"),
-        Err(_) => Ended::Stopped("input_unreadable"),
-    };
+    let facts = files::facts(digest.hex(), format, &counts, &rules);
+    let ended = files::ended(&result);
     let recorded = runtime.block_on(file_run.finish(facts, ended));
     drop(vault);
     store.shutdown();

@@ -70,11 +70,13 @@ pub fn run<R: BufRead>(
                 waiting.push(Waiting::Copy(bytes));
             }
             Next::Copy(bytes) => waiting.push(Waiting::Copy(bytes)),
-            Next::Reject(number, reason) => reject(&mut counts, rejects, number, &reason)?,
+            Next::Reject(number, reason) => {
+                super::report_reject(&mut counts, rejects, number, &reason)?
+            }
             Next::Row(row)
                 if job.format == Format::Jsonl && closing_brace(&row.bytes).is_none() =>
             {
-                reject(&mut counts, rejects, row.number, "not a JSON object")?;
+                super::report_reject(&mut counts, rejects, row.number, "not a JSON object")?;
             }
             Next::Row(row) => {
                 waiting.push(Waiting::Row(row));
@@ -100,19 +102,6 @@ pub fn run<R: BufRead>(
             return Ok(counts);
         }
     }
-}
-
-fn reject(
-    counts: &mut Counts,
-    rejects: &mut dyn Write,
-    number: u64,
-    reason: &str,
-) -> Result<(), FileError> {
-    counts.rejected += 1;
-    let line = format!("{number},{}\n", String::from_utf8_lossy(&csv::cell(reason)));
-    rejects
-        .write_all(line.as_bytes())
-        .map_err(FileError::Output)
 }
 
 /// Reveals the waiting rows' tokens in one engine call and writes the rows.

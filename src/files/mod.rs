@@ -76,6 +76,51 @@ pub fn reject_header(report: &mut dyn std::io::Write) -> std::io::Result<()> {
     report.write_all(b"row,reason\n")
 }
 
+/// Counts a rejected row and writes its line (`row,reason`, never a value)
+/// to the reject report.
+pub(crate) fn report_reject(
+    counts: &mut Counts,
+    report: &mut dyn std::io::Write,
+    number: u64,
+    reason: &str,
+) -> Result<(), FileError> {
+    counts.rejected += 1;
+    let line = format!("{number},{}\n", String::from_utf8_lossy(&csv::cell(reason)));
+    report.write_all(line.as_bytes()).map_err(FileError::Output)
+}
+
+/// The audit record's facts of a tokenize run that read `sha256` in
+/// `format`, with `rules`, and got as far as `counts`.
+pub fn facts(
+    sha256: String,
+    format: Format,
+    counts: &Counts,
+    rules: &[ColumnRule],
+) -> crate::audit::FileRun {
+    crate::audit::FileRun {
+        sha256,
+        format: format.as_str().to_owned(),
+        rows: counts.rows,
+        rejected: counts.rejected,
+        created: counts.created,
+        reused: counts.reused,
+        classes: rules.iter().map(|rule| rule.class.clone()).collect(),
+    }
+}
+
+/// How a run that ended with `result` is recorded.
+pub fn ended<T>(result: &Result<T, FileError>) -> crate::vault::Ended<'_> {
+    use crate::vault::Ended;
+    match result {
+        Ok(_) => Ended::Completed,
+        Err(FileError::Vault(error)) => Ended::Failed(error),
+        Err(FileError::Interrupted) => Ended::Stopped("interrupted"),
+        Err(FileError::TooManyRejects(_)) => Ended::Stopped("too_many_rejects"),
+        Err(FileError::Output(_)) => Ended::Stopped("output_failed"),
+        Err(_) => Ended::Stopped("input_unreadable"),
+    }
+}
+
 /// `input`, gunzipped when it starts like gzip (a CSV or JSON file cannot
 /// start with 0x1f 0x8b); several gzip members are read as one stream.
 pub fn decompressed<'a>(

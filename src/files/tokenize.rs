@@ -251,11 +251,7 @@ fn reject(
     number: u64,
     reason: &str,
 ) -> Result<(), FileError> {
-    counts.rejected += 1;
-    let line = format!("{number},{}\n", String::from_utf8_lossy(&csv::cell(reason)));
-    rejects
-        .write_all(line.as_bytes())
-        .map_err(FileError::Output)?;
+    super::report_reject(counts, rejects, number, reason)?;
     match job.max_rejects {
         Some(limit) if counts.rejected > limit => Err(FileError::TooManyRejects(limit)),
         _ => Ok(()),

@@ -23,9 +23,7 @@ use super::context::RequestId;
 use super::error::{ApiError, ErrorCode};
 use super::state::State;
 use super::Endpoint;
-use crate::audit::FileRun;
 use crate::files::{self, ColumnRule, Counts, FileError, Format};
-use crate::vault::Ended;
 
 /// The file endpoints.
 pub(super) const ENDPOINTS: &[Endpoint] = &[Endpoint::new(
@@ -175,23 +173,8 @@ async fn tokenize_file(
             )
         });
         let counts = result.as_ref().ok().cloned().unwrap_or_default();
-        let facts = FileRun {
-            sha256: digest.hex(),
-            format: query.format.as_str().to_owned(),
-            rows: counts.rows,
-            rejected: counts.rejected,
-            created: counts.created,
-            reused: counts.reused,
-            classes: rules.iter().map(|rule| rule.class.clone()).collect(),
-        };
-        let ended = match &result {
-            Ok(_) => Ended::Completed,
-            Err(FileError::Vault(error)) => Ended::Failed(error),
-            Err(FileError::Interrupted) => Ended::Stopped("interrupted"),
-            Err(FileError::TooManyRejects(_)) => Ended::Stopped("too_many_rejects"),
-            Err(FileError::Output(_)) => Ended::Stopped("output_failed"),
-            Err(_) => Ended::Stopped("input_unreadable"),
-        };
+        let facts = files::facts(digest.hex(), query.format, &counts, &rules);
+        let ended = files::ended(&result);
         let recorded = handle.block_on(run.finish(facts, ended));
         let failure = match (result, recorded) {
             (Ok(_), Ok(())) => None,
