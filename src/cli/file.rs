@@ -131,6 +131,8 @@ struct Prepared {
     format: Format,
     rules: Vec<ColumnRule>,
     out: Destination,
+    /// gzip the output (`--gzip`, or `--out` ending in `.gz`).
+    gzip: bool,
 }
 
 fn prepare(common: &Common) -> Result<Prepared, CliError> {
@@ -159,6 +161,7 @@ fn prepare(common: &Common) -> Result<Prepared, CliError> {
         format,
         rules,
         out,
+        gzip: common.gzip || common.output.ends_with(".gz"),
     })
 }
 
@@ -169,8 +172,8 @@ fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
         format,
         rules,
         out,
+        gzip,
     } = prepare(common)?;
-    let gzip = common.gzip || common.output.ends_with(".gz");
     let settings = settings_digest(&[
         format.as_str(),
         &common.namespace,
@@ -305,8 +308,8 @@ fn detokenize(args: DetokenizeArgs) -> Result<(), CliError> {
         format,
         rules,
         out,
+        gzip,
     } = prepare(common)?;
-    let gzip = common.gzip || common.output.ends_with(".gz");
     out.refuse_leftovers()?;
     let spec = config.clients.get(&args.client).ok_or_else(|| {
         anyhow!(

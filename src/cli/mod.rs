@@ -228,13 +228,7 @@ pub(crate) fn record_offline(
     use anyhow::anyhow;
     match &config.storage.backend {
         Backend::Sqlite => {
-            let source = config
-                .keys
-                .kek_source()
-                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-            let keyring =
-                crate::crypto::wrapping::Keyring::open(&config.storage.keyring_path(), &source)
-                    .map_err(|error| anyhow!("{error}"))?;
+            let keyring = sqlite_keyring(config)?;
             crate::store::append_audit_offline(
                 &config.storage.database_path(),
                 &config.storage.audit_path(),
@@ -262,7 +256,7 @@ pub(crate) fn open_engine(
     config: &Config,
 ) -> Result<(std::sync::Arc<crate::store::Store>, crate::vault::Vault), CliError> {
     use crate::store::Store;
-    use anyhow::{anyhow, Context as _};
+    use anyhow::Context as _;
     let (keyring, store) = match &config.storage.backend {
         Backend::Postgres(settings) => {
             let pg = storage::connect_postgres(settings)?;
@@ -272,13 +266,7 @@ pub(crate) fn open_engine(
             (keyring, store)
         }
         Backend::Sqlite => {
-            let source = config
-                .keys
-                .kek_source()
-                .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
-            let keyring =
-                crate::crypto::wrapping::Keyring::open(&config.storage.keyring_path(), &source)
-                    .map_err(|error| anyhow!("{error}"))?;
+            let keyring = sqlite_keyring(config)?;
             let store = Store::open(
                 &config.storage.database_path(),
                 &config.storage.audit_path(),
@@ -298,6 +286,17 @@ pub(crate) fn open_engine(
     vault.set_budgets(&config.clients);
     vault.set_purpose_names(config.purpose_names());
     Ok((store, vault))
+}
+
+/// The master keyring of a SQLite data directory, unwrapped with the
+/// configured passphrase or key file.
+fn sqlite_keyring(config: &Config) -> Result<crate::crypto::wrapping::Keyring, CliError> {
+    let source = config
+        .keys
+        .kek_source()
+        .map_err(|problem| CliError::Config(ConfigErrors(vec![problem])))?;
+    crate::crypto::wrapping::Keyring::open(&config.storage.keyring_path(), &source)
+        .map_err(|error| anyhow::anyhow!("{error}").into())
 }
 
 /// Writes `bytes` to stdout; a reader that went away (`| head -1`) ends the
