@@ -7,9 +7,11 @@
 # writes gzip. Needs /usr/bin/time.
 #
 #   bash benches/files.sh              (ROWS=200000 for a quicker run)
+#   SUBJECT= bash benches/files.sh     (no --subject-column: no subject links)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-1000000}
+SUBJECT=${SUBJECT-identity}
 BIN=${TOKENVAULT_BIN:-target/release/tokenvault}
 [ -x "$BIN" ] || cargo build --locked --release --quiet
 work=$(mktemp -d)
@@ -54,7 +56,7 @@ run() { # label output extra-args…
   start=$(date +%s.%N)
   /usr/bin/time -f '%M' -o "$work/rss" "$BIN" file tokenize --in "$work/export.csv" --out "$out" \
     --namespace retail --columns 'Email=email,Phone=phone,Name=name' \
-    --subject-column identity --config "$work/vault.toml" "$@" 2>"$work/stderr"
+    ${SUBJECT:+--subject-column "$SUBJECT"} --config "$work/vault.toml" "$@" 2>"$work/stderr"
   end=$(date +%s.%N)
   local secs rss
   secs=$(echo "$end - $start" | bc)
@@ -62,7 +64,7 @@ run() { # label output extra-args…
   printf '%-22s %9d rows %8.1f s %9.0f rows/s  peak RSS %4d MB  (%s)\n' \
     "$label" "$ROWS" "$secs" "$(echo "$ROWS / $secs" | bc -l)" "$rss" "$(tail -1 "$work/stderr")"
 }
-echo "input: $ROWS rows, 3 PII columns, $size; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "input: $ROWS rows, 3 PII columns, $size, subject column: ${SUBJECT:-none}; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # Baseline, same run: Python's csv module reading and writing the same file
 # (parse and copy, no tokenization).
 start=$(date +%s.%N)

@@ -135,8 +135,14 @@ struct Prepared {
     gzip: bool,
 }
 
+/// Page cache per SQLite connection for a file run, in MiB, at most.
+const FILE_RUN_CACHE_MIB: u32 = 8;
+
 fn prepare(common: &Common) -> Result<Prepared, CliError> {
-    let config = crate::config::load(&common.config)?;
+    let mut config = crate::config::load(&common.config)?;
+    // A file's lookups land all over the store, so a large page cache per
+    // connection buys little, and five of them are most of a run's memory.
+    config.limits.sqlite_cache_mib = config.limits.sqlite_cache_mib.min(FILE_RUN_CACHE_MIB);
     if !config.namespaces.contains_key(&common.namespace) {
         return Err(anyhow!(
             "namespace `{}` is not defined\nhint: check [namespaces] in {}",

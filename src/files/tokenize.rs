@@ -7,7 +7,7 @@ use super::rows::{Format, Next, Row, Rows};
 use super::{csv, ColumnRule, Counts, FileError};
 use crate::payload::splice;
 use crate::pii::Pii;
-use crate::vault::{FileTokenizeRun, TokenizeItem, VaultError};
+use crate::vault::{FileTokenizeRun, TokenizeItem, Tokenized, VaultError};
 
 /// What to tokenize and how.
 pub struct Job<'a> {
@@ -41,15 +41,28 @@ enum Waiting {
     },
 }
 
+/// The rows read for one engine call, with the rows rejected while reading
+/// them (reported when the batch is settled, so the report and the counts
+/// move batch by batch), and where the input stood after them.
+#[derive(Default)]
 struct Batch {
     waiting: Vec<Waiting>,
     items: Vec<TokenizeItem>,
     rows: usize,
+    rejects: Vec<(u64, String)>,
+    records: u64,
+    input_bytes: u64,
+    /// The input ended with this batch.
+    last: bool,
 }
 
 /// Tokenizes `input` into `output`, rejects into `rejects` (`row,reason`
 /// lines). `stop` is asked between rows; when it answers true the run ends
 /// with [`FileError::Interrupted`] after the last whole batch.
+///
+/// The next batch is read while the engine tokenizes the current one, so
+/// parsing and the engine's work overlap; batches are settled (reported,
+/// written, counted) one after the other, in input order.
 pub fn run<R: BufRead>(
     vault: &FileTokenizeRun<'_>,
     handle: &tokio::runtime::Handle,
@@ -73,26 +86,69 @@ pub fn run<R: BufRead>(
                 .to_owned(),
         ));
     }
-    let mut batch = Batch {
-        waiting: Vec::new(),
-        items: Vec::new(),
-        rows: 0,
-    };
+    let mut batch = read_batch(vault, job, &mut rows, stop)?;
     loop {
+        for (number, reason) in std::mem::take(&mut batch.rejects) {
+            reject(&mut counts, job, rejects, number, &reason)?;
+        }
+        counts.records = batch.records;
+        counts.input_bytes = batch.input_bytes;
+        let (tokens, next) = if batch.last {
+            (
+                tokenize_batch(vault, handle, job, &mut batch, &mut counts, rejects)?,
+                None,
+            )
+        } else if batch.items.is_empty() {
+            (Vec::new(), Some(read_batch(vault, job, &mut rows, stop)))
+        } else {
+            let (tokens, next) = handle.block_on(async {
+                tokio::join!(tokenize_halves(vault, &batch.items), async {
+                    read_batch(vault, job, &mut rows, stop)
+                })
+            });
+            let tokens = match tokens {
+                Ok(tokens) => tokens,
+                // A refused item: settled again on its own, row by row.
+                Err(VaultError::Item { .. }) => {
+                    tokenize_batch(vault, handle, job, &mut batch, &mut counts, rejects)?
+                }
+                Err(error) => return Err(error.into()),
+            };
+            (tokens, Some(next))
+        };
+        write_batch(job, batch, &tokens, &mut counts, output)?;
+        match next {
+            None => return Ok(counts),
+            Some(next) => batch = next?,
+        }
+    }
+}
+
+/// Reads up to a batch of rows, checking each selected cell; a cell that
+/// fails its class rejects its row.
+fn read_batch<R: BufRead>(
+    vault: &FileTokenizeRun<'_>,
+    job: &Job<'_>,
+    rows: &mut Rows<R>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Batch, FileError> {
+    let mut batch = Batch::default();
+    while batch.rows < job.batch_rows {
         if stop() {
             return Err(FileError::Interrupted);
         }
-        let next = rows.next()?;
-        let end = matches!(next, Next::End);
-        if end && rows.records() == 0 {
-            return Err(FileError::Header(
-                "the input is empty (a CSV file starts with its header row)".to_owned(),
-            ));
-        }
-        match next {
-            Next::End => {}
+        match rows.next()? {
+            Next::End => {
+                if rows.records() == 0 {
+                    return Err(FileError::Header(
+                        "the input is empty (a CSV file starts with its header row)".to_owned(),
+                    ));
+                }
+                batch.last = true;
+                break;
+            }
             Next::Copy(bytes) | Next::Header(bytes, _) => batch.waiting.push(Waiting::Copy(bytes)),
-            Next::Reject(number, reason) => reject(&mut counts, job, rejects, number, &reason)?,
+            Next::Reject(number, reason) => batch.rejects.push((number, reason)),
             Next::Row(row) => {
                 let first = batch.items.len();
                 let mut problem = None;
@@ -117,7 +173,7 @@ pub fn run<R: BufRead>(
                 match problem {
                     Some(reason) => {
                         batch.items.truncate(first);
-                        reject(&mut counts, job, rejects, row.number, &reason)?;
+                        batch.rejects.push((row.number, reason));
                     }
                     None => {
                         batch.waiting.push(Waiting::Row { row, first });
@@ -126,35 +182,28 @@ pub fn run<R: BufRead>(
                 }
             }
         }
-        if end || batch.rows >= job.batch_rows {
-            counts.records = rows.records();
-            counts.input_bytes = rows.consumed();
-            flush(vault, handle, job, &mut batch, &mut counts, output, rejects)?;
-        }
-        if end {
-            return Ok(counts);
-        }
     }
+    batch.records = rows.records();
+    batch.input_bytes = rows.consumed();
+    Ok(batch)
 }
 
-/// Tokenizes the batch's items in one engine call and hands the rewritten
-/// rows over. An item the engine refuses rejects its row, and the call is
-/// made again without it.
-fn flush(
+/// Tokenizes the batch's items in one engine call. An item the engine
+/// refuses rejects its row, and the call is made again without it.
+fn tokenize_batch(
     vault: &FileTokenizeRun<'_>,
     handle: &tokio::runtime::Handle,
     job: &Job<'_>,
     batch: &mut Batch,
     counts: &mut Counts,
-    output: &mut Output<'_>,
     rejects: &mut dyn Write,
-) -> Result<(), FileError> {
-    let tokens = loop {
+) -> Result<Vec<Tokenized>, FileError> {
+    loop {
         if batch.items.is_empty() {
-            break Vec::new();
+            return Ok(Vec::new());
         }
         match handle.block_on(tokenize_halves(vault, &batch.items)) {
-            Ok(tokens) => break tokens,
+            Ok(tokens) => return Ok(tokens),
             Err(VaultError::Item { index, problem }) => {
                 let (at, number, first, len) = batch
                     .waiting
@@ -181,9 +230,19 @@ fn flush(
             }
             Err(error) => return Err(error.into()),
         }
-    };
+    }
+}
+
+/// Hands the batch's rows over with their tokens spliced in.
+fn write_batch(
+    job: &Job<'_>,
+    batch: Batch,
+    tokens: &[Tokenized],
+    counts: &mut Counts,
+    output: &mut Output<'_>,
+) -> Result<(), FileError> {
     let mut bytes = Vec::new();
-    for waiting in batch.waiting.drain(..) {
+    for waiting in batch.waiting {
         match waiting {
             Waiting::Copy(copied) => bytes.extend_from_slice(&copied),
             Waiting::Row { row, first } => {
@@ -204,15 +263,13 @@ fn flush(
             }
         }
     }
-    for token in &tokens {
+    for token in tokens {
         if token.created {
             counts.created += 1;
         } else {
             counts.reused += 1;
         }
     }
-    batch.items.clear();
-    batch.rows = 0;
     output(&bytes, counts).map_err(FileError::Output)
 }
 
@@ -223,7 +280,7 @@ fn flush(
 async fn tokenize_halves(
     vault: &FileTokenizeRun<'_>,
     items: &[TokenizeItem],
-) -> Result<Vec<crate::vault::Tokenized>, VaultError> {
+) -> Result<Vec<Tokenized>, VaultError> {
     let mid = items.len() / 2;
     if mid == 0 {
         return vault.tokenize(items).await;

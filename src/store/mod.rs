@@ -808,6 +808,30 @@ impl Store {
         self.with_reader(|db| retention::idle(db, namespace, class, before, after, limit))
     }
 
+    /// Whether each (token, subject) pair is linked already, so that a
+    /// known value sent again for its subject needs no write. Blocking.
+    pub fn linked(
+        &self,
+        namespace: &str,
+        links: &[(&str, SubjectHash)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if let Reads::Postgres(pg) = &self.reads {
+            return Ok(pg.linked(namespace, links)?);
+        }
+        self.with_reader(|db| {
+            let mut statement = db.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM subject_links
+                 WHERE namespace = ?1 AND subject_hash = ?2 AND token = ?3)",
+            )?;
+            links
+                .iter()
+                .map(|(token, subject)| {
+                    statement.query_row(params![namespace, &subject[..], token], |row| row.get(0))
+                })
+                .collect()
+        })
+    }
+
     /// Whether each token exists in `namespace`. Blocking.
     pub fn existing(&self, namespace: &str, tokens: &[String]) -> Result<Vec<bool>, StoreError> {
         if let Reads::Postgres(pg) = &self.reads {
@@ -1628,6 +1652,28 @@ mod tests {
             .unwrap();
         let found: Vec<Option<String>> = found.into_iter().map(|f| f.map(|f| f.token)).collect();
         assert_eq!(found, vec![Some("T1".to_owned()), None]);
+        // Links: read back per (token, subject) pair, in the order asked,
+        // and per namespace.
+        store
+            .subjects(
+                SubjectWrite::Link {
+                    namespace: "ns".to_owned(),
+                    links: vec![("T1".to_owned(), [7; 32])],
+                },
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .linked("ns", &[("T1", [8; 32]), ("T1", [7; 32]), ("T2", [7; 32])])
+                .unwrap(),
+            vec![false, true, false]
+        );
+        assert_eq!(
+            store.linked("other", &[("T1", [7; 32])]).unwrap(),
+            vec![false]
+        );
         let fetched = store
             .fetch("ns", &["T2".to_owned(), "nope".to_owned()])
             .unwrap();

@@ -804,6 +804,7 @@ impl Vault {
             namespace: namespace.to_owned(),
             links,
         };
+        let links = self.unlinked(namespace, links).await?;
         if !links.is_empty() {
             // Committed before the request's records, which go with the
             // audit append or the round of inserts that completes it.
@@ -984,6 +985,40 @@ impl Vault {
 
     /// The tokens stored under each `(class, blind index)`, read on a
     /// blocking thread; the day of last use only for the `dated` classes.
+    /// The links among `links` that are not stored yet: a known value sent
+    /// again for its subject (a file run repeated, a profile updated)
+    /// needs no write, and the check runs on a read connection. A link
+    /// read as present and erased before the caller's answer is the same
+    /// as one written just before that erasure.
+    async fn unlinked(
+        &self,
+        namespace: &str,
+        links: Vec<(String, SubjectHash)>,
+    ) -> Result<Vec<(String, SubjectHash)>, VaultError> {
+        if links.is_empty() {
+            return Ok(links);
+        }
+        let store = self.store.clone();
+        let owned_namespace = namespace.to_owned();
+        Ok(tokio::task::spawn_blocking(move || {
+            let pairs: Vec<(&str, SubjectHash)> = links
+                .iter()
+                .map(|(token, subject)| (token.as_str(), *subject))
+                .collect();
+            let linked = store.linked(&owned_namespace, &pairs)?;
+            drop(pairs);
+            Ok::<_, StoreError>(
+                links
+                    .into_iter()
+                    .zip(linked)
+                    .filter_map(|(link, linked)| (!linked).then_some(link))
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|_| StoreError::ReadTask)??)
+    }
+
     async fn find_by_blind_index(
         &self,
         namespace: &str,

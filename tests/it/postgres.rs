@@ -724,6 +724,18 @@ fn the_reads_answer_what_either_node_committed() {
     let (linked, history) = b.subject_holdings("retail", &subject).unwrap();
     assert_eq!(linked, ["T-other", "T-phone"]);
     assert!(history.is_empty());
+    assert_eq!(
+        b.linked(
+            "retail",
+            &[
+                ("T-phone", subject),
+                ("T-mail", subject),
+                ("T-phone", [0; 32])
+            ]
+        )
+        .unwrap(),
+        [true, false, false]
+    );
 
     // The audit trail, filtered by a token the record names.
     let filter = Filter {

@@ -369,6 +369,15 @@ impl PgStore {
         reads::fetch(&mut *self.borrow()?, namespace, tokens)
     }
 
+    /// Whether each (token, subject) pair is linked already.
+    pub fn linked(
+        &self,
+        namespace: &str,
+        links: &[(&str, SubjectHash)],
+    ) -> Result<Vec<bool>, PgError> {
+        reads::linked(&mut *self.borrow()?, namespace, links)
+    }
+
     /// Whether each token exists.
     pub fn existing(&self, namespace: &str, tokens: &[String]) -> Result<Vec<bool>, PgError> {
         reads::existing(&mut *self.borrow()?, namespace, tokens)

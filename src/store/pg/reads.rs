@@ -91,6 +91,36 @@ pub(super) fn fetch(
     Ok(found)
 }
 
+/// Whether each (token, subject) pair is linked already.
+pub(super) fn linked(
+    client: &mut impl GenericClient,
+    namespace: &str,
+    links: &[(&str, SubjectHash)],
+) -> Result<Vec<bool>, PgError> {
+    let tokens: Vec<&str> = links.iter().map(|(token, _)| *token).collect();
+    let subjects: Vec<&[u8]> = links.iter().map(|(_, subject)| &subject[..]).collect();
+    let rows = client.query(
+        "SELECT item.ord
+         FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS item (t, s, ord)
+         WHERE EXISTS (
+             SELECT 1 FROM subject_links
+             WHERE namespace = $1 AND subject_hash = item.s AND token = item.t
+         )",
+        &[&namespace, &tokens, &subjects],
+    )?;
+    let mut linked = vec![false; links.len()];
+    for row in rows {
+        let ord: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| linked.get_mut(i))
+        {
+            *slot = true;
+        }
+    }
+    Ok(linked)
+}
+
 /// Whether each token exists.
 pub(super) fn existing(
     client: &mut impl GenericClient,
