@@ -90,15 +90,7 @@ pub(super) fn withdrawn(
          FROM unnest($3::text[]) WITH ORDINALITY AS item (t, ord)",
         &[&namespace, &purpose, &tokens],
     )?;
-    let mut withdrawn = vec![false; tokens.len()];
-    for row in rows {
-        let ord: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| withdrawn.get_mut(i))
-        {
-            *slot = row.get(1);
-        }
-    }
-    Ok(withdrawn)
+    Ok(super::reads::by_ordinal(rows, tokens.len(), false, |row| {
+        row.get(1)
+    }))
 }

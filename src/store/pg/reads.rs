@@ -23,6 +23,28 @@ fn as_u32(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
+/// One answer per item, in the order asked, from rows whose first column
+/// is the 1-based ordinal of the item they answer (`WITH ORDINALITY`);
+/// items without a row answer `default`.
+pub(super) fn by_ordinal<T: Clone>(
+    rows: Vec<postgres::Row>,
+    items: usize,
+    default: T,
+    answer: impl Fn(&postgres::Row) -> T,
+) -> Vec<T> {
+    let mut answers = vec![default; items];
+    for row in rows {
+        let ord: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| answers.get_mut(i))
+        {
+            *slot = answer(&row);
+        }
+    }
+    answers
+}
+
 /// Existing tokens by blind index, in one statement: during a rotation a
 /// value is looked up under two versions' indexes while its row moves, and
 /// one snapshot sees it under one of them. The day of last use is read for
@@ -108,17 +130,7 @@ pub(super) fn linked(
          )",
         &[&namespace, &tokens, &subjects],
     )?;
-    let mut linked = vec![false; links.len()];
-    for row in rows {
-        let ord: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| linked.get_mut(i))
-        {
-            *slot = true;
-        }
-    }
-    Ok(linked)
+    Ok(by_ordinal(rows, links.len(), false, |_| true))
 }
 
 /// Whether each token exists.
