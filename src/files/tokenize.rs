@@ -48,7 +48,6 @@ enum Waiting {
 struct Batch {
     waiting: Vec<Waiting>,
     items: Vec<TokenizeItem>,
-    rows: usize,
     rejects: Vec<(u64, String)>,
     records: u64,
     input_bytes: u64,
@@ -133,7 +132,8 @@ fn read_batch<R: BufRead>(
     stop: &dyn Fn() -> bool,
 ) -> Result<Batch, FileError> {
     let mut batch = Batch::default();
-    while batch.rows < job.batch_rows {
+    let mut rows_read = 0;
+    while rows_read < job.batch_rows {
         if stop() {
             return Err(FileError::Interrupted);
         }
@@ -177,7 +177,7 @@ fn read_batch<R: BufRead>(
                     }
                     None => {
                         batch.waiting.push(Waiting::Row { row, first });
-                        batch.rows += 1;
+                        rows_read += 1;
                     }
                 }
             }
@@ -219,7 +219,6 @@ fn tokenize_batch(
                     })
                     .ok_or(VaultError::Item { index, problem })?;
                 batch.waiting.remove(at);
-                batch.rows -= 1;
                 batch.items.drain(first..first + len);
                 for waiting in &mut batch.waiting[at..] {
                     if let Waiting::Row { first: later, .. } = waiting {

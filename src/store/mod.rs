@@ -813,7 +813,7 @@ impl Store {
     pub fn linked(
         &self,
         namespace: &str,
-        links: &[(&str, SubjectHash)],
+        links: &[(String, SubjectHash)],
     ) -> Result<Vec<bool>, StoreError> {
         if let Reads::Postgres(pg) = &self.reads {
             return Ok(pg.linked(namespace, links)?);
@@ -1666,12 +1666,21 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .linked("ns", &[("T1", [8; 32]), ("T1", [7; 32]), ("T2", [7; 32])])
+                .linked(
+                    "ns",
+                    &[
+                        ("T1".to_owned(), [8; 32]),
+                        ("T1".to_owned(), [7; 32]),
+                        ("T2".to_owned(), [7; 32])
+                    ]
+                )
                 .unwrap(),
             vec![false, true, false]
         );
         assert_eq!(
-            store.linked("other", &[("T1", [7; 32])]).unwrap(),
+            store
+                .linked("other", &[("T1".to_owned(), [7; 32])])
+                .unwrap(),
             vec![false]
         );
         let fetched = store

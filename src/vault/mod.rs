@@ -1001,12 +1001,7 @@ impl Vault {
         let store = self.store.clone();
         let owned_namespace = namespace.to_owned();
         Ok(tokio::task::spawn_blocking(move || {
-            let pairs: Vec<(&str, SubjectHash)> = links
-                .iter()
-                .map(|(token, subject)| (token.as_str(), *subject))
-                .collect();
-            let linked = store.linked(&owned_namespace, &pairs)?;
-            drop(pairs);
+            let linked = store.linked(&owned_namespace, &links)?;
             Ok::<_, StoreError>(
                 links
                     .into_iter()

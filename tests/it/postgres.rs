@@ -728,9 +728,9 @@ fn the_reads_answer_what_either_node_committed() {
         b.linked(
             "retail",
             &[
-                ("T-phone", subject),
-                ("T-mail", subject),
-                ("T-phone", [0; 32])
+                ("T-phone".to_owned(), subject),
+                ("T-mail".to_owned(), subject),
+                ("T-phone".to_owned(), [0; 32])
             ]
         )
         .unwrap(),

@@ -90,7 +90,10 @@ pub(super) fn withdrawn(
          FROM unnest($3::text[]) WITH ORDINALITY AS item (t, ord)",
         &[&namespace, &purpose, &tokens],
     )?;
-    Ok(super::reads::by_ordinal(rows, tokens.len(), false, |row| {
-        row.get(1)
-    }))
+    Ok(super::reads::by_ordinal(
+        rows,
+        tokens.len(),
+        false,
+        |_, row| row.get(1),
+    ))
 }

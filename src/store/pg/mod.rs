@@ -373,7 +373,7 @@ impl PgStore {
     pub fn linked(
         &self,
         namespace: &str,
-        links: &[(&str, SubjectHash)],
+        links: &[(String, SubjectHash)],
     ) -> Result<Vec<bool>, PgError> {
         reads::linked(&mut *self.borrow()?, namespace, links)
     }

@@ -25,21 +25,19 @@ fn as_u32(n: i32) -> u32 {
 
 /// One answer per item, in the order asked, from rows whose first column
 /// is the 1-based ordinal of the item they answer (`WITH ORDINALITY`);
-/// items without a row answer `default`.
+/// items without a row answer `default`. `answer` gets the item's index
+/// (below `items`) and its row.
 pub(super) fn by_ordinal<T: Clone>(
     rows: Vec<postgres::Row>,
     items: usize,
     default: T,
-    answer: impl Fn(&postgres::Row) -> T,
+    answer: impl Fn(usize, &postgres::Row) -> T,
 ) -> Vec<T> {
     let mut answers = vec![default; items];
     for row in rows {
         let ord: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| answers.get_mut(i))
-        {
-            *slot = answer(&row);
+        if let Some(i) = usize::try_from(ord - 1).ok().filter(|i| *i < items) {
+            answers[i] = answer(i, &row);
         }
     }
     answers
@@ -68,19 +66,16 @@ pub(super) fn find_by_blind_index(
          ) AS found",
         &[&namespace, &classes, &indexes],
     )?;
-    let mut found = vec![None; lookups.len()];
-    for row in rows {
-        let ord: i64 = row.get(0);
-        let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i)) else {
-            continue;
-        };
-        let class = lookups[usize::try_from(ord - 1).unwrap_or(0)].0;
-        *slot = Some(Found {
+    Ok(by_ordinal(rows, lookups.len(), None, |i, row| {
+        Some(Found {
             token: row.get(1),
-            used_day: if dated(class) { row.get(2) } else { Day::MAX },
-        });
-    }
-    Ok(found)
+            used_day: if dated(lookups[i].0) {
+                row.get(2)
+            } else {
+                Day::MAX
+            },
+        })
+    }))
 }
 
 /// Sealed values by token.
@@ -98,28 +93,23 @@ pub(super) fn fetch(
          ) AS found",
         &[&namespace, &tokens],
     )?;
-    let mut found = vec![None; tokens.len()];
-    for row in rows {
-        let ord: i64 = row.get(0);
-        if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i)) {
-            *slot = Some(StoredValue {
-                class: row.get(1),
-                key_version: as_u32(row.get(2)),
-                sealed: row.get(3),
-                used_day: row.get(4),
-            });
-        }
-    }
-    Ok(found)
+    Ok(by_ordinal(rows, tokens.len(), None, |_, row| {
+        Some(StoredValue {
+            class: row.get(1),
+            key_version: as_u32(row.get(2)),
+            sealed: row.get(3),
+            used_day: row.get(4),
+        })
+    }))
 }
 
 /// Whether each (token, subject) pair is linked already.
 pub(super) fn linked(
     client: &mut impl GenericClient,
     namespace: &str,
-    links: &[(&str, SubjectHash)],
+    links: &[(String, SubjectHash)],
 ) -> Result<Vec<bool>, PgError> {
-    let tokens: Vec<&str> = links.iter().map(|(token, _)| *token).collect();
+    let tokens: Vec<&str> = links.iter().map(|(token, _)| token.as_str()).collect();
     let subjects: Vec<&[u8]> = links.iter().map(|(_, subject)| &subject[..]).collect();
     let rows = client.query(
         "SELECT item.ord
@@ -130,7 +120,7 @@ pub(super) fn linked(
          )",
         &[&namespace, &tokens, &subjects],
     )?;
-    Ok(by_ordinal(rows, links.len(), false, |_| true))
+    Ok(by_ordinal(rows, links.len(), false, |_, _| true))
 }
 
 /// Whether each token exists.
