@@ -699,6 +699,15 @@ impl Store {
         self.with_reader(read_audit_head)
     }
 
+    /// How many reads can run at once: the read connections to SQLite, or
+    /// the PostgreSQL pool's size.
+    pub fn read_connections(&self) -> usize {
+        match &self.reads {
+            Reads::Postgres(pg) => pg.pool_size(),
+            Reads::Sqlite { readers, .. } => readers.len(),
+        }
+    }
+
     /// Queues a job for the writer and waits for its committed answer.
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -8,6 +8,7 @@ pub mod clock;
 mod files;
 mod forward;
 mod keyset;
+mod reads;
 pub mod receipts;
 mod refusals;
 pub mod retention;
@@ -963,7 +964,12 @@ impl Vault {
         }
         let indexes: Vec<[u8; 32]> = lookups.iter().map(|(_, index)| *index).collect();
         let mut found = self
-            .find_by_blind_index(namespace, lookups, dated)
+            .find_by_blind_index(
+                namespace,
+                lookups,
+                per_value.iter().map(|(_, count, _)| *count),
+                dated,
+            )
             .await?
             .into_iter()
             .zip(indexes);
@@ -981,56 +987,6 @@ impl Vault {
             answers[slot].1 = first.map(|(stored, _)| stored);
         }
         Ok(answers)
-    }
-
-    /// The tokens stored under each `(class, blind index)`, read on a
-    /// blocking thread; the day of last use only for the `dated` classes.
-    /// The links among `links` that are not stored yet: a known value sent
-    /// again for its subject (a file run repeated, a profile updated)
-    /// needs no write, and the check runs on a read connection. A link
-    /// read as present and erased before the caller's answer is the same
-    /// as one written just before that erasure.
-    async fn unlinked(
-        &self,
-        namespace: &str,
-        links: Vec<(String, SubjectHash)>,
-    ) -> Result<Vec<(String, SubjectHash)>, VaultError> {
-        if links.is_empty() {
-            return Ok(links);
-        }
-        let store = self.store.clone();
-        let owned_namespace = namespace.to_owned();
-        Ok(tokio::task::spawn_blocking(move || {
-            let linked = store.linked(&owned_namespace, &links)?;
-            Ok::<_, StoreError>(
-                links
-                    .into_iter()
-                    .zip(linked)
-                    .filter_map(|(link, linked)| (!linked).then_some(link))
-                    .collect(),
-            )
-        })
-        .await
-        .map_err(|_| StoreError::ReadTask)??)
-    }
-
-    async fn find_by_blind_index(
-        &self,
-        namespace: &str,
-        lookups: Vec<(String, [u8; 32])>,
-        dated: Arc<std::collections::BTreeSet<String>>,
-    ) -> Result<Vec<Option<Found>>, VaultError> {
-        let store = self.store.clone();
-        let owned_namespace = namespace.to_owned();
-        Ok(tokio::task::spawn_blocking(move || {
-            let keys: Vec<(&str, [u8; 32])> = lookups
-                .iter()
-                .map(|(class, index)| (class.as_str(), *index))
-                .collect();
-            store.find_by_blind_index(&owned_namespace, &keys, &|class| dated.contains(class))
-        })
-        .await
-        .map_err(|_| StoreError::ReadTask)??)
     }
 
     /// Re-mints every phone-format candidate among `open` that equals a

@@ -544,6 +544,17 @@ fn a_run_killed_at_a_random_moment_resumes_to_the_same_bytes() {
     )
     .unwrap();
     assert_eq!(plain.matches("@tok.retail.invalid").count(), 6000);
+
+    // Again in the default batches (4,096 rows): a batch that large is
+    // looked up and link-checked in parts read at once, which must answer
+    // in order, as one read does.
+    let again = dir.join("again.csv");
+    let stderr = ok(&tokenize_csv(&setup, &input, &again, &[]));
+    assert!(
+        stderr.contains("tokenized 6000 rows: 0 tokens created, 18000 reused"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_to_string(&again).unwrap(), plain);
 }
 
 /// A throwaway gpg home with one key pair (no passphrase).

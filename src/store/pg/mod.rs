@@ -135,6 +135,11 @@ impl PgStore {
         })
     }
 
+    /// How many connections the pool opens at most.
+    pub fn pool_size(&self) -> usize {
+        self.pool.size()
+    }
+
     /// A connection from the pool.
     pub fn borrow(&self) -> Result<Borrowed<'_>, PgError> {
         self.pool.borrow()

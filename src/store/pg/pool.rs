@@ -123,6 +123,11 @@ impl Pool {
         }
     }
 
+    /// How many connections it opens at most.
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+
     /// Whether connections are TLS.
     pub(super) fn uses_tls(&self) -> bool {
         self.connector.uses_tls()
