@@ -422,9 +422,9 @@ fn settings_digest(parts: &[&str]) -> String {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    // Two workers: the engine's calls (two halves of a batch at once) run
-    // there while this thread reads and writes the file, and the signal
-    // watcher runs between them.
+    // This thread drives the engine's calls while it reads and writes the
+    // file; their store reads run on the blocking pool, a batch's in parts
+    // at once (one per core), and the signal watcher on a worker.
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -101,7 +101,7 @@ pub fn run<R: BufRead>(
             (Vec::new(), Some(read_batch(vault, job, &mut rows, stop)))
         } else {
             let (tokens, next) = handle.block_on(async {
-                tokio::join!(tokenize_halves(vault, &batch.items), async {
+                tokio::join!(vault.tokenize(&batch.items), async {
                     read_batch(vault, job, &mut rows, stop)
                 })
             });
@@ -202,7 +202,7 @@ fn tokenize_batch(
         if batch.items.is_empty() {
             return Ok(Vec::new());
         }
-        match handle.block_on(tokenize_halves(vault, &batch.items)) {
+        match handle.block_on(vault.tokenize(&batch.items)) {
             Ok(tokens) => return Ok(tokens),
             Err(VaultError::Item { index, problem }) => {
                 let (at, number, first, len) = batch
@@ -270,34 +270,6 @@ fn write_batch(
         }
     }
     output(&bytes, counts).map_err(FileError::Output)
-}
-
-/// Tokenizes `items` as two concurrent engine calls, so that their lookups
-/// run on two read connections (and two cores) at once; the writer's group
-/// commit takes both halves' new rows. The answer is in the order asked,
-/// and an item's error names its index in `items`.
-async fn tokenize_halves(
-    vault: &FileTokenizeRun<'_>,
-    items: &[TokenizeItem],
-) -> Result<Vec<Tokenized>, VaultError> {
-    let mid = items.len() / 2;
-    if mid == 0 {
-        return vault.tokenize(items).await;
-    }
-    let (first, second) =
-        tokio::join!(vault.tokenize(&items[..mid]), vault.tokenize(&items[mid..]));
-    let mut tokens = first?;
-    match second {
-        Ok(more) => tokens.extend(more),
-        Err(VaultError::Item { index, problem }) => {
-            return Err(VaultError::Item {
-                index: index + mid,
-                problem,
-            })
-        }
-        Err(error) => return Err(error),
-    }
-    Ok(tokens)
 }
 
 fn reject(
