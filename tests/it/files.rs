@@ -457,7 +457,7 @@ fn a_withdrawn_or_unknown_token_gives_an_empty_cell_and_a_reason() {
 }
 
 #[test]
-fn a_run_killed_at_a_random_moment_resumes_to_the_same_bytes() {
+pub(crate) fn a_run_killed_at_a_random_moment_resumes_to_the_same_bytes() {
     let setup = Setup::new("");
     let dir = setup.dir.path();
     let input = dir.join("big.csv");

@@ -1875,5 +1875,7 @@ fn the_bulk_file_suite_passes_on_postgres() {
     each_on_postgres(&[
         crate::files::csv_goes_through_tokenize_and_back_with_every_other_byte_kept,
         crate::files::rejected_rows_are_reported_by_number_and_reason_never_by_value,
+        // Also reads a large batch in parts, on several pooled connections.
+        crate::files::a_run_killed_at_a_random_moment_resumes_to_the_same_bytes,
     ]);
 }
