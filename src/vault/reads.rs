@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{Vault, VaultError};
 use crate::store::{Found, StoreError, SubjectHash};
@@ -37,11 +37,11 @@ impl Vault {
                 store.linked(&owned_namespace, part)
             })
             .await?;
-        let links = Arc::try_unwrap(links).unwrap_or_else(|shared| (*shared).clone());
         Ok(links
-            .into_iter()
+            .iter()
             .zip(linked)
-            .filter_map(|(link, linked)| (!linked).then_some(link))
+            .filter(|(_, linked)| !linked)
+            .map(|(link, _)| link.clone())
             .collect())
     }
 
@@ -88,12 +88,14 @@ impl Vault {
         T: Send + Sync + 'static,
         A: Send + 'static,
     {
+        // Asked once: the answer reads the cgroup's CPU limit from files.
+        static CORES: OnceLock<usize> = OnceLock::new();
         let parts = if items.len() < SPLIT_FROM {
             1
         } else {
-            std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(self.store.read_connections())
+            let cores =
+                *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
+            cores.min(self.store.read_connections())
         };
         let read = Arc::new(read);
         let tasks: Vec<_> = split(cuts, items.len(), parts)
