@@ -231,12 +231,12 @@ pub fn last_of_action(path: &Path, action: &str) -> rusqlite::Result<Option<i64>
 
 /// The newest record, if any.
 pub fn head(connection: &Connection) -> rusqlite::Result<Option<Head>> {
+    // Cached: the writer asks twice in every commit.
     connection
-        .query_row(
-            "SELECT seq, mac FROM records ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
-        )
+        .prepare_cached("SELECT seq, mac FROM records ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
         .optional()
         .map(|found| {
             found.and_then(|(seq, mac)| {
@@ -473,6 +473,15 @@ fn stored_at(connection: &Connection, seq: u64) -> rusqlite::Result<Option<Store
         .optional()
 }
 
+/// The MAC of the record `seq`, if it is there (the tail check needs no
+/// more of the predecessor, and the writer runs it in every commit).
+fn mac_at(connection: &Connection, seq: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+    connection
+        .prepare_cached("SELECT mac FROM records WHERE seq = ?1")?
+        .query_row(params![to_sql(seq)], |row| row.get(0))
+        .optional()
+}
+
 /// Checks the whole chain: sequence numbers contiguous from 1 (except across
 /// acknowledged gaps), every MAC right given its predecessor, and the end
 /// matching `recorded_head` (kept in `vault.db`), so that records cut off
@@ -643,7 +652,7 @@ pub fn check_tail(
     let previous = if chained_from == 0 {
         Some(GENESIS.to_vec())
     } else {
-        stored_at(connection, chained_from)?.map(|s| s.mac)
+        mac_at(connection, chained_from)?
     };
     let linked = previous
         .and_then(|mac| <[u8; 32]>::try_from(mac.as_slice()).ok())
