@@ -908,20 +908,7 @@ impl Drop for Store {
 
 /// The audit head recorded in `vault.db`, read with any connection to it.
 pub fn read_audit_head(db: &Connection) -> rusqlite::Result<Option<Head>> {
-    // Cached: the writer reads it in every commit.
-    db.prepare_cached("SELECT seq, mac FROM audit_head WHERE id = 1")?
-        .query_row([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })
-        .optional()
-        .map(|found| {
-            found.and_then(|(seq, mac)| {
-                Some(Head {
-                    seq: seq as u64,
-                    mac: mac.try_into().ok()?,
-                })
-            })
-        })
+    trail::head_row(db, "SELECT seq, mac FROM audit_head WHERE id = 1")
 }
 
 fn write_audit_head(db: &Connection, head: &Head) -> rusqlite::Result<()> {

@@ -231,9 +231,17 @@ pub fn last_of_action(path: &Path, action: &str) -> rusqlite::Result<Option<i64>
 
 /// The newest record, if any.
 pub fn head(connection: &Connection) -> rusqlite::Result<Option<Head>> {
-    // Cached: the writer asks twice in every commit.
+    head_row(
+        connection,
+        "SELECT seq, mac FROM records ORDER BY seq DESC LIMIT 1",
+    )
+}
+
+/// The `(seq, mac)` row `sql` selects, as a head. The statement is cached:
+/// the writer reads heads in every commit.
+pub(super) fn head_row(connection: &Connection, sql: &str) -> rusqlite::Result<Option<Head>> {
     connection
-        .prepare_cached("SELECT seq, mac FROM records ORDER BY seq DESC LIMIT 1")?
+        .prepare_cached(sql)?
         .query_row([], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
         })
