@@ -613,8 +613,10 @@ pub fn check_tail(
     key: &AuditKey,
     recorded: Option<Head>,
 ) -> rusqlite::Result<Result<(), TailMismatch>> {
-    let last = head(connection)?.map(|h| h.seq);
-    let mismatch = |reason: String| {
+    // The trail's last record: read only to describe a mismatch (the
+    // append that follows a passed check reads it anyway).
+    let last = || -> rusqlite::Result<Option<u64>> { Ok(head(connection)?.map(|h| h.seq)) };
+    let mismatch = |last: Option<u64>, reason: String| {
         Ok(Err(TailMismatch {
             recorded,
             last,
@@ -622,9 +624,13 @@ pub fn check_tail(
         }))
     };
     let Some(recorded) = recorded else {
+        let last = last()?;
         return match last {
             None => Ok(Ok(())),
-            Some(_) => mismatch("vault.db records no audit head, but audit.db has records".into()),
+            Some(_) => mismatch(
+                last,
+                "vault.db records no audit head, but audit.db has records".into(),
+            ),
         };
     };
     let Some(stored) = stored_at(connection, recorded.seq)? else {
@@ -636,25 +642,32 @@ pub fn check_tail(
         if covered {
             return Ok(Ok(()));
         }
-        return mismatch(match last {
-            None => format!(
-                "audit.db is empty, but vault.db records the head at {}",
-                recorded.seq
-            ),
-            Some(last) if last < recorded.seq => format!(
-                "records {}..={} are missing: vault.db records the head at {}",
-                last + 1,
-                recorded.seq,
-                recorded.seq
-            ),
-            Some(_) => format!("record {} (the recorded head) is missing", recorded.seq),
-        });
+        let last = last()?;
+        return mismatch(
+            last,
+            match last {
+                None => format!(
+                    "audit.db is empty, but vault.db records the head at {}",
+                    recorded.seq
+                ),
+                Some(last) if last < recorded.seq => format!(
+                    "records {}..={} are missing: vault.db records the head at {}",
+                    last + 1,
+                    recorded.seq,
+                    recorded.seq
+                ),
+                Some(_) => format!("record {} (the recorded head) is missing", recorded.seq),
+            },
+        );
     };
     if stored.mac != recorded.mac {
-        return mismatch(format!(
-            "record {} does not match the head recorded in vault.db",
-            recorded.seq
-        ));
+        return mismatch(
+            last()?,
+            format!(
+                "record {} does not match the head recorded in vault.db",
+                recorded.seq
+            ),
+        );
     }
     let chained_from = stored.record.gap.map_or(stored.seq, |gap| gap.first) - 1;
     let previous = if chained_from == 0 {
@@ -668,10 +681,13 @@ pub fn check_tail(
             key.verify(&stored.record.canonical(stored.seq), &previous, &stored.mac)
         });
     if !linked {
-        return mismatch(format!(
-            "record {} (the recorded head) does not chain to its predecessor",
-            recorded.seq
-        ));
+        return mismatch(
+            last()?,
+            format!(
+                "record {} (the recorded head) does not chain to its predecessor",
+                recorded.seq
+            ),
+        );
     }
     Ok(Ok(()))
 }
