@@ -17,6 +17,7 @@
 //! runs `audit acknowledge-gap`. This is the only module with SQL.
 
 mod batch;
+mod key_order;
 mod schema;
 pub mod trail;
 
@@ -41,6 +42,7 @@ pub mod tombstones;
 
 use self::batch::records_for_insert;
 use self::batch::{Done, Job, Reply};
+use self::key_order::{in_input_order, key_order};
 use crate::audit::{Filter, Gap, Head, Record, Stored};
 use crate::crypto::keys::AuditKey;
 pub use activation::{ActivationWrite, ConsentEvent, ConsentRecord, ConsentTarget};
@@ -770,9 +772,11 @@ impl Store {
             let mut with_day = snapshot.prepare_cached(
                 "SELECT token, used_day FROM tokens WHERE namespace = ?1 AND class = ?2 AND blind_index = ?3",
             )?;
-            let found = lookups
+            let order = key_order(lookups, |a, b| a.cmp(b));
+            let found = order
                 .iter()
-                .map(|(class, index)| {
+                .map(|&at| {
+                    let (class, index) = &lookups[at];
                     let key = params![namespace, class, &index[..]];
                     if dated(class) {
                         with_day
@@ -794,7 +798,8 @@ impl Store {
                             .optional()
                     }
                 })
-                .collect::<rusqlite::Result<Vec<_>>>();
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(|found| in_input_order(&order, found));
             drop((token_only, with_day));
             snapshot.commit()?;
             found
@@ -818,7 +823,8 @@ impl Store {
     }
 
     /// Whether each (token, subject) pair is linked already, so that a
-    /// known value sent again for its subject needs no write. Blocking.
+    /// known value sent again for its subject needs no write. Searched in
+    /// key order (see `key_order`). Blocking.
     pub fn linked(
         &self,
         namespace: &str,
@@ -832,12 +838,18 @@ impl Store {
                 "SELECT EXISTS (SELECT 1 FROM subject_links
                  WHERE namespace = ?1 AND subject_hash = ?2 AND token = ?3)",
             )?;
-            links
+            // The table's key is (namespace, subject, token).
+            let order = key_order(links, |(token_a, subject_a), (token_b, subject_b)| {
+                (subject_a, token_a).cmp(&(subject_b, token_b))
+            });
+            let linked = order
                 .iter()
-                .map(|(token, subject)| {
+                .map(|&at| {
+                    let (token, subject) = &links[at];
                     statement.query_row(params![namespace, &subject[..], token], |row| row.get(0))
                 })
-                .collect()
+                .collect::<rusqlite::Result<Vec<bool>>>()?;
+            Ok(in_input_order(&order, linked))
         })
     }
 
@@ -857,7 +869,8 @@ impl Store {
         })
     }
 
-    /// Fetches sealed values by token. Blocking: call from a blocking context.
+    /// Fetches sealed values by token, searched in key order (see
+    /// `key_order`). Blocking: call from a blocking context.
     pub fn fetch(
         &self,
         namespace: &str,
@@ -870,11 +883,12 @@ impl Store {
             let mut statement = db.prepare_cached(
                 "SELECT class, key_version, sealed, used_day FROM tokens WHERE namespace = ?1 AND token = ?2",
             )?;
-            tokens
+            let order = key_order(tokens, |a, b| a.cmp(b));
+            let values = order
                 .iter()
-                .map(|token| {
+                .map(|&at| {
                     statement
-                        .query_row(params![namespace, token], |row| {
+                        .query_row(params![namespace, &tokens[at]], |row| {
                             Ok(StoredValue {
                                 class: row.get(0)?,
                                 key_version: row.get(1)?,
@@ -884,7 +898,8 @@ impl Store {
                         })
                         .optional()
                 })
-                .collect()
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(in_input_order(&order, values))
         })
     }
 
