@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::activation::ActivationWrite;
 use super::budgets::Spending;
+use super::key_order::{in_input_order, key_order};
 use super::retention::{Sweep, Touch};
 use super::rotation::{Rekey, RekeyOutcome};
 use super::subjects::{SubjectOutcome, SubjectWrite};
@@ -321,7 +322,12 @@ fn register(batch: Vec<Job>, done: &mut Vec<Done>) -> Vec<Work> {
     work
 }
 
-/// Stores the rows of the insert jobs `pending` in one call, in job order.
+/// Stores the rows of the insert jobs `pending` in one call, in the order
+/// of their tokens (see `key_order`): new tokens are random, and stored in
+/// arrival order each would land on a leaf of `tokens`, and of the links'
+/// by-token index, that the writer's cache has dropped since. When two
+/// rows of one call hold the same value (two concurrent requests), the
+/// one with the lesser token is stored and the other answered with it.
 fn flush_inserts(
     tx: &mut impl Batch,
     work: &[Work],
@@ -342,7 +348,11 @@ fn flush_inserts(
         })
         .flat_map(|(namespace, rows)| rows.iter().map(move |row| (namespace, row)))
         .collect();
-    let mut outcomes = tx.insert(&items, now)?.into_iter();
+    let order = key_order(&items, |(namespace_a, a), (namespace_b, b)| {
+        (namespace_a, &a.token).cmp(&(namespace_b, &b.token))
+    });
+    let sorted: Vec<(&str, &NewRow)> = order.iter().map(|&at| items[at]).collect();
+    let mut outcomes = in_input_order(&order, tx.insert(&sorted, now)?).into_iter();
     for &index in pending.iter() {
         if let (Done::Insert(_, answered), Work::Insert { rows, .. }) =
             (&mut done[index], &work[index])
