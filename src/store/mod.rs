@@ -1549,20 +1549,6 @@ fn insert_rows(
     )?;
     let mut outcomes = Vec::with_capacity(items.len());
     for &(namespace, row) in items {
-        if let Some(index) = &row.blind_index {
-            // Another request may have stored the same value since the
-            // engine's read-side lookup: the first writer's token wins.
-            let existing: Option<String> = find
-                .query_row(params![namespace, row.class, &index[..]], |r| r.get(0))
-                .optional()?;
-            if let Some(token) = existing {
-                if let Some(subject) = &row.subject_hash {
-                    subjects::link(transaction, namespace, subject, &token, now)?;
-                }
-                outcomes.push(InsertOutcome::Existing(token));
-                continue;
-            }
-        }
         let inserted = insert.execute(params![
             namespace,
             row.token,
@@ -1573,22 +1559,36 @@ fn insert_rows(
             now,
             row.used_day,
         ]);
-        match inserted {
-            Ok(_) => {
-                if let Some(subject) = &row.subject_hash {
-                    subjects::link(transaction, namespace, subject, &row.token, now)?;
+        let outcome = match inserted {
+            Ok(_) => InsertOutcome::Inserted,
+            Err(rusqlite::Error::SqliteFailure(error, detail)) => {
+                match (error.extended_code, &row.blind_index) {
+                    // Another request stored the same value since the
+                    // engine's read-side lookup: the first writer's token
+                    // wins. (SQLite checks every constraint before it
+                    // writes anything.)
+                    (rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE, Some(index)) => {
+                        InsertOutcome::Existing(
+                            find.query_row(params![namespace, row.class, &index[..]], |r| {
+                                r.get(0)
+                            })?,
+                        )
+                    }
+                    (rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY, _) => InsertOutcome::TokenTaken,
+                    _ => return Err(rusqlite::Error::SqliteFailure(error, detail)),
                 }
-                outcomes.push(InsertOutcome::Inserted)
-            }
-            // The blind index was checked above inside this transaction, so a
-            // constraint failure here is the primary key: the token is taken.
-            Err(rusqlite::Error::SqliteFailure(error, _))
-                if error.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                outcomes.push(InsertOutcome::TokenTaken)
             }
             Err(error) => return Err(error),
+        };
+        let stored = match &outcome {
+            InsertOutcome::Inserted => Some(&row.token),
+            InsertOutcome::Existing(token) => Some(token),
+            InsertOutcome::TokenTaken => None,
+        };
+        if let (Some(subject), Some(token)) = (&row.subject_hash, stored) {
+            subjects::link(transaction, namespace, subject, token, now)?;
         }
+        outcomes.push(outcome);
     }
     Ok(outcomes)
 }
