@@ -1559,26 +1559,24 @@ fn insert_rows(
             now,
             row.used_day,
         ]);
-        let outcome = match inserted {
-            Ok(_) => InsertOutcome::Inserted,
-            Err(rusqlite::Error::SqliteFailure(error, detail)) => {
-                match (error.extended_code, &row.blind_index) {
-                    // Another request stored the same value since the
-                    // engine's read-side lookup: the first writer's token
-                    // wins. (SQLite checks every constraint before it
-                    // writes anything.)
-                    (rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE, Some(index)) => {
-                        InsertOutcome::Existing(
-                            find.query_row(params![namespace, row.class, &index[..]], |r| {
-                                r.get(0)
-                            })?,
-                        )
-                    }
-                    (rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY, _) => InsertOutcome::TokenTaken,
-                    _ => return Err(rusqlite::Error::SqliteFailure(error, detail)),
-                }
+        let outcome = match (inserted, &row.blind_index) {
+            (Ok(_), _) => InsertOutcome::Inserted,
+            // Another request stored the same value since the engine's
+            // read-side lookup: the first writer's token wins. (SQLite
+            // checks every constraint before it writes anything.)
+            (Err(rusqlite::Error::SqliteFailure(error, _)), Some(index))
+                if error.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                InsertOutcome::Existing(
+                    find.query_row(params![namespace, row.class, &index[..]], |r| r.get(0))?,
+                )
             }
-            Err(error) => return Err(error),
+            (Err(rusqlite::Error::SqliteFailure(error, _)), _)
+                if error.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                InsertOutcome::TokenTaken
+            }
+            (Err(error), _) => return Err(error),
         };
         let stored = match &outcome {
             InsertOutcome::Inserted => Some(&row.token),
