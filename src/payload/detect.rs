@@ -165,8 +165,9 @@ fn is_international(digits: &str) -> bool {
         return false;
     };
     crate::crypto::tokens::possible_national_length(code, digits.len() - code.len())
-        && phonenumber::parse(None, format!("+{digits}"))
-            .is_ok_and(|number| phonenumber::is_valid(&number))
+        && code
+            .parse()
+            .is_ok_and(|code| super::phone_valid::is_valid(code, digits))
 }
 
 fn is_phone(run: &DigitRun) -> bool {

@@ -3,6 +3,7 @@
 //! the detectors of unselected PII.
 
 pub mod detect;
+mod phone_valid;
 pub mod records;
 pub mod splice;
 
