@@ -5,6 +5,8 @@
 //! [`scan`] reads text (string values, member names, form and query
 //! parameters); [`scan_number`] reads a JSON number as written.
 
+use super::phone_valid;
+
 /// Which detector fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detector {
@@ -153,10 +155,11 @@ pub fn scan_number(written: &str) -> Vec<Detector> {
     found
 }
 
-/// `digits` (no `+`) is a valid international number per libphonenumber.
-/// A full parse costs microseconds per region of the calling code, and a
-/// payload is full of timestamps and ids: the possible lengths of the
-/// calling code's numbers decide most of them first.
+/// `digits` (no `+`) is a valid international number per libphonenumber,
+/// the national trunk prefix kept or not. A full parse costs microseconds
+/// per region of the calling code, and a payload is full of timestamps and
+/// ids: the possible lengths of the calling code's numbers decide most of
+/// them first.
 fn is_international(digits: &str) -> bool {
     if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
         return false;
@@ -164,10 +167,15 @@ fn is_international(digits: &str) -> bool {
     let Some(code) = crate::crypto::tokens::country_code(digits) else {
         return false;
     };
-    crate::crypto::tokens::possible_national_length(code, digits.len() - code.len())
-        && code
-            .parse()
-            .is_ok_and(|code| super::phone_valid::is_valid(code, digits))
+    let Ok(calling_code) = code.parse() else {
+        return false;
+    };
+    let national = &digits[code.len()..];
+    let possible = |length| crate::crypto::tokens::possible_national_length(code, length);
+    let plausible = possible(national.len())
+        || phone_valid::trunk_prefix_length(calling_code, national)
+            .is_some_and(|prefix| possible(national.len() - prefix));
+    plausible && phone_valid::is_valid(calling_code, digits)
 }
 
 fn is_phone(run: &DigitRun) -> bool {
@@ -272,5 +280,24 @@ mod tests {
         ] {
             assert!(scan(clean).is_empty(), "{clean}");
         }
+    }
+
+    /// International numbers written with the national trunk prefix kept
+    /// after the calling code, as people often write them; libphonenumber
+    /// drops the prefix and calls them valid.
+    #[test]
+    fn a_trunk_prefix_after_the_calling_code_is_still_a_phone() {
+        for text in [
+            "+44 (0)20 7946 0958",
+            "+44 07911 123456",
+            "+33 (0)6 31 96 65 43",
+            "call +49 (0)30 901820 today",
+        ] {
+            // (Some such digit runs are Luhn-valid with a card prefix too.)
+            assert!(scan(text).contains(&Detector::Phone), "{text}");
+        }
+        assert!(scan_number("4407911123456").contains(&Detector::Phone));
+        // A trunk prefix that leaves an impossible length is not a phone.
+        assert!(scan_number("44012345").is_empty());
     }
 }
