@@ -3,9 +3,9 @@
 //!
 //! Dependencies point one way: `cli` and `http` call the engine in [`vault`],
 //! which joins [`store`], [`crypto`] and [`policy`]. [`config`] reads the
-//! file into typed values; [`normalize`] and [`pii`] are leaves that all of
-//! them use. [`files`] streams bulk files through the engine for `cli` and
-//! `http`.
+//! file into typed values; [`normalize`], [`pii`] and [`phone`] are leaves
+//! that all of them use. [`files`] streams bulk files through the engine for
+//! `cli` and `http`.
 
 pub mod audit;
 pub mod backup;
@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod normalize;
 pub mod payload;
+pub mod phone;
 pub mod pii;
 pub mod policy;
 pub mod store;

@@ -4,6 +4,8 @@
 use rand::Rng;
 use serde::Deserialize;
 
+use crate::phone::country_code;
+
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const BASE32_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Prefix of opaque tokens.
@@ -155,71 +157,6 @@ pub fn mint(
     })
 }
 
-/// The country calling code at the start of an E.164 digit string, from the
-/// libphonenumber metadata. Calling codes are prefix-free, so the first
-/// length that names a country is the code.
-pub fn country_code(digits: &str) -> Option<&str> {
-    (1..=3).filter(|len| *len < digits.len()).find_map(|len| {
-        let code: u16 = digits[..len].parse().ok()?;
-        phonenumber::metadata::DATABASE
-            .by_code(&code)
-            .map(|_| &digits[..len])
-    })
-}
-
-/// Whether a national number of `length` digits can exist after calling
-/// code `code`: some number type of some region of that code allows the
-/// length (libphonenumber's possible lengths). A cheap test to run before
-/// a full parse, which costs microseconds per region.
-pub fn possible_national_length(code: &str, length: usize) -> bool {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::LazyLock;
-    static LENGTHS: LazyLock<BTreeMap<u16, BTreeSet<u16>>> = LazyLock::new(|| {
-        use phonenumber::metadata::DATABASE;
-        use phonenumber::Type;
-        let kinds = [
-            Type::FixedLine,
-            Type::Mobile,
-            Type::TollFree,
-            Type::PremiumRate,
-            Type::SharedCost,
-            Type::PersonalNumber,
-            Type::Voip,
-            Type::Pager,
-            Type::Uan,
-            Type::Voicemail,
-        ];
-        (1..=999u16)
-            .filter_map(|code| {
-                let regions = DATABASE.by_code(&code)?;
-                let lengths = regions
-                    .iter()
-                    .flat_map(|region| {
-                        kinds
-                            .iter()
-                            .filter_map(|kind| region.descriptors().get(*kind))
-                    })
-                    .flat_map(|descriptor| descriptor.possible_length().iter().copied())
-                    .collect();
-                Some((code, lengths))
-            })
-            .collect()
-    });
-    let (Ok(code), Ok(length)) = (code.parse::<u16>(), u16::try_from(length)) else {
-        return false;
-    };
-    LENGTHS
-        .get(&code)
-        .is_some_and(|lengths| lengths.is_empty() || lengths.contains(&length))
-}
-
-/// Loads the country-code table now rather than on the first phone token (it
-/// is deserialized lazily and takes a noticeable moment).
-pub fn warm_up() {
-    let _ = country_code("15550100000");
-    let _ = possible_national_length("1", 10);
-}
-
 fn phone_token(rng: &mut impl Rng, normalized: &str) -> Result<String, FormatError> {
     let digits = normalized
         .strip_prefix('+')
@@ -305,9 +242,6 @@ mod tests {
             assert!(token[1..].bytes().all(|b| b.is_ascii_digit()));
             assert_ne!(token, input);
         }
-        assert_eq!(country_code("919876543210"), Some("91"));
-        assert_eq!(country_code("15550109494"), Some("1"));
-        assert_eq!(country_code("353123456789"), Some("353"));
         assert_eq!(
             mint(TokenFormat::Phone, "+999123456789", ""),
             Err(FormatError::UnknownCountryCode)

@@ -5,7 +5,7 @@
 //! [`scan`] reads text (string values, member names, form and query
 //! parameters); [`scan_number`] reads a JSON number as written.
 
-use super::phone_valid;
+use crate::phone;
 
 /// Which detector fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,18 +164,18 @@ fn is_international(digits: &str) -> bool {
     if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
         return false;
     }
-    let Some(code) = crate::crypto::tokens::country_code(digits) else {
+    let Some(code) = phone::country_code(digits) else {
         return false;
     };
     let Ok(calling_code) = code.parse() else {
         return false;
     };
     let national = &digits[code.len()..];
-    let possible = |length| crate::crypto::tokens::possible_national_length(code, length);
+    let possible = |length| phone::possible_national_length(code, length);
     let plausible = possible(national.len())
-        || phone_valid::trunk_prefix_length(calling_code, national)
+        || phone::trunk_prefix_length(calling_code, national)
             .is_some_and(|prefix| possible(national.len() - prefix));
-    plausible && phone_valid::is_valid(calling_code, digits)
+    plausible && phone::is_valid(calling_code, digits)
 }
 
 fn is_phone(run: &DigitRun) -> bool {

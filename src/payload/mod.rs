@@ -3,7 +3,6 @@
 //! the detectors of unselected PII.
 
 pub mod detect;
-mod phone_valid;
 pub mod records;
 pub mod splice;
 

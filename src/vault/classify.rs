@@ -4,8 +4,8 @@
 //! and so always gets the same token.
 
 use crate::config::ClevertapSpec;
-use crate::crypto::tokens::country_code;
 use crate::normalize::{normalize, Normalization};
+use crate::phone::country_code;
 
 /// Picks the class of each value for a CleverTap mount.
 #[derive(Debug, Clone)]

@@ -325,7 +325,7 @@ impl Vault {
         keyring: &Keyring,
         namespaces: &BTreeMap<String, NamespaceSpec>,
     ) -> Self {
-        tokens::warm_up();
+        crate::phone::warm_up();
         let current = keyring.current().version();
         let namespaces = namespaces
             .iter()

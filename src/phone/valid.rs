@@ -18,19 +18,17 @@
 //! and the numbers checked here are ASCII digits only (the unit tests
 //! check, pattern by pattern, that both builds answer alike).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, PoisonError};
+use std::sync::PoisonError;
 
 use phonenumber::metadata::{Metadata, DATABASE};
 use phonenumber::Type;
 
+use super::CODES;
+
 /// Room in the crate's LRU: more than every distinct pattern in its
 /// metadata (about 2,000, formats included), so none is ever evicted.
 const CACHE_CAPACITY: usize = 4096;
-
-/// Calling codes are one to three digits.
-const CODES: usize = 1000;
 
 /// `+{code}{national}` is a valid number per libphonenumber's metadata.
 /// `code` is a calling code the metadata knows; `digits` is the whole
@@ -39,31 +37,6 @@ pub fn is_valid(code: u16, digits: &str) -> bool {
     prepare(code);
     phonenumber::parse(None, format!("+{digits}"))
         .is_ok_and(|number| phonenumber::is_valid(&number))
-}
-
-/// The length of the national (trunk) prefix that `national` starts with,
-/// when one of `code`'s regions has one (`0` in most countries, `8` in
-/// some): people often keep it after the calling code (`+44 (0)20 …`), and
-/// the crate drops it when it parses.
-pub fn trunk_prefix_length(code: u16, national: &str) -> Option<usize> {
-    static PREFIXES: LazyLock<BTreeMap<u16, BTreeSet<&'static str>>> = LazyLock::new(|| {
-        (1..CODES as u16)
-            .filter_map(|code| {
-                let prefixes = DATABASE
-                    .by_code(&code)?
-                    .into_iter()
-                    .filter_map(Metadata::national_prefix)
-                    .filter(|prefix| !prefix.is_empty())
-                    .collect();
-                Some((code, prefixes))
-            })
-            .collect()
-    });
-    PREFIXES
-        .get(&code)?
-        .iter()
-        .find(|prefix| national.starts_with(**prefix))
-        .map(|prefix| prefix.len())
 }
 
 /// Compiles and saves the patterns of `code`'s regions, once per code.
