@@ -10,11 +10,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use phonenumber::metadata::{Metadata, DATABASE};
+use phonenumber::Type;
 
 pub use valid::is_valid;
 
 /// Calling codes are one to three digits.
 const CODES: usize = 1000;
+
+/// The number types libphonenumber's validity test tries (the crate's
+/// `number_type`): those a valid number can be.
+const NUMBER_TYPES: [Type; 10] = [
+    Type::FixedLine,
+    Type::Mobile,
+    Type::TollFree,
+    Type::PremiumRate,
+    Type::SharedCost,
+    Type::PersonalNumber,
+    Type::Voip,
+    Type::Pager,
+    Type::Uan,
+    Type::Voicemail,
+];
 
 /// The country calling code at the start of an E.164 digit string, from the
 /// libphonenumber metadata. Calling codes are prefix-free, so the first
@@ -31,29 +47,14 @@ pub fn country_code(digits: &str) -> Option<&str> {
 /// length (libphonenumber's possible lengths). A cheap test to run before
 /// a full parse, which costs microseconds per region.
 pub fn possible_national_length(code: &str, length: usize) -> bool {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::LazyLock;
     static LENGTHS: LazyLock<BTreeMap<u16, BTreeSet<u16>>> = LazyLock::new(|| {
-        use phonenumber::Type;
-        let kinds = [
-            Type::FixedLine,
-            Type::Mobile,
-            Type::TollFree,
-            Type::PremiumRate,
-            Type::SharedCost,
-            Type::PersonalNumber,
-            Type::Voip,
-            Type::Pager,
-            Type::Uan,
-            Type::Voicemail,
-        ];
-        (1..=999u16)
+        (1..CODES as u16)
             .filter_map(|code| {
                 let regions = DATABASE.by_code(&code)?;
                 let lengths = regions
                     .iter()
                     .flat_map(|region| {
-                        kinds
+                        NUMBER_TYPES
                             .iter()
                             .filter_map(|kind| region.descriptors().get(*kind))
                     })

@@ -22,9 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::PoisonError;
 
 use phonenumber::metadata::{Metadata, DATABASE};
-use phonenumber::Type;
 
-use super::CODES;
+use super::{CODES, NUMBER_TYPES};
 
 /// Room in the crate's LRU: more than every distinct pattern in its
 /// metadata (about 2,000, formats included), so none is ever evicted.
@@ -70,20 +69,6 @@ fn prepare(code: u16) {
     done.store(true, Ordering::Release);
 }
 
-/// The number types the crate's `number_type` tries.
-const TYPES: [Type; 10] = [
-    Type::FixedLine,
-    Type::Mobile,
-    Type::TollFree,
-    Type::PremiumRate,
-    Type::SharedCost,
-    Type::PersonalNumber,
-    Type::Voip,
-    Type::Pager,
-    Type::Uan,
-    Type::Voicemail,
-];
-
 /// The text of every pattern that parsing a `+` number and testing its
 /// validity read for one region: its number descriptions, the leading
 /// digits that pick a region among those sharing a code, and the national
@@ -92,7 +77,7 @@ fn validation_patterns(meta: &Metadata) -> Vec<&str> {
     let descriptors = meta.descriptors();
     let mut sources = vec![descriptors.general().national_number().as_str()];
     sources.extend(
-        TYPES
+        NUMBER_TYPES
             .iter()
             .filter_map(|kind| descriptors.get(*kind))
             .map(|descriptor| descriptor.national_number().as_str()),
@@ -129,7 +114,7 @@ mod tests {
     /// and pseudo-random digits of every national length from 1 to 17.
     fn haystacks(meta: &Metadata, seed: &mut u64) -> Vec<String> {
         let descriptors = meta.descriptors();
-        let mut out: Vec<String> = TYPES
+        let mut out: Vec<String> = NUMBER_TYPES
             .iter()
             .filter_map(|kind| descriptors.get(*kind))
             .filter_map(|descriptor| descriptor.example().map(str::to_owned))
@@ -201,7 +186,7 @@ mod tests {
         let mut valid = 0;
         for code in &codes {
             for meta in DATABASE.by_code(code).unwrap() {
-                for example in TYPES
+                for example in NUMBER_TYPES
                     .iter()
                     .filter_map(|kind| meta.descriptors().get(*kind))
                     .filter_map(|descriptor| descriptor.example())
