@@ -335,6 +335,24 @@ pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
         .as_str()
         .unwrap()
         .contains("canary.leak@example.com"));
+    // Numbers from many countries, one written with its trunk prefix kept
+    // after the calling code, in a field no rule selects: blocked.
+    for number in [
+        "+44 (0)20 7946 0958",
+        "+33 6 31 96 65 43",
+        "+49 30 901820",
+        "+81 3-1234-5678",
+        "+55 11 91234 5678",
+    ] {
+        let body = serde_json::to_vec(&serde_json::json!({"d": [{
+            "identity": "CUST-9", "type": "event", "evtName": "Call",
+            "evtData": {"Note": format!("call back on {number}")}}]}))
+        .unwrap();
+        let (status, answer) = send(&rig, "/clevertap/1/upload", body, false);
+        assert_eq!(status, 422, "{number}: {answer}");
+        assert!(!answer.to_string().contains(&number[4..]), "{answer}");
+        assert!(rig.upstream.take().is_empty(), "{number} was forwarded");
+    }
     let logs = rig.server.logs();
     assert!(
         logs.contains("PII found in a field no rule selects") && logs.contains("/d/0/evtData/*")
