@@ -1,7 +1,8 @@
 //! Detectors of PII in fields no rule selected: email addresses, phone
 //! numbers (international numbers that libphonenumber's metadata calls
-//! valid, and common national formats), and payment card numbers (a known
-//! card prefix and Luhn-valid). They report the detector, never the text.
+//! valid, written with a `+`, an international call prefix or neither, and
+//! common national formats), and payment card numbers (a known card prefix
+//! and Luhn-valid). They report the detector, never the text.
 //! [`scan`] reads text (string values, member names, form and query
 //! parameters); [`scan_number`] reads a JSON number as written.
 
@@ -183,6 +184,16 @@ fn is_phone(run: &DigitRun) -> bool {
     if run.plus {
         return is_international(&run.digits);
     }
+    // Without a `+`: after an international call prefix (`00`; `011` from
+    // North America), or the digits alone, as backends store numbers. The
+    // validity test turns away timestamps and ids, as for a JSON number.
+    let after_prefix = ["00", "011"]
+        .iter()
+        .filter_map(|prefix| run.digits.strip_prefix(prefix))
+        .any(is_international);
+    if after_prefix || is_international(&run.digits) {
+        return true;
+    }
     // National formats: 10 or 11 digits written the way people write
     // numbers (grouped, or with a trunk 0 or an area code in brackets);
     // a bare 10-digit run is more often a timestamp or an id.
@@ -299,5 +310,35 @@ mod tests {
         assert!(scan_number("4407911123456").contains(&Detector::Phone));
         // A trunk prefix that leaves an impossible length is not a phone.
         assert!(scan_number("44012345").is_empty());
+    }
+
+    /// International numbers without a `+`: after an international call
+    /// prefix (`00`, or `011` from North America), or digits alone, as
+    /// backends store them. A string gets the test a JSON number gets.
+    #[test]
+    fn international_numbers_without_a_plus_are_phones() {
+        for text in [
+            "0044 20 7946 0958",
+            "0091 98765 43210",
+            "00919876543210",
+            "011 44 20 7946 0958",
+            "919876543210",
+            "phone: 14155550123",
+            "44 20 7946 0958",
+        ] {
+            assert!(scan(text).contains(&Detector::Phone), "{text}");
+        }
+        for clean in [
+            "1767225600",
+            "1767225600123",
+            "ts 1767225600123",
+            "100000123",
+            "20260105",
+            "192.168.100.200",
+            "order 000123456789",
+            "00000000000000",
+        ] {
+            assert!(!scan(clean).contains(&Detector::Phone), "{clean}");
+        }
     }
 }
