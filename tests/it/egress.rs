@@ -335,14 +335,17 @@ pub(crate) fn malformed_bodies_are_refused_and_nothing_is_forwarded() {
         .as_str()
         .unwrap()
         .contains("canary.leak@example.com"));
-    // Numbers from many countries, one written with its trunk prefix kept
-    // after the calling code, in a field no rule selects: blocked.
+    // Numbers from many countries, written with a trunk prefix kept after
+    // the calling code, an international call prefix or no `+`, in a field
+    // no rule selects: blocked.
     for number in [
         "+44 (0)20 7946 0958",
         "+33 6 31 96 65 43",
         "+49 30 901820",
         "+81 3-1234-5678",
         "+55 11 91234 5678",
+        "0044 20 7946 0958",
+        "919876543210",
     ] {
         let body = serde_json::to_vec(&serde_json::json!({"d": [{
             "identity": "CUST-9", "type": "event", "evtName": "Call",
