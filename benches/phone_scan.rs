@@ -9,19 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)] // only the memory reading is shared here
+mod common;
+
 use std::time::Instant;
 
 use phonenumber::metadata::DATABASE;
 use tokenvault::payload::detect::{scan_number, Detector};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kib| kib.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// `count` numbers cycling through every calling code, each with a
 /// pseudo-random national number of 7 to 12 digits.
@@ -52,8 +46,8 @@ fn main() {
         .unwrap_or(4000);
     let numbers = numbers(count);
     println!(
-        "phone check on {count} numbers over every calling code; RSS at start {} KiB",
-        rss_kib()
+        "phone check on {count} numbers over every calling code; RSS at start {:.1} MiB",
+        common::memory_mib().0
     );
     for (label, check) in [
         (
@@ -74,9 +68,9 @@ fn main() {
         let valid = numbers.iter().filter(|digits| check(digits)).count();
         let elapsed = start.elapsed();
         println!(
-            "{label}: {:.1} us a number, {valid} valid, RSS {} KiB",
+            "{label}: {:.1} us a number, {valid} valid, RSS {:.1} MiB",
             elapsed.as_secs_f64() * 1e6 / count as f64,
-            rss_kib()
+            common::memory_mib().0
         );
     }
 }

@@ -36,21 +36,6 @@ fn value(i: usize) -> String {
     format!("scale.{i}@example.com")
 }
 
-/// `VmRSS` and `VmHWM` of this process, in MiB.
-fn rss() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Which value the `i`-th item is.
 type ValueOf = Arc<dyn Fn(usize) -> String + Send + Sync>;
 
@@ -205,7 +190,7 @@ fn main() {
         }
         let fill = (step - rows) as f64 / started.elapsed().as_secs_f64();
         rows = step;
-        let (idle, _) = rss();
+        let (idle, _) = common::memory_mib();
         // New values, past everything stored.
         let started = Instant::now();
         bench.tokenize(
@@ -234,7 +219,7 @@ fn main() {
         let started = Instant::now();
         bench.detokenize(&tokens);
         let detokenize = tokens.len() as f64 / started.elapsed().as_secs_f64();
-        let (_, peak) = rss();
+        let (_, peak) = common::memory_mib();
         println!("| {rows} | {fill:.0} | {new:.0} | {known:.0} | {detokenize:.0} | {idle:.1} | {peak:.1} |");
     }
 }

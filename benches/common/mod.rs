@@ -72,3 +72,19 @@ pub fn email_items(values: impl Iterator<Item = String>) -> Vec<tokenvault::vaul
         })
         .collect()
 }
+
+/// `VmRSS` and `VmHWM` of this process, in MiB.
+#[allow(dead_code)] // not every benchmark reports memory
+pub fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
