@@ -23,6 +23,7 @@ mod files;
 mod keys;
 mod leak;
 mod logs;
+mod memory;
 mod metrics;
 mod mtls;
 mod node_library;
