@@ -75,9 +75,12 @@ impl Vault {
     }
 
     /// Answers `read` over `items`, in order. A large batch is cut, at
-    /// positions among `cuts` only, into as many parts as the store has
-    /// read connections and this machine has cores, each read at once on
-    /// its own blocking thread.
+    /// positions among `cuts` only, into twice as many parts as this
+    /// machine has cores (at most one per read connection), each read at
+    /// once on its own blocking thread. With one part per core, the caller
+    /// (a file run reading its next batch) took a core from one part while
+    /// the other core, its part done, waited: 20% of a known-value run's
+    /// time (docs/performance.md).
     async fn read_in_parts<T, A>(
         &self,
         items: Arc<Vec<T>>,
@@ -95,7 +98,7 @@ impl Vault {
         } else {
             let cores =
                 *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
-            cores.min(self.store.read_connections())
+            (2 * cores).min(self.store.read_connections())
         };
         let read = Arc::new(read);
         let tasks: Vec<_> = split(cuts, items.len(), parts)
