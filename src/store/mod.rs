@@ -232,20 +232,24 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     open_connection_cached(path, flags, COMMAND_CACHE_MIB)
 }
 
+/// Opens `path` for the running store (its connections and the audit
+/// trail's) without SQLite's own lock on the connection
+/// (`SQLITE_OPEN_NO_MUTEX`, rusqlite's default, which explicit flags
+/// replace): a `Connection` is not `Sync`, so one thread at a time uses
+/// it, and the readers sit behind a `Mutex`. The lock taken on every
+/// SQLite call was 3% of a file run's CPU (docs/performance.md).
+fn open_unlocked(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+}
+
 /// Opens a connection whose page cache holds at most `cache_mib` MiB (the
 /// `limits.sqlite_cache_mib` setting for the server's connections).
-///
-/// Without SQLite's own lock on the connection (`SQLITE_OPEN_NO_MUTEX`,
-/// rusqlite's default, which explicit flags replace): a `Connection` is
-/// not `Sync`, so one thread at a time uses it, and the readers sit behind
-/// a `Mutex`. The lock taken on every SQLite call was 3% of a file run's
-/// CPU (docs/performance.md).
 fn open_connection_cached(
     path: &Path,
     flags: OpenFlags,
     cache_mib: u32,
 ) -> Result<Connection, StoreError> {
-    let connection = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let connection = open_unlocked(path, flags)?;
     connection.busy_timeout(Duration::from_secs(5))?;
     // FULL: a token handed to a caller survives power loss, not only a crash.
     connection.pragma_update(None, "synchronous", "FULL")?;

@@ -86,12 +86,9 @@ fn migrations() -> Migrations<'static> {
 /// Opens (creating if needed) `audit.db` for appending.
 pub fn open_for_append(path: &Path) -> Result<Connection, String> {
     let open = || -> Result<Connection, Box<dyn std::error::Error>> {
-        // No lock of SQLite's own: one thread uses it (store::open_connection_cached).
-        let mut connection = Connection::open_with_flags(
+        let mut connection = super::open_unlocked(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         connection.busy_timeout(LOCK_WAIT)?;
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -112,10 +109,7 @@ pub struct Reader(Connection);
 impl Reader {
     /// Opens the file at `path`; it must exist.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let connection = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let connection = super::open_unlocked(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         connection.busy_timeout(LOCK_WAIT)?;
         // A copy written by an older version lacks the newer columns, and a
         // read-only connection cannot migrate it: a temporary view (the temp
