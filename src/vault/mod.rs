@@ -713,6 +713,9 @@ impl Vault {
         let keyset = ns.keys();
         let keys = keyset.writer();
         let mut pending = Vec::with_capacity(items.len());
+        // A row's items share its subject: its keyed hash is computed once
+        // for a run of items with the same subject.
+        let mut last_subject: Option<(&str, [u8; 32])> = None;
         for (index, item) in items.iter().enumerate() {
             let item_error = |problem: ItemProblem| VaultError::Item { index, problem };
             let (class_name, class) = ns
@@ -738,10 +741,17 @@ impl Vault {
                 blind_index: class
                     .deterministic
                     .then(|| keys.blind_index(class_name, normalized.expose())),
-                subject_hash: item
-                    .subject
-                    .as_ref()
-                    .map(|subject| ns.subject.hash(subject.expose())),
+                subject_hash: item.subject.as_ref().map(|subject| {
+                    let subject = subject.expose();
+                    match last_subject {
+                        Some((last, hash)) if last == subject => hash,
+                        _ => {
+                            let hash = ns.subject.hash(subject);
+                            last_subject = Some((subject, hash));
+                            hash
+                        }
+                    }
+                }),
                 normalized,
                 // Minted only for values the store does not know yet.
                 candidate: String::new(),
