@@ -92,6 +92,40 @@ def insert(db, rows):
                    [(subj, t) for t, _, _, _, subj in rows])
 
 
+RECENT = """
+CREATE TABLE recent_tokens (namespace TEXT NOT NULL, token TEXT NOT NULL, class TEXT NOT NULL,
+    key_version INTEGER NOT NULL, sealed BLOB NOT NULL, blind_index BLOB NOT NULL,
+    subject_hash BLOB NOT NULL, PRIMARY KEY (namespace, token)) WITHOUT ROWID;
+CREATE UNIQUE INDEX recent_by_blind_index ON recent_tokens (namespace, class, blind_index);
+"""
+MERGE = int(os.environ.get("MERGE", "65536"))
+
+
+def insert_recent(db, rows):
+    """New rows land in a small table; every MERGE rows they move to the
+    four split tables, each filled in its own key order."""
+    rows.sort(key=lambda x: (x[1], x[3]))
+    for _, c, _, b, _ in rows:  # the uniqueness check against the large tree
+        db.execute("SELECT token FROM blind WHERE namespace = 'retail' AND class = ?"
+                   " AND blind_index = ?", (c, b)).fetchone()
+    db.executemany("INSERT INTO recent_tokens VALUES ('retail', ?, ?, 1, ?, ?, ?)", rows)
+
+
+def merge_recent(db):
+    db.execute("BEGIN")
+    db.execute("INSERT INTO tokens (namespace, token, class, key_version, sealed, created_at)"
+               " SELECT namespace, token, class, key_version, sealed, 0 FROM recent_tokens"
+               " ORDER BY namespace, token")
+    db.execute("INSERT INTO links_by_token SELECT namespace, token, subject_hash"
+               " FROM recent_tokens ORDER BY namespace, token, subject_hash")
+    db.execute("INSERT INTO blind SELECT namespace, class, blind_index, token"
+               " FROM recent_tokens ORDER BY namespace, class, blind_index")
+    db.execute("INSERT INTO subject_links SELECT namespace, subject_hash, token, 0"
+               " FROM recent_tokens ORDER BY namespace, subject_hash, token")
+    db.execute("DELETE FROM recent_tokens")
+    db.execute("COMMIT")
+
+
 def main():
     with tempfile.TemporaryDirectory() as work:
         path = os.path.join(work, "model.db")
@@ -104,16 +138,25 @@ def main():
         if "AUTOCHECKPOINT" in os.environ:
             db.execute(f"PRAGMA wal_autocheckpoint={os.environ['AUTOCHECKPOINT']}")
         db.executescript(VAULT)
-        if LAYOUT == "split":
+        if LAYOUT in ("split", "recent"):
             db.executescript(SPLIT)
+        if LAYOUT == "recent":
+            db.executescript(RECENT)
         start, before = time.time(), written()
         for first in range(0, ROWS, BATCH):
             rows = batch_rows(first)
             db.execute("BEGIN")
-            insert(db, rows)
+            if LAYOUT == "recent":
+                insert_recent(db, rows)
+            else:
+                insert(db, rows)
             db.execute("COMMIT")
+            if LAYOUT == "recent" and (first + BATCH) % MERGE < BATCH:
+                merge_recent(db)
+        if LAYOUT == "recent":
+            merge_recent(db)
         secs = time.time() - start
-        print(f"layout={LAYOUT} page={PAGE} cache={CACHE_KIB}KiB batch={BATCH} rows={ROWS}: "
+        print(f"layout={LAYOUT}{f' merge={MERGE}' if LAYOUT == 'recent' else ''} page={PAGE} cache={CACHE_KIB}KiB batch={BATCH} rows={ROWS}: "
               f"{ROWS / secs:.0f} rows/s, wrote {(written() - before) / 1e9:.1f} GB, "
               f"file {os.path.getsize(path) / 1e6:.0f} MB, SQLite {sqlite3.sqlite_version}")
 

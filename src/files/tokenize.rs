@@ -59,9 +59,10 @@ struct Batch {
 /// lines). `stop` is asked between rows; when it answers true the run ends
 /// with [`FileError::Interrupted`] after the last whole batch.
 ///
-/// The next batch is read while the engine tokenizes the current one, so
-/// parsing and the engine's work overlap; batches are settled (reported,
-/// written, counted) one after the other, in input order.
+/// While the engine tokenizes a batch, the batch before is written and the
+/// next one read, so parsing, writing and the engine's work overlap;
+/// batches are settled (reported, written, counted) one after the other,
+/// in input order.
 pub fn run<R: BufRead>(
     vault: &FileTokenizeRun<'_>,
     handle: &tokio::runtime::Handle,
@@ -86,25 +87,27 @@ pub fn run<R: BufRead>(
         ));
     }
     let mut batch = read_batch(vault, job, &mut rows, stop)?;
+    // The batch before, tokenized: it is written while the engine works on
+    // the next one.
+    let mut ready: Option<(Batch, Vec<Tokenized>)> = None;
     loop {
-        for (number, reason) in std::mem::take(&mut batch.rejects) {
-            reject(&mut counts, job, rejects, number, &reason)?;
-        }
-        counts.records = batch.records;
-        counts.input_bytes = batch.input_bytes;
-        let (tokens, next) = if batch.last {
-            (
-                tokenize_batch(vault, handle, job, &mut batch, &mut counts, rejects)?,
-                None,
-            )
-        } else if batch.items.is_empty() {
-            (Vec::new(), Some(read_batch(vault, job, &mut rows, stop)))
+        let position = batch.take_position();
+        let (tokens, next) = if batch.last || batch.items.is_empty() {
+            settle(job, ready.take(), position, &mut counts, rejects, output)?;
+            if batch.last {
+                let tokens = tokenize_batch(vault, handle, job, &mut batch, &mut counts, rejects)?;
+                (tokens, None)
+            } else {
+                (Vec::new(), Some(read_batch(vault, job, &mut rows, stop)))
+            }
         } else {
             let (tokens, next) = handle.block_on(async {
                 tokio::join!(vault.tokenize(&batch.items), async {
-                    read_batch(vault, job, &mut rows, stop)
+                    settle(job, ready.take(), position, &mut counts, rejects, output)?;
+                    Ok::<_, FileError>(read_batch(vault, job, &mut rows, stop))
                 })
             });
+            let next = next?;
             let tokens = match tokens {
                 Ok(tokens) => tokens,
                 // A refused item: settled again on its own, row by row.
@@ -115,12 +118,64 @@ pub fn run<R: BufRead>(
             };
             (tokens, Some(next))
         };
-        write_batch(job, batch, &tokens, &mut counts, output)?;
         match next {
-            None => return Ok(counts),
-            Some(next) => batch = next?,
+            Some(Ok(next)) => {
+                ready = Some((batch, tokens));
+                batch = next;
+            }
+            // The run ends after this batch: its rows are written before
+            // the end (or the interruption) is reported.
+            Some(Err(error)) => {
+                write_batch(job, batch, &tokens, &mut counts, output)?;
+                return Err(error);
+            }
+            None => {
+                write_batch(job, batch, &tokens, &mut counts, output)?;
+                return Ok(counts);
+            }
         }
     }
+}
+
+/// Where the input stood after a batch, and the rows rejected while reading
+/// it.
+struct Position {
+    rejects: Vec<(u64, String)>,
+    records: u64,
+    input_bytes: u64,
+}
+
+impl Batch {
+    fn take_position(&mut self) -> Position {
+        Position {
+            rejects: std::mem::take(&mut self.rejects),
+            records: self.records,
+            input_bytes: self.input_bytes,
+        }
+    }
+}
+
+/// Settles everything before a batch's tokens, in input order: the batch
+/// before is written (with the counts as they stood after it, which its
+/// checkpoint keeps), then this batch's read rejects are reported, and the
+/// counts move to where the input stands after it.
+fn settle(
+    job: &Job<'_>,
+    ready: Option<(Batch, Vec<Tokenized>)>,
+    position: Position,
+    counts: &mut Counts,
+    rejects: &mut dyn Write,
+    output: &mut Output<'_>,
+) -> Result<(), FileError> {
+    if let Some((batch, tokens)) = ready {
+        write_batch(job, batch, &tokens, counts, output)?;
+    }
+    for (number, reason) in position.rejects {
+        reject(counts, job, rejects, number, &reason)?;
+    }
+    counts.records = position.records;
+    counts.input_bytes = position.input_bytes;
+    Ok(())
 }
 
 /// Reads up to a batch of rows, checking each selected cell; a cell that
