@@ -12,6 +12,7 @@ the figures show what SQLite itself costs for each layout, not the vault.
     python3 benches/store-layout.py                    # the vault's layout
     LAYOUT=sorted python3 benches/store-layout.py      # each commit in token order
     LAYOUT=split python3 benches/store-layout.py       # four tables, each filled in its own key order
+    LAYOUT=recent MERGE=65536 python3 benches/store-layout.py  # a small table, merged into the split ones
     PAGE=1024 CACHE_KIB=16384 BATCH=32768 ROWS=200000 AUTOCHECKPOINT=50000 SYNC=NORMAL ...
 """
 import hashlib
