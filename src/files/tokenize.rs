@@ -92,7 +92,12 @@ pub fn run<R: BufRead>(
     let mut ready: Option<(Batch, Vec<Tokenized>)> = None;
     loop {
         let position = batch.take_position();
-        let (tokens, next) = if batch.last || batch.items.is_empty() {
+        // A batch whose read rejects stop the run is not tokenized: the
+        // run's record must count every token the run created.
+        let stops = job
+            .max_rejects
+            .is_some_and(|limit| counts.rejected + position.rejects.len() as u64 > limit);
+        let (tokens, next) = if batch.last || batch.items.is_empty() || stops {
             settle(job, ready.take(), position, &mut counts, rejects, output)?;
             if batch.last {
                 let tokens = tokenize_batch(vault, handle, job, &mut batch, &mut counts, rejects)?;

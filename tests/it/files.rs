@@ -363,6 +363,56 @@ pub(crate) fn rejected_rows_are_reported_by_number_and_reason_never_by_value() {
     crate::support::assert_chain_verifies(&setup);
 }
 
+/// A run stopped by its rejects tokenizes nothing of the batch that
+/// stopped it, though the batch before is written while the engine would
+/// work on it: the run's record counts every token the run created.
+#[test]
+pub(crate) fn a_run_stopped_by_rejects_creates_no_tokens_past_its_record() {
+    let setup = Setup::new("");
+    let dir = setup.dir.path();
+    let input = dir.join("stops.csv");
+    fs::write(
+        &input,
+        "identity,Email,Phone,Name\n\
+         C1,first@example.com,+15550000001,One\n\
+         C2,second@example.com,+15550000002,Two\n\
+         C3,third@example.com,not a phone,Three\n\
+         C4,fourth@example.com,+15550000004,Four\n\
+         C5,fifth@example.com,+15550000005,Five\n\
+         C6,sixth@example.com,+15550000006,Six\n",
+    )
+    .unwrap();
+    let out = tokenize_csv(
+        &setup,
+        &input,
+        &dir.join("stops.tok.csv"),
+        &["--batch-rows", "2", "--max-rejects", "0"],
+    );
+    assert!(!out.status.success());
+    let records = audit_query(&setup, &["--action", "file_tokenize"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["reason"], "too_many_rejects");
+    assert_eq!(records[0]["file"]["created"], 6, "{records:?}");
+
+    // The row read with the reject was not tokenized: its values are new.
+    let fourth = dir.join("fourth.csv");
+    fs::write(
+        &fourth,
+        "identity,Email,Phone,Name\nC4,fourth@example.com,+15550000004,Four\n",
+    )
+    .unwrap();
+    let stderr = ok(&tokenize_csv(
+        &setup,
+        &fourth,
+        &dir.join("fourth.tok.csv"),
+        &[],
+    ));
+    assert!(
+        stderr.contains("tokenized 1 rows: 3 tokens created, 0 reused"),
+        "{stderr}"
+    );
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let out = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
