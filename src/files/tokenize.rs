@@ -41,18 +41,25 @@ enum Waiting {
     },
 }
 
-/// The rows read for one engine call, with the rows rejected while reading
-/// them (reported when the batch is settled, so the report and the counts
-/// move batch by batch), and where the input stood after them.
+/// The rows read for one engine call, and where the input stood after
+/// them.
 #[derive(Default)]
 struct Batch {
     waiting: Vec<Waiting>,
     items: Vec<TokenizeItem>,
+    position: Position,
+    /// The input ended with this batch.
+    last: bool,
+}
+
+/// Where the input stood after a batch, with the rows rejected while
+/// reading it (reported when the batch is settled, so the report and the
+/// counts move batch by batch).
+#[derive(Default)]
+struct Position {
     rejects: Vec<(u64, String)>,
     records: u64,
     input_bytes: u64,
-    /// The input ended with this batch.
-    last: bool,
 }
 
 /// Tokenizes `input` into `output`, rejects into `rejects` (`row,reason`
@@ -91,12 +98,10 @@ pub fn run<R: BufRead>(
     // the next one.
     let mut ready: Option<(Batch, Vec<Tokenized>)> = None;
     loop {
-        let position = batch.take_position();
+        let position = std::mem::take(&mut batch.position);
         // A batch whose read rejects stop the run is not tokenized: the
         // run's record must count every token the run created.
-        let stops = job
-            .max_rejects
-            .is_some_and(|limit| counts.rejected + position.rejects.len() as u64 > limit);
+        let stops = over_limit(job, counts.rejected + position.rejects.len() as u64).is_some();
         let (tokens, next) = if batch.last || batch.items.is_empty() || stops {
             settle(job, ready.take(), position, &mut counts, rejects, output)?;
             if batch.last {
@@ -138,24 +143,6 @@ pub fn run<R: BufRead>(
                 write_batch(job, batch, &tokens, &mut counts, output)?;
                 return Ok(counts);
             }
-        }
-    }
-}
-
-/// Where the input stood after a batch, and the rows rejected while reading
-/// it.
-struct Position {
-    rejects: Vec<(u64, String)>,
-    records: u64,
-    input_bytes: u64,
-}
-
-impl Batch {
-    fn take_position(&mut self) -> Position {
-        Position {
-            rejects: std::mem::take(&mut self.rejects),
-            records: self.records,
-            input_bytes: self.input_bytes,
         }
     }
 }
@@ -208,7 +195,7 @@ fn read_batch<R: BufRead>(
                 break;
             }
             Next::Copy(bytes) | Next::Header(bytes, _) => batch.waiting.push(Waiting::Copy(bytes)),
-            Next::Reject(number, reason) => batch.rejects.push((number, reason)),
+            Next::Reject(number, reason) => batch.position.rejects.push((number, reason)),
             Next::Row(row) => {
                 let first = batch.items.len();
                 let mut problem = None;
@@ -233,7 +220,7 @@ fn read_batch<R: BufRead>(
                 match problem {
                     Some(reason) => {
                         batch.items.truncate(first);
-                        batch.rejects.push((row.number, reason));
+                        batch.position.rejects.push((row.number, reason));
                     }
                     None => {
                         batch.waiting.push(Waiting::Row { row, first });
@@ -243,8 +230,8 @@ fn read_batch<R: BufRead>(
             }
         }
     }
-    batch.records = rows.records();
-    batch.input_bytes = rows.consumed();
+    batch.position.records = rows.records();
+    batch.position.input_bytes = rows.consumed();
     Ok(batch)
 }
 
@@ -340,10 +327,15 @@ fn reject(
     reason: &str,
 ) -> Result<(), FileError> {
     super::report_reject(counts, rejects, number, reason)?;
-    match job.max_rejects {
-        Some(limit) if counts.rejected > limit => Err(FileError::TooManyRejects(limit)),
-        _ => Ok(()),
+    match over_limit(job, counts.rejected) {
+        Some(limit) => Err(FileError::TooManyRejects(limit)),
+        None => Ok(()),
     }
+}
+
+/// The `--max-rejects` limit when `rejected` rows pass it (the run stops).
+fn over_limit(job: &Job<'_>, rejected: u64) -> Option<u64> {
+    job.max_rejects.filter(|&limit| rejected > limit)
 }
 
 /// How a reject names a rule's column.

@@ -78,9 +78,9 @@ impl Vault {
     /// positions among `cuts` only, into twice as many parts as this
     /// machine has cores (at most one per read connection), each read at
     /// once on its own blocking thread. With one part per core, the caller
-    /// (a file run reading its next batch) took a core from one part while
-    /// the other core, its part done, waited: 20% of a known-value run's
-    /// time (docs/performance.md).
+    /// (a file run reading its next batch and writing the one before) took
+    /// a core from one part while the other core, its part done, waited:
+    /// 20% of a known-value run's time (docs/performance.md).
     async fn read_in_parts<T, A>(
         &self,
         items: Arc<Vec<T>>,
