@@ -1,5 +1,7 @@
 //! The JSONPath selector compiler (configuration input): any text either
-//! compiles or is refused, and a compiled selector runs on a document.
+//! compiles or is refused, a compiled selector runs on a document, and a
+//! selector that also compiles to plain steps selects, walking the bytes,
+//! exactly what it selects on the parsed document.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -33,9 +35,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = selector.member_names();
-    let document = serde_json::json!({
-        "d": [{"identity": "a", "profileData": {"Email": "x@example.com", "n": [1, 2]}}],
-        "e": {"f": "g"}
-    });
-    let _ = payload::select(&document, &[&selector]);
+    let body = br#"{"d": [{"identity": "a", "profileData": {"Email": "x@example.com", "n": [1, 2], "0": null}}, {"b": true, "a": -1.5e3}], "e": {"f": "g", "x/y~": "h"}}"#;
+    let document = payload::parse_strict(body, 16).expect("the document parses");
+    let selected = payload::select(&document, &[&selector]);
+    if let Some(steps) = selector.steps() {
+        let walked = payload::path::select(body, &[steps]);
+        match (selected, walked) {
+            (Ok(selected), Ok(walked)) => {
+                let selected: Vec<(&str, bool)> = selected
+                    .iter()
+                    .map(|f| (f.pointer.as_str(), f.was_number))
+                    .collect();
+                let walked: Vec<(&str, bool)> = walked
+                    .iter()
+                    .map(|m| (m.pointer.as_str(), m.leaf == Some(payload::splice::Leaf::Number)))
+                    .collect();
+                assert_eq!(selected, walked, "{text}");
+            }
+            (Err(_), Err(_)) => {}
+            (selected, walked) => panic!("{text}: {selected:?} against {walked:?}"),
+        }
+    }
 });

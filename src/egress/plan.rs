@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 
 use super::body::{Body, Kind};
 use super::refusal::{Problem, Refusal};
-use super::scan::{self, Elsewhere};
+use super::scan::{self, Elsewhere, Wanted};
 use super::Route;
 use crate::config::UnselectedPii;
+use crate::payload::path::Steps;
 use crate::payload::records::Subjects;
 use crate::payload::splice::{self, FormPair, Leaf, Span};
 use crate::payload::{self, PayloadError};
@@ -44,6 +45,15 @@ pub enum Place {
     QueryName(usize),
 }
 
+/// A field a rule selected: its place and its text.
+struct Field {
+    rule: usize,
+    pointer: String,
+    value: Pii,
+    /// A JSON value's kind and bytes.
+    at: Option<(Leaf, Span)>,
+}
+
 /// The places to rewrite and the values to tokenize, one item per place.
 pub struct RewritePlan {
     /// Where each item goes.
@@ -71,18 +81,83 @@ impl RewritePlan {
     ) -> Result<Self, Refusal> {
         let spec = &route.spec;
         let bytes = body.bytes();
-        let document = match body.kind {
-            Kind::Form => payload::parse_form(bytes),
-            Kind::Json => payload::parse_strict(bytes, spec.max_depth),
-        }
-        .map_err(|error| {
+        let refused = |error: PayloadError| {
             let problem = if matches!(error, PayloadError::NotScalar(_)) {
                 Problem::Unprocessable
             } else {
                 Problem::Invalid
             };
             Refusal::new(problem, error.to_string(), "malformed_body")
-        })?;
+        };
+        let not_a_value = |error: PayloadError| {
+            Refusal::new(
+                Problem::Unprocessable,
+                error.to_string(),
+                "selected_field_not_a_value",
+            )
+        };
+        let selectors: Vec<&payload::Selector> =
+            spec.fields.iter().map(|rule| &rule.selector).collect();
+        // A JSON body whose rules are all plain paths is checked, then
+        // walked once for its fields and its findings, without a parsed
+        // document (a route that names each record's subject reads it from
+        // the document).
+        let steps: Option<Vec<&Steps>> = (body.kind == Kind::Json && spec.subject.is_none())
+            .then(|| selectors.iter().map(|s| s.steps()).collect())
+            .flatten();
+        let (fields, json, subjects) = match steps {
+            Some(steps) => {
+                payload::check_strict(bytes, spec.max_depth).map_err(refused)?;
+                let mut walked = scan::walk_json(bytes, Wanted::Steps(&steps));
+                let matched =
+                    std::mem::replace(&mut walked.matched, Ok(Vec::new())).map_err(|pointer| {
+                        let names = payload::KnownNames::of(selectors.iter().copied());
+                        not_a_value(PayloadError::NotScalar(names.safe_pointer(&pointer)))
+                    })?;
+                let fields: Vec<Field> = matched
+                    .into_iter()
+                    .map(|found| Field {
+                        rule: found.rule,
+                        value: Pii::new(found.text(bytes).into_owned()),
+                        at: found.leaf.map(|leaf| (leaf, found.span)),
+                        pointer: found.pointer,
+                    })
+                    .collect();
+                (fields, Some(walked), None)
+            }
+            None => {
+                let document = match body.kind {
+                    Kind::Form => payload::parse_form(bytes),
+                    Kind::Json => payload::parse_strict(bytes, spec.max_depth),
+                }
+                .map_err(refused)?;
+                let selected = payload::select(&document, &selectors).map_err(not_a_value)?;
+                // The customer of each record, when the route names where
+                // it is.
+                let subjects = spec
+                    .subject
+                    .as_ref()
+                    .map(|selector| Subjects::find(&document, selector));
+                drop(document);
+                // One walk over a JSON body: the spans of the selected
+                // values, and the findings in everything else.
+                let json = (body.kind == Kind::Json).then(|| {
+                    let pointers: Vec<&str> = selected.iter().map(|f| f.pointer.as_str()).collect();
+                    scan::walk_json(bytes, Wanted::Pointers(&pointers))
+                });
+                let fields = selected
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, field)| Field {
+                        rule: field.rule,
+                        pointer: field.pointer,
+                        value: field.value,
+                        at: json.as_ref().and_then(|walked| walked.spans[index]),
+                    })
+                    .collect();
+                (fields, json, subjects)
+            }
+        };
         let form = match body.kind {
             Kind::Form => splice::form_pairs(bytes),
             Kind::Json => Vec::new(),
@@ -96,21 +171,6 @@ impl RewritePlan {
             findings: 0,
             note: None,
         };
-
-        let selectors: Vec<&payload::Selector> =
-            spec.fields.iter().map(|rule| &rule.selector).collect();
-        let selected = payload::select(&document, &selectors).map_err(|error| {
-            Refusal::new(
-                Problem::Unprocessable,
-                error.to_string(),
-                "selected_field_not_a_value",
-            )
-        })?;
-        // The customer of each record, when the route names where it is.
-        let subjects = spec
-            .subject
-            .as_ref()
-            .map(|selector| Subjects::find(&document, selector));
         let subject_at = |place: &Place| -> Option<Pii> {
             let subjects = subjects.as_ref()?;
             let subject = match place {
@@ -121,51 +181,36 @@ impl RewritePlan {
             };
             subject.map(|s| Pii::new(s.expose().to_owned()))
         };
-        // One walk over a JSON body: the spans of the selected values, and
-        // the findings in everything else.
-        let json = (body.kind == Kind::Json).then(|| {
-            let pointers: Vec<&str> = selected.iter().map(|f| f.pointer.as_str()).collect();
-            scan::walk_json(bytes, &pointers)
-        });
         let mut selected_form = BTreeSet::new();
-        for (index, field) in selected.into_iter().enumerate() {
+        for field in fields {
             let class = spec.fields[field.rule].class.clone();
-            let (place, value, number) = match &json {
-                Some(walked) => {
-                    let Some((leaf, span)) = walked.spans[index] else {
-                        continue;
-                    };
-                    // A number's digits as written (serde_json would round
-                    // a big one).
-                    match leaf {
-                        Leaf::Number => (
-                            Place::Json {
-                                pointer: field.pointer,
-                                span,
-                            },
-                            Pii::new(
-                                String::from_utf8_lossy(&bytes[span.start..span.end]).into_owned(),
-                            ),
-                            true,
+            let (place, value, number) = if body.kind == Kind::Json {
+                let Some((leaf, span)) = field.at else {
+                    continue;
+                };
+                let place = Place::Json {
+                    pointer: field.pointer,
+                    span,
+                };
+                // A number's digits as written (serde_json would round a
+                // big one).
+                match leaf {
+                    Leaf::Number => (
+                        place,
+                        Pii::new(
+                            String::from_utf8_lossy(&bytes[span.start..span.end]).into_owned(),
                         ),
-                        _ => (
-                            Place::Json {
-                                pointer: field.pointer,
-                                span,
-                            },
-                            field.value,
-                            false,
-                        ),
-                    }
+                        true,
+                    ),
+                    _ => (place, field.value, false),
                 }
-                None => {
-                    let name = unescape_pointer(&field.pointer);
-                    let Some(index) = plan.form.iter().position(|p| p.name == name) else {
-                        continue;
-                    };
-                    selected_form.insert(field.pointer);
-                    (Place::FormValue(index), field.value, false)
-                }
+            } else {
+                let name = unescape_pointer(&field.pointer);
+                let Some(index) = plan.form.iter().position(|p| p.name == name) else {
+                    continue;
+                };
+                selected_form.insert(field.pointer);
+                (Place::FormValue(index), field.value, false)
             };
             plan.add(place, class, value, number, &subject_at);
         }

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::plan::Place;
 use crate::payload::detect::{self, Detector};
+use crate::payload::path::{Match, Matcher, Steps};
 use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
 use crate::pii::Pii;
 
@@ -19,28 +20,47 @@ struct JsonWalk<'a> {
     body: &'a [u8],
     wanted: HashMap<&'a str, usize>,
     spans: Vec<Option<(Leaf, Span)>>,
+    /// Selects by the rules' steps as it goes (instead of `wanted`).
+    matcher: Option<Matcher<'a>>,
     findings: Vec<(usize, Finding)>,
+}
+
+/// What the walk selects.
+pub(super) enum Wanted<'a> {
+    /// The places a selection on the parsed document found, by pointer.
+    Pointers(&'a [&'a str]),
+    /// Whatever the rules' plain steps select.
+    Steps(&'a [&'a Steps]),
 }
 
 /// What a JSON walk found.
 pub(super) struct JsonFound {
-    /// The span of each selected value, in the order of the selection.
+    /// The span of each selected pointer, in the order given.
     pub spans: Vec<Option<(Leaf, Span)>>,
+    /// What the steps selected, in `select`'s order, or the pointer of an
+    /// object or array they selected.
+    pub matched: Result<Vec<Match>, String>,
     /// Flagged places, with their offset (for document order).
     findings: Vec<(usize, Finding)>,
 }
 
-/// Walks `body` once for the `selected` pointers and the findings.
-pub(super) fn walk_json(body: &[u8], selected: &[&str]) -> JsonFound {
+/// Walks `body` once for the `wanted` places and the findings.
+pub(super) fn walk_json<'a>(body: &'a [u8], wanted: Wanted<'a>) -> JsonFound {
+    let (pointers, matcher) = match wanted {
+        Wanted::Pointers(pointers) => (pointers, None),
+        Wanted::Steps(steps) => (&[][..], Some(Matcher::new(body, steps))),
+    };
     let mut walk = JsonWalk {
         body,
-        wanted: selected.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
-        spans: vec![None; selected.len()],
+        wanted: pointers.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+        spans: vec![None; pointers.len()],
+        matcher,
         findings: Vec::new(),
     };
     splice::walk(body, &mut walk);
     JsonFound {
         spans: walk.spans,
+        matched: walk.matcher.map_or(Ok(Vec::new()), Matcher::finish),
         findings: walk.findings,
     }
 }
@@ -63,7 +83,11 @@ impl JsonWalk<'_> {
 
 impl Visit for JsonWalk<'_> {
     fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
-        if let Some(&index) = self.wanted.get(pointer) {
+        if let Some(matcher) = &mut self.matcher {
+            if matcher.leaf(pointer, leaf, span) {
+                return;
+            }
+        } else if let Some(&index) = self.wanted.get(pointer) {
             self.spans[index] = Some((leaf, span));
             return;
         }
@@ -87,6 +111,18 @@ impl Visit for JsonWalk<'_> {
                 span,
             };
             self.flag(place, span, text, found);
+        }
+    }
+
+    fn enter(&mut self, pointer: &str, array: bool, start: usize) {
+        if let Some(matcher) = &mut self.matcher {
+            matcher.enter(pointer, array, start);
+        }
+    }
+
+    fn leave(&mut self) {
+        if let Some(matcher) = &mut self.matcher {
+            matcher.leave();
         }
     }
 

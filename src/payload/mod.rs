@@ -3,9 +3,11 @@
 //! the detectors of unselected PII.
 
 pub mod detect;
+pub mod path;
 pub mod records;
 pub mod splice;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -20,6 +22,9 @@ use crate::pii::Pii;
 pub struct Selector {
     text: String,
     path: JsonPath,
+    /// The same selector as plain steps, when it is one (matched during a
+    /// walk of the bytes, without a parsed document).
+    steps: Option<path::Steps>,
 }
 
 impl Selector {
@@ -50,7 +55,13 @@ impl Selector {
         Ok(Self {
             text: text.to_owned(),
             path,
+            steps: path::Steps::compile(text),
         })
+    }
+
+    /// The selector as plain steps, when it is one.
+    pub fn steps(&self) -> Option<&path::Steps> {
+        self.steps.as_ref()
     }
 
     /// The selector as written.
@@ -191,17 +202,40 @@ pub enum PayloadError {
 /// Parses JSON strictly: UTF-8, no duplicate keys, at most `max_depth`
 /// levels of nesting.
 pub fn parse_strict(body: &[u8], max_depth: usize) -> Result<Value, PayloadError> {
+    strictly(
+        body,
+        max_depth,
+        StrictValue {
+            depth: 0,
+            max_depth,
+        },
+    )
+}
+
+/// Checks a body as [`parse_strict`] does, with the same errors, and builds
+/// nothing: for a body whose fields are found by walking its bytes.
+pub fn check_strict(body: &[u8], max_depth: usize) -> Result<(), PayloadError> {
+    strictly(
+        body,
+        max_depth,
+        StrictCheck {
+            depth: 0,
+            max_depth,
+        },
+    )
+}
+
+fn strictly<T>(
+    body: &[u8],
+    max_depth: usize,
+    seed: impl for<'de> DeserializeSeed<'de, Value = T>,
+) -> Result<T, PayloadError> {
     if std::str::from_utf8(body).is_err() {
         return Err(PayloadError::NotUtf8);
     }
     // serde_json also stops at 128 levels on its own; routes allow less.
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = StrictValue {
-        depth: 0,
-        max_depth,
-    }
-    .deserialize(&mut deserializer)
-    .map_err(|error| {
+    let value = seed.deserialize(&mut deserializer).map_err(|error| {
         let (line, column) = (error.line(), error.column());
         let text = error.to_string();
         if text.starts_with(DUPLICATE) {
@@ -306,6 +340,144 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 }
 
+/// [`StrictValue`]'s checks, building nothing.
+struct StrictCheck {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictCheck {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match v.is_finite() {
+            true => Ok(()),
+            false => Err(E::custom("number out of range")),
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(A::Error::custom(TOO_DEEP));
+        }
+        while seq
+            .next_element_seed(StrictCheck {
+                depth,
+                max_depth: self.max_depth,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(A::Error::custom(TOO_DEEP));
+        }
+        let mut names = Names::default();
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            if !names.insert(name) {
+                return Err(A::Error::custom(DUPLICATE));
+            }
+            map.next_value_seed(StrictCheck {
+                depth,
+                max_depth: self.max_depth,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An object's member names so far: a list while it is short, a set after.
+#[derive(Default)]
+struct Names<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: std::collections::HashSet<Cow<'de, str>>,
+}
+
+impl<'de> Names<'de> {
+    const FEW: usize = 16;
+
+    /// Adds `name`; false when the object already has it.
+    fn insert(&mut self, name: Cow<'de, str>) -> bool {
+        if self.many.is_empty() && self.few.len() < Self::FEW {
+            if self.few.contains(&name) {
+                return false;
+            }
+            self.few.push(name);
+            return true;
+        }
+        if self.many.is_empty() {
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(name)
+    }
+}
+
+/// A member name, borrowed from the body when it has no escapes.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
 /// Parses an `application/x-www-form-urlencoded` body into a JSON object of
 /// its fields, so that the same selectors (`$.Email`, `$['Delivery Email']`)
 /// apply. A field given twice is refused, as a duplicate JSON key is.
@@ -385,6 +557,41 @@ pub fn replace(document: &mut Value, pointer: &str, replacement: String) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_refuses_what_the_parse_refuses() {
+        let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+        let bodies: [&[u8]; 11] = [
+            br#"{"a": [1, {"b": "c"}]}"#,
+            br#"{"a": 1, "a": 2}"#,
+            br#"{"a": 1, "\u0061": 2}"#,
+            b"[[[[1]]]]",
+            br#"{"a": "#,
+            b"{\"a\": \"\xff\"}",
+            b"{} {}",
+            br#"{"a": "\ud800"}"#,
+            br#"[1e999]"#,
+            deep.as_bytes(),
+            br#"{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17,"k3":3}"#,
+        ];
+        for body in bodies {
+            for depth in [3, 64] {
+                assert_eq!(
+                    check_strict(body, depth),
+                    parse_strict(body, depth).map(|_| ()),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        assert_eq!(
+            check_strict(bodies[10], 8),
+            Err(PayloadError::DuplicateKey {
+                line: 1,
+                column: 147
+            })
+        );
+    }
 
     #[test]
     fn strict_parsing() {

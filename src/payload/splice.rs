@@ -77,6 +77,12 @@ pub trait Visit {
     fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span);
     /// A member name; `pointer` is the member's.
     fn key(&mut self, pointer: &str, span: Span);
+    /// An object (`array` false) or array starts at byte `start`; the
+    /// segments that follow, until [`leave`](Visit::leave), are its
+    /// members' names or its elements' indices.
+    fn enter(&mut self, _pointer: &str, _array: bool, _start: usize) {}
+    /// The object or array entered last ends.
+    fn leave(&mut self) {}
 }
 
 /// Walks a body that `parse_strict` accepted, reporting every scalar and
@@ -114,8 +120,16 @@ impl<V: Visit> Scanner<'_, V> {
         self.whitespace();
         let start = self.pos;
         let leaf = match self.peek() {
-            b'{' => return self.object(),
-            b'[' => return self.array(),
+            open @ (b'{' | b'[') => {
+                self.visit.enter(&self.pointer, open == b'[', start);
+                if open == b'{' {
+                    self.object();
+                } else {
+                    self.array();
+                }
+                self.visit.leave();
+                return;
+            }
             b'"' => {
                 self.string();
                 Leaf::String
