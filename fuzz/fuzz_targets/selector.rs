@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let document = payload::parse_strict(body, 16).expect("the document parses");
     let selected = payload::select(&document, &[&selector]);
     if let Some(steps) = selector.steps() {
-        let walked = payload::path::select(body, &[steps]);
+        let walked = payload::path::select(body, &[steps]).expect("one rule is followed");
         match (selected, walked) {
             (Ok(selected), Ok(walked)) => {
                 let selected: Vec<(&str, bool)> = selected

@@ -11,7 +11,7 @@ use super::refusal::{Problem, Refusal};
 use super::scan::{self, Elsewhere, Wanted};
 use super::Route;
 use crate::config::UnselectedPii;
-use crate::payload::path::Steps;
+use crate::payload::path::{Matcher, Steps};
 use crate::payload::records::Subjects;
 use crate::payload::splice::{self, FormPair, Leaf, Span};
 use crate::payload::{self, PayloadError};
@@ -105,10 +105,13 @@ impl RewritePlan {
         let steps: Option<Vec<&Steps>> = (body.kind == Kind::Json && spec.subject.is_none())
             .then(|| selectors.iter().map(|s| s.steps()).collect())
             .flatten();
-        let (fields, json, subjects) = match steps {
-            Some(steps) => {
+        let matcher = steps
+            .as_deref()
+            .and_then(|steps| Matcher::new(bytes, steps));
+        let (fields, json, subjects) = match matcher {
+            Some(matcher) => {
                 payload::check_strict(bytes, spec.max_depth).map_err(refused)?;
-                let mut walked = scan::walk_json(bytes, Wanted::Steps(&steps));
+                let mut walked = scan::walk_json(bytes, Wanted::Steps(matcher));
                 let matched =
                     std::mem::replace(&mut walked.matched, Ok(Vec::new())).map_err(|pointer| {
                         let names = payload::KnownNames::of(selectors.iter().copied());

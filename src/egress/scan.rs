@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::plan::Place;
 use crate::payload::detect::{self, Detector};
-use crate::payload::path::{Match, Matcher, Steps};
+use crate::payload::path::{Match, Matcher};
 use crate::payload::splice::{self, FormPair, Leaf, Span, Visit};
 use crate::pii::Pii;
 
@@ -30,7 +30,7 @@ pub(super) enum Wanted<'a> {
     /// The places a selection on the parsed document found, by pointer.
     Pointers(&'a [&'a str]),
     /// Whatever the rules' plain steps select.
-    Steps(&'a [&'a Steps]),
+    Steps(Matcher<'a>),
 }
 
 /// What a JSON walk found.
@@ -48,7 +48,7 @@ pub(super) struct JsonFound {
 pub(super) fn walk_json<'a>(body: &'a [u8], wanted: Wanted<'a>) -> JsonFound {
     let (pointers, matcher) = match wanted {
         Wanted::Pointers(pointers) => (pointers, None),
-        Wanted::Steps(steps) => (&[][..], Some(Matcher::new(body, steps))),
+        Wanted::Steps(matcher) => (&[][..], Some(matcher)),
     };
     let mut walk = JsonWalk {
         body,

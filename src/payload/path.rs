@@ -63,33 +63,26 @@ impl Steps {
         (steps.len() <= MAX_STEPS).then_some(Self(steps))
     }
 
-    /// Whether the place at `pointer` is selected; `arrays[i]` tells
-    /// whether segment `i` is an array index. Answers the wildcards that
-    /// met a member name, a bit per step.
-    fn matches(&self, pointer: &str, arrays: &[bool]) -> Option<u64> {
-        if self.0.len() != arrays.len() {
-            return None;
+    /// Whether step `depth` takes the segment `segment` (an array index
+    /// when `array`).
+    fn takes(&self, depth: usize, segment: &str, array: bool) -> bool {
+        match self.0.get(depth) {
+            None => false,
+            Some(Step::Any) => true,
+            Some(Step::Name(name)) => !array && segment == name,
+            Some(Step::Index(index)) => array && segment.parse::<usize>().ok() == Some(*index),
         }
-        let mut names = 0u64;
-        let segments = pointer.split('/').skip(1);
-        for (depth, ((step, segment), &array)) in
-            self.0.iter().zip(segments).zip(arrays).enumerate()
-        {
-            let hit = match step {
-                Step::Any => {
-                    if !array {
-                        names |= 1 << depth;
-                    }
-                    true
-                }
-                Step::Name(name) => !array && segment == name,
-                Step::Index(index) => array && segment.parse::<usize>().ok() == Some(*index),
-            };
-            if !hit {
-                return None;
-            }
-        }
-        Some(names)
+    }
+
+    /// The wildcards that met a member name on a path whose segments are
+    /// array indices where `arrays` says so, a bit per step.
+    fn names(&self, arrays: &[bool]) -> u64 {
+        self.0
+            .iter()
+            .zip(arrays)
+            .enumerate()
+            .filter(|(_, (step, array))| **step == Step::Any && !**array)
+            .fold(0, |names, (depth, _)| names | 1 << depth)
     }
 }
 
@@ -132,69 +125,111 @@ pub struct Match {
     names: u64,
 }
 
+/// The most rules a matcher follows (a bit each).
+pub const MAX_RULES: usize = 64;
+
 /// Tracks where a walk is, and collects what the rules select.
 pub struct Matcher<'a> {
     body: &'a [u8],
     rules: &'a [&'a Steps],
-    /// Whether each segment of the current pointer is an array index.
-    arrays: Vec<bool>,
+    /// For each open object or array: whether its segments are array
+    /// indices, and the rules whose steps its path follows so far.
+    open: Vec<(bool, u64)>,
     matches: Vec<Match>,
 }
 
 impl<'a> Matcher<'a> {
     /// A matcher for `rules` (in order: a place two rules select belongs to
-    /// the first) over `body`.
-    pub fn new(body: &'a [u8], rules: &'a [&'a Steps]) -> Self {
-        Self {
+    /// the first) over `body`; `None` for more than [`MAX_RULES`].
+    pub fn new(body: &'a [u8], rules: &'a [&'a Steps]) -> Option<Self> {
+        (rules.len() <= MAX_RULES).then_some(Self {
             body,
             rules,
-            arrays: Vec::new(),
+            open: Vec::new(),
             matches: Vec::new(),
-        }
+        })
     }
 
-    fn rule_of(&self, pointer: &str) -> Option<(usize, u64)> {
-        self.rules
-            .iter()
-            .enumerate()
-            .find_map(|(rule, steps)| Some((rule, steps.matches(pointer, &self.arrays)?)))
+    /// The rules whose steps the place at `pointer` (a child of the last
+    /// open object or array, or the root) follows.
+    fn following(&self, pointer: &str) -> u64 {
+        let Some(&(array, parent)) = self.open.last() else {
+            return match self.rules.len() {
+                0 => 0,
+                n => u64::MAX >> (64 - n),
+            };
+        };
+        if parent == 0 {
+            return 0;
+        }
+        let depth = self.open.len() - 1;
+        let segment = pointer.rfind('/').map_or("", |at| &pointer[at + 1..]);
+        let mut following = 0;
+        let mut rest = parent;
+        while rest != 0 {
+            let rule = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if self.rules[rule].takes(depth, segment, array) {
+                following |= 1 << rule;
+            }
+        }
+        following
+    }
+
+    /// The first rule whose steps end at the place (`following` them, at
+    /// the current depth).
+    fn selecting(&self, following: u64) -> Option<usize> {
+        let depth = self.open.len();
+        let mut rest = following;
+        while rest != 0 {
+            let rule = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if self.rules[rule].0.len() == depth {
+                return Some(rule);
+            }
+        }
+        None
+    }
+
+    fn record(&mut self, rule: usize, pointer: &str, leaf: Option<Leaf>, span: Span) {
+        let arrays: Vec<bool> = self.open.iter().map(|(array, _)| *array).collect();
+        self.matches.push(Match {
+            rule,
+            pointer: pointer.to_owned(),
+            leaf,
+            span,
+            names: self.rules[rule].names(&arrays),
+        });
     }
 
     /// An object or array starts at `pointer`.
     pub fn enter(&mut self, pointer: &str, array: bool, start: usize) {
-        if let Some((rule, names)) = self.rule_of(pointer) {
-            self.matches.push(Match {
-                rule,
-                pointer: pointer.to_owned(),
-                leaf: None,
-                span: Span { start, end: start },
-                names,
-            });
+        let following = self.following(pointer);
+        if let Some(rule) = self.selecting(following) {
+            self.record(rule, pointer, None, Span { start, end: start });
         }
-        self.arrays.push(array);
+        self.open.push((array, following));
     }
 
     /// The object or array entered last ends.
     pub fn leave(&mut self) {
-        self.arrays.pop();
+        self.open.pop();
     }
 
     /// A scalar at `pointer`: true when a rule selects it (`null` is left
     /// alone, as `select` leaves it).
     pub fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) -> bool {
+        let following = self.following(pointer);
+        if following == 0 {
+            return false;
+        }
         if leaf == Leaf::Literal && &self.body[span.start..span.end] == b"null" {
             return false;
         }
-        let Some((rule, names)) = self.rule_of(pointer) else {
+        let Some(rule) = self.selecting(following) else {
             return false;
         };
-        self.matches.push(Match {
-            rule,
-            pointer: pointer.to_owned(),
-            leaf: Some(leaf),
-            span,
-            names,
-        });
+        self.record(rule, pointer, Some(leaf), span);
         true
     }
 
@@ -203,7 +238,14 @@ impl<'a> Matcher<'a> {
     /// first object or array a rule selects.
     pub fn finish(self) -> Result<Vec<Match>, String> {
         let mut matches = self.matches;
-        matches.sort_by(|a, b| a.rule.cmp(&b.rule).then_with(|| path_order(a, b)));
+        // In document order already; that is a rule's order too unless a
+        // wildcard met member names (taken by name, not as written).
+        matches.sort_by_key(|m| m.rule);
+        for group in matches.chunk_by_mut(|a, b| a.rule == b.rule) {
+            if group.iter().any(|m| m.names != 0) {
+                group.sort_by(path_order);
+            }
+        }
         if let Some(container) = matches.iter().find(|m| m.leaf.is_none()) {
             return Err(container.pointer.clone());
         }
@@ -213,8 +255,8 @@ impl<'a> Matcher<'a> {
 
 /// What `rules` select in `body` (which [`check_strict`](super::check_strict)
 /// accepted), in `select`'s order, or the pointer of the first object or
-/// array they select.
-pub fn select(body: &[u8], rules: &[&Steps]) -> Result<Vec<Match>, String> {
+/// array they select; `None` for more than [`MAX_RULES`] rules.
+pub fn select(body: &[u8], rules: &[&Steps]) -> Option<Result<Vec<Match>, String>> {
     struct Walk<'a>(Matcher<'a>);
     impl Visit for Walk<'_> {
         fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
@@ -228,9 +270,9 @@ pub fn select(body: &[u8], rules: &[&Steps]) -> Result<Vec<Match>, String> {
             self.0.leave();
         }
     }
-    let mut walk = Walk(Matcher::new(body, rules));
+    let mut walk = Walk(Matcher::new(body, rules)?);
     walk_body(body, &mut walk);
-    walk.0.finish()
+    Some(walk.0.finish())
 }
 
 impl Match {
@@ -288,7 +330,9 @@ mod tests {
             .map(|s| s.steps().expect("a plain selector"))
             .collect();
         let names = KnownNames::of(selectors.iter().copied());
-        let matches = select(body, &steps).map_err(|p| names.safe_pointer(&p))?;
+        let matches = select(body, &steps)
+            .expect("few rules")
+            .map_err(|p| names.safe_pointer(&p))?;
         Ok(matches
             .iter()
             .map(|m| {
@@ -396,6 +440,18 @@ mod tests {
         same(r#"[1,"two",null,false]"#, &["$[*]", "$[3]"]);
         // An index is not a member name, and a member name is not an index.
         same(r#"{"0":"k","a":["e"]}"#, &["$[0]", "$.a['0']", "$['0']"]);
+    }
+
+    #[test]
+    fn no_rules_select_nothing_and_too_many_are_not_followed() {
+        assert_eq!(
+            select(br#"{"a":[1]}"#, &[]).map(|m| m.map(|m| m.len())),
+            Some(Ok(0))
+        );
+        let any = Steps::compile("$.*").expect("plain");
+        let rules = vec![&any; MAX_RULES + 1];
+        assert!(select(br#"{"a":1}"#, &rules).is_none());
+        assert!(select(br#"{"a":1}"#, &rules[..MAX_RULES]).is_some());
     }
 
     #[test]
