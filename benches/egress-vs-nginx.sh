@@ -8,7 +8,8 @@
 # from wrk on 127.0.0.1, and are measured alternately. The vault's tokens
 # are already known (a warm-up request stores them first), so this measures
 # parse, tokenize (blind index hits), audit, re-serialize and forward.
-# Prints a markdown table: requests/s, p50, p99, and the vault/nginx ratio.
+# Prints a markdown table: requests/s, p50, p99, the vault/nginx ratio, and
+# the vault's CPU time per request (user and system, all its threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -147,8 +148,12 @@ for url in "http://127.0.0.1:$VAULT_PORT/clevertap/1/upload" "http://127.0.0.1:$
   [ "$code" = 200 ] || { echo "warm-up of $url answered $code"; cat "$WORK/vault.out"; exit 1; }
 done
 
-run() { # name url -> "rps p50 p99"
-  local out perf_pid=
+# The vault's CPU time so far (user and system, all threads), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$VAULT_PID/stat"; }
+
+run() { # name url -> "rps p50 p99 cpu_us_per_request" (the last only for the vault)
+  local out perf_pid= ticks_before=
+  [ "$1" = vault ] && ticks_before=$(cpu_ticks)
   # PERF_OUT=FILE records a CPU profile of the vault during its first round
   # (use a build with frame pointers: RUSTFLAGS="-C force-frame-pointers=yes").
   if [ "$1" = vault ] && [ -n "${PERF_OUT:-}" ] && [ ! -e "$PERF_OUT" ]; then
@@ -158,24 +163,32 @@ run() { # name url -> "rps p50 p99"
   out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/post.lua" "$2")
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   if echo "$out" | grep -q "Non-2xx"; then echo "$1 had non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
-  local rps p50 p99
+  local rps p50 p99 cpu=-
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  echo "$rps $p50 $p99"
+  if [ -n "$ticks_before" ]; then
+    # CPU per request moves far less than requests per second with what
+    # else the machine runs: the figure to compare two builds by.
+    local requests ticks
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    ticks=$(( $(cpu_ticks) - ticks_before ))
+    cpu=$(python3 -c "print(round($ticks * 1e6 / $(getconf CLK_TCK) / $requests))")
+  fi
+  echo "$rps $p50 $p99 $cpu"
 }
 
 rss() { awk -v f="$1:" '$1==f {printf "%.1f", $2/1024}' "/proc/$VAULT_PID/status"; }
 IDLE_RSS=$(rss VmRSS)
 echo "egress route vs nginx: $ROUNDS alternating rounds of wrk -t2 -c$CONNECTIONS -d$DURATION, payload $(basename "$FIXTURE") ($(printf %s "$BODY" | wc -c) bytes)"
 echo
-echo "| round | nginx req/s | nginx p50 | nginx p99 | vault req/s | vault p50 | vault p99 | vault / nginx |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| round | nginx req/s | nginx p50 | nginx p99 | vault req/s | vault p50 | vault p99 | vault / nginx | vault CPU per request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for round in $(seq "$ROUNDS"); do
-  read -r n_rps n_p50 n_p99 < <(run nginx "http://127.0.0.1:$NGINX_PORT/clevertap/1/upload")
-  read -r v_rps v_p50 v_p99 < <(run vault "http://127.0.0.1:$VAULT_PORT/clevertap/1/upload")
+  read -r n_rps n_p50 n_p99 _ < <(run nginx "http://127.0.0.1:$NGINX_PORT/clevertap/1/upload")
+  read -r v_rps v_p50 v_p99 v_cpu < <(run vault "http://127.0.0.1:$VAULT_PORT/clevertap/1/upload")
   ratio=$(python3 -c "print(f'{100*$v_rps/$n_rps:.0f}%')")
-  echo "| $round | $n_rps | $n_p50 | $n_p99 | $v_rps | $v_p50 | $v_p99 | $ratio |"
+  echo "| $round | $n_rps | $n_p50 | $n_p99 | $v_rps | $v_p50 | $v_p99 | $ratio | ${v_cpu} µs |"
 done
 echo
 echo "vault RSS: idle after warm-up ${IDLE_RSS} MiB; after the runs $(rss VmRSS) MiB, peak (VmHWM) $(rss VmHWM) MiB"
