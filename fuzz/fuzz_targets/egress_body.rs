@@ -3,7 +3,12 @@
 //! - the output parses;
 //! - every selected field holds a token, and no selected value survives;
 //! - nothing outside the selection changed (the documents are equal once
-//!   the selected fields are blanked in both).
+//!   the selected fields are blanked in both);
+//! - the same rules written as plain paths (selected while the bytes are
+//!   walked) and as unions (`[*,*]`, selected on the parsed document) plan
+//!   alike:
+//!   the same places, values and findings, or the same refusal, with the
+//!   route's unselected PII refused and tokenized.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -12,6 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tokenvault::egress::body::{Body, Encoding, Kind};
 use tokenvault::egress::plan::{Place, RewritePlan};
+use tokenvault::egress::refusal::Refusal;
 use tokenvault::egress::rewrite::Rewrite;
 use tokenvault::egress::Routes;
 use tokenvault::payload;
@@ -57,14 +63,60 @@ fields = [
 ]
 "#;
 
+/// Routes that differ from `fuzz` only in how they are written or in
+/// what they do with unselected PII: `/<name>` for each.
+fn twins() -> String {
+    let rules = CONFIG.split("[[routes]]").nth(1).expect("the route");
+    let route = |name: &str, unions: bool, tokenize: bool| {
+        let mut route = rules.replace("\"fuzz\"", &format!("\"{name}\""));
+        route = route.replace("\"/fuzz\"", &format!("\"/{name}\""));
+        if unions {
+            // The same places, each once: a place selected twice keeps the
+            // first.
+            route = route.replace("[*]", "[*,*]");
+        }
+        if tokenize {
+            route = route.replace(
+                "clients = [\"crm\"]",
+                "clients = [\"crm\"]\nunselected_pii = \"tokenize\"\nunselected_class = \"name\"",
+            );
+        }
+        format!("[[routes]]{route}")
+    };
+    [
+        route("parsed", true, false),
+        route("tokenizing", false, true),
+        route("parsedtokenizing", true, true),
+    ]
+    .concat()
+}
+
+/// What a plan holds, to compare two.
+fn summary(plan: &Result<RewritePlan, Refusal>) -> String {
+    match plan {
+        Ok(plan) => {
+            let items: Vec<(&str, &str, bool)> = plan
+                .items
+                .iter()
+                .map(|i| (i.class.as_str(), i.value.expose(), i.number))
+                .collect();
+            format!(
+                "places {:?} items {items:?} findings {} note {:?}",
+                plan.places, plan.findings, plan.note
+            )
+        }
+        Err(refusal) => format!("refused {refusal:?}"),
+    }
+}
+
 fn routes() -> &'static Routes {
     static ROUTES: OnceLock<Routes> = OnceLock::new();
     ROUTES.get_or_init(|| {
         // The keys are never used here; validation only asks that the
         // variable exists.
         std::env::set_var("TOKENVAULT_FUZZ_UNUSED", "unused");
-        let config =
-            tokenvault::config::from_toml_str(CONFIG).expect("the fuzz configuration loads");
+        let config = tokenvault::config::from_toml_str(&format!("{CONFIG}{}", twins()))
+            .expect("the fuzz configuration loads");
         Routes::build(config.routes).expect("the fuzz route builds")
     })
 }
@@ -89,7 +141,20 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let Ok(plan) = RewritePlan::build(route, &body, b"", "req_fuzz") else {
+    let plan = RewritePlan::build(route, &body, b"", "req_fuzz");
+    for (plain, parsed) in [("/fuzz", "/parsed"), ("/tokenizing", "/parsedtokenizing")] {
+        let plan_of = |path: &str| {
+            let (route, _) = routes().find(path).expect("the route");
+            RewritePlan::build(route, &body, b"", "req_fuzz")
+        };
+        let walked = if plain == "/fuzz" {
+            summary(&plan)
+        } else {
+            summary(&plan_of(plain))
+        };
+        assert_eq!(walked, summary(&plan_of(parsed)), "{plain} and {parsed}");
+    }
+    let Ok(plan) = plan else {
         return;
     };
     let input = payload::parse_strict(data, route.spec.max_depth).expect("a planned body parses");
