@@ -48,7 +48,12 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 let walked: Vec<(&str, bool)> = walked
                     .iter()
-                    .map(|m| (m.pointer.as_str(), m.leaf == Some(payload::splice::Leaf::Number)))
+                    .map(|m| {
+                        (
+                            m.pointer.as_str(),
+                            m.leaf == Some(payload::splice::Leaf::Number),
+                        )
+                    })
                     .collect();
                 assert_eq!(selected, walked, "{text}");
             }
