@@ -5,6 +5,7 @@
 
 use std::io::BufRead;
 
+use crate::payload::path::{self, Steps};
 use crate::payload::splice::{self, Leaf, Span, Visit};
 use crate::payload::{self, records::Subjects, PayloadError, Selector};
 use crate::pii::Pii;
@@ -101,11 +102,43 @@ pub struct Located {
 }
 
 /// Parses `line` (without its line ending) and finds what `rules` select.
+/// When every rule is a plain path and no subject is asked for, the line
+/// is checked and walked once, without a parsed document, as an egress
+/// body is (`payload::path`).
 pub fn locate(
     line: &[u8],
     rules: &[&Selector],
     subject: Option<&Selector>,
 ) -> Result<Located, PayloadError> {
+    let steps: Option<Vec<&Steps>> = subject
+        .is_none()
+        .then(|| rules.iter().map(|rule| rule.steps()).collect())
+        .flatten();
+    if let Some(steps) = steps.filter(|steps| steps.len() <= path::MAX_RULES) {
+        payload::check_strict(line, MAX_DEPTH)?;
+        if let Some(matched) = path::select(line, &steps) {
+            let matched = matched.map_err(|pointer| {
+                let names = payload::KnownNames::of(rules.iter().copied());
+                PayloadError::NotScalar(names.safe_pointer(&pointer))
+            })?;
+            let found = matched
+                .into_iter()
+                .filter_map(|found| {
+                    let leaf = found.leaf?;
+                    Some(Found {
+                        rule: found.rule,
+                        value: Pii::new(found.text(line).into_owned()),
+                        number: leaf == Leaf::Number,
+                        span: found.span,
+                    })
+                })
+                .collect();
+            return Ok(Located {
+                found,
+                subject: None,
+            });
+        }
+    }
     let document = payload::parse_strict(line, MAX_DEPTH)?;
     let selected = payload::select(&document, rules)?;
     let subject = subject.and_then(|selector| {
@@ -178,6 +211,37 @@ mod tests {
         assert_eq!(text(&located.found[1]), "919000700001");
         assert!(located.found[1].number);
         assert_eq!(located.subject.unwrap().expose(), "u1");
+    }
+
+    #[test]
+    fn a_line_is_located_alike_walked_and_parsed() {
+        // Without a subject the line is walked; with one it is parsed.
+        let rules =
+            ["$.p.Email", "$.p.Phone", "$.tags[*]", "$.p.*"].map(|s| Selector::parse(s).unwrap());
+        let rules: Vec<&Selector> = rules.iter().collect();
+        let who = Selector::parse("$.identity").unwrap();
+        let summary = |located: Result<Located, PayloadError>| {
+            located.map(|l| {
+                l.found
+                    .iter()
+                    .map(|f| (f.rule, f.value.expose().to_owned(), f.number, f.span))
+                    .collect::<Vec<_>>()
+            })
+        };
+        for line in [
+            &br#"{"identity":"u1","p":{"Phone":919000700001,"Email":"a@example.com","Age":null,"Vip":true},"tags":["x",2.50]}"#[..],
+            br#"{"p":{"Email":{"nested":1}}}"#,
+            br#"{"p":{"Email":"a","Email":"b"}}"#,
+            br#"{"p": "#,
+            br#"{"tags":[]} x"#,
+        ] {
+            assert_eq!(
+                summary(locate(line, &rules, None)),
+                summary(locate(line, &rules, Some(&who))),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
