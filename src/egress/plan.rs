@@ -11,7 +11,7 @@ use super::refusal::{Problem, Refusal};
 use super::scan::{self, Elsewhere, Wanted};
 use super::Route;
 use crate::config::UnselectedPii;
-use crate::payload::path::{Matcher, Steps};
+use crate::payload::path::{self, Matcher};
 use crate::payload::records::Subjects;
 use crate::payload::splice::{self, FormPair, Leaf, Span};
 use crate::payload::{self, PayloadError};
@@ -102,8 +102,8 @@ impl RewritePlan {
         // walked once for its fields and its findings, without a parsed
         // document (a route that names each record's subject reads it from
         // the document).
-        let steps: Option<Vec<&Steps>> = (body.kind == Kind::Json && spec.subject.is_none())
-            .then(|| selectors.iter().map(|s| s.steps()).collect())
+        let steps = (body.kind == Kind::Json && spec.subject.is_none())
+            .then(|| path::plain(&selectors))
             .flatten();
         let matcher = steps
             .as_deref()
@@ -114,8 +114,7 @@ impl RewritePlan {
                 let mut walked = scan::walk_json(bytes, Wanted::Steps(matcher));
                 let matched =
                     std::mem::replace(&mut walked.matched, Ok(Vec::new())).map_err(|pointer| {
-                        let names = payload::KnownNames::of(selectors.iter().copied());
-                        not_a_value(PayloadError::NotScalar(names.safe_pointer(&pointer)))
+                        not_a_value(PayloadError::not_scalar(&selectors, &pointer))
                     })?;
                 let fields: Vec<Field> = matched
                     .into_iter()

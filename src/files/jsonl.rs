@@ -5,7 +5,7 @@
 
 use std::io::BufRead;
 
-use crate::payload::path::{self, Steps};
+use crate::payload::path;
 use crate::payload::splice::{self, Leaf, Span, Visit};
 use crate::payload::{self, records::Subjects, PayloadError, Selector};
 use crate::pii::Pii;
@@ -110,17 +110,10 @@ pub fn locate(
     rules: &[&Selector],
     subject: Option<&Selector>,
 ) -> Result<Located, PayloadError> {
-    let steps: Option<Vec<&Steps>> = subject
-        .is_none()
-        .then(|| rules.iter().map(|rule| rule.steps()).collect())
-        .flatten();
-    if let Some(steps) = steps.filter(|steps| steps.len() <= path::MAX_RULES) {
+    if let Some(steps) = subject.is_none().then(|| path::plain(rules)).flatten() {
         payload::check_strict(line, MAX_DEPTH)?;
         if let Some(matched) = path::select(line, &steps) {
-            let matched = matched.map_err(|pointer| {
-                let names = payload::KnownNames::of(rules.iter().copied());
-                PayloadError::NotScalar(names.safe_pointer(&pointer))
-            })?;
+            let matched = matched.map_err(|pointer| PayloadError::not_scalar(rules, &pointer))?;
             let found = matched
                 .into_iter()
                 .filter_map(|found| {

@@ -199,6 +199,14 @@ pub enum PayloadError {
     NotScalar(String),
 }
 
+impl PayloadError {
+    /// `pointer`, which one of `selectors` selected, holds an object or
+    /// array; the error names it with the selectors' names only.
+    pub fn not_scalar(selectors: &[&Selector], pointer: &str) -> Self {
+        Self::NotScalar(KnownNames::of(selectors.iter().copied()).safe_pointer(pointer))
+    }
+}
+
 /// Parses JSON strictly: UTF-8, no duplicate keys, at most `max_depth`
 /// levels of nesting.
 pub fn parse_strict(body: &[u8], max_depth: usize) -> Result<Value, PayloadError> {
@@ -528,8 +536,7 @@ pub fn select(document: &Value, selectors: &[&Selector]) -> Result<Vec<Selected>
                 Value::Number(number) => (number.to_string(), true),
                 Value::Bool(flag) => (flag.to_string(), false),
                 Value::Object(_) | Value::Array(_) => {
-                    let names = KnownNames::of(selectors.iter().copied());
-                    return Err(PayloadError::NotScalar(names.safe_pointer(&pointer)));
+                    return Err(PayloadError::not_scalar(selectors, &pointer));
                 }
             };
             selected.push(Selected {

@@ -11,6 +11,7 @@
 use std::cmp::Ordering;
 
 use super::splice::{unquote, walk as walk_body, Leaf, Span, Visit};
+use super::Selector;
 
 /// The deepest path compiled (a bit per step marks wildcards that met a
 /// member name).
@@ -76,14 +77,23 @@ impl Steps {
 
     /// The wildcards that met a member name on a path whose segments are
     /// array indices where `arrays` says so, a bit per step.
-    fn names(&self, arrays: &[bool]) -> u64 {
+    fn names(&self, arrays: impl Iterator<Item = bool>) -> u64 {
         self.0
             .iter()
             .zip(arrays)
             .enumerate()
-            .filter(|(_, (step, array))| **step == Step::Any && !**array)
+            .filter(|(_, (step, array))| **step == Step::Any && !*array)
             .fold(0, |names, (depth, _)| names | 1 << depth)
     }
+}
+
+/// The steps of every one of `selectors`, when each is a plain path and
+/// there are at most [`MAX_RULES`] of them (what a [`Matcher`] follows).
+pub fn plain<'a>(selectors: &[&'a Selector]) -> Option<Vec<&'a Steps>> {
+    if selectors.len() > MAX_RULES {
+        return None;
+    }
+    selectors.iter().map(|selector| selector.steps()).collect()
 }
 
 /// The one selector inside `[...]`, when it is plain.
@@ -192,13 +202,13 @@ impl<'a> Matcher<'a> {
     }
 
     fn record(&mut self, rule: usize, pointer: &str, leaf: Option<Leaf>, span: Span) {
-        let arrays: Vec<bool> = self.open.iter().map(|(array, _)| *array).collect();
+        let names = self.rules[rule].names(self.open.iter().map(|(array, _)| *array));
         self.matches.push(Match {
             rule,
             pointer: pointer.to_owned(),
             leaf,
             span,
-            names: self.rules[rule].names(&arrays),
+            names,
         });
     }
 
@@ -325,10 +335,7 @@ mod tests {
     type Found = Vec<(String, usize, Option<String>, bool)>;
 
     fn by_walk(body: &[u8], selectors: &[&Selector]) -> Result<Found, String> {
-        let steps: Vec<&Steps> = selectors
-            .iter()
-            .map(|s| s.steps().expect("a plain selector"))
-            .collect();
+        let steps = plain(selectors).expect("plain selectors");
         let names = KnownNames::of(selectors.iter().copied());
         let matches = select(body, &steps)
             .expect("few rules")
