@@ -8,7 +8,7 @@ use crate::support::*;
 
 #[test]
 fn config_check_reports_every_problem_and_exits_78() {
-    let setup = Setup::configure("lisen = \"oops\"", STANDARD);
+    let setup = Setup::configure_keyed("lisen = \"oops\"", STANDARD, MasterKey::Passphrase);
     let text = fs::read_to_string(&setup.config)
         .unwrap()
         .replace("listen = \"127.0.0.1:0\"", "listen = \"not-an-address\"");
@@ -123,7 +123,7 @@ auth_failures_per_client = 5000000000
 
 #[test]
 pub fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
-    let setup = Setup::new("");
+    let setup = Setup::new_passphrase("");
     // The keyring as stored: keyring.json, or the row in PostgreSQL.
     let keyring = || match &setup.postgres {
         Some(cluster) => cluster
@@ -160,7 +160,7 @@ pub fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
 
 #[test]
 pub fn keyfile_source_works_end_to_end() {
-    let setup = Setup::configure("", STANDARD);
+    let setup = Setup::configure_keyed("", STANDARD, MasterKey::Passphrase);
     let key_file = setup.dir.path().join("master.kek");
     fs::write(&key_file, [42u8; 32]).unwrap();
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
@@ -403,7 +403,7 @@ fn callbacks_that_share_a_secret_or_reveal_silently_are_refused() {
 
 #[test]
 fn config_check_refuses_a_short_passphrase_as_init_does() {
-    let setup = Setup::configure("", STANDARD);
+    let setup = Setup::configure_keyed("", STANDARD, MasterKey::Passphrase);
     let passphrase = setup.dir.path().join("passphrase");
     fs::write(&passphrase, "too short").unwrap();
     let out = setup.run(&["config", "check", "--config"]);

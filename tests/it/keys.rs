@@ -53,7 +53,7 @@ fn keys(args: &[&str], setup: &Setup) -> std::process::Output {
 
 #[test]
 pub fn a_rewrap_changes_the_passphrase_and_rewrites_no_row() {
-    let setup = Setup::new("");
+    let setup = Setup::new_passphrase("");
     let mut server = setup.serve();
     let tokens = tokenize(
         &server,

@@ -30,7 +30,7 @@ struct Rig {
 fn rig() -> Rig {
     let upstream = Upstream::start();
     let provider = Upstream::start();
-    let setup = Setup::configure("", STANDARD);
+    let setup = Setup::configure_keyed("", STANDARD, MasterKey::Passphrase);
     let secret = setup.dir.path().join("callback.secret");
     fs::write(
         &secret,

@@ -19,7 +19,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// 140 MiB.
 #[test]
 fn an_idle_server_has_given_back_the_key_derivations_memory() {
-    let setup = Setup::new("");
+    let setup = Setup::new_passphrase("");
     let server = setup.serve();
     let ready = http().get(server.url("/readyz")).send().unwrap();
     assert_eq!(ready.status(), 200);

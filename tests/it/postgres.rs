@@ -909,13 +909,16 @@ fn second_node(setup: &Setup) -> Setup {
     }
 }
 
-fn pg_audit_key(cluster: &PgCluster) -> AuditKey {
-    use tokenvault::crypto::wrapping::{KekSource, Keyring};
+fn pg_audit_key(cluster: &PgCluster, setup: &Setup) -> AuditKey {
+    use tokenvault::crypto::wrapping::Keyring;
     let store = PgStore::connect(&settings(cluster, "tokenvault", None)).unwrap();
-    let source = KekSource::Passphrase(zeroize::Zeroizing::new(PASSPHRASE.as_bytes().to_vec()));
-    Keyring::open_document(&store.keyring().unwrap().unwrap(), &source, "db")
-        .unwrap()
-        .audit_key()
+    Keyring::open_document(
+        &store.keyring().unwrap().unwrap(),
+        &setup.kek_source(),
+        "db",
+    )
+    .unwrap()
+    .audit_key()
 }
 
 #[test]
@@ -1020,7 +1023,7 @@ fn two_nodes_serve_one_vault_and_the_second_keeps_answering_when_the_first_is_ki
     }
     let verified = PgStore::connect(&settings(&cluster, "tokenvault", None))
         .unwrap()
-        .verify_audit(&pg_audit_key(&cluster))
+        .verify_audit(&pg_audit_key(&cluster, &setup))
         .unwrap();
     assert!(
         verified.count as usize > done.len() / 2,
@@ -1207,7 +1210,7 @@ fn while_the_database_is_down_a_node_answers_503_and_it_recovers_without_a_resta
     assert_eq!(values[1]["value"], "after@example.com");
     let verified = PgStore::connect(&settings(&cluster, "tokenvault", None))
         .unwrap()
-        .verify_audit(&pg_audit_key(&cluster))
+        .verify_audit(&pg_audit_key(&cluster, &setup))
         .unwrap();
     assert!(verified.count >= 4);
 }

@@ -197,6 +197,17 @@ pub fn on_postgres(test: fn()) {
     );
 }
 
+/// What wraps a test vault's master key.
+#[derive(Clone, Copy)]
+pub enum MasterKey {
+    /// A 32-byte key file (`master.key` in the setup's directory): no key
+    /// stretching, so the many vaults the tests start open at once.
+    File,
+    /// [`PASSPHRASE`], stretched with argon2id (64 MiB, 3 passes) at every
+    /// unlock, as on a default install.
+    Passphrase,
+}
+
 impl Setup {
     /// Writes the standard configuration plus `server_extra` in `[server]`,
     /// and runs `tokenvault init`.
@@ -216,17 +227,53 @@ impl Setup {
         setup
     }
 
-    /// Writes a configuration without running init.
+    /// Like [`Setup::new`], with the master key wrapped by [`PASSPHRASE`]
+    /// (the file `passphrase` in `dir`) instead of a key file.
+    pub fn new_passphrase(server_extra: &str) -> Self {
+        let setup = Self::configure_keyed(server_extra, STANDARD, MasterKey::Passphrase);
+        let out = setup.run(&["init", "--config"]);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        setup
+    }
+
+    /// Writes a configuration without running init; the master key is
+    /// wrapped by a key file.
     pub fn configure(server_extra: &str, body: &str) -> Self {
+        Self::configure_keyed(server_extra, body, MasterKey::File)
+    }
+
+    /// Writes a configuration without running init, with the master key
+    /// wrapped as `key` says.
+    pub fn configure_keyed(server_extra: &str, body: &str, key: MasterKey) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
-        let passphrase = dir.path().join("passphrase");
-        fs::write(&passphrase, PASSPHRASE).unwrap();
-        fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o600)).unwrap();
+        let keys = match key {
+            MasterKey::Passphrase => {
+                let passphrase = dir.path().join("passphrase");
+                fs::write(&passphrase, PASSPHRASE).unwrap();
+                fs::set_permissions(&passphrase, fs::Permissions::from_mode(0o600)).unwrap();
+                format!(
+                    "source = \"passphrase\"\npassphrase_file = \"{}\"",
+                    passphrase.display()
+                )
+            }
+            MasterKey::File => {
+                let key_file = dir.path().join("master.key");
+                fs::write(&key_file, rand::random::<[u8; 32]>()).unwrap();
+                fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+                format!(
+                    "source = \"keyfile\"\nkey_file = \"{}\"",
+                    key_file.display()
+                )
+            }
+        };
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[storage]\ndata_dir = \"{}\"\n\n[keys]\nsource = \"passphrase\"\npassphrase_file = \"{}\"\n{body}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[storage]\ndata_dir = \"{}\"\n\n[keys]\n{keys}\n{body}\n",
             data_dir.display(),
-            passphrase.display()
         );
         for (name, role, extra) in CLIENTS {
             let hash = &client_keys()[*name].1;
@@ -275,6 +322,18 @@ impl Setup {
             "init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// What unwraps this vault's master key, as its configuration names it.
+    pub fn kek_source(&self) -> tokenvault::crypto::wrapping::KekSource {
+        use tokenvault::crypto::wrapping::KekSource;
+        let key_file = self.dir.path().join("master.key");
+        if key_file.exists() {
+            let bytes: [u8; 32] = fs::read(key_file).unwrap().try_into().unwrap();
+            KekSource::KeyFile(zeroize::Zeroizing::new(bytes))
+        } else {
+            KekSource::Passphrase(zeroize::Zeroizing::new(PASSPHRASE.as_bytes().to_vec()))
+        }
     }
 
     /// Runs `tokenvault ARGS… <config>` to completion.
