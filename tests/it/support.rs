@@ -218,12 +218,7 @@ impl Setup {
     /// Like [`Setup::new`], with more sections after the standard ones.
     pub fn new_with(server_extra: &str, sections: &str) -> Self {
         let setup = Self::configure(server_extra, &format!("{STANDARD}\n{sections}"));
-        let out = setup.run(&["init", "--config"]);
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        setup.init();
         setup
     }
 
@@ -231,12 +226,7 @@ impl Setup {
     /// (the file `passphrase` in `dir`) instead of a key file.
     pub fn new_passphrase(server_extra: &str) -> Self {
         let setup = Self::configure_keyed(server_extra, STANDARD, MasterKey::Passphrase);
-        let out = setup.run(&["init", "--config"]);
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        setup.init();
         setup
     }
 
@@ -316,6 +306,11 @@ impl Setup {
         let mut config = fs::read_to_string(&self.config).unwrap();
         config.push_str(sections);
         fs::write(&self.config, config).unwrap();
+        self.init();
+    }
+
+    /// Runs `tokenvault init` on this configuration; it must succeed.
+    fn init(&self) {
         let out = self.run(&["init", "--config"]);
         assert!(
             out.status.success(),
