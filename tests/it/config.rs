@@ -158,28 +158,23 @@ pub fn init_refuses_to_overwrite_and_serve_needs_the_right_passphrase() {
     assert!(!stderr.contains("a different passphrase"));
 }
 
+/// A customer-supplied key file opens the vault; other bytes in its place
+/// do not.
 #[test]
 pub fn keyfile_source_works_end_to_end() {
-    let setup = Setup::configure_keyed("", STANDARD, MasterKey::Passphrase);
-    let key_file = setup.dir.path().join("master.kek");
-    fs::write(&key_file, [42u8; 32]).unwrap();
-    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
-    let text = fs::read_to_string(&setup.config).unwrap().replace(
-        &format!(
-            "source = \"passphrase\"\npassphrase_file = \"{}\"",
-            setup.dir.path().join("passphrase").display()
-        ),
-        &format!(
-            "source = \"keyfile\"\nkey_file = \"{}\"",
-            key_file.display()
-        ),
-    );
-    fs::write(&setup.config, text).unwrap();
-    assert!(setup.run(&["init", "--config"]).status.success());
-    let server = setup.serve();
+    let setup = Setup::new("");
+    let config = fs::read_to_string(&setup.config).unwrap();
+    assert!(config.contains("source = \"keyfile\""), "{config}");
+    let mut server = setup.serve();
     let tokens = tokenize(&server, "admin", "retail", &[("email", "byok@example.com")]);
     let values = detokenize(&server, "admin", "retail", "support", &tokens);
     assert_eq!(values[0]["value"], "byok@example.com");
+    server.stop();
+    fs::write(setup.dir.path().join("master.key"), [42u8; 32]).unwrap();
+    let out = setup.run(&["serve", "--config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot unwrap the master key"), "{stderr}");
 }
 
 #[test]
