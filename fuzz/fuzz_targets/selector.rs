@@ -38,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let body = br#"{"d": [{"identity": "a", "profileData": {"Email": "x@example.com", "n": [1, 2], "0": null}}, {"b": true, "a": -1.5e3}], "e": {"f": "g", "x/y~": "h"}}"#;
     let document = payload::parse_strict(body, 16).expect("the document parses");
     let selected = payload::select(&document, &[&selector]);
-    if let Some(steps) = selector.steps() {
-        let walked = payload::path::select(body, &[steps]).expect("one rule is followed");
+    if let Some(rules) = payload::path::plain(&[&selector]) {
+        let walked = payload::path::select(body, &rules);
         match (selected, walked) {
             (Ok(selected), Ok(walked)) => {
                 let selected: Vec<(&str, bool)> = selected

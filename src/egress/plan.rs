@@ -105,9 +105,7 @@ impl RewritePlan {
         let steps = (body.kind == Kind::Json && spec.subject.is_none())
             .then(|| path::plain(&selectors))
             .flatten();
-        let matcher = steps
-            .as_deref()
-            .and_then(|steps| Matcher::new(bytes, steps));
+        let matcher = steps.as_ref().map(|steps| Matcher::new(bytes, steps));
         let (fields, json, subjects) = match matcher {
             Some(matcher) => {
                 payload::check_strict(bytes, spec.max_depth).map_err(refused)?;

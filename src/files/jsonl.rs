@@ -112,25 +112,24 @@ pub fn locate(
 ) -> Result<Located, PayloadError> {
     if let Some(steps) = subject.is_none().then(|| path::plain(rules)).flatten() {
         payload::check_strict(line, MAX_DEPTH)?;
-        if let Some(matched) = path::select(line, &steps) {
-            let matched = matched.map_err(|pointer| PayloadError::not_scalar(rules, &pointer))?;
-            let found = matched
-                .into_iter()
-                .filter_map(|found| {
-                    let leaf = found.leaf?;
-                    Some(Found {
-                        rule: found.rule,
-                        value: Pii::new(found.text(line).into_owned()),
-                        number: leaf == Leaf::Number,
-                        span: found.span,
-                    })
+        let matched = path::select(line, &steps)
+            .map_err(|pointer| PayloadError::not_scalar(rules, &pointer))?;
+        let found = matched
+            .into_iter()
+            .filter_map(|found| {
+                let leaf = found.leaf?;
+                Some(Found {
+                    rule: found.rule,
+                    value: Pii::new(found.text(line).into_owned()),
+                    number: leaf == Leaf::Number,
+                    span: found.span,
                 })
-                .collect();
-            return Ok(Located {
-                found,
-                subject: None,
-            });
-        }
+            })
+            .collect();
+        return Ok(Located {
+            found,
+            subject: None,
+        });
     }
     let document = payload::parse_strict(line, MAX_DEPTH)?;
     let selected = payload::select(&document, rules)?;

@@ -87,13 +87,21 @@ impl Steps {
     }
 }
 
+/// The steps of rules that are all plain paths, at most [`MAX_RULES`] of
+/// them: what a [`Matcher`] follows.
+pub struct Plain<'a>(Vec<&'a Steps>);
+
 /// The steps of every one of `selectors`, when each is a plain path and
-/// there are at most [`MAX_RULES`] of them (what a [`Matcher`] follows).
-pub fn plain<'a>(selectors: &[&'a Selector]) -> Option<Vec<&'a Steps>> {
+/// there are at most [`MAX_RULES`] of them.
+pub fn plain<'a>(selectors: &[&'a Selector]) -> Option<Plain<'a>> {
     if selectors.len() > MAX_RULES {
         return None;
     }
-    selectors.iter().map(|selector| selector.steps()).collect()
+    selectors
+        .iter()
+        .map(|selector| selector.steps())
+        .collect::<Option<_>>()
+        .map(Plain)
 }
 
 /// The one selector inside `[...]`, when it is plain.
@@ -150,14 +158,14 @@ pub struct Matcher<'a> {
 
 impl<'a> Matcher<'a> {
     /// A matcher for `rules` (in order: a place two rules select belongs to
-    /// the first) over `body`; `None` for more than [`MAX_RULES`].
-    pub fn new(body: &'a [u8], rules: &'a [&'a Steps]) -> Option<Self> {
-        (rules.len() <= MAX_RULES).then_some(Self {
+    /// the first) over `body`.
+    pub fn new(body: &'a [u8], rules: &'a Plain<'a>) -> Self {
+        Self {
             body,
-            rules,
+            rules: &rules.0,
             open: Vec::new(),
             matches: Vec::new(),
-        })
+        }
     }
 
     /// The rules whose steps the place at `pointer` (a child of the last
@@ -265,8 +273,8 @@ impl<'a> Matcher<'a> {
 
 /// What `rules` select in `body` (which [`check_strict`](super::check_strict)
 /// accepted), in `select`'s order, or the pointer of the first object or
-/// array they select; `None` for more than [`MAX_RULES`] rules.
-pub fn select(body: &[u8], rules: &[&Steps]) -> Option<Result<Vec<Match>, String>> {
+/// array they select.
+pub fn select(body: &[u8], rules: &Plain) -> Result<Vec<Match>, String> {
     struct Walk<'a>(Matcher<'a>);
     impl Visit for Walk<'_> {
         fn leaf(&mut self, pointer: &str, leaf: Leaf, span: Span) {
@@ -280,9 +288,9 @@ pub fn select(body: &[u8], rules: &[&Steps]) -> Option<Result<Vec<Match>, String
             self.0.leave();
         }
     }
-    let mut walk = Walk(Matcher::new(body, rules)?);
+    let mut walk = Walk(Matcher::new(body, rules));
     walk_body(body, &mut walk);
-    Some(walk.0.finish())
+    walk.0.finish()
 }
 
 impl Match {
@@ -337,9 +345,7 @@ mod tests {
     fn by_walk(body: &[u8], selectors: &[&Selector]) -> Result<Found, String> {
         let steps = plain(selectors).expect("plain selectors");
         let names = KnownNames::of(selectors.iter().copied());
-        let matches = select(body, &steps)
-            .expect("few rules")
-            .map_err(|p| names.safe_pointer(&p))?;
+        let matches = select(body, &steps).map_err(|p| names.safe_pointer(&p))?;
         Ok(matches
             .iter()
             .map(|m| {
@@ -451,14 +457,13 @@ mod tests {
 
     #[test]
     fn no_rules_select_nothing_and_too_many_are_not_followed() {
-        assert_eq!(
-            select(br#"{"a":[1]}"#, &[]).map(|m| m.map(|m| m.len())),
-            Some(Ok(0))
-        );
-        let any = Steps::compile("$.*").expect("plain");
+        let none = plain(&[]).expect("no rules are plain");
+        assert_eq!(select(br#"{"a":[1]}"#, &none).map(|m| m.len()), Ok(0));
+        let any = Selector::parse("$.*").expect("a selector");
         let rules = vec![&any; MAX_RULES + 1];
-        assert!(select(br#"{"a":1}"#, &rules).is_none());
-        assert!(select(br#"{"a":1}"#, &rules[..MAX_RULES]).is_some());
+        assert!(plain(&rules).is_none());
+        let most = plain(&rules[..MAX_RULES]).expect("as many as a matcher follows");
+        assert!(select(br#"{"a":1}"#, &most).is_ok());
     }
 
     #[test]
